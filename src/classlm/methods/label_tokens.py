@@ -1,0 +1,138 @@
+"""``label_tokens`` and ``letters``: class logits read from the LM head rows of the class tokens.
+
+One forward pass per batch through the transformer stack; the hidden state at the last real token is multiplied by
+the k rows of the LM head that belong to the classes' first tokens (a "sliced head"): the full-vocabulary head, a
+quarter of a forward pass on SmolLM2, is never computed at every position. ``scoring="exact"`` instead sums the
+log-probabilities of every token of each class's answer (teacher forcing; k rows per text, so about k times slower).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from classlm.labels import ClassTokens, resolve_class_tokens
+from classlm.methods import Method, register
+from classlm.scoring import (
+    PromptEncoder,
+    Scores,
+    hidden_states,
+    last_token_hidden,
+    length_sorted_batches,
+    output_head,
+    pad_right,
+)
+
+
+@register("label_tokens")
+class LabelTokensMethod(Method):
+    """Zero-shot (and, later, LoRA-tuned) classification by the logits of each class's answer token."""
+
+    def prepare(self, backbone: Any) -> None:
+        self.backbone = backbone
+        self.rendered = self.prompt.render(self.labels, backbone.tokenizer)
+        self.tokens: ClassTokens = resolve_class_tokens(
+            self.labels,
+            backbone.tokenizer,
+            leading_space=self.rendered.leading_space,
+            require_distinct_first=self.scoring == "first_token",
+        )
+        self.encoder = PromptEncoder(backbone.tokenizer, self.rendered, self.max_length)
+
+    def score(
+        self, texts: Sequence[str], *, batch_size: int, class_mass: bool = False, progress: bool = False
+    ) -> Scores:
+        encoded = self.encoder.encode(texts)
+        k = len(self.labels)
+        logits = np.zeros((len(texts), k), dtype=np.float32)
+        mass = np.zeros(len(texts), dtype=np.float32) if class_mass else None
+        bar = tqdm(total=len(texts), desc="scoring", unit="text", disable=not progress, leave=False)
+        with torch.inference_mode():
+            for idx in length_sorted_batches([len(r) for r in encoded.ids], batch_size):
+                rows = [encoded.ids[i] for i in idx]
+                if self.scoring == "exact":
+                    z, m = self._exact(rows, batch_size)
+                else:
+                    z, m = self._first_token(rows, class_mass)
+                logits[idx] = z.cpu().numpy()
+                if mass is not None and m is not None:
+                    mass[idx] = m.cpu().numpy()
+                bar.update(len(idx))
+        bar.close()
+        return Scores(logits, mass, encoded.n_truncated)
+
+    def _first_token(self, rows: list[list[int]], class_mass: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        bb = self.backbone
+        # Softmax inputs stay float32 even when the model runs in bf16 (DESIGN.md §5 rule 3).
+        h = last_token_hidden(bb.model, rows, bb.tokenizer.pad_token_id, bb.device).float()
+        weight, bias = output_head(bb.model)
+        ids = torch.as_tensor(self.tokens.first_ids, device=bb.device)
+        if class_mass:
+            # Only the last position's full-vocabulary row: (b, V), still never (b, L, V).
+            full = h @ weight.float().T
+            if bias is not None:
+                full = full + bias.float()
+            z = full[:, ids]
+            return z, torch.exp(torch.logsumexp(z, -1) - torch.logsumexp(full, -1))
+        z = h @ weight[ids].float().T
+        if bias is not None:
+            z = z + bias[ids].float()
+        return z, None
+
+    def _exact(self, rows: list[list[int]], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sum of log p(token_j | prompt, tokens_<j) over each class's answer tokens, teacher-forced."""
+        bb = self.backbone
+        weight, bias = output_head(bb.model)
+        seqs = self.tokens.sequences
+        pairs = [(r, c) for r in range(len(rows)) for c in range(len(seqs))]
+        out = torch.zeros(len(rows) * len(seqs), device=bb.device)
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start : start + batch_size]
+            inputs = [rows[r] + list(seqs[c][:-1]) for r, c in chunk]
+            ids, mask = pad_right(inputs, bb.tokenizer.pad_token_id, bb.device)
+            h = hidden_states(bb.model, ids, mask)
+            row_index, positions, targets, owner = [], [], [], []
+            for j, (r, c) in enumerate(chunk):
+                first = len(rows[r]) - 1  # the position that predicts the answer's first token
+                for t, token in enumerate(seqs[c]):
+                    row_index.append(j)
+                    positions.append(first + t)
+                    targets.append(token)
+                    owner.append(start + j)
+            hs = h[torch.as_tensor(row_index, device=bb.device), torch.as_tensor(positions, device=bb.device)]
+            full = hs.float() @ weight.float().T
+            if bias is not None:
+                full = full + bias.float()
+            logp = torch.log_softmax(full, -1)[
+                torch.arange(len(targets), device=bb.device), torch.as_tensor(targets, device=bb.device)
+            ]
+            out.index_add_(0, torch.as_tensor(owner, device=bb.device), logp)
+        z = out.view(len(rows), len(seqs))
+        # Class mass here: the probability of generating any class's full answer.
+        return z, torch.exp(torch.logsumexp(z, -1))
+
+    def describe(self) -> dict[str, Any]:
+        tok = self.backbone.tokenizer
+        return {
+            "method": self.name,
+            "scoring": self.scoring,
+            "answers": list(self.tokens.strings),
+            "token_ids": [list(s) for s in self.tokens.sequences],
+            "tokens": [tok.convert_ids_to_tokens(list(s)) for s in self.tokens.sequences],
+            "prompt_head": self.rendered.head,
+            "prompt_tail": self.rendered.tail,
+            "chat_template": self.rendered.chat,
+            "prompt_tokens": len(self.encoder.head_ids) + len(self.encoder.tail_ids),
+            "text_budget": self.encoder.text_budget,
+        }
+
+
+@register("letters")
+class LettersMethod(LabelTokensMethod):
+    """The classes are listed as ``A. World``, ``B. Sports``, … and the letters are the class tokens."""
+
+    letters = True

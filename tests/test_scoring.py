@@ -1,0 +1,136 @@
+"""Scoring path: batch/padding invariance, truncation inside the text slot, sliced head == full head."""
+
+import numpy as np
+import pytest
+import torch
+
+from classlm.labels import LabelSet
+from classlm.methods import get_method
+from classlm.models import Backbone, ModelSource
+from classlm.prompts import PromptTemplate
+from classlm.scoring import PromptEncoder, last_token_hidden, length_sorted_batches
+
+TEXTS = [
+    "Stocks fell sharply on Monday.",
+    "The team won the match in the last minute of a long and tense game that nobody will forget.",
+    "A new phone was released today.",
+    "Great movie!",
+    "The quick brown fox jumps over the lazy dog and then runs away into the forest at night.",
+]
+LABELS = {"World": "world politics", "Sports": "sport", "Business": "business"}
+
+
+@pytest.fixture()
+def backbone(tiny_model, tiny_tokenizer):
+    return Backbone(tiny_model, tiny_tokenizer, ModelSource("tiny", "folder", "-"), torch.device("cpu"), torch.float32)
+
+
+def make(backbone, method="label_tokens", scoring="first_token", max_length=256, **prompt):
+    cls = get_method(method)
+    m = cls(
+        LabelSet.from_spec(LABELS, letters=cls.letters),
+        PromptTemplate(**prompt),
+        scoring=scoring,
+        max_length=max_length,
+    )
+    m.prepare(backbone)
+    return m
+
+
+@pytest.mark.parametrize("method", ["label_tokens", "letters"])
+@pytest.mark.parametrize("chat", [True, False])
+def test_batch_size_and_padding_do_not_change_logits(backbone, method, chat):
+    m = make(backbone, method, chat=chat)
+    one = m.score(TEXTS, batch_size=1).logits
+    for bs in (2, 3, 5):
+        np.testing.assert_allclose(m.score(TEXTS, batch_size=bs).logits, one, atol=1e-4)
+    # Each text alone (no padding at all) gives the same row as inside a padded batch.
+    for i, t in enumerate(TEXTS):
+        np.testing.assert_allclose(m.score([t], batch_size=1).logits[0], one[i], atol=1e-4)
+    assert one.shape == (len(TEXTS), 3) and one.dtype == np.float32
+
+
+def test_results_come_back_in_input_order(backbone):
+    m = make(backbone)
+    forward = m.score(TEXTS, batch_size=2).logits
+    backward = m.score(TEXTS[::-1], batch_size=2).logits
+    np.testing.assert_allclose(backward[::-1], forward, atol=1e-4)
+
+
+def test_sliced_head_equals_full_vocabulary_logits(backbone, tiny_tokenizer):
+    m = make(backbone, chat=False)
+    z = m.score(TEXTS, batch_size=5).logits
+    ids = m.tokens.first_ids
+    with torch.no_grad():
+        for i, text in enumerate(TEXTS):
+            full_ids = tiny_tokenizer(m.rendered.format(text), add_special_tokens=False, return_tensors="pt").input_ids
+            full = backbone.model(full_ids).logits[0, -1]
+            np.testing.assert_allclose(z[i], full[list(ids)].numpy(), atol=1e-4)
+
+
+def test_class_mass_is_share_of_vocabulary_probability(backbone):
+    m = make(backbone)
+    s = m.score(TEXTS, batch_size=2, class_mass=True)
+    enc = m.encoder.encode(TEXTS)
+    with torch.no_grad():
+        for i, ids in enumerate(enc.ids):
+            p = torch.softmax(backbone.model(torch.tensor([ids])).logits[0, -1], -1)
+            assert s.class_mass[i] == pytest.approx(float(p[list(m.tokens.first_ids)].sum()), rel=1e-4)
+    np.testing.assert_allclose(s.logits, m.score(TEXTS, batch_size=2).logits, atol=1e-5)
+
+
+def test_exact_scoring_sums_token_log_probs(backbone, tiny_tokenizer):
+    m = make(backbone, scoring="exact", chat=False)
+    assert m.tokens.multi_token  # " Business" etc. take several tokens in the tiny BPE, or the test proves little
+    s = m.score(TEXTS[:2], batch_size=4, class_mass=True)
+    enc = m.encoder.encode(TEXTS[:2])
+    with torch.no_grad():
+        for i, prompt in enumerate(enc.ids):
+            for c, seq in enumerate(m.tokens.sequences):
+                ids = torch.tensor([prompt + list(seq)])
+                logp = torch.log_softmax(backbone.model(ids).logits[0], -1)
+                expected = sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(seq))
+                assert s.logits[i, c] == pytest.approx(expected, abs=1e-4)
+    # Batching the (text, class) rows differently does not change the result.
+    np.testing.assert_allclose(m.score(TEXTS[:2], batch_size=1).logits, s.logits, atol=1e-4)
+
+
+def test_truncation_happens_inside_the_text_slot(backbone, tiny_tokenizer):
+    m = make(backbone, max_length=96)
+    encoder = m.encoder
+    long_text = " ".join(["the quick brown fox"] * 200)
+    enc = encoder.encode([long_text, "short"])
+    assert enc.n_truncated == 1
+    row = enc.ids[0]
+    assert len(row) == 96
+    assert row[: len(encoder.head_ids)] == encoder.head_ids  # instruction intact
+    assert row[-len(encoder.tail_ids) :] == encoder.tail_ids  # answer cue intact
+    assert m.score([long_text], batch_size=1).n_truncated == 1
+
+
+def test_prompt_longer_than_max_length_is_a_clear_error(backbone):
+    from classlm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="raise max_length"):
+        make(backbone, max_length=20)
+
+
+def test_split_tokenisation_matches_joint(backbone, tiny_tokenizer):
+    m = make(backbone)
+    for text, ids in zip(TEXTS, PromptEncoder(tiny_tokenizer, m.rendered, 512).encode(TEXTS).ids):
+        assert ids == tiny_tokenizer(m.rendered.format(text), add_special_tokens=False).input_ids
+
+
+def test_length_sorted_batches_cover_everything_longest_first():
+    lengths = [3, 9, 1, 7, 7, 2]
+    batches = list(length_sorted_batches(lengths, 4))
+    assert [len(b) for b in batches] == [4, 2]
+    assert sorted(np.concatenate(batches).tolist()) == list(range(6))
+    assert [lengths[i] for i in batches[0]] == [9, 7, 7, 3]
+
+
+def test_last_token_hidden_reads_the_last_real_token(backbone):
+    rows = [[5, 6, 7, 8], [5, 6]]
+    h = last_token_hidden(backbone.model, rows, 0, torch.device("cpu"))
+    alone = last_token_hidden(backbone.model, [[5, 6]], 0, torch.device("cpu"))
+    torch.testing.assert_close(h[1], alone[0], atol=1e-5, rtol=0)

