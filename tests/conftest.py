@@ -31,6 +31,9 @@ CORPUS = [
     "Classes: Text: Answer: Examples: A B C D E F G H the a of to in and is was for on with as by at it",
     "Stocks fell sharply on Monday. The team won the match. A new phone was released today. Great movie!",
     "The quick brown fox jumps over the lazy dog. Terrible service, would not recommend. I love this so much.",
+    "news about the World, the Sports pages, the Business desk and Sci/Tech: the World Sports Business",
+    # Class names at the start of a sequence (no leading space), as after a chat template's assistant tag.
+    *"World Sports Business Sci/Tech positive negative Great Stocks".split(),
 ]
 
 
@@ -42,7 +45,7 @@ def build_tiny_tokenizer(chat: bool = True):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400,
+        vocab_size=1000,
         special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
@@ -77,13 +80,12 @@ def build_tiny_model(vocab_size: int, seed: int = 0):
         pad_token_id=2,
         bos_token_id=1,
         eos_token_id=2,
+        # The usual 0.02 makes a tiny random model ignore its context: every text then gets the same logits and a
+        # test comparing two paths (padding, prefix reuse) could pass with a wrong context. At 0.4 the last-token
+        # logits vary across texts about as much as they vary across classes.
+        initializer_range=0.4,
     )
-    model = LlamaForCausalLM(config)
-    # Random init gives near-uniform class logits; a larger scale makes the tiny model's outputs far from uniform so
-    # that probability and calibration tests have something to see.
-    with torch.no_grad():
-        model.model.embed_tokens.weight.normal_(0, 1.0)
-    return model.eval()
+    return LlamaForCausalLM(config).eval()
 
 
 @pytest.fixture(scope="session")

@@ -118,8 +118,8 @@ def test_calibrated_classifier_cv_on_frozen_estimator(tiny_model_dir):
     from sklearn.frozen import FrozenEstimator
 
     base = LMClassifier(model=str(tiny_model_dir), labels=LABELS, calibration="none").fit([])
-    texts = TEXTS * 4
-    y = Y * 4
+    texts = TEXTS * 5  # 5 rows of the rarest class: one per cross-validation fold
+    y = Y * 5
     cal = CalibratedClassifierCV(FrozenEstimator(base), method="sigmoid").fit(texts, y)
     p = cal.predict_proba(texts)
     assert p.shape == (len(texts), len(set(y)))

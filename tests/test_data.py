@@ -130,18 +130,14 @@ def test_load_json_not_a_list(tmp_path):
 
 
 def test_load_csv_keeps_label_strings_and_quoted_fields(tmp_path):
-    path = write_csv(
-        tmp_path / "d.csv", ["text", "label"], [["Hello, world\nsecond line", "1"], ["Bye", "0"]]
-    )
+    path = write_csv(tmp_path / "d.csv", ["text", "label"], [["Hello, world\nsecond line", "1"], ["Bye", "0"]])
     ds = load_dataset(path)
     assert ds.texts == ("Hello, world\nsecond line", "Bye")
     assert ds.labels == ("1", "0")
 
 
 def test_load_tsv(tmp_path):
-    path = write_csv(
-        tmp_path / "d.tsv", ["label", "sentence"], [["pos", "Great, fun"], ["neg", "Dull"]], "\t"
-    )
+    path = write_csv(tmp_path / "d.tsv", ["label", "sentence"], [["pos", "Great, fun"], ["neg", "Dull"]], "\t")
     ds = load_dataset(path, text_col="sentence")
     assert ds.texts == ("Great, fun", "Dull") and ds.labels == ("pos", "neg")
 
@@ -361,9 +357,7 @@ def test_empty_texts_report_first_five_rows_and_count(tmp_path):
 
 
 def test_non_string_text_reports_row(tmp_path):
-    path = write_jsonl(
-        tmp_path / "d.jsonl", [ROWS[0], {"text": None, "label": "a"}, {"text": 5, "label": "a"}]
-    )
+    path = write_jsonl(tmp_path / "d.jsonl", [ROWS[0], {"text": None, "label": "a"}, {"text": 5, "label": "a"}])
     with pytest.raises(DataError, match=r"2 non-string.*line 2 \(null\), line 3 \(int 5\)"):
         load_dataset(path)
     with pytest.raises(DataError, match=r"row 0 \(field absent\)"):
@@ -484,9 +478,7 @@ def test_stratified_split_fraction_bounds(fraction):
 # --- real data ---
 
 
-@pytest.mark.skipif(
-    not SHARED_DATA.is_dir(), reason=f"{SHARED_DATA} is absent (datasets live in ../shared/data)"
-)
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"{SHARED_DATA} is absent (datasets live in ../shared/data)")
 def test_real_ag_news_test_split():
     ds = load_dataset(SHARED_DATA / "ag_news", split="test")
     assert len(ds) == 7600

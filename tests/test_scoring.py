@@ -17,7 +17,7 @@ TEXTS = [
     "Great movie!",
     "The quick brown fox jumps over the lazy dog and then runs away into the forest at night.",
 ]
-LABELS = {"World": "world politics", "Sports": "sport", "Business": "business"}
+LABELS = {"World": "world politics", "Sports": "sport", "Business": "business", "Sci/Tech": "science"}
 
 
 @pytest.fixture()
@@ -47,7 +47,7 @@ def test_batch_size_and_padding_do_not_change_logits(backbone, method, chat):
     # Each text alone (no padding at all) gives the same row as inside a padded batch.
     for i, t in enumerate(TEXTS):
         np.testing.assert_allclose(m.score([t], batch_size=1).logits[0], one[i], atol=1e-4)
-    assert one.shape == (len(TEXTS), 3) and one.dtype == np.float32
+    assert one.shape == (len(TEXTS), 4) and one.dtype == np.float32
 
 
 def test_results_come_back_in_input_order(backbone):
@@ -134,3 +134,51 @@ def test_last_token_hidden_reads_the_last_real_token(backbone):
     h = last_token_hidden(backbone.model, rows, 0, torch.device("cpu"))
     alone = last_token_hidden(backbone.model, [[5, 6]], 0, torch.device("cpu"))
     torch.testing.assert_close(h[1], alone[0], atol=1e-5, rtol=0)
+
+
+FEW_SHOT = {"examples": (("Shares rose on Monday.", "Business"), ("The striker scored twice.", "Sports"))}
+
+
+@pytest.mark.parametrize(
+    "method, prompt",
+    [("label_tokens", {}), ("label_tokens", {"chat": False}), ("letters", {}), ("label_tokens", FEW_SHOT)],
+)
+def test_prefix_reuse_equals_the_plain_path(backbone, method, prompt):
+    m = make(backbone, method, **prompt)
+    reused = m.score(TEXTS, batch_size=3, class_mass=True)
+    assert m._prefix is not None and m._prefix[1].length == len(m.encoder.head_ids)
+    m.reuse_prefix = False
+    plain = m.score(TEXTS, batch_size=3, class_mass=True)
+    np.testing.assert_allclose(reused.logits, plain.logits, atol=1e-4)
+    np.testing.assert_allclose(reused.class_mass, plain.class_mass, rtol=1e-4)
+
+
+def test_prefix_cache_follows_weight_changes(backbone):
+    m = make(backbone)
+    before = m.score(TEXTS, batch_size=5).logits
+    first_prefix = m._prefix[1]
+    with torch.no_grad():  # what an optimizer step does: an in-place update of a weight
+        backbone.model.model.layers[0].self_attn.k_proj.weight.mul_(1.5)
+    after = m.score(TEXTS, batch_size=5).logits
+    assert m._prefix[1] is not first_prefix
+    assert np.abs(after - before).max() > 1e-3
+    m.reuse_prefix = False
+    np.testing.assert_allclose(after, m.score(TEXTS, batch_size=5).logits, atol=1e-4)
+
+
+def test_prefix_reuse_falls_back_with_a_debug_line(backbone, monkeypatch, caplog):
+    import logging
+
+    from classlm.methods import label_tokens
+
+    def unsupported(*args, **kwargs):
+        raise TypeError("no cache here")
+
+    monkeypatch.setattr(label_tokens, "SharedPrefix", unsupported)
+    m = make(backbone)
+    with caplog.at_level(logging.DEBUG, logger="classlm.methods.label_tokens"):
+        fallback = m.score(TEXTS, batch_size=2).logits
+    assert not m.reuse_prefix
+    assert "prompt-prefix reuse is off" in caplog.text and "no cache here" in caplog.text
+    monkeypatch.undo()
+    np.testing.assert_allclose(fallback, make(backbone).score(TEXTS, batch_size=2).logits, atol=1e-4)

@@ -133,3 +133,14 @@ def test_gguf_cache_is_rebuilt_when_corrupt(tmp_path):
     assert models._sha256(weights) == models._sha256(default / "model.safetensors")
     (folder / "classlm_cache.json").unlink()  # a half-written cache has no marker and is not trusted
     assert "classlm_cache.json" in models._cache_problem(folder, file_hash)
+
+
+@pytest.mark.parametrize("prompt", [{}, {"examples": (("Shares of Apple rose 3% on Monday.", "Business"),)}])
+def test_prefix_reuse_matches_the_plain_path_on_the_real_model(news_clf, prompt):
+    clf = LMClassifier(labels=NEWS, instruction="Classify the news article by topic.", prompt=prompt).fit([])
+    reused = clf.predict_scores(TEXTS, class_mass=True)
+    assert clf.method_._prefix is not None
+    clf.method_.reuse_prefix = False
+    plain = clf.predict_scores(TEXTS, class_mass=True)
+    np.testing.assert_allclose(reused.logits, plain.logits, atol=1e-4)
+    np.testing.assert_allclose(reused.class_mass, plain.class_mass, rtol=1e-3)

@@ -197,6 +197,7 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Calibrated logits ``z / T`` (float64), columns in ``classes_`` order."""
+        self._check_fitted()
         return self.calibrator_.transform(self.predict_scores(X).logits)
 
     def predict_proba(self, X: Any) -> np.ndarray:

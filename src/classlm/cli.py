@@ -98,7 +98,7 @@ def build_classifier(
     from classlm.classifier import LMClassifier
 
     _quiet_transformers()
-    with err.status("loading the model…"):
+    with err.status("loading the model (the first use of a .gguf dequantises it once, ~40 s)…"):
         if run is not None:
             return LMClassifier.load(run, batch_size=batch_size, device=device, progress=True)
         if labels is None:

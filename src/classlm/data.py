@@ -59,9 +59,7 @@ class TextDataset:
         idx = [int(i) for i in indices]
         bad = [i for i in idx if not 0 <= i < len(self.texts)]
         if bad:
-            raise DataError(
-                f"subset of {self.source}: indices {bad[:_SHOW]} out of range for {len(self)} rows"
-            )
+            raise DataError(f"subset of {self.source}: indices {bad[:_SHOW]} out of range for {len(self)} rows")
         labels = None if self.labels is None else tuple(self.labels[i] for i in idx)
         return TextDataset(tuple(self.texts[i] for i in idx), labels, self.source, self.label_names)
 
@@ -111,9 +109,7 @@ def load_dataset(
     return _to_dataset(table, text_col, label_col, require_labels)
 
 
-def _read_source(
-    source: Any, split: str | None, wanted: list[str], label_col: str | None, limit: int | None
-) -> _Table:
+def _read_source(source: Any, split: str | None, wanted: list[str], label_col: str | None, limit: int | None) -> _Table:
     if isinstance(source, (str, os.PathLike)):
         return _read_path(Path(source).expanduser(), split, wanted, limit)
     pd = sys.modules.get("pandas")  # a DataFrame implies pandas is already imported: no import needed here
@@ -276,9 +272,7 @@ def _from_frame(frame: Any, source: str, wanted: list[str], limit: int | None) -
     return _Table(source, list(by_name), columns, n_rows=len(frame))
 
 
-def _from_hf(
-    ds: Any, split: str | None, wanted: list[str], label_col: str | None, limit: int | None
-) -> _Table:
+def _from_hf(ds: Any, split: str | None, wanted: list[str], label_col: str | None, limit: int | None) -> _Table:
     name = getattr(getattr(ds, "info", None), "dataset_name", None)
     source = "Hugging Face dataset" + (f" {name!r}" if name else "") + (f" split {split!r}" if split else "")
     if limit is not None and hasattr(ds, "select") and len(ds) > limit:
@@ -435,9 +429,7 @@ def read_texts(path_or_dash: str | os.PathLike[str], *, text_col: str = "text") 
         dataset = load_dataset(path, text_col=text_col, label_col=None, require_labels=False)
         return list(dataset.texts)
     if not path.is_file():
-        raise DataError(
-            f"no such file: {path}; expected a .txt file (one text per line), a data file, or '-'"
-        )
+        raise DataError(f"no such file: {path}; expected a .txt file (one text per line), a data file, or '-'")
     try:
         with open(path, encoding="utf-8-sig") as fh:
             return _text_lines(fh)
@@ -459,11 +451,7 @@ def stratified_split(labels: Sequence[str], fraction: float, seed: int = 0) -> t
     A class gives round-half-up(fraction * count) rows, at least 1 and at most count - 1 when it has >= 2 rows
     (so both sides see it); a single-row class stays in ``keep``. Deterministic for a given seed.
     """
-    if (
-        isinstance(fraction, bool)
-        or not isinstance(fraction, (int, float, np.floating))
-        or not 0 < fraction < 1
-    ):
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.floating)) or not 0 < fraction < 1:
         raise ConfigError(f"fraction must be strictly between 0 and 1 (0.2 holds out 20%), got {fraction!r}")
     rng = np.random.default_rng(seed)
     groups: dict[Any, list[int]] = {}

@@ -125,3 +125,54 @@ def output_head(model: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     if head is None:
         raise ConfigError(f"{type(model).__name__} has no LM head; label-token scoring needs a causal LM")
     return head.weight, getattr(head, "bias", None)
+
+
+class SharedPrefix:
+    """Keys and values of the prompt head, computed once and expanded over every batch.
+
+    Every prompt starts with the same head tokens (system message, instruction, class list, few-shot examples), and
+    a causal model's keys and values for them depend on nothing after them. So the head runs once and each batch
+    runs only its texts' own tokens (text + tail) on top of the expanded cache. With right padding, suffix token j
+    of every row sits at position ``P + j`` exactly as in the full sequence, so the result is the plain path's.
+    """
+
+    def __init__(self, model: Any, head_ids: Sequence[int], device: torch.device) -> None:
+        from transformers import DynamicCache
+
+        self.length = len(head_ids)
+        self.config = model.config
+        ids = torch.as_tensor([list(head_ids)], dtype=torch.long, device=device)
+        out = decoder_of(model)(input_ids=ids, past_key_values=DynamicCache(config=model.config), use_cache=True)
+        cache = out.past_key_values
+        self.layers = [(layer.keys, layer.values) for layer in cache.layers]
+        if len(self.layers) == 0 or any(k is None or k.shape[-2] != self.length for k, _ in self.layers):
+            raise TypeError(f"{type(model).__name__} returned a cache that cannot be reused as a prompt prefix")
+
+    def expand(self, batch: int) -> Any:
+        """A fresh cache for ``batch`` rows (the forward pass appends to it, so it is never shared)."""
+        from transformers import DynamicCache
+
+        data = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in self.layers]
+        return DynamicCache(ddp_cache_data=data, config=self.config)
+
+
+def last_token_hidden_after_prefix(
+    model: Any, prefix: SharedPrefix, rows: Sequence[Sequence[int]], pad_id: int, device: torch.device
+) -> torch.Tensor:
+    """Like :func:`last_token_hidden` for rows that continue ``prefix`` (each row is text + tail only)."""
+    ids, mask = pad_right(rows, pad_id, device)
+    ones = torch.ones((len(rows), prefix.length), dtype=mask.dtype, device=device)
+    out = decoder_of(model)(
+        input_ids=ids,
+        attention_mask=torch.cat([ones, mask], dim=1),
+        past_key_values=prefix.expand(len(rows)),
+        use_cache=True,
+    )
+    last = torch.as_tensor([len(r) - 1 for r in rows], device=device)
+    return out.last_hidden_state[torch.arange(len(rows), device=device), last]
+
+
+def weights_version(model: Any) -> tuple[int, int]:
+    """Changes whenever any parameter is modified in place (optimizer steps, loading weights): the prefix cache is
+    keyed on it, so it is recomputed after training instead of serving stale keys and values."""
+    return id(model), sum(p._version for p in model.parameters())

@@ -8,6 +8,7 @@ log-probabilities of every token of each class's answer (teacher forcing; k rows
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,12 +21,17 @@ from classlm.methods import Method, register
 from classlm.scoring import (
     PromptEncoder,
     Scores,
+    SharedPrefix,
     hidden_states,
     last_token_hidden,
+    last_token_hidden_after_prefix,
     length_sorted_batches,
     output_head,
     pad_right,
+    weights_version,
 )
+
+log = logging.getLogger(__name__)
 
 
 @register("label_tokens")
@@ -42,6 +48,33 @@ class LabelTokensMethod(Method):
             require_distinct_first=self.scoring == "first_token",
         )
         self.encoder = PromptEncoder(backbone.tokenizer, self.rendered, self.max_length)
+        # Shared-prefix reuse: the prompt head's keys/values are computed once (see SharedPrefix). Set to False to
+        # run every row in full; it turns itself off, with a debug log line, for models whose cache cannot be reused.
+        self.reuse_prefix = True
+        self._prefix: tuple[Any, SharedPrefix] | None = None
+
+    def _shared_prefix(self) -> SharedPrefix | None:
+        if not self.reuse_prefix or not self.encoder.head_ids:
+            return None
+        bb = self.backbone
+        key = (weights_version(bb.model), tuple(self.encoder.head_ids))
+        if self._prefix is None or self._prefix[0] != key:
+            try:
+                self._prefix = (key, SharedPrefix(bb.model, self.encoder.head_ids, bb.device))
+            except (TypeError, ValueError, AttributeError, RuntimeError, NotImplementedError) as exc:
+                log.debug("prompt-prefix reuse is off for %s: %s", type(bb.model).__name__, exc)
+                self.reuse_prefix, self._prefix = False, None
+                return None
+        return self._prefix[1]
+
+    def last_hidden(self, rows: list[list[int]]) -> torch.Tensor:
+        """Hidden state at each row's last real token, reusing the shared prompt head when possible."""
+        bb = self.backbone
+        prefix = self._shared_prefix()
+        if prefix is None:
+            return last_token_hidden(bb.model, rows, bb.tokenizer.pad_token_id, bb.device)
+        suffixes = [r[prefix.length :] for r in rows]
+        return last_token_hidden_after_prefix(bb.model, prefix, suffixes, bb.tokenizer.pad_token_id, bb.device)
 
     def score(
         self, texts: Sequence[str], *, batch_size: int, class_mass: bool = False, progress: bool = False
@@ -68,7 +101,7 @@ class LabelTokensMethod(Method):
     def _first_token(self, rows: list[list[int]], class_mass: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         bb = self.backbone
         # Softmax inputs stay float32 even when the model runs in bf16 (DESIGN.md §5 rule 3).
-        h = last_token_hidden(bb.model, rows, bb.tokenizer.pad_token_id, bb.device).float()
+        h = self.last_hidden(rows).float()
         weight, bias = output_head(bb.model)
         ids = torch.as_tensor(self.tokens.first_ids, device=bb.device)
         if class_mass:

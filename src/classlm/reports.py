@@ -1,0 +1,248 @@
+"""Evaluation reports: metrics plus context, as JSON, markdown, one summary line and a reliability diagram.
+
+Stdlib + numpy; matplotlib is imported only inside :func:`plot_reliability` (it is the optional ``plots`` extra).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from classlm.errors import ArtifactError, ConfigError
+from classlm.metrics import classification_metrics
+
+__all__ = ["EvalReport", "build_report", "plot_reliability", "write_bytes_atomic", "write_text_atomic"]
+
+
+# -- atomic writes ------------------------------------------------------------------------------------------------
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically: a temp file in the same folder, then ``os.replace``."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Same folder, hence same filesystem: os.replace is then an atomic rename, so readers never see half a file.
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """UTF-8 text version of :func:`write_bytes_atomic`."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain-JSON copy of ``value``: numpy scalars/arrays to Python, tuples to lists, NaN/inf to None."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_jsonable(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # strict JSON has no NaN/inf
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)  # paths and other objects: keep something readable rather than failing the whole report
+
+
+# -- formatting ---------------------------------------------------------------------------------------------------
+def _num(v: Any, fmt: str = ".3f") -> str:
+    return "–" if v is None else format(v, fmt)
+
+
+def _nll(v: Any) -> str:
+    # Two decimals read well for typical NLLs; a very small one would print as 0.00, so give it two significant digits.
+    return "–" if v is None else format(v, ".2f" if abs(v) >= 0.1 else ".2g")
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+# -- report -------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EvalReport:
+    """Metrics of one evaluation plus free JSON-able context.
+
+    Parameters
+    ----------
+    classes:
+        Class names, in the column order of the probabilities.
+    metrics:
+        Output of :func:`classlm.metrics.classification_metrics`.
+    info:
+        Context such as model, method, temperature, dataset, split, texts_per_second, n_truncated.
+    """
+
+    classes: tuple[str, ...]
+    metrics: dict[str, Any]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Frozen: normalise through object.__setattr__ so a list of classes still gives a tuple field.
+        object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (``classes``, ``metrics``, ``info``)."""
+        return {"classes": list(self.classes), "metrics": _jsonable(self.metrics), "info": _jsonable(self.info)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EvalReport:
+        """Rebuild from :meth:`to_dict` output; raises ArtifactError on a bad dict."""
+        if not isinstance(d, Mapping):
+            raise ArtifactError(f"report: expected a JSON object, got {type(d).__name__}")
+        classes = d.get("classes")
+        if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+            raise ArtifactError(f"report: expected 'classes' to be a non-empty list of strings, got {classes!r}")
+        metrics = d.get("metrics")
+        if not isinstance(metrics, Mapping):
+            raise ArtifactError(f"report: expected 'metrics' to be an object, got {type(metrics).__name__}")
+        info = d.get("info", {})
+        if not isinstance(info, Mapping):
+            raise ArtifactError(f"report: expected 'info' to be an object, got {type(info).__name__}")
+        return cls(tuple(classes), dict(metrics), dict(info))
+
+    def to_json(self, path: str | Path) -> Path:
+        """Write the report as indented JSON, atomically; returns the path."""
+        text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False, allow_nan=False)
+        return write_text_atomic(path, text + "\n")
+
+    def summary_line(self) -> str:
+        """One line, e.g. ``acc 0.912 · macro-F1 0.905 · NLL 0.31 · ECE 0.021``."""
+        m = self.metrics
+        return (
+            f"acc {_num(m.get('accuracy'))} · macro-F1 {_num(m.get('macro_f1'))} · "
+            f"NLL {_nll(m.get('nll'))} · ECE {_num(m.get('ece'))}"
+        )
+
+    def to_markdown(self) -> str:
+        """Headline metrics, per-class table, confusion matrix and the info items, as markdown."""
+        m = self.metrics
+        lo, hi = m.get("calibration_ratio_min"), m.get("calibration_ratio_max")
+        ratio = "–" if lo is None or hi is None else f"{lo:.2f} – {hi:.2f}"
+        lines = [f"## Evaluation ({m.get('n', '?')} texts, {len(self.classes)} classes)", ""]
+        lines += _table(
+            ["accuracy", "macro-F1", "weighted-F1", "NLL", "Brier", "ECE", "classwise ECE", "calibration ratio"],
+            [
+                [
+                    _num(m.get("accuracy")),
+                    _num(m.get("macro_f1")),
+                    _num(m.get("weighted_f1")),
+                    _num(m.get("nll")),
+                    _num(m.get("brier")),
+                    _num(m.get("ece")),
+                    _num(m.get("classwise_ece")),
+                    ratio,
+                ]
+            ],
+        )
+        per_class = m.get("per_class") or {}
+        if per_class:
+            rows = [
+                [
+                    name,
+                    _num(pc.get("precision")),
+                    _num(pc.get("recall")),
+                    _num(pc.get("f1")),
+                    pc.get("support", "–"),
+                    _num(pc.get("calibration_ratio"), ".2f"),
+                ]
+                for name, pc in per_class.items()
+            ]
+            lines += ["", "### Per class", ""]
+            lines += _table(["class", "precision", "recall", "F1", "support", "calibration ratio"], rows)
+        confusion = m.get("confusion")
+        if confusion and len(confusion) == len(self.classes):
+            lines += ["", "### Confusion matrix (rows: true, columns: predicted)", ""]
+            lines += _table(
+                ["true \\ predicted", *self.classes], [[c, *row] for c, row in zip(self.classes, confusion)]
+            )
+        if self.info:
+            lines += ["", "### Info", ""]
+            lines += [f"- **{_cell(k)}**: {_cell(_jsonable(v))}" for k, v in self.info.items()]
+        return "\n".join(lines) + "\n"
+
+
+def build_report(
+    y_true: Any,
+    proba: Any,
+    classes: Sequence[str],
+    info: Mapping[str, Any] | None = None,
+    n_bins: int = 15,
+) -> EvalReport:
+    """Compute :func:`classification_metrics` and wrap them, with ``info``, in an :class:`EvalReport`."""
+    metrics = classification_metrics(y_true, proba, classes, n_bins=n_bins)
+    return EvalReport(tuple(str(c) for c in classes), metrics, _jsonable(dict(info or {})))
+
+
+# -- plot ---------------------------------------------------------------------------------------------------------
+def plot_reliability(report_or_bins: EvalReport | Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Write a PNG reliability diagram: accuracy per confidence bin against the diagonal, with bin counts.
+
+    ``report_or_bins`` is an :class:`EvalReport` or the ``reliability`` list of
+    :func:`classlm.metrics.reliability_bins`. Needs matplotlib (``pip install 'classlm[plots]'``).
+    """
+    try:
+        # Figure + the Agg canvas directly, not pyplot: no global backend switch, no GUI, no figure leaks.
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ConfigError("plot_reliability needs matplotlib: pip install 'classlm[plots]'") from exc
+
+    title = "Reliability diagram"
+    if isinstance(report_or_bins, EvalReport):
+        bins = list(report_or_bins.metrics.get("reliability") or [])
+        title += f"  ({report_or_bins.summary_line()})"
+    else:
+        bins = list(report_or_bins)
+    if not bins or not all(isinstance(b, Mapping) and {"lo", "hi", "count"} <= set(b) for b in bins):
+        raise ConfigError("plot_reliability: expected an EvalReport or a non-empty list of bins with lo, hi, count")
+
+    fig = Figure(figsize=(5.5, 5.0), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
+    for b in bins:
+        lo, hi, count = float(b["lo"]), float(b["hi"]), int(b["count"])
+        if not count:
+            continue
+        acc, conf = b.get("accuracy"), b.get("confidence")
+        ax.bar(lo, acc, width=hi - lo, align="edge", color="tab:blue", edgecolor="white", alpha=0.85)
+        if conf is not None:
+            # The red gap marks where the mean confidence sits: above the bar = over-confident.
+            ax.plot([lo, hi], [conf, conf], color="tab:red", linewidth=1.5)
+        ax.text((lo + hi) / 2, min(float(acc or 0) + 0.02, 0.97), str(count), ha="center", va="bottom", fontsize=7)
+    ax.plot([], [], color="tab:red", linewidth=1.5, label="mean confidence")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-class probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize=8)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return write_bytes_atomic(path, buf.getvalue())

@@ -1,0 +1,29 @@
+"""The pure layer imports without torch, transformers, scikit-learn, scipy or pandas (DESIGN.md §3)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+PURE_MODULES = [
+    "classlm",
+    "classlm.metrics",
+    "classlm.calibration",
+    "classlm.labels",
+    "classlm.prompts",
+    "classlm.reports",
+    "classlm.config",
+    "classlm.data",
+]
+HEAVY = ["torch", "transformers", "sklearn", "scipy", "pandas"]
+
+
+def test_pure_layer_imports_without_heavy_dependencies():
+    code = (
+        "import sys\n"
+        f"import {', '.join(PURE_MODULES)}\n"
+        f"loaded = [m for m in {HEAVY!r} if m in sys.modules]\n"
+        "assert not loaded, f'pure layer pulled in {loaded}'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
