@@ -37,6 +37,8 @@ demo: setup
 	else echo "$(DATA)/ag_news not found: skipping the evaluation part of the demo"; fi
 
 test: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy src/classlm
 	$(BIN)/python -m pytest
 
 lint: setup

@@ -45,7 +45,7 @@ def manifest(clf: LMClassifier, metrics: Mapping[str, Any] | None = None) -> dic
     """The JSON document describing a fitted classifier."""
     if not hasattr(clf, "method_"):
         raise NotFittedError("only a fitted classifier can be saved; call fit first")
-    method = clf.method_
+    desc = clf.method_.describe()
     return {
         "schema_version": SCHEMA_VERSION,
         "classlm_version": _version(),
@@ -61,9 +61,9 @@ def manifest(clf: LMClassifier, metrics: Mapping[str, Any] | None = None) -> dic
         },
         "base_model": clf.backbone_.identity(),
         "labels": clf.label_set_.to_dict(),
-        "class_tokens": method.tokens.to_dict(),
-        "prompt": method.prompt.to_dict(),
-        "rendered_prompt": {"head": method.rendered.head, "tail": method.rendered.tail, "chat": method.rendered.chat},
+        "class_tokens": {"strings": desc["answers"], "sequences": desc["token_ids"]},
+        "prompt": clf.method_.prompt.to_dict(),
+        "rendered_prompt": {"head": desc["prompt_head"], "tail": desc["prompt_tail"], "chat": desc["chat_template"]},
         "calibration": {**clf.calibrator_.to_dict(), **clf.calibration_info_},
         "metrics": dict(metrics or {}),
     }
@@ -129,7 +129,7 @@ def load_classifier(path: str | Path, **overrides: Any) -> LMClassifier:
         model=options.pop("model"), method=method, labels=labels, prompt=prompt, **{**options, **overrides}
     )
     clf._build(labels)
-    resolved = [list(s) for s in clf.method_.tokens.sequences]
+    resolved = [list(s) for s in clf.method_.describe()["token_ids"]]
     if resolved != saved_tokens:
         diffs = [
             f"{name!r}: saved {old} now {new}"

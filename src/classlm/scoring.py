@@ -51,8 +51,8 @@ class PromptEncoder:
         self.head_ids = self._encode(rendered.head)
         if not rendered.chat:
             bos = getattr(tokenizer, "bos_token_id", None)
-            adds_bos = bos is not None and tokenizer("a").input_ids[:1] == [bos]
-            if adds_bos:  # plain-text prompts get the BOS the model was trained with; chat templates carry their own
+            # Plain-text prompts get the BOS the model was trained with; chat templates carry their own.
+            if isinstance(bos, int) and tokenizer("a").input_ids[:1] == [bos]:
                 self.head_ids = [bos, *self.head_ids]
         self.tail_ids = self._encode(rendered.tail)
         self.text_budget = max_length - len(self.head_ids) - len(self.tail_ids)

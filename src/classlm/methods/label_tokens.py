@@ -87,6 +87,7 @@ class LabelTokensMethod(Method):
         with torch.inference_mode():
             for idx in length_sorted_batches([len(r) for r in encoded.ids], batch_size):
                 rows = [encoded.ids[i] for i in idx]
+                m: torch.Tensor | None
                 if self.scoring == "exact":
                     z, m = self._exact(rows, batch_size)
                 else:

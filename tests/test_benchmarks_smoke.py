@@ -1,0 +1,56 @@
+"""benchmarks/throughput.py: every variant runs on the tiny model and the checks it reports hold."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from classlm import LMClassifier
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+throughput = pytest.importorskip("throughput")
+
+TEXTS = [
+    "Stocks fell sharply on Monday.",
+    "The team won the match in the last minute of a long and tense game.",
+    "A new phone was released today.",
+    "Great movie!",
+    "The quick brown fox jumps over the lazy dog.",
+]
+
+
+@pytest.fixture(scope="module")
+def clf(tiny_model_dir):
+    return LMClassifier(
+        model=str(tiny_model_dir), labels=throughput.NEWS_LABELS, instruction=throughput.INSTRUCTION, batch_size=2
+    ).fit([])
+
+
+def test_every_variant_runs_and_the_paths_agree(clf):
+    results = {}
+    for name in throughput.VARIANTS:
+        fn, note = throughput.make_variant(name, clf)
+        seconds, results[name] = throughput.time_passes(fn, TEXTS, batch_size=2, rounds=1)
+        assert len(seconds) == 1 and note
+        assert len(results[name]) == len(TEXTS)
+        if name == "a":
+            assert clf.method_._prefix is not None  # (a) really reused the prompt head
+    np.testing.assert_allclose(results["a"], results["b"], atol=1e-4)
+    np.testing.assert_allclose(results["a"], results["d"], atol=1e-4)
+    assert results["c"].shape == results["c2"].shape == (len(TEXTS), 4)
+    assert set(results["e"].tolist()) <= {-1, 0, 1, 2, 3}
+
+
+def test_distinct_verbalizers_give_distinct_first_tokens(tiny_tokenizer):
+    names = ["bill_balance", "bill_due", "book_flight", "book_hotel", "ENTY:animal", "ENTY:body"]
+    verbalizers = throughput.distinct_verbalizers(names, tiny_tokenizer, leading_space=False)
+    assert verbalizers is not None and len(verbalizers) == len(names)
+    firsts = [tiny_tokenizer.encode(v, add_special_tokens=False)[0] for v in verbalizers]
+    assert len(set(firsts)) == len(names)
+
+
+def test_at_last_reads_each_rows_last_real_token():
+    x = torch.arange(12).view(2, 3, 2)
+    assert throughput.at_last(x, [[5, 6], [7, 8, 9]]).tolist() == [[2, 3], [10, 11]]
