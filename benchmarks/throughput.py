@@ -518,7 +518,8 @@ def to_markdown(doc: dict[str, Any]) -> str:
             continue
         lines += [
             "",
-            f"### Texts/s vs number of classes (each dataset's first test texts, max_length {SWEEP_MAX_LENGTH})",
+            f"### Texts/s vs number of classes (each dataset's first {doc['n_texts'] // 2} test texts; its labels.json "
+            f"names as classes, the default instruction, max_length {SWEEP_MAX_LENGTH})",
             "",
             "| dataset | classes | answers | prompt tokens | (a) | (b) | (f) floor | (a)/(b) | (a) time / (f) time |",
             "|---|---|---|---|---|---|---|---|---|",

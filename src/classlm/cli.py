@@ -263,7 +263,7 @@ def evaluate(
     report = run_evaluation(
         clf, list(dataset.texts), list(dataset.labels), info={"data": dataset.source, "n": len(dataset)}
     )
-    out.print(report.to_markdown())
+    out.print(report.to_markdown(), soft_wrap=True, markup=False, highlight=False)
     if output is not None:
         report.to_json(output)
         err.print(f"report written to {output}")
