@@ -31,6 +31,10 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     # Same folder, hence same filesystem: os.replace is then an atomic rename, so readers never see half a file.
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        # mkstemp makes the file private (0600); a report or artifact is meant to be read like any file written.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
