@@ -163,9 +163,6 @@ class ClassTokens:
     def multi_token(self) -> bool:
         return any(len(seq) > 1 for seq in self.sequences)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"strings": list(self.strings), "sequences": [list(s) for s in self.sequences]}
-
 
 def needs_leading_space(prompt_end: str) -> bool:
     """Whether the answer follows the prompt with a space.
