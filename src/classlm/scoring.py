@@ -111,14 +111,6 @@ def hidden_states(model: Any, input_ids: torch.Tensor, attention_mask: torch.Ten
     return out.last_hidden_state
 
 
-def last_token_hidden(model: Any, rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> torch.Tensor:
-    """Hidden state at each row's last real token, ``(b, d)``, in the model's dtype."""
-    ids, mask = pad_right(rows, pad_id, device)
-    h = hidden_states(model, ids, mask)
-    last = torch.as_tensor([len(r) - 1 for r in rows], device=device)
-    return h[torch.arange(len(rows), device=device), last]
-
-
 def output_head(model: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The LM head's weight ``(V, d)`` and bias (usually None)."""
     head = model.get_output_embeddings()
@@ -156,20 +148,30 @@ class SharedPrefix:
         return DynamicCache(ddp_cache_data=data, config=self.config)
 
 
-def last_token_hidden_after_prefix(
-    model: Any, prefix: SharedPrefix, rows: Sequence[Sequence[int]], pad_id: int, device: torch.device
+def last_token_hidden(
+    model: Any,
+    rows: Sequence[Sequence[int]],
+    pad_id: int,
+    device: torch.device,
+    prefix: SharedPrefix | None = None,
 ) -> torch.Tensor:
-    """Like :func:`last_token_hidden` for rows that continue ``prefix`` (each row is text + tail only)."""
+    """Hidden state at each row's last real token, ``(b, d)``, in the model's dtype.
+
+    With ``prefix``, each row holds only the tokens after it (text + tail) and runs on top of its cached keys/values.
+    """
     ids, mask = pad_right(rows, pad_id, device)
-    ones = torch.ones((len(rows), prefix.length), dtype=mask.dtype, device=device)
-    out = decoder_of(model)(
-        input_ids=ids,
-        attention_mask=torch.cat([ones, mask], dim=1),
-        past_key_values=prefix.expand(len(rows)),
-        use_cache=True,
-    )
+    if prefix is None:
+        h = hidden_states(model, ids, mask)
+    else:
+        ones = torch.ones((len(rows), prefix.length), dtype=mask.dtype, device=device)
+        h = decoder_of(model)(
+            input_ids=ids,
+            attention_mask=torch.cat([ones, mask], dim=1),
+            past_key_values=prefix.expand(len(rows)),
+            use_cache=True,
+        ).last_hidden_state
     last = torch.as_tensor([len(r) - 1 for r in rows], device=device)
-    return out.last_hidden_state[torch.arange(len(rows), device=device), last]
+    return h[torch.arange(len(rows), device=device), last]
 
 
 def weights_version(model: Any) -> tuple[int, int]:

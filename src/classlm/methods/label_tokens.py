@@ -24,7 +24,6 @@ from classlm.scoring import (
     SharedPrefix,
     hidden_states,
     last_token_hidden,
-    last_token_hidden_after_prefix,
     length_sorted_batches,
     output_head,
     pad_right,
@@ -71,10 +70,9 @@ class LabelTokensMethod(Method):
         """Hidden state at each row's last real token, reusing the shared prompt head when possible."""
         bb = self.backbone
         prefix = self._shared_prefix()
-        if prefix is None:
-            return last_token_hidden(bb.model, rows, bb.tokenizer.pad_token_id, bb.device)
-        suffixes = [r[prefix.length :] for r in rows]
-        return last_token_hidden_after_prefix(bb.model, prefix, suffixes, bb.tokenizer.pad_token_id, bb.device)
+        if prefix is not None:
+            rows = [r[prefix.length :] for r in rows]
+        return last_token_hidden(bb.model, rows, bb.tokenizer.pad_token_id, bb.device, prefix)
 
     def score(
         self, texts: Sequence[str], *, batch_size: int, class_mass: bool = False, progress: bool = False
