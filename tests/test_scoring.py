@@ -129,6 +129,15 @@ def test_length_sorted_batches_cover_everything_longest_first():
     assert [lengths[i] for i in batches[0]] == [9, 7, 7, 3]
 
 
+def test_token_budget_bounds_padded_tokens_per_batch():
+    lengths = [5, 40, 12, 3, 40, 7, 9, 100]
+    batches = list(length_sorted_batches(lengths, batch_size=4, batch_tokens=80))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+    assert [len(b) for b in batches] == [1, 2, 4, 1]  # 100 alone; 2 x 40; 4 x 12 (capped by batch_size); 1 x 3
+    for b in batches:
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 80
+
+
 def test_last_token_hidden_reads_the_last_real_token(backbone):
     rows = [[5, 6, 7, 8], [5, 6]]
     h = last_token_hidden(backbone.model, rows, 0, torch.device("cpu"))
@@ -182,3 +191,52 @@ def test_prefix_reuse_falls_back_with_a_debug_line(backbone, monkeypatch, caplog
     assert "prompt-prefix reuse is off" in caplog.text and "no cache here" in caplog.text
     monkeypatch.undo()
     np.testing.assert_allclose(fallback, make(backbone).score(TEXTS, batch_size=2).logits, atol=1e-4)
+
+
+def test_prefix_reuse_gives_the_plain_loss_and_gradients(backbone):
+    """Training runs the prefix once per batch with gradients: the loss and every gradient must be the plain path's."""
+    from classlm.scoring import SharedPrefix
+
+    m = make(backbone)
+    model, pad = backbone.model, backbone.tokenizer.pad_token_id
+    rows = m.encoder.encode(TEXTS).ids
+    head = m.encoder.head_ids
+    target = torch.randn(len(rows), model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+
+    def loss_and_grads(reuse: bool) -> tuple[float, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        if reuse:
+            prefix = SharedPrefix(model, head, torch.device("cpu"))
+            h = last_token_hidden(model, [r[len(head) :] for r in rows], pad, torch.device("cpu"), prefix)
+        else:
+            h = last_token_hidden(model, rows, pad, torch.device("cpu"))
+        loss = ((h - target) ** 2).mean()
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain_loss, plain_grads = loss_and_grads(False)
+    reused_loss, reused_grads = loss_and_grads(True)
+    assert reused_loss == pytest.approx(plain_loss, rel=1e-5)
+    assert plain_grads.keys() == reused_grads.keys() and len(plain_grads) > 10
+    for name, g in plain_grads.items():
+        torch.testing.assert_close(reused_grads[name], g, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_a_prefix_kernel_that_changes_results_is_caught_and_turned_off(backbone, monkeypatch):
+    """The one-time check compares both paths on the prompt alone: a kernel that ignores the prefix fails it."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from classlm import scoring
+
+    def ignores_prefix(module, query, key, value, attention_mask, **kwargs):
+        kwargs.pop("classlm_prefix").calls += 1
+        return sdpa_attention_forward(module, query, key, value, None, is_causal=True, **kwargs)
+
+    make(backbone).score(TEXTS[:1], batch_size=1)  # registers the real kernel, which the patch below replaces
+    monkeypatch.setitem(AttentionInterface._global_mapping, scoring.PREFIX_ATTENTION, ignores_prefix)
+    m = make(backbone)
+    logits = m.score(TEXTS, batch_size=2).logits
+    assert not m.reuse_prefix and m._prefix is None
+    m.reuse_prefix = False
+    np.testing.assert_allclose(logits, m.score(TEXTS, batch_size=2).logits, atol=1e-6)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 1
 MANIFEST = "classlm.json"
 # Options that describe how to run, not what was learned: a loader may override them.
-RUN_OPTIONS = ("batch_size", "device", "dtype", "cache_dir", "progress")
+RUN_OPTIONS = ("batch_size", "batch_tokens", "device", "dtype", "cache_dir", "progress")
 
 
 def _version() -> str:
@@ -57,6 +57,7 @@ def manifest(clf: LMClassifier, metrics: Mapping[str, Any] | None = None) -> dic
             "calibration": clf.calibration,
             "max_length": clf.max_length,
             "batch_size": clf.batch_size,
+            "batch_tokens": clf.batch_tokens,
             "dtype": clf.dtype,
         },
         "base_model": clf.backbone_.identity(),

@@ -10,7 +10,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from classlm.calibration import TemperatureScaler
-from classlm.config import SCORING, CalibrationConfig, ModelConfig
+from classlm.config import DEFAULT_BATCH_TOKENS, SCORING, CalibrationConfig, ModelConfig
 from classlm.data import validate_labels
 from classlm.errors import ConfigError, DataError, NotFittedError
 from classlm.labels import LabelSet
@@ -61,7 +61,10 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
     calibration:
         ``"temperature"``: when ``fit`` gets labels, fit a temperature on them (zero-shot fitting trains no weights,
         so the fit data is held-out data for the temperature). ``"none"``: T = 1.
-    batch_size, max_length, device, dtype, cache_dir:
+    batch_size, batch_tokens:
+        A forward pass takes at most ``batch_size`` texts and ``batch_tokens`` padded tokens (``None``: no token
+        budget). Texts are length-sorted first, so short texts share big batches and long ones small.
+    max_length, device, dtype, cache_dir:
         Run settings; see :class:`~classlm.config.ModelConfig`.
     progress:
         Show progress bars while scoring.
@@ -76,7 +79,8 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
         prompt: PromptTemplate | Mapping[str, Any] | None = None,
         scoring: str = "first_token",
         calibration: str = "temperature",
-        batch_size: int = 16,
+        batch_size: int = 64,
+        batch_tokens: int | None = DEFAULT_BATCH_TOKENS,
         max_length: int = 512,
         device: str = "auto",
         dtype: str = "auto",
@@ -91,6 +95,7 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
         self.scoring = scoring
         self.calibration = calibration
         self.batch_size = batch_size
+        self.batch_tokens = batch_tokens
         self.max_length = max_length
         self.device = device
         self.dtype = dtype
@@ -112,6 +117,7 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
             dtype=self.dtype,
             max_length=self.max_length,
             batch_size=self.batch_size,
+            batch_tokens=self.batch_tokens,
             cache_dir=self.cache_dir,
         )
 
@@ -193,7 +199,13 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
         texts = as_texts(X)
         if not texts:
             return Scores(np.zeros((0, len(self.classes_)), dtype=np.float32), np.zeros(0) if class_mass else None)
-        return self.method_.score(texts, batch_size=self.batch_size, class_mass=class_mass, progress=self.progress)
+        return self.method_.score(
+            texts,
+            batch_size=self.batch_size,
+            batch_tokens=self.batch_tokens,
+            class_mass=class_mass,
+            progress=self.progress,
+        )
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Calibrated logits ``z / T`` (float64), columns in ``classes_`` order."""

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from classlm.config import DEFAULT_BATCH_TOKENS
 from classlm.errors import ClasslmError, ConfigError
 
 app = typer.Typer(
@@ -42,7 +43,10 @@ LabelsOpt = Annotated[
 MethodOpt = Annotated[str, typer.Option("--method", help="label_tokens or letters.")]
 InstructionOpt = Annotated[str | None, typer.Option("--instruction", "-i", help="The task sentence of the prompt.")]
 ScoringOpt = Annotated[str, typer.Option("--scoring", help="first_token (fast) or exact (all answer tokens).")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Texts per forward pass.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="At most this many texts per forward pass.")]
+BatchTokensOpt = Annotated[
+    int, typer.Option("--batch-tokens", min=0, help="At most this many padded tokens per forward pass (0: no limit).")
+]
 MaxLenOpt = Annotated[int, typer.Option("--max-length", help="Token limit per prompt; texts are cut inside.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 
@@ -90,6 +94,7 @@ def build_classifier(
     batch_size: int,
     max_length: int,
     device: str,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
     fit_texts: list[str] | None = None,
     fit_labels: list[str] | None = None,
 ) -> Any:
@@ -100,7 +105,9 @@ def build_classifier(
     _quiet_transformers()
     with err.status("loading the model (the first use of a .gguf dequantises it once, ~40 s)…"):
         if run is not None:
-            return LMClassifier.load(run, batch_size=batch_size, device=device, progress=True)
+            return LMClassifier.load(
+                run, batch_size=batch_size, batch_tokens=batch_tokens or None, device=device, progress=True
+            )
         if labels is None:
             raise ConfigError("no classes given: pass --labels a,b,c (or --run RUN for a saved classifier)")
         clf = LMClassifier(
@@ -110,6 +117,7 @@ def build_classifier(
             instruction=instruction,
             scoring=scoring,
             batch_size=batch_size,
+            batch_tokens=batch_tokens or None,
             max_length=max_length,
             device=device,
             progress=True,
@@ -132,7 +140,8 @@ def classify(
     fmt: Annotated[str, typer.Option("--format", help="table or jsonl.")] = "table",
     text_col: Annotated[str, typer.Option("--text-col", help="Text column of a data file.")] = "text",
     class_mass: Annotated[bool, typer.Option("--class-mass", help="Also report the class-token mass.")] = False,
-    batch_size: BatchOpt = 16,
+    batch_size: BatchOpt = 64,
+    batch_tokens: BatchTokensOpt = DEFAULT_BATCH_TOKENS,
     max_length: MaxLenOpt = 512,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -156,6 +165,7 @@ def classify(
         instruction=instruction,
         scoring=scoring,
         batch_size=batch_size,
+        batch_tokens=batch_tokens,
         max_length=max_length,
         device=device,
     )
@@ -222,7 +232,8 @@ def evaluate(
     ] = None,
     output: Annotated[Path | None, typer.Option("--out", "-o", help="Write the report as JSON here.")] = None,
     markdown: Annotated[Path | None, typer.Option("--markdown", help="Write the report as markdown here.")] = None,
-    batch_size: BatchOpt = 16,
+    batch_size: BatchOpt = 64,
+    batch_tokens: BatchTokensOpt = DEFAULT_BATCH_TOKENS,
     max_length: MaxLenOpt = 512,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -255,6 +266,7 @@ def evaluate(
         instruction=instruction,
         scoring=scoring,
         batch_size=batch_size,
+        batch_tokens=batch_tokens,
         max_length=max_length,
         device=device,
         fit_texts=list(calib.texts) if calib is not None else None,

@@ -17,6 +17,9 @@ DEFAULT_MODEL = "smollm2-135m"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCORING = ("first_token", "exact")
+# Padded tokens per forward pass. Measured on the 2-core CPU (benchmarks/throughput.py): throughput peaks at a few
+# hundred tokens per pass and falls at larger batches, whose activations no longer stay in cache.
+DEFAULT_BATCH_TOKENS = 512
 
 T = TypeVar("T")
 
@@ -50,7 +53,8 @@ class ModelConfig:
     device: str = "auto"
     dtype: str = "auto"
     max_length: int = 512
-    batch_size: int = 16
+    batch_size: int = 64
+    batch_tokens: int | None = DEFAULT_BATCH_TOKENS
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
@@ -64,6 +68,8 @@ class ModelConfig:
             raise ConfigError(f"max_length must be an int >= 16 (tokens), got {self.max_length!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        if self.batch_tokens is not None and (not isinstance(self.batch_tokens, int) or self.batch_tokens < 1):
+            raise ConfigError(f"batch_tokens must be a positive int or None (no budget), got {self.batch_tokens!r}")
         if self.cache_dir is not None:
             object.__setattr__(self, "cache_dir", str(Path(self.cache_dir).expanduser()))
 

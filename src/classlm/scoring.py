@@ -79,12 +79,24 @@ class PromptEncoder:
         return EncodedTexts(ids, n_truncated)
 
 
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[np.ndarray]:
+def length_sorted_batches(
+    lengths: Sequence[int], batch_size: int, batch_tokens: int | None = None
+) -> Iterator[np.ndarray]:
     """Index batches, longest first: similar lengths share a batch so little compute goes to padding, and the
-    first batch is the largest, so running out of memory shows up at once."""
+    first batch is the largest, so running out of memory shows up at once.
+
+    A batch holds at most ``batch_size`` rows and, with ``batch_tokens``, at most that many padded tokens (rows x
+    its longest row); a row longer than the budget runs alone. On CPU a forward pass is fastest at a few hundred
+    tokens (the activations stay in cache), so short texts get many rows per batch and long ones few.
+    """
     order = np.argsort(-np.asarray(lengths), kind="stable")
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
+    start = 0
+    while start < len(order):
+        # Sorted longest first, so the first row of a batch sets its padded width.
+        width = max(int(lengths[order[start]]), 1)
+        n = batch_size if batch_tokens is None else max(1, min(batch_size, batch_tokens // width))
+        yield order[start : start + n]
+        start += n
 
 
 def pad_right(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,33 +131,155 @@ def output_head(model: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     return head.weight, getattr(head, "bias", None)
 
 
+# Name under which the prefix-broadcasting attention is registered with transformers' AttentionInterface.
+PREFIX_ATTENTION = "classlm_prefix"
+
+
 class SharedPrefix:
-    """Keys and values of the prompt head, computed once and expanded over every batch.
+    """Keys and values of the prompt head, computed once and shared by every row of every batch.
 
     Every prompt starts with the same head tokens (system message, instruction, class list, few-shot examples), and
-    a causal model's keys and values for them depend on nothing after them. So the head runs once and each batch
-    runs only its texts' own tokens (text + tail) on top of the expanded cache. With right padding, suffix token j
-    of every row sits at position ``P + j`` exactly as in the full sequence, so the result is the plain path's.
+    a causal model's keys and values for them depend on nothing after them. So the head runs once (batch 1) and each
+    batch runs only its texts' own tokens (text + tail) at positions ``P + j``, exactly where they sit in the full
+    sequence. Their attention (``_prefix_attention``) scores each query against the batch-1 prefix keys and the
+    row's own keys and takes one softmax over both: the prefix is never copied per row, nor per query head.
+
+    Built with gradients enabled (training), the prefix keys/values keep their graph, so the loss is the plain
+    path's and so are the gradients, which flow into the prefix once per batch instead of once per row.
     """
 
     def __init__(self, model: Any, head_ids: Sequence[int], device: torch.device) -> None:
         from transformers import DynamicCache
 
+        _register_prefix_attention()
         self.length = len(head_ids)
-        self.config = model.config
+        self.model = model
         ids = torch.as_tensor([list(head_ids)], dtype=torch.long, device=device)
         out = decoder_of(model)(input_ids=ids, past_key_values=DynamicCache(config=model.config), use_cache=True)
-        cache = out.past_key_values
-        self.layers = [(layer.keys, layer.values) for layer in cache.layers]
+        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = [
+            (layer.keys, layer.values) for layer in out.past_key_values.layers
+        ]
         if len(self.layers) == 0 or any(k is None or k.shape[-2] != self.length for k, _ in self.layers):
             raise TypeError(f"{type(model).__name__} returned a cache that cannot be reused as a prompt prefix")
+        self.calls = 0
+        self._per_query_head: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def expand(self, batch: int) -> Any:
-        """A fresh cache for ``batch`` rows (the forward pass appends to it, so it is never shared)."""
-        from transformers import DynamicCache
+    def per_query_head(self, layer: int, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``layer``'s prefix keys/values repeated to one per query head, ``(1, H, P, d)``; made once, as
+        the prefix is batch 1 this costs one prefix's worth of memory, not one per row."""
+        if layer not in self._per_query_head:
+            k, v = self.layers[layer]
+            self._per_query_head[layer] = (k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1))
+        return self._per_query_head[layer]
 
-        data = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in self.layers]
-        return DynamicCache(ddp_cache_data=data, config=self.config)
+    def hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        """Final-norm hidden states ``(b, S, d)`` of right-padded suffix rows ``ids`` that follow the prefix."""
+        b, s = ids.shape
+        positions = torch.arange(self.length, self.length + s, device=ids.device).expand(b, -1)
+        self.calls = 0
+        # The implementation is read from the config at every attention call, so it is switched for this forward
+        # only; the other paths (and other users of the model) keep sdpa. Not thread-safe: one forward at a time.
+        config = self.model.config
+        saved = config._attn_implementation
+        config._attn_implementation = PREFIX_ATTENTION
+        try:
+            # No attention mask: right padding means a real token's causal window holds only real tokens, and
+            # transformers builds no mask for an implementation it has no mask function for.
+            h = decoder_of(self.model)(input_ids=ids, position_ids=positions, use_cache=False, classlm_prefix=self)
+        finally:
+            config._attn_implementation = saved
+        if self.calls != len(self.layers):
+            raise RuntimeError(
+                f"{type(self.model).__name__} ran {self.calls} of {len(self.layers)} attention layers through the "
+                "attention interface; the prompt prefix cannot be reused with it"
+            )
+        return h.last_hidden_state
+
+
+def _prefix_attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Attention of suffix queries over [shared prefix ; own causal suffix] with one softmax.
+
+    ``query`` is ``(b, H, S, d)``, ``key``/``value`` ``(b, h, S, d)`` with ``H = g * h`` (grouped-query attention:
+    query head ``i`` reads kv head ``i // g``). The prefix keys are ``(1, h, P, d)``; folding the batch into the
+    query rows, ``(h, b*g*S, d) @ (h, d, P)``, reads them once for the whole batch.
+    """
+    prefix: SharedPrefix | None = kwargs.get("classlm_prefix")
+    if prefix is None:
+        raise RuntimeError("classlm_prefix attention was called without a prefix")
+    # Variants this kernel does not implement: reusing the prefix would silently change the model.
+    if any(kwargs.get(k) is not None for k in ("sliding_window", "softcap", "s_aux")) or getattr(
+        module, "sliding_window", None
+    ):
+        raise NotImplementedError(f"{type(module).__name__} uses sliding windows, attention sinks or soft-capping")
+    pk, pv = prefix.layers[module.layer_idx]
+    prefix.calls += 1
+    b, n_heads, s, d = query.shape
+    h = key.shape[1]
+    g = n_heads // h
+    p = pk.shape[-2]
+    scale = d**-0.5 if scaling is None else scaling
+    if _FUSED_CPU is not None and query.device.type == "cpu" and not torch.is_grad_enabled():
+        return _fused_cpu(prefix, module.layer_idx, query, key, value, g, scale), None
+    q = (query * scale).reshape(b, h, g * s, d)
+    # Scores laid out (h, b, g*S, P + S): the prefix part as one batched matmul per kv head.
+    q_folded = q.transpose(0, 1).reshape(h, b * g * s, d)
+    scores_prefix = torch.matmul(q_folded, pk[0].transpose(-1, -2)).view(h, b, g * s, p)
+    scores_own = torch.matmul(q, key.transpose(-1, -2)).transpose(0, 1)
+    causal = torch.ones(s, s, dtype=torch.bool, device=query.device).tril().repeat(g, 1)
+    scores_own = scores_own.masked_fill(~causal, torch.finfo(scores_own.dtype).min)
+    scores = torch.cat([scores_prefix, scores_own], dim=-1)
+    # Softmax in float32 even under bf16, as the plain sdpa path does internally.
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    if dropout > 0.0 and module.training:
+        probs = torch.nn.functional.dropout(probs, p=dropout)
+    out = torch.matmul(probs[..., :p].reshape(h, b * g * s, p), pv[0]).view(h, b, g * s, d)
+    out = out + torch.matmul(probs[..., p:], value.transpose(0, 1))
+    # -> (b, S, H, d), the layout the attention module reshapes into its output projection.
+    return out.view(h, b, g, s, d).permute(1, 3, 0, 2, 4).reshape(b, s, n_heads, d), None
+
+
+# PyTorch's CPU flash-attention kernel, which also returns each query's log-sum-exp: two attention passes (prefix,
+# own tokens) merge exactly by their log-sum-exps. Private, so looked up once and only used when present.
+_FUSED_CPU: Any = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def _fused_cpu(
+    prefix: SharedPrefix, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, g: int, scale: float
+) -> torch.Tensor:
+    """Inference-only form of ``_prefix_attention``: 3x faster on CPU, but its log-sum-exp has no gradient."""
+    b, n_heads, s, d = query.shape
+    pk, pv = prefix.per_query_head(layer, g)
+    # Every row's queries as one batch-1 sequence against the prefix: no mask, the prefix read once.
+    out_p, lse_p = _FUSED_CPU(query.transpose(0, 1).reshape(1, n_heads, b * s, d), pk, pv, 0.0, False, scale=scale)
+    out_p = out_p.view(n_heads, b, s, d).transpose(0, 1)
+    lse_p = lse_p.view(n_heads, b, s).transpose(0, 1)
+    k = key.repeat_interleave(g, dim=1)
+    v = value.repeat_interleave(g, dim=1)
+    out_s, lse_s = _FUSED_CPU(query, k, v, 0.0, True, scale=scale)
+    # softmax over [prefix ; own] = each part's softmax weighted by its share of the total exp-sum.
+    w = torch.sigmoid(lse_p - lse_s).unsqueeze(-1).to(out_p.dtype)
+    return (out_s + w * (out_p - out_s)).transpose(1, 2)
+
+
+_registered = False
+
+
+def _register_prefix_attention() -> None:
+    global _registered
+    if not _registered:
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(PREFIX_ATTENTION, _prefix_attention)
+        _registered = True
 
 
 def last_token_hidden(
@@ -157,19 +291,10 @@ def last_token_hidden(
 ) -> torch.Tensor:
     """Hidden state at each row's last real token, ``(b, d)``, in the model's dtype.
 
-    With ``prefix``, each row holds only the tokens after it (text + tail) and runs on top of its cached keys/values.
+    With ``prefix``, each row holds only the tokens after it (text + tail) and attends to its keys/values.
     """
     ids, mask = pad_right(rows, pad_id, device)
-    if prefix is None:
-        h = hidden_states(model, ids, mask)
-    else:
-        ones = torch.ones((len(rows), prefix.length), dtype=mask.dtype, device=device)
-        h = decoder_of(model)(
-            input_ids=ids,
-            attention_mask=torch.cat([ones, mask], dim=1),
-            past_key_values=prefix.expand(len(rows)),
-            use_cache=True,
-        ).last_hidden_state
+    h = hidden_states(model, ids, mask) if prefix is None else prefix.hidden(ids)
     last = torch.as_tensor([len(r) - 1 for r in rows], device=device)
     return h[torch.arange(len(rows), device=device), last]
 

@@ -35,9 +35,16 @@ class Method(ABC):
 
     @abstractmethod
     def score(
-        self, texts: Sequence[str], *, batch_size: int, class_mass: bool = False, progress: bool = False
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int,
+        batch_tokens: int | None = None,
+        class_mass: bool = False,
+        progress: bool = False,
     ) -> Scores:
-        """Class logits for ``texts`` in input order."""
+        """Class logits for ``texts`` in input order; batches of at most ``batch_size`` rows and ``batch_tokens``
+        padded tokens."""
 
     @abstractmethod
     def describe(self) -> dict[str, Any]:

@@ -51,20 +51,45 @@ class LabelTokensMethod(Method):
         # run every row in full; it turns itself off, with a debug log line, for models whose cache cannot be reused.
         self.reuse_prefix = True
         self._prefix: tuple[Any, SharedPrefix] | None = None
+        self._prefix_checked = False
 
     def _shared_prefix(self) -> SharedPrefix | None:
+        """The prompt head's keys/values for the current weights, or None where reuse is off or unsupported."""
         if not self.reuse_prefix or not self.encoder.head_ids:
             return None
         bb = self.backbone
         key = (weights_version(bb.model), tuple(self.encoder.head_ids))
         if self._prefix is None or self._prefix[0] != key:
             try:
-                self._prefix = (key, SharedPrefix(bb.model, self.encoder.head_ids, bb.device))
+                prefix = SharedPrefix(bb.model, self.encoder.head_ids, bb.device)
+                if not self._prefix_checked:
+                    self._check_prefix(prefix)
+                    self._prefix_checked = True
+                self._prefix = (key, prefix)
             except (TypeError, ValueError, AttributeError, RuntimeError, NotImplementedError) as exc:
                 log.debug("prompt-prefix reuse is off for %s: %s", type(bb.model).__name__, exc)
                 self.reuse_prefix, self._prefix = False, None
                 return None
         return self._prefix[1]
+
+    def _check_prefix(self, prefix: SharedPrefix) -> None:
+        """Once per method: the prompt with an empty text must give the same last hidden state both ways.
+
+        Catches architectures whose attention the prefix kernel does not reproduce (a model that skips the
+        attention interface, or bends scores in ways it does not know of) before they return wrong probabilities.
+        """
+        bb = self.backbone
+        head, tail = self.encoder.head_ids, self.encoder.tail_ids
+        pad = bb.tokenizer.pad_token_id
+        with torch.inference_mode():
+            plain = last_token_hidden(bb.model, [[*head, *tail]], pad, bb.device).float()
+            reused = last_token_hidden(bb.model, [list(tail)], pad, bb.device, prefix).float()
+        # fp32 agrees to ~1e-5 of the activations' scale; bf16 rounds at ~1e-2. A model whose attention ignored the
+        # prefix is off by the scale itself.
+        tol = (1e-3 if prefix.layers[0][0].dtype == torch.float32 else 5e-2) * float(plain.abs().max())
+        err = float((plain - reused).abs().max())
+        if not err <= tol:
+            raise RuntimeError(f"prefix reuse changes the hidden state by {err:.3g} (tolerance {tol:.3g})")
 
     def last_hidden(self, rows: list[list[int]]) -> torch.Tensor:
         """Hidden state at each row's last real token, reusing the shared prompt head when possible."""
@@ -75,15 +100,24 @@ class LabelTokensMethod(Method):
         return last_token_hidden(bb.model, rows, bb.tokenizer.pad_token_id, bb.device, prefix)
 
     def score(
-        self, texts: Sequence[str], *, batch_size: int, class_mass: bool = False, progress: bool = False
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int,
+        batch_tokens: int | None = None,
+        class_mass: bool = False,
+        progress: bool = False,
     ) -> Scores:
         encoded = self.encoder.encode(texts)
+        # The token budget counts the tokens that run: without the shared prefix when it is reused.
+        prefix = self._shared_prefix() if self.scoring == "first_token" else None
+        skip = prefix.length if prefix is not None else 0
         k = len(self.labels)
         logits = np.zeros((len(texts), k), dtype=np.float32)
         mass = np.zeros(len(texts), dtype=np.float32) if class_mass else None
         bar = tqdm(total=len(texts), desc="scoring", unit="text", disable=not progress, leave=False)
         with torch.inference_mode():
-            for idx in length_sorted_batches([len(r) for r in encoded.ids], batch_size):
+            for idx in length_sorted_batches([len(r) - skip for r in encoded.ids], batch_size, batch_tokens):
                 rows = [encoded.ids[i] for i in idx]
                 m: torch.Tensor | None
                 if self.scoring == "exact":
