@@ -1,10 +1,12 @@
 """Saving and loading a classifier directory.
 
 A classifier directory is data only: ``classlm.json`` (schema version, base model identity, labels, verbalizers,
-class token ids, prompt, method, options, temperature, metrics) — later also a peft adapter folder and/or
-``head.safetensors``. No pickle, and no class path read from a file is ever imported: the method is looked up by name
-in classlm's own registry. Loading re-resolves the class tokens with the tokenizer and refuses a mismatch, because a
-different tokenizer would silently read the wrong LM-head rows.
+class token ids, prompt, method, options, temperature, metrics) and, for a fine-tuned classifier, ``adapter/`` in
+peft's own format (``PeftModel.from_pretrained(base, "RUN/adapter")`` loads it without classlm). A training run
+keeps its ``metrics.jsonl``, checkpoints and plots in the same folder. No pickle, and no class path read from a
+file is ever imported: the method is looked up by name in classlm's own registry. Loading re-resolves the class
+tokens with the tokenizer and refuses a mismatch, because a different tokenizer would silently read the wrong
+LM-head rows.
 """
 
 from __future__ import annotations
@@ -19,15 +21,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from classlm.calibration import TemperatureScaler
+from classlm.config import config_to_dict
 from classlm.errors import ArtifactError, ConfigError, NotFittedError
 from classlm.labels import LabelSet
 from classlm.prompts import PromptTemplate
+from classlm.reports import write_text_atomic
 
 if TYPE_CHECKING:
     from classlm.classifier import LMClassifier
 
 SCHEMA_VERSION = 1
 MANIFEST = "classlm.json"
+ADAPTER = "adapter"
+# What a training run writes into its folder before the classifier itself is saved there.
+RUN_FILES = ("metrics.jsonl", "checkpoints", "best_adapter.safetensors")
 # Options that describe how to run, not what was learned: a loader may override them.
 RUN_OPTIONS = ("batch_size", "batch_tokens", "device", "dtype", "cache_dir", "progress")
 
@@ -46,6 +53,7 @@ def manifest(clf: LMClassifier, metrics: Mapping[str, Any] | None = None) -> dic
     if not hasattr(clf, "method_"):
         raise NotFittedError("only a fitted classifier can be saved; call fit first")
     desc = clf.method_.describe()
+    lora = clf._lora_config()
     return {
         "schema_version": SCHEMA_VERSION,
         "classlm_version": _version(),
@@ -66,30 +74,44 @@ def manifest(clf: LMClassifier, metrics: Mapping[str, Any] | None = None) -> dic
         "prompt": clf.method_.prompt.to_dict(),
         "rendered_prompt": {"head": desc["prompt_head"], "tail": desc["prompt_tail"], "chat": desc["chat_template"]},
         "calibration": {**clf.calibrator_.to_dict(), **clf.calibration_info_},
+        "lora": None if lora is None else config_to_dict(lora),
+        "train": None if lora is None else config_to_dict(clf._train_config()),
+        "training": {k: v for k, v in getattr(clf, "training_", {}).items() if k != "history"} or None,
+        "adapter": None if lora is None else ADAPTER,
         "metrics": dict(metrics or {}),
     }
 
 
 def save_classifier(clf: LMClassifier, path: str | Path, *, metrics: Mapping[str, Any] | None = None) -> Path:
-    """Write the classifier directory atomically: built beside ``path``, then swapped in."""
+    """Write the classifier into folder ``path``: the adapter folder is built beside its place and renamed in, and
+    ``classlm.json`` is written last, atomically, so a crash leaves the previous classifier loadable. Other files of
+    the folder (a training run's metrics, checkpoints, plots) are left alone."""
     target = Path(path)
     doc = manifest(clf, metrics)
-    if target.exists() and not (target / MANIFEST).is_file() and any(target.iterdir()):
-        raise ConfigError(f"{target} exists and is not a classlm run folder; refusing to overwrite it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        (tmp / MANIFEST).write_text(json.dumps(doc, indent=2, allow_nan=False))
-        if target.exists():
-            # Move the old folder aside first so a crash leaves either the old or the new one in place.
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.rename(target, old)
-            os.rename(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"{target} is a file; a classifier is saved as a folder — choose another path")
+    if target.is_dir() and not (target / MANIFEST).is_file():
+        foreign = sorted(p.name for p in target.iterdir() if p.name not in RUN_FILES and not p.name.endswith(".png"))
+        if foreign:
+            raise ConfigError(
+                f"{target} exists and is not a classlm run folder (it holds {foreign[:3]}); refusing to write into it"
+            )
+    target.mkdir(parents=True, exist_ok=True)
+    if doc["adapter"] is not None:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{ADAPTER}.tmp-", dir=target))
+        try:
+            clf.backbone_.model.save_pretrained(str(tmp))
+            final = target / ADAPTER
+            if final.exists():
+                old = target / f".{ADAPTER}.old-{os.getpid()}"
+                os.rename(final, old)
+                os.rename(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    write_text_atomic(target / MANIFEST, json.dumps(doc, indent=2, allow_nan=False))
     return target
 
 
@@ -126,10 +148,18 @@ def load_classifier(path: str | Path, **overrides: Any) -> LMClassifier:
         method = doc["method"]
     except (KeyError, TypeError, ConfigError) as exc:
         raise ArtifactError(f"{path}/{MANIFEST} is missing or has a bad field: {exc}") from exc
+    adapter = doc.get("adapter")
+    if adapter is not None:
+        if adapter != ADAPTER or not (Path(path) / ADAPTER / "adapter_config.json").is_file():
+            raise ArtifactError(
+                f"{path}: the manifest names adapter {adapter!r} but {path}/{ADAPTER} is not a peft adapter"
+            )
+        options["lora"] = doc.get("lora")
+        options["train"] = doc.get("train")
     clf = LMClassifier(
         model=options.pop("model"), method=method, labels=labels, prompt=prompt, **{**options, **overrides}
     )
-    clf._build(labels)
+    clf._build(labels, adapter=None if adapter is None else Path(path) / ADAPTER)
     resolved = [list(s) for s in clf.method_.describe()["token_ids"]]
     if resolved != saved_tokens:
         diffs = [
@@ -145,4 +175,52 @@ def load_classifier(path: str | Path, **overrides: Any) -> LMClassifier:
     clf.calibrator_ = calibrator
     clf.calibration_info_ = {k: v for k, v in doc["calibration"].items() if k not in calibrator.to_dict()}
     clf.metrics_ = doc.get("metrics", {})
+    if doc.get("training"):
+        clf.training_ = dict(doc["training"])
     return clf
+
+
+EXPORT_INFO = "classlm_export.json"
+
+
+def export_merged(clf: LMClassifier, out: str | Path) -> Path:
+    """Write a plain Hugging Face model folder with the LoRA adapter merged into the weights, plus the tokenizer
+    and ``classlm_export.json`` (prompt, class token ids, temperature): transformers loads it without classlm and,
+    fed the same prompt, gives the same class probabilities. Built beside ``out`` and renamed into place."""
+    import copy
+
+    model = getattr(clf, "backbone_", None) and clf.backbone_.model
+    if model is None:
+        raise NotFittedError("only a fitted classifier can be exported; load or fit it first")
+    if not hasattr(model, "merge_and_unload"):
+        raise ConfigError(
+            "this classifier has no LoRA adapter to merge (it is zero-shot): its base model already is a plain "
+            f"Hugging Face model ({clf.backbone_.source.location})"
+        )
+    target = Path(out)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise ConfigError(f"{target} exists and is not empty; choose a new folder for the merged model")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Merging rewrites the base weights in place: do it on a copy so this classifier keeps working.
+    merged = copy.deepcopy(model).merge_and_unload()
+    desc = clf.method_.describe()
+    info = {
+        "merged_from": {"base_model": clf.backbone_.identity(), "lora": config_to_dict(clf._lora_config())},
+        "labels": list(clf.label_set_.names),
+        "class_token_ids": [s[0] for s in desc["token_ids"]],
+        "prompt_head": desc["prompt_head"],
+        "prompt_tail": desc["prompt_tail"],
+        "temperature": float(clf.calibrator_.temperature),
+        "how": "p = softmax(logits[last token][class_token_ids] / temperature) for the prompt head + text + tail",
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        merged.save_pretrained(str(tmp))
+        clf.backbone_.tokenizer.save_pretrained(str(tmp))
+        (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2))
+        if target.exists():
+            target.rmdir()
+        os.rename(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

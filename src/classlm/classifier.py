@@ -10,14 +10,31 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from classlm.calibration import TemperatureScaler
-from classlm.config import DEFAULT_BATCH_TOKENS, SCORING, CalibrationConfig, ModelConfig
-from classlm.data import validate_labels
+from classlm.config import (
+    DEFAULT_BATCH_TOKENS,
+    SCORING,
+    CalibrationConfig,
+    LoraConfig,
+    ModelConfig,
+    TrainConfig,
+    config_from_dict,
+)
+from classlm.data import stratified_split, validate_labels
 from classlm.errors import ConfigError, DataError, NotFittedError
 from classlm.labels import LabelSet
 from classlm.methods import Method, get_method
 from classlm.metrics import softmax
 from classlm.prompts import PromptTemplate
 from classlm.scoring import Scores
+
+
+def _as_config(cls: Any, value: Any, name: str) -> Any:
+    """``None``, an instance of the config class, or a dict of its options."""
+    if value is None or isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        return config_from_dict(cls, dict(value))
+    raise ConfigError(f"{name} must be a {cls.__name__} or a dict of its options, got {type(value).__name__}")
 
 
 def as_texts(X: Any) -> list[str]:
@@ -59,8 +76,15 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
         ``"first_token"`` (default, fast: one forward pass, the class's first token only) or ``"exact"`` (sum of the
         log-probabilities of every token of each class's answer; about k times slower).
     calibration:
-        ``"temperature"``: when ``fit`` gets labels, fit a temperature on them (zero-shot fitting trains no weights,
-        so the fit data is held-out data for the temperature). ``"none"``: T = 1.
+        ``"temperature"``: fit a temperature on held-out data. Zero-shot, ``fit(X, y)`` trains no weights, so all of
+        ``(X, y)`` is held out for it; with ``lora`` it is ``calib_set``, or a stratified ``train.calib_fraction``
+        of ``(X, y)`` held out from training (recorded in the artifact). ``"none"``: T = 1.
+    lora:
+        ``None`` (zero-shot: no weights change), or a :class:`~classlm.config.LoraConfig` / dict of its options
+        (``r``, ``alpha``, ``dropout``, ``target_modules``): ``fit`` then trains LoRA adapters on the labelled data.
+    train:
+        A :class:`~classlm.config.TrainConfig` or dict of its options (loss, lr, batch_size, epochs, max_steps,
+        eval_every, early_stopping, …); used with ``lora``.
     batch_size, batch_tokens:
         A forward pass takes at most ``batch_size`` texts and ``batch_tokens`` padded tokens (``None``: no token
         budget). Texts are length-sorted first, so short texts share big batches and long ones small.
@@ -86,6 +110,8 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
         dtype: str = "auto",
         cache_dir: str | None = None,
         progress: bool = False,
+        lora: LoraConfig | Mapping[str, Any] | None = None,
+        train: TrainConfig | Mapping[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.method = method
@@ -101,6 +127,8 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
         self.dtype = dtype
         self.cache_dir = cache_dir
         self.progress = progress
+        self.lora = lora
+        self.train = train
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -134,8 +162,18 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
             template = PromptTemplate.from_dict({**template.to_dict(), "instruction": self.instruction})
         return template
 
-    def _build(self, label_set: LabelSet) -> None:
-        """Load the backbone and bind the method; shared by ``fit`` and artifact loading."""
+    def _lora_config(self) -> LoraConfig | None:
+        return _as_config(LoraConfig, self.lora, "lora")
+
+    def _train_config(self) -> TrainConfig:
+        return _as_config(TrainConfig, self.train, "train") or TrainConfig()
+
+    def _build(self, label_set: LabelSet, adapter: str | Path | None = None) -> None:
+        """Load the backbone and bind the method; shared by ``fit`` and artifact loading.
+
+        With ``lora`` (or a saved ``adapter`` folder) the backbone is a private copy, since its weights will change
+        or differ from the base model's; zero-shot classifiers share one in-process copy.
+        """
         from classlm.models import load_backbone  # the model layer (torch + transformers) loads only when needed
 
         if self.scoring not in SCORING:
@@ -143,7 +181,17 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
         CalibrationConfig(method=self.calibration)
         method_cls = get_method(self.method)
         label_set = LabelSet.from_spec(label_set, letters=method_cls.letters)
-        backbone = load_backbone(self._model_config())
+        lora = self._lora_config()
+        private = lora is not None or adapter is not None
+        backbone = load_backbone(self._model_config(), shared=not private)
+        if adapter is not None:
+            from peft import PeftModel
+
+            backbone.model = PeftModel.from_pretrained(backbone.model, str(adapter)).eval()
+        elif lora is not None:
+            from classlm.training import add_lora
+
+            backbone.model = add_lora(backbone.model, lora, self._train_config().seed)
         method = method_cls(label_set, self._prompt_template(), scoring=self.scoring, max_length=self.max_length)
         method.prepare(backbone)
         self.backbone_ = backbone
@@ -154,10 +202,25 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
         self.calibration_info_: dict[str, Any] = {"fitted": False}
 
     # -- estimator API ------------------------------------------------------------------------------------------
-    def fit(self, X: Any, y: Any = None) -> LMClassifier:
-        """Load the model, resolve the labels and, given ``y`` and ``calibration="temperature"``, fit the temperature.
+    def fit(
+        self,
+        X: Any,
+        y: Any = None,
+        *,
+        eval_set: tuple[Any, Any] | None = None,
+        calib_set: tuple[Any, Any] | None = None,
+        run_dir: str | Path | None = None,
+        resume: bool = False,
+        callback: Any = None,
+    ) -> LMClassifier:
+        """Load the model, resolve the labels; then train (with ``lora``) and fit the temperature. Returns ``self``.
 
-        Zero-shot: no weights change. Returns ``self``.
+        Zero-shot (``lora=None``): no weights change and ``(X, y)``, when given, fits the temperature. With ``lora``:
+        LoRA training on ``(X, y)``, evaluated on ``eval_set`` (default: the calibration split) during training,
+        then the temperature on ``calib_set`` (default: a stratified slice of ``(X, y)`` held out from training).
+        ``run_dir`` receives ``metrics.jsonl``, checkpoints and the best adapter; ``resume=True`` continues the
+        run in ``run_dir`` from its last checkpoint. ``callback(event, info)`` is called after every backward pass
+        and optimiser step.
         """
         texts = as_texts(X)
         y_list = None if y is None else [str(v) for v in y]
@@ -169,18 +232,104 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
             spec: Any = sorted(set(y_list))
         else:
             spec = self.labels
+        lora = self._lora_config()
+        train_cfg = self._train_config()  # validates ``train`` even when zero-shot
+        if lora is None and (eval_set is not None or calib_set is not None or run_dir is not None or resume):
+            raise ConfigError(
+                "eval_set, calib_set, run_dir and resume are for training; pass lora={...} to LMClassifier to "
+                "fine-tune (zero-shot, fit(X, y) fits the temperature on (X, y) directly)"
+            )
+        if lora is not None and (y_list is None or not texts):
+            raise ConfigError("training (lora=...) needs labelled examples: fit(texts, labels)")
         self._build(LabelSet.from_spec(spec))
         if y_list is not None:
             validate_labels(y_list, self.label_set_.names)
-        if y_list is not None and self.calibration == "temperature" and texts:
-            logits = self.predict_scores(texts).logits
-            self.calibrator_.fit(logits, self._indices(y_list))
-            self.calibration_info_ = {
-                "fitted": True,
-                "n": len(texts),
-                "source": "fit(X, y): zero-shot, no weights trained, so all of it is held out for the temperature",
-            }
+        if lora is None:
+            if y_list is not None and self.calibration == "temperature" and texts:
+                self._fit_temperature(
+                    texts,
+                    y_list,
+                    "fit(X, y): zero-shot, no weights trained, so all of it is held out for the temperature",
+                )
+            return self
+        assert y_list is not None
+        calib: tuple[list[str], list[str]] | None = None
+        train_texts, train_y = texts, y_list
+        if calib_set is not None:
+            calib = self._labelled(calib_set, "calib_set")
+            source = "calib_set"
+        elif self.calibration == "temperature":
+            keep, held = stratified_split(y_list, train_cfg.calib_fraction, seed=train_cfg.seed)
+            train_texts, train_y = [texts[i] for i in keep], [y_list[i] for i in keep]
+            calib = ([texts[i] for i in held], [y_list[i] for i in held])
+            source = (
+                f"held out from fit(X, y): stratified {train_cfg.calib_fraction:.0%} (seed {train_cfg.seed}), "
+                "disjoint from training"
+            )
+        evaluation = self._labelled(eval_set, "eval_set") if eval_set is not None else calib
+        from classlm.training import Trainer
+
+        trainer = Trainer(
+            self.method_,
+            self.backbone_.model,
+            train_cfg,
+            run_dir=run_dir,
+            progress=self.progress,
+            callback=callback,
+            eval_batch_size=self.batch_size,
+            eval_batch_tokens=self.batch_tokens,
+        )
+        state = trainer.fit(
+            train_texts,
+            self._indices(train_y),
+            evaluation[0] if evaluation else None,
+            self._indices(evaluation[1]) if evaluation else None,
+            resume=resume,
+        )
+        self.training_ = {
+            "n_train": len(train_texts),
+            "steps": state.step,
+            "examples_seen": state.examples_seen,
+            "seconds": round(state.seconds, 2),
+            "examples_per_second": state.examples_seen / state.seconds if state.seconds else None,
+            "best_step": state.best_step,
+            "best_" + train_cfg.early_stopping: state.best_value,
+            "stopped_early": state.stopped_early,
+            "eval_set": "eval_set" if eval_set is not None else ("calibration split" if calib else None),
+            "trainable_parameters": int(sum(p.numel() for p in self.backbone_.model.parameters() if p.requires_grad)),
+            "history": state.history,
+        }
+        if calib is not None:
+            self._fit_temperature(calib[0], calib[1], source)
         return self
+
+    def _labelled(self, pair: Any, name: str) -> tuple[list[str], list[str]]:
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise ConfigError(f"{name} must be a (texts, labels) pair, got {type(pair).__name__}")
+        texts, labels = as_texts(pair[0]), [str(v) for v in pair[1]]
+        if len(texts) != len(labels) or not texts:
+            raise DataError(f"{name}: {len(texts)} texts and {len(labels)} labels; expected the same, non-zero count")
+        validate_labels(labels, self.label_set_.names)
+        return texts, labels
+
+    def _fit_temperature(self, texts: list[str], labels: list[str], source: str) -> None:
+        """Fit T on held-out ``(texts, labels)``; the metrics before and after are kept for the artifact."""
+        from classlm.metrics import classification_metrics
+
+        logits = self.predict_scores(texts).logits
+        y = self._indices(labels)
+        self.calibrator_.fit(logits, y)
+        keys = ("accuracy", "macro_f1", "nll", "ece", "calibration_ratio_min", "calibration_ratio_max")
+        names = list(self.label_set_.names)
+        before = classification_metrics(y, softmax(logits), names)
+        after = classification_metrics(y, softmax(self.calibrator_.transform(logits)), names)
+        self.calibration_info_ = {
+            "fitted": True,
+            "n": len(texts),
+            "source": source,
+            "before": {k: before[k] for k in keys},
+            "after": {k: after[k] for k in keys},
+        }
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "method_"):

@@ -89,3 +89,119 @@ class CalibrationConfig:
             raise ConfigError(f"calibration must be 'temperature' or 'none', got {self.method!r}")
         if not isinstance(self.n_bins, int) or self.n_bins < 2:
             raise ConfigError(f"n_bins must be an int >= 2, got {self.n_bins!r}")
+
+
+LOSSES = ("class_ce", "vocab_ce")
+# Metrics early stopping can watch, and whether larger is better.
+STOP_METRICS = {"accuracy": True, "macro_f1": True, "nll": False, "ece": False}
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """LoRA adapters on the transformer's linear layers; embeddings and the LM head stay frozen.
+
+    ``target_modules`` names the linear layers (default: every attention and MLP projection of Llama/Qwen/Mistral
+    style models) or is ``"all-linear"`` (peft's shorthand, which excludes the LM head).
+    """
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] | str = (
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    )
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.r, int) or self.r < 1:
+            raise ConfigError(f"lora r must be a positive int (8-64 is usual), got {self.r!r}")
+        if not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
+            raise ConfigError(f"lora alpha must be positive (commonly 2 * r), got {self.alpha!r}")
+        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ConfigError(f"lora dropout must be in [0, 1), got {self.dropout!r}")
+        targets = self.target_modules
+        if isinstance(targets, list):
+            targets = tuple(targets)
+            object.__setattr__(self, "target_modules", targets)
+        if isinstance(targets, str):
+            if targets != "all-linear":
+                raise ConfigError(f"target_modules: a list of layer names or 'all-linear', got {targets!r}")
+        elif not targets or not all(isinstance(t, str) and t for t in targets):
+            raise ConfigError(f"target_modules must be a non-empty list of layer names, got {targets!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The fine-tuning loop: loss, optimiser, schedule, evaluation, early stopping and checkpoints.
+
+    ``batch_size`` examples per optimiser step, run as ``grad_accum`` micro-batches. Training stops after
+    ``max_steps`` optimiser steps when set, else after ``epochs`` passes over the training data. The learning rate
+    warms up linearly over ``warmup_ratio`` of the steps, then decays linearly to 0. ``eval_every`` steps (0: only
+    at the end) the eval set is scored; ``early_stopping`` names the metric to watch and ``patience`` how many
+    evaluations without improvement end training; the best adapter is kept. ``class_weights``: ``None``,
+    ``"balanced"`` (inverse class frequency) or ``{class: weight}``.
+    """
+
+    loss: str = "class_ce"
+    lr: float = 5e-4
+    batch_size: int = 16
+    grad_accum: int = 1
+    epochs: float = 1.0
+    max_steps: int | None = None
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    seed: int = 0
+    eval_every: int = 50
+    eval_limit: int | None = 500
+    early_stopping: str = "macro_f1"
+    patience: int | None = None
+    checkpoint_every: int | None = None
+    class_weights: str | dict[str, float] | None = None
+    calib_fraction: float = 0.1
+    reuse_prefix: bool = True
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ConfigError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        for name in ("lr", "epochs"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError(f"{name} must be a positive number, got {value!r}")
+        for name in ("batch_size", "grad_accum"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive int, got {value!r}")
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(
+                f"batch_size ({self.batch_size}) must be a multiple of grad_accum ({self.grad_accum}): each step runs "
+                "batch_size / grad_accum examples per micro-batch"
+            )
+        for name in ("max_steps", "eval_limit", "patience", "checkpoint_every"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name} must be a positive int or None, got {value!r}")
+        if not isinstance(self.eval_every, int) or self.eval_every < 0:
+            raise ConfigError(f"eval_every must be an int >= 0 (0: evaluate at the end only), got {self.eval_every!r}")
+        if not isinstance(self.warmup_ratio, (int, float)) or not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.max_grad_norm is not None and (
+            not isinstance(self.max_grad_norm, (int, float)) or self.max_grad_norm <= 0
+        ):
+            raise ConfigError(f"max_grad_norm must be positive or None (no clipping), got {self.max_grad_norm!r}")
+        if self.early_stopping not in STOP_METRICS:
+            raise ConfigError(f"early_stopping must be one of {sorted(STOP_METRICS)}, got {self.early_stopping!r}")
+        cw = self.class_weights
+        if not (cw is None or cw == "balanced" or isinstance(cw, dict)):
+            raise ConfigError(f"class_weights must be None, 'balanced' or {{class: weight}}, got {cw!r}")
+        if isinstance(cw, dict) and not all(isinstance(v, (int, float)) and v > 0 for v in cw.values()):
+            raise ConfigError(f"class_weights values must be positive numbers, got {cw!r}")
+        if not isinstance(self.calib_fraction, (int, float)) or not 0 < self.calib_fraction < 1:
+            raise ConfigError(f"calib_fraction must be strictly between 0 and 1, got {self.calib_fraction!r}")

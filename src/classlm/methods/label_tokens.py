@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from classlm.errors import ConfigError
 from classlm.labels import ClassTokens, resolve_class_tokens
 from classlm.methods import Method, register
 from classlm.scoring import (
@@ -132,22 +133,49 @@ class LabelTokensMethod(Method):
         return Scores(logits, mass, encoded.n_truncated)
 
     def _first_token(self, rows: list[list[int]], class_mass: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        z, full = self._head(self.last_hidden(rows), full_vocab=class_mass)
+        if full is None:
+            return z, None
+        return z, torch.exp(torch.logsumexp(z, -1) - torch.logsumexp(full, -1))
+
+    def _head(self, h: torch.Tensor, full_vocab: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Class logits ``(b, k)`` from last-token hidden states, and with ``full_vocab`` the full row ``(b, V)``."""
         bb = self.backbone
         # Softmax inputs stay float32 even when the model runs in bf16 (DESIGN.md §5 rule 3).
-        h = self.last_hidden(rows).float()
+        h = h.float()
         weight, bias = output_head(bb.model)
         ids = torch.as_tensor(self.tokens.first_ids, device=bb.device)
-        if class_mass:
+        if full_vocab:
             # Only the last position's full-vocabulary row: (b, V), still never (b, L, V).
             full = h @ weight.float().T
             if bias is not None:
                 full = full + bias.float()
-            z = full[:, ids]
-            return z, torch.exp(torch.logsumexp(z, -1) - torch.logsumexp(full, -1))
+            return full[:, ids], full
         z = h @ weight[ids].float().T
         if bias is not None:
             z = z + bias[ids].float()
         return z, None
+
+    def train_logits(
+        self, rows: list[list[int]], *, full_vocab: bool = False, reuse_prefix: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Class logits with gradients, for training. With ``reuse_prefix`` the prompt head runs once for the batch
+        (with gradients: LoRA changes its keys and values) instead of once per row; the loss is the same."""
+        if self.scoring != "first_token":
+            raise ConfigError(
+                f"training reads the class tokens' first-token logits; scoring={self.scoring!r} is for zero-shot "
+                "use. Train with scoring='first_token' (make the first tokens distinct with verbalizers or letters)"
+            )
+        bb = self.backbone
+        head = self.encoder.head_ids
+        if reuse_prefix and head and self.reuse_prefix:
+            prefix = SharedPrefix(bb.model, head, bb.device)
+            h = last_token_hidden(
+                bb.model, [r[len(head) :] for r in rows], bb.tokenizer.pad_token_id, bb.device, prefix
+            )
+        else:
+            h = last_token_hidden(bb.model, rows, bb.tokenizer.pad_token_id, bb.device)
+        return self._head(h, full_vocab)
 
     def _exact(self, rows: list[list[int]], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Sum of log p(token_j | prompt, tokens_<j) over each class's answer tokens, teacher-forced."""

@@ -1,0 +1,418 @@
+"""LoRA fine-tuning of the label-token head: the loop, evaluation during training, early stopping, checkpoints, resume.
+
+The model keeps its architecture: LoRA adapters on the attention and MLP projections learn, the embeddings and the
+LM head stay frozen, and the class logits are the LM-head rows of the class tokens, exactly as in zero-shot scoring.
+``class_ce`` is the cross-entropy over those k logits; ``vocab_ce`` is plain SFT on the class token (cross-entropy
+over the whole vocabulary), which also pushes the class mass towards 1.
+
+Everything a run needs to continue is in its checkpoint (adapter and optimizer tensors as safetensors, counters and
+RNG state as JSON/safetensors, no pickle), written to a temp folder and renamed into place, so a run killed at any
+point resumes from the last checkpoint and ends with the weights of the uninterrupted run. The data order of a step
+is a pure function of (seed, step), so resuming needs no sampler state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from classlm.config import STOP_METRICS, LoraConfig, TrainConfig
+from classlm.errors import ArtifactError, ConfigError
+from classlm.metrics import classification_metrics, softmax
+from classlm.reports import write_text_atomic
+
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+BEST_ADAPTER = "best_adapter.safetensors"
+
+# callback(event, info): events "backward" (after each micro-batch's backward) and "step" (after each optimiser step).
+Callback = Callable[[str, dict[str, Any]], None]
+
+
+def add_lora(model: Any, config: LoraConfig, seed: int) -> Any:
+    """Wrap ``model`` with fresh LoRA adapters (seeded init); only the adapters are trainable."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    targets = config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules)
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    if not isinstance(targets, str) and not set(targets) & names:
+        raise ConfigError(
+            f"none of the LoRA target_modules {targets} is a layer of {type(model).__name__}; pick from its linear "
+            "layers (e.g. q_proj, v_proj) or use target_modules='all-linear'"
+        )
+    torch.manual_seed(seed)
+    peft_config = PeftLoraConfig(
+        r=config.r,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_config)
+
+
+def trainable_state(model: Any) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: Any, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in state]
+    if missing:
+        raise ArtifactError(
+            f"checkpoint lacks {len(missing)} trainable tensors (e.g. {missing[0]}); it is not this run's"
+        )
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
+
+
+def class_weight_vector(config: TrainConfig, y: np.ndarray, names: Sequence[str]) -> torch.Tensor | None:
+    cw = config.class_weights
+    if cw is None:
+        return None
+    if cw == "balanced":
+        counts = np.bincount(y, minlength=len(names)).astype(np.float64)
+        w = np.where(counts > 0, len(y) / (len(names) * np.maximum(counts, 1)), 0.0)
+    else:
+        assert isinstance(cw, dict)
+        unknown = sorted(set(cw) - set(names))
+        if unknown:
+            raise ConfigError(f"class_weights names {unknown} are not classes; the classes are {list(names)}")
+        w = np.array([float(cw.get(n, 1.0)) for n in names])
+    return torch.as_tensor(w, dtype=torch.float32)
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then linear decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+@dataclass
+class TrainState:
+    """Counters that a checkpoint carries besides tensors."""
+
+    step: int = 0
+    examples_seen: int = 0
+    seconds: float = 0.0
+    best_value: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    stopped_early: bool = False
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    """Trains a ``label_tokens``/``letters`` method's LoRA adapters on index labels ``y`` (columns of the method)."""
+
+    def __init__(
+        self,
+        method: Any,
+        model: Any,
+        config: TrainConfig,
+        *,
+        run_dir: str | Path | None = None,
+        progress: bool = True,
+        callback: Callback | None = None,
+        eval_batch_size: int = 64,
+        eval_batch_tokens: int | None = None,
+    ) -> None:
+        self.method = method
+        self.model = model
+        self.config = config
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.progress = progress
+        self.callback = callback
+        self.eval_batch_size = eval_batch_size
+        self.eval_batch_tokens = eval_batch_tokens
+        self.names = list(method.labels.names)
+        self.device = method.backbone.device
+
+    # -- the loss ---------------------------------------------------------------------------------------------------
+    def loss_sum(
+        self, rows: list[list[int]], y: torch.Tensor, weights: torch.Tensor | None
+    ) -> tuple[torch.Tensor, float]:
+        """Sum over the rows of the (weighted) loss, and the sum of the weights: micro-batches add up to the mean
+        over the whole batch exactly."""
+        vocab = self.config.loss == "vocab_ce"
+        z, full = self.method.train_logits(rows, full_vocab=vocab, reuse_prefix=self.config.reuse_prefix)
+        if vocab:
+            assert full is not None
+            targets = torch.as_tensor(self.method.tokens.first_ids, device=self.device)[y]
+            per_row = torch.nn.functional.cross_entropy(full, targets, reduction="none")
+        else:
+            per_row = torch.nn.functional.cross_entropy(z, y, reduction="none")
+        if weights is None:
+            return per_row.sum(), float(len(rows))
+        w = weights.to(self.device)[y]
+        return (per_row * w).sum(), float(w.sum())
+
+    # -- the loop ---------------------------------------------------------------------------------------------------
+    def fit(
+        self,
+        texts: Sequence[str],
+        y: np.ndarray,
+        eval_texts: Sequence[str] | None = None,
+        eval_y: np.ndarray | None = None,
+        *,
+        resume: bool = False,
+    ) -> TrainState:
+        cfg = self.config
+        if len(texts) == 0:
+            raise ConfigError("no training examples")
+        rows = self.method.encoder.encode(list(texts)).ids
+        n = len(rows)
+        per_epoch = math.ceil(n / cfg.batch_size)
+        total = cfg.max_steps if cfg.max_steps is not None else max(1, math.ceil(cfg.epochs * per_epoch))
+        warmup = int(cfg.warmup_ratio * total)
+        weights = class_weight_vector(cfg, y, self.names)
+        if (
+            eval_texts is not None
+            and eval_y is not None
+            and cfg.eval_limit is not None
+            and len(eval_texts) > cfg.eval_limit
+        ):
+            keep = np.sort(np.random.default_rng(cfg.seed).permutation(len(eval_texts))[: cfg.eval_limit])
+            eval_texts, eval_y = [eval_texts[i] for i in keep], eval_y[keep]
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ConfigError("the model has no trainable parameters; LoRA adapters were not added")
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        state = TrainState()
+        if resume:
+            state = self._resume(optimizer)
+        elif self.run_dir is not None:
+            self._start_fresh()
+        if not resume:  # a resumed run restores the RNG state of its checkpoint instead (LoRA dropout draws from it)
+            torch.manual_seed(cfg.seed)
+        checkpoint_every = cfg.checkpoint_every or cfg.eval_every or 50
+        self.model.train()
+        bar = tqdm(total=total, initial=state.step, desc="training", unit="step", disable=not self.progress)
+        micro = cfg.batch_size // cfg.grad_accum
+        while state.step < total and not state.stopped_early:
+            t0 = time.perf_counter()
+            idx = self._batch_indices(state.step, n, per_epoch)
+            # Similar lengths in a micro-batch waste less compute on padding; the step's gradient is the same.
+            idx = idx[np.argsort([-len(rows[i]) for i in idx], kind="stable")]
+            total_w = float(len(idx)) if weights is None else float(weights[y[idx]].sum())
+            step_loss = 0.0
+            for start in range(0, len(idx), micro):
+                chunk = idx[start : start + micro]
+                loss, _ = self.loss_sum(
+                    [rows[i] for i in chunk], torch.as_tensor(y[chunk], device=self.device), weights
+                )
+                (loss / total_w).backward()
+                step_loss += float(loss.detach()) / total_w
+                if self.callback:
+                    self.callback("backward", {"step": state.step, "micro_batch": start // micro})
+            if cfg.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            lr = cfg.lr * lr_factor(state.step, total, warmup)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.examples_seen += len(idx)
+            state.loss_sum += step_loss
+            state.loss_count += 1
+            state.seconds += time.perf_counter() - t0
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
+            if self.callback:
+                self.callback("step", {"step": state.step, "loss": step_loss})
+            last = state.step == total
+            if (
+                eval_texts is not None
+                and eval_y is not None
+                and (last or (cfg.eval_every and state.step % cfg.eval_every == 0))
+            ):
+                row = self._evaluate(state, eval_texts, eval_y, lr)
+                bar.set_postfix(loss=f"{row['train_loss']:.4f}", acc=f"{row['eval']['accuracy']:.3f}")
+            if self.run_dir is not None and not last and state.step % checkpoint_every == 0:
+                self._checkpoint(state, optimizer)
+        bar.close()
+        self.model.eval()
+        if state.best_step is not None and self.run_dir is not None and (self.run_dir / BEST_ADAPTER).is_file():
+            from safetensors.torch import load_file
+
+            load_trainable_state(self.model, load_file(str(self.run_dir / BEST_ADAPTER)))
+        elif state.best_step is not None and hasattr(self, "_best"):
+            load_trainable_state(self.model, self._best)
+        return state
+
+    def _batch_indices(self, step: int, n: int, per_epoch: int) -> np.ndarray:
+        epoch, within = divmod(step, per_epoch)
+        order = np.random.default_rng([self.config.seed, epoch]).permutation(n)
+        return order[within * self.config.batch_size : (within + 1) * self.config.batch_size]
+
+    def _evaluate(self, state: TrainState, texts: Sequence[str], y: np.ndarray, lr: float) -> dict[str, Any]:
+        self.model.eval()
+        scores = self.method.score(
+            list(texts), batch_size=self.eval_batch_size, batch_tokens=self.eval_batch_tokens, class_mass=True
+        )
+        self.model.train()
+        m = classification_metrics(y, softmax(scores.logits), self.names)
+        ev = {k: m[k] for k in ("accuracy", "macro_f1", "nll", "ece", "calibration_ratio_min", "calibration_ratio_max")}
+        ev["calibration_ratio"] = {c: v["calibration_ratio"] for c, v in m["per_class"].items()}
+        ev["class_mass"] = float(np.mean(scores.class_mass)) if scores.class_mass is not None else None
+        row = {
+            "step": state.step,
+            "examples_seen": state.examples_seen,
+            "train_loss": state.loss_sum / max(1, state.loss_count),
+            "lr": lr,
+            "seconds": round(state.seconds, 3),
+            "eval": ev,
+        }
+        state.loss_sum, state.loss_count = 0.0, 0
+        state.history.append(row)
+        if self.run_dir is not None:
+            with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row, allow_nan=False) + "\n")
+        value = float(ev[self.config.early_stopping])
+        larger = STOP_METRICS[self.config.early_stopping]
+        if state.best_value is None or (value > state.best_value if larger else value < state.best_value):
+            state.best_value, state.best_step, state.bad_evals = value, state.step, 0
+            self._best = trainable_state(self.model)
+            if self.run_dir is not None:
+                _save_tensors_atomic(self._best, self.run_dir / BEST_ADAPTER)
+        else:
+            state.bad_evals += 1
+            if self.config.patience is not None and state.bad_evals >= self.config.patience:
+                state.stopped_early = True
+        return row
+
+    # -- checkpoints --------------------------------------------------------------------------------------------------
+    def _start_fresh(self) -> None:
+        assert self.run_dir is not None
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if (self.run_dir / CHECKPOINTS).is_dir() and any((self.run_dir / CHECKPOINTS).iterdir()):
+            raise ConfigError(
+                f"{self.run_dir} already holds a training run's checkpoints; pass resume=True (--resume) to continue "
+                "it, or choose a new output folder"
+            )
+        for name in (METRICS_FILE, BEST_ADAPTER):
+            (self.run_dir / name).unlink(missing_ok=True)
+
+    def _checkpoint(self, state: TrainState, optimizer: torch.optim.Optimizer) -> None:
+        from safetensors.torch import save_file
+
+        assert self.run_dir is not None
+        root = self.run_dir / CHECKPOINTS
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".step-tmp-", dir=root))
+        try:
+            save_file(trainable_state(self.model), str(tmp / "adapter.safetensors"))
+            opt_tensors, opt_meta = _optimizer_to_flat(optimizer)
+            save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+            save_file({"cpu": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+            counters = {k: v for k, v in vars(state).items() if k != "history"}
+            (tmp / "state.json").write_text(json.dumps({"state": counters, "optimizer": opt_meta}, indent=1))
+            for f in tmp.iterdir():  # the rename below publishes the folder: its files must be on disk first
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            os.rename(tmp, root / f"step-{state.step:08d}")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for old in _checkpoint_dirs(root)[:-1]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _resume(self, optimizer: torch.optim.Optimizer) -> TrainState:
+        from safetensors.torch import load_file
+
+        if self.run_dir is None:
+            raise ConfigError("resume needs the run folder of the interrupted run")
+        dirs = _checkpoint_dirs(self.run_dir / CHECKPOINTS)
+        if not dirs:
+            raise ConfigError(
+                f"nothing to resume in {self.run_dir}: no checkpoint was written yet (they are written every "
+                "checkpoint_every steps); start the run again without resume"
+            )
+        ckpt = dirs[-1]
+        meta = json.loads((ckpt / "state.json").read_text())
+        load_trainable_state(self.model, load_file(str(ckpt / "adapter.safetensors")))
+        _optimizer_from_flat(optimizer, load_file(str(ckpt / "optimizer.safetensors")), meta["optimizer"])
+        torch.set_rng_state(load_file(str(ckpt / "rng.safetensors"))["cpu"])
+        state = TrainState(**meta["state"])
+        # Evaluations logged after the checkpoint will be redone: drop them so each step appears once.
+        log = self.run_dir / METRICS_FILE
+        if log.is_file():
+            kept = [r for r in _read_jsonl(log) if r["step"] <= state.step]
+            write_text_atomic(log, "".join(json.dumps(r) + "\n" for r in kept))
+            state.history = kept
+        if state.best_step is not None and state.best_step > state.step:
+            # The best adapter was saved after the checkpoint: it belongs to the steps being redone.
+            state.best_step, state.best_value = None, None
+        best = self.run_dir / BEST_ADAPTER
+        if state.best_step is not None and best.is_file():
+            self._best = load_file(str(best))
+        return state
+
+
+def _checkpoint_dirs(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            break  # a line cut by a kill mid-write ends the usable log
+    return out
+
+
+def _save_tensors_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save
+
+    from classlm.reports import write_bytes_atomic
+
+    write_bytes_atomic(path, save(tensors))
+
+
+def _optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """AdamW state as named tensors (safetensors) plus the JSON-able rest: no pickle in checkpoints."""
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    for idx, entry in sd["state"].items():
+        for name, value in entry.items():
+            tensors[f"{idx}.{name}"] = torch.as_tensor(value).detach().clone().contiguous()
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"param_groups": groups}
+
+
+def _optimizer_from_flat(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The evaluation rows of a run's ``metrics.jsonl`` (one per evaluation, in step order)."""
+    path = Path(run_dir) / METRICS_FILE
+    return _read_jsonl(path) if path.is_file() else []

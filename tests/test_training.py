@@ -1,0 +1,228 @@
+"""LoRA fine-tuning on the tiny model: it learns, prefix reuse is exact, resume after SIGKILL, artifacts, export."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from classlm import LMClassifier
+from classlm.config import LoraConfig, TrainConfig
+from classlm.errors import ConfigError
+
+LABELS = ["World", "Sports", "Business", "Sci/Tech"]
+WORDS = {
+    "World": ["president", "election", "war", "minister"],
+    "Sports": ["match", "goal", "team", "coach"],
+    "Business": ["stocks", "market", "profit", "bank"],
+    "Sci/Tech": ["phone", "software", "space", "robot"],
+}
+
+
+def toy_data(n_per_class: int = 6, seed: int = 0) -> tuple[list[str], list[str]]:
+    rng = np.random.default_rng(seed)
+    texts, labels = [], []
+    for label, words in WORDS.items():
+        for _ in range(n_per_class):
+            picked = rng.choice(words, size=3)
+            texts.append(f"news about the {picked[0]} and the {picked[1]} and {picked[2]}")
+            labels.append(label)
+    return texts, labels
+
+
+FAST = {"lr": 2e-2, "batch_size": 8, "eval_every": 0, "warmup_ratio": 0.0, "calib_fraction": 0.25}
+
+
+def make(tiny_model_dir, **train):
+    return LMClassifier(
+        model=str(tiny_model_dir),
+        labels=LABELS,
+        lora={"r": 8, "alpha": 16, "dropout": 0.0},
+        train={**FAST, **train},
+    )
+
+
+def trainable(clf) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in clf.backbone_.model.named_parameters() if p.requires_grad}
+
+
+def test_lora_training_fits_a_toy_set(tiny_model_dir):
+    X, y = toy_data()
+    clf = make(tiny_model_dir, max_steps=40)
+    before = LMClassifier(model=str(tiny_model_dir), labels=LABELS).fit([])
+    assert (before.predict(X) == np.array(y)).mean() < 0.6
+    clf.fit(X, y, calib_set=toy_data(2, seed=1))
+    assert (clf.predict(X) == np.array(y)).mean() == 1.0
+    assert clf.training_["steps"] == 40 and clf.training_["trainable_parameters"] > 0
+    info = clf.calibration_info_
+    assert info["fitted"] and info["source"] == "calib_set" and info["before"]["nll"] >= info["after"]["nll"] - 1e-9
+    # Only the adapters changed: embeddings (tied with the LM head) are the base model's.
+    base = before.backbone_.model.get_input_embeddings().weight
+    assert torch.equal(clf.backbone_.model.get_input_embeddings().weight, base)
+
+
+def test_prefix_reuse_in_training_gives_the_plain_weights(tiny_model_dir):
+    X, y = toy_data(3)
+    a = make(tiny_model_dir, max_steps=3, reuse_prefix=True).fit(X, y, calib_set=toy_data(1, seed=1))
+    b = make(tiny_model_dir, max_steps=3, reuse_prefix=False).fit(X, y, calib_set=toy_data(1, seed=1))
+    wa, wb = trainable(a), trainable(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], atol=1e-5, rtol=1e-4, msg=name)
+    # LoRA's B matrices start at zero: the steps really changed the adapters.
+    assert all(wa[n].abs().sum() > 0 for n in wa if "lora_B" in n)
+
+
+def test_calibration_split_is_held_out_and_recorded(tiny_model_dir):
+    X, y = toy_data(8)
+    clf = make(tiny_model_dir, max_steps=2).fit(X, y)
+    assert clf.training_["n_train"] + clf.calibration_info_["n"] == len(X)
+    assert clf.calibration_info_["n"] == 8  # 25% of each class's 8 examples
+    assert "disjoint" in clf.calibration_info_["source"]
+
+
+def test_eval_during_training_writes_metrics_and_keeps_the_best(tiny_model_dir, tmp_path):
+    X, y = toy_data()
+    clf = make(tiny_model_dir, max_steps=12, eval_every=4, loss="vocab_ce")
+    clf.fit(X, y, eval_set=toy_data(2, seed=3), calib_set=toy_data(2, seed=1), run_dir=tmp_path)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [4, 8, 12]
+    for r in rows:
+        assert set(r["eval"]) >= {"accuracy", "macro_f1", "nll", "ece", "class_mass", "calibration_ratio"}
+        assert set(r["eval"]["calibration_ratio"]) == set(LABELS)
+    # vocab_ce is SFT on the class token: the full-vocabulary mass moves onto the class tokens.
+    assert rows[-1]["eval"]["class_mass"] > rows[0]["eval"]["class_mass"]
+    best = max(rows, key=lambda r: r["eval"]["macro_f1"])
+    assert clf.training_["best_step"] == best["step"]
+
+
+def test_save_load_round_trip_and_plain_peft_loads_the_adapter(tiny_model_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    X, y = toy_data(3)
+    clf = make(tiny_model_dir, max_steps=4).fit(X, y, calib_set=toy_data(1, seed=1))
+    clf.save(tmp_path / "run")
+    assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
+    loaded = LMClassifier.load(tmp_path / "run")
+    np.testing.assert_allclose(loaded.predict_proba(X), clf.predict_proba(X), atol=1e-5)
+    assert loaded.temperature_ == pytest.approx(clf.temperature_)
+    assert json.loads((tmp_path / "run" / "classlm.json").read_text())["training"]["steps"] == 4
+    # Plain peft + transformers, no classlm: the same hidden states.
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    plain = PeftModel.from_pretrained(base, str(tmp_path / "run" / "adapter")).eval()
+    ids = torch.as_tensor([clf.method_.encoder.encode(X[:1]).ids[0]])
+    with torch.no_grad():
+        ours = clf.backbone_.model(input_ids=ids).logits
+        theirs = plain(input_ids=ids).logits
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
+
+
+def test_export_merge_gives_the_same_probabilities_in_plain_transformers(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from classlm.artifacts import export_merged
+    from classlm.metrics import softmax
+
+    X, y = toy_data(3)
+    clf = make(tiny_model_dir, max_steps=4).fit(X, y, calib_set=toy_data(1, seed=1))
+    out = export_merged(clf, tmp_path / "merged")
+    info = json.loads((out / "classlm_export.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    probs = []
+    with torch.no_grad():
+        for text in X:
+            ids = tok(info["prompt_head"], add_special_tokens=False).input_ids
+            ids += (
+                tok(text, add_special_tokens=False).input_ids
+                + tok(info["prompt_tail"], add_special_tokens=False).input_ids
+            )
+            z = model(input_ids=torch.as_tensor([ids])).logits[0, -1, info["class_token_ids"]]
+            probs.append(torch.softmax(z / info["temperature"], -1).numpy())
+    np.testing.assert_allclose(np.array(probs), clf.predict_proba(X), atol=1e-4)
+    with pytest.raises(ConfigError, match="not empty"):
+        export_merged(clf, out)
+    np.testing.assert_allclose(softmax(clf.decision_function(X)), clf.predict_proba(X))  # clf still works
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from test_training import make, toy_data
+kill_at = int(sys.argv[2])
+
+def callback(event, info):
+    # SIGKILL in the middle of a step: after a backward pass, before the optimiser step.
+    if event == "backward" and info["step"] == kill_at and info["micro_batch"] == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+X, y = toy_data()
+clf = make({model!r}, max_steps=9, eval_every=3, checkpoint_every=2, grad_accum=2)
+clf.lora = {{"r": 8, "alpha": 16, "dropout": 0.1}}  # dropout draws random numbers: the RNG state must resume too
+clf.fit(X, y, eval_set=toy_data(1, seed=2), calib_set=toy_data(1, seed=1), run_dir=sys.argv[1],
+        resume=sys.argv[3] == "resume", callback=callback if kill_at >= 0 else None)
+clf.save(sys.argv[1])
+"""
+
+
+def test_resume_after_sigkill_ends_with_the_uninterrupted_weights(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    script = tmp_path / "run.py"
+    script.write_text(KILL_SCRIPT.format(tests=str(Path(__file__).parent), model=str(tiny_model_dir)))
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+
+    def run(folder: Path, kill_at: int, mode: str) -> int:
+        cmd = [sys.executable, str(script), str(folder), str(kill_at), mode]
+        return subprocess.run(cmd, env=env, capture_output=True, timeout=300).returncode
+
+    assert run(tmp_path / "full", -1, "fresh") == 0
+    assert run(tmp_path / "killed", 5, "fresh") == -9
+    ckpts = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir())
+    assert ckpts == ["step-00000004"]  # the newest complete checkpoint only; the kill came mid-step 6
+    assert run(tmp_path / "killed", -1, "resume") == 0
+    full = load_file(str(tmp_path / "full" / "adapter" / "adapter_model.safetensors"))
+    resumed = load_file(str(tmp_path / "killed" / "adapter" / "adapter_model.safetensors"))
+    assert full.keys() == resumed.keys()
+    for name in full:
+        torch.testing.assert_close(resumed[name], full[name], atol=1e-6, rtol=1e-5, msg=name)
+    logged = [json.loads(x)["step"] for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [3, 6, 9]
+
+
+def test_a_second_fresh_run_into_a_run_folder_is_refused(tiny_model_dir, tmp_path):
+    X, y = toy_data(2)
+    make(tiny_model_dir, max_steps=2, checkpoint_every=1).fit(X, y, calib_set=toy_data(1, seed=1), run_dir=tmp_path)
+    with pytest.raises(ConfigError, match="resume"):
+        make(tiny_model_dir, max_steps=2, checkpoint_every=1).fit(X, y, calib_set=toy_data(1, seed=1), run_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, match",
+    [
+        (TrainConfig, {"loss": "mse"}, "loss must be one of"),
+        (TrainConfig, {"batch_size": 6, "grad_accum": 4}, "multiple of grad_accum"),
+        (TrainConfig, {"early_stopping": "f1"}, "early_stopping must be one of"),
+        (TrainConfig, {"class_weights": "inverse"}, "class_weights"),
+        (LoraConfig, {"r": 0}, "positive int"),
+        (LoraConfig, {"target_modules": "attention"}, "all-linear"),
+    ],
+)
+def test_bad_training_options_are_clear_errors(cls, kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        cls(**kwargs)
+
+
+def test_training_needs_labels_and_zero_shot_refuses_training_options(tiny_model_dir):
+    X, _ = toy_data(1)
+    with pytest.raises(ConfigError, match="labelled examples"):
+        make(tiny_model_dir).fit(X)
+    with pytest.raises(ConfigError, match="lora="):
+        LMClassifier(model=str(tiny_model_dir), labels=LABELS).fit(X, run_dir="x")
+    with pytest.raises(ConfigError, match="none of the LoRA target_modules"):
+        LMClassifier(model=str(tiny_model_dir), labels=LABELS, lora={"target_modules": ["c_attn"]}).fit(*toy_data(1))
