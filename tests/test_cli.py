@@ -141,3 +141,36 @@ def test_installed_entry_point_reports_errors_without_traceback():
     )
     assert proc.returncode == 2
     assert "at least two" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_train_then_evaluate_calibrate_and_export(monkeypatch, capsys, tiny_model_dir, dataset, tmp_path):
+    (dataset / "validation.jsonl").write_text((dataset / "test.jsonl").read_text())
+    run = tmp_path / "run"
+    common = ["--model", tiny_model_dir, "--out", run, "--max-steps", 4, "--train-batch", 2, "--eval-every", 2]
+    code, out, err = run_cli(monkeypatch, capsys, "train", dataset, *common, "--lora-r", 4, "--lr", "1e-2")
+    assert code == 0, err
+    for name in ("classlm.json", "adapter", "metrics.jsonl", "training_curves.png", "reliability.png", "eval.json"):
+        assert (run / name).exists(), name
+    doc = json.loads((run / "classlm.json").read_text())
+    assert doc["labels"]["names"] == ["Sports", "Business"]  # from labels.json
+    assert doc["training"]["steps"] == 4 and doc["calibration"]["fitted"]
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [2, 4]
+
+    code, out, err = run_cli(monkeypatch, capsys, "evaluate", run, dataset, "--split", "test")
+    assert code == 0, err
+    assert "accuracy" in out
+
+    code, out, err = run_cli(monkeypatch, capsys, "calibrate", run, dataset, "--split", "test")
+    assert code == 0, err
+    assert "temperature" in out
+    assert "classlm calibrate" in json.loads((run / "classlm.json").read_text())["calibration"]["source"]
+
+    code, out, err = run_cli(monkeypatch, capsys, "export", run, "--merge", tmp_path / "merged")
+    assert code == 0, err
+    assert (tmp_path / "merged" / "config.json").is_file() and (tmp_path / "merged" / "classlm_export.json").is_file()
+
+    # A finished run is not silently overwritten, and --resume refuses changed options.
+    code, _, err = run_cli(monkeypatch, capsys, "train", dataset, *common)
+    assert code == 2 and "--resume" in err
+    code, _, err = run_cli(monkeypatch, capsys, "train", dataset, *common, "--lr", "0.5", "--resume")
+    assert code == 2 and "differ" in err and "lr" in err

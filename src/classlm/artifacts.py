@@ -34,7 +34,7 @@ SCHEMA_VERSION = 1
 MANIFEST = "classlm.json"
 ADAPTER = "adapter"
 # What a training run writes into its folder before the classifier itself is saved there.
-RUN_FILES = ("metrics.jsonl", "checkpoints", "best_adapter.safetensors")
+RUN_FILES = ("metrics.jsonl", "checkpoints", "best_adapter.safetensors", "train_args.json", "eval.json")
 # Options that describe how to run, not what was learned: a loader may override them.
 RUN_OPTIONS = ("batch_size", "batch_tokens", "device", "dtype", "cache_dir", "progress")
 

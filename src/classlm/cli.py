@@ -212,7 +212,10 @@ def classify(
 
 @app.command()
 def evaluate(
-    data: Annotated[str, typer.Argument(help="A data file, or a dataset folder with train/validation/test files.")],
+    data: Annotated[
+        str, typer.Argument(help="A data file or a dataset folder; or RUN then DATA: `evaluate RUN DATA`.")
+    ],
+    data2: Annotated[str | None, typer.Argument(metavar="[DATA]", help="The data, when the first is a RUN.")] = None,
     split: Annotated[str, typer.Option("--split", help="Split to evaluate when DATA is a folder.")] = "test",
     run: RunOpt = None,
     model: ModelOpt = "smollm2-135m",
@@ -240,6 +243,11 @@ def evaluate(
     """Evaluate on a labelled dataset: accuracy, F1, NLL, Brier, ECE, per-class calibration ratio."""
     from classlm.data import load_dataset
     from classlm.evaluate import evaluate as run_evaluation
+
+    if data2 is not None:  # `classlm evaluate RUN DATA`
+        if run is not None:
+            raise ConfigError("give the run once: either `evaluate RUN DATA` or `evaluate DATA --run RUN`")
+        run, data = Path(data), data2
 
     dataset = load_dataset(data, split=split, text_col=text_col, label_col=label_col, limit=limit)
     assert dataset.labels is not None
@@ -283,6 +291,211 @@ def evaluate(
         from classlm.reports import write_text_atomic
 
         write_text_atomic(markdown, report.to_markdown())
+
+
+def _sample(dataset: Any, n: int | None, seed: int) -> Any:
+    """A seeded random subsample of ``n`` rows (the first rows of a file are often sorted by class)."""
+    import numpy as np
+
+    if n is None or n >= len(dataset):
+        return dataset
+    return dataset.subset(np.sort(np.random.default_rng(seed).permutation(len(dataset))[:n]))
+
+
+def _has_split(data: str, split: str) -> bool:
+    folder = Path(data)
+    return folder.is_dir() and any(
+        (folder / f"{split}{ext}").is_file() for ext in (".jsonl", ".csv", ".tsv", ".parquet")
+    )
+
+
+@app.command()
+def train(
+    data: Annotated[str, typer.Argument(help="A dataset folder (train/validation/test files) or a labelled file.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder: metrics, checkpoints, plots, classifier.")],
+    labels: LabelsOpt = None,
+    model: ModelOpt = "smollm2-135m",
+    method: MethodOpt = "label_tokens",
+    instruction: InstructionOpt = None,
+    split: Annotated[str, typer.Option("--split", help="Training split when DATA is a folder.")] = "train",
+    eval_split: Annotated[
+        str | None, typer.Option("--eval-split", help="Held-out split evaluated during training (default: validation).")
+    ] = "validation",
+    calib_split: Annotated[
+        str | None,
+        typer.Option("--calib-split", help="Split for the temperature (default: a stratified slice of train)."),
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Train on a random N-row subsample.")] = None,
+    eval_limit: Annotated[int, typer.Option("--eval-limit", min=1, help="Rows evaluated during training.")] = 500,
+    loss: Annotated[
+        str, typer.Option("--loss", help="class_ce (over the k class logits) or vocab_ce (SFT).")
+    ] = "class_ce",
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 5e-4,
+    epochs: Annotated[float, typer.Option("--epochs", help="Passes over the training data.")] = 1.0,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help="Stop after N steps.")] = None,
+    train_batch: Annotated[int, typer.Option("--train-batch", min=1, help="Examples per optimiser step.")] = 16,
+    grad_accum: Annotated[int, typer.Option("--grad-accum", min=1, help="Micro-batches per step.")] = 1,
+    lora_r: Annotated[int, typer.Option("--lora-r", min=1, help="LoRA rank.")] = 16,
+    lora_alpha: Annotated[int, typer.Option("--lora-alpha", min=1, help="LoRA alpha.")] = 32,
+    eval_every: Annotated[
+        int, typer.Option("--eval-every", min=0, help="Evaluate every N steps (0: at the end).")
+    ] = 50,
+    patience: Annotated[
+        int | None, typer.Option("--patience", min=1, help="Early stop after N evals w/o gain.")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for LoRA init, data order and held-out splits.")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out.")] = False,
+    text_col: Annotated[str, typer.Option("--text-col", help="Name of the text column.")] = "text",
+    label_col: Annotated[str, typer.Option("--label-col", help="Name of the label column.")] = "label",
+    batch_size: BatchOpt = 64,
+    batch_tokens: BatchTokensOpt = DEFAULT_BATCH_TOKENS,
+    max_length: MaxLenOpt = 512,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Fine-tune LoRA adapters so the class tokens' probabilities become accurate and calibrated."""
+    # What defines the run (a resumed run must be given the same); first, while locals() holds only the options.
+    run_options = ("resume", "device", "batch_size", "batch_tokens")
+    args = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items() if k not in run_options}
+    from classlm.classifier import LMClassifier
+    from classlm.data import load_dataset
+    from classlm.evaluate import evaluate as run_evaluation
+    from classlm.reports import plot_reliability, plot_training_curves, write_text_atomic
+    from classlm.training import read_metrics
+
+    args_file = out_dir / "train_args.json"
+    if resume:
+        if not args_file.is_file():
+            raise ConfigError(f"nothing to resume: {args_file} not found (was {out_dir} made by `classlm train`?)")
+        saved = json.loads(args_file.read_text())
+        changed = {k: (saved.get(k), v) for k, v in args.items() if saved.get(k) != v}
+        if changed:
+            raise ConfigError(f"--resume needs the options of the interrupted run; these differ (was, now): {changed}")
+    dataset = _sample(load_dataset(data, split=split, text_col=text_col, label_col=label_col), limit, seed)
+    assert dataset.labels is not None
+    label_spec = parse_labels(labels)
+    if label_spec is None:
+        label_spec = list(dataset.label_names) if dataset.label_names else sorted(set(dataset.labels))
+    evaluation = calibration = None
+    if eval_split is not None and _has_split(data, eval_split):
+        evaluation = load_dataset(data, split=eval_split, text_col=text_col, label_col=label_col)
+    if calib_split is not None:
+        if calib_split in (split, eval_split):
+            raise ConfigError(f"--calib-split {calib_split!r} must differ from the training and evaluation splits")
+        calibration = load_dataset(data, split=calib_split, text_col=text_col, label_col=label_col)
+    clf = LMClassifier(
+        model=model,
+        method=method,
+        labels=label_spec,
+        instruction=instruction,
+        batch_size=batch_size,
+        batch_tokens=batch_tokens or None,
+        max_length=max_length,
+        device=device,
+        progress=True,
+        lora={"r": lora_r, "alpha": lora_alpha},
+        train={
+            "loss": loss,
+            "lr": lr,
+            "epochs": epochs,
+            "max_steps": max_steps,
+            "batch_size": train_batch,
+            "grad_accum": grad_accum,
+            "eval_every": eval_every,
+            "eval_limit": eval_limit,
+            "patience": patience,
+            "seed": seed,
+        },
+    )
+    if not resume:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if (out_dir / "checkpoints").is_dir() or (out_dir / "classlm.json").is_file():
+            raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue it or choose a new --out")
+        write_text_atomic(args_file, json.dumps(args, indent=2))
+    _quiet_transformers()
+    clf.fit(
+        list(dataset.texts),
+        list(dataset.labels),
+        eval_set=(list(evaluation.texts), list(evaluation.labels or [])) if evaluation is not None else None,
+        calib_set=(list(calibration.texts), list(calibration.labels or [])) if calibration is not None else None,
+        run_dir=out_dir,
+        resume=resume,
+    )
+    clf.save(out_dir)
+    rows = read_metrics(out_dir)
+    if rows:
+        plot_training_curves(rows, out_dir / "training_curves.png")
+    t = clf.training_
+    err.print(
+        f"trained {t['steps']} steps on {t['n_train']} examples in {t['seconds']:.0f} s "
+        f"({t['examples_per_second'] or 0:.2f} examples/s); temperature {clf.temperature_:.3f}"
+    )
+    if evaluation is not None:
+        report = run_evaluation(
+            clf, list(evaluation.texts), list(evaluation.labels or []), info={"data": evaluation.source}
+        )
+        report.to_json(out_dir / "eval.json")
+        plot_reliability(report, out_dir / "reliability.png")
+        out.print(report.to_markdown(), soft_wrap=True, markup=False, highlight=False)
+    err.print(f"classifier saved to {out_dir}")
+
+
+@app.command()
+def calibrate(
+    run: Annotated[Path, typer.Argument(help="A saved classifier folder.")],
+    data: Annotated[str, typer.Argument(help="Labelled data held out from training (file or dataset folder).")],
+    split: Annotated[str, typer.Option("--split", help="Split when DATA is a folder.")] = "validation",
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use the first N rows.")] = None,
+    text_col: Annotated[str, typer.Option("--text-col", help="Name of the text column.")] = "text",
+    label_col: Annotated[str, typer.Option("--label-col", help="Name of the label column.")] = "label",
+    batch_size: BatchOpt = 64,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Refit a saved classifier's temperature on held-out data and save it (metrics before/after are recorded)."""
+    from classlm.data import load_dataset
+
+    dataset = load_dataset(data, split=split, text_col=text_col, label_col=label_col, limit=limit)
+    clf = build_classifier(
+        run=run,
+        model="",
+        labels=None,
+        method="",
+        instruction=None,
+        scoring="",
+        batch_size=batch_size,
+        max_length=0,
+        device=device,
+    )
+    clf._fit_temperature(list(dataset.texts), list(dataset.labels or []), f"classlm calibrate: {dataset.source}")
+    clf.save(run)
+    info = clf.calibration_info_
+    out.print(
+        f"temperature {clf.temperature_:.4f} on {info['n']} rows: NLL {info['before']['nll']:.4f} -> "
+        f"{info['after']['nll']:.4f}, ECE {info['before']['ece']:.4f} -> {info['after']['ece']:.4f}"
+    )
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="A saved fine-tuned classifier folder.")],
+    merge: Annotated[Path, typer.Option("--merge", help="Write the merged Hugging Face model folder here.")],
+) -> None:
+    """Merge the LoRA adapter into the base weights: a plain transformers model folder (tokenizer included)."""
+    from classlm.artifacts import export_merged
+
+    clf = build_classifier(
+        run=run,
+        model="",
+        labels=None,
+        method="",
+        instruction=None,
+        scoring="",
+        batch_size=1,
+        max_length=0,
+        device="cpu",
+    )
+    with err.status("merging…"):
+        target = export_merged(clf, merge)
+    out.print(f"merged model written to {target} (prompt, class token ids and temperature in classlm_export.json)")
 
 
 @app.command()

@@ -20,7 +20,14 @@ import numpy as np
 from classlm.errors import ArtifactError, ConfigError
 from classlm.metrics import classification_metrics
 
-__all__ = ["EvalReport", "build_report", "plot_reliability", "write_bytes_atomic", "write_text_atomic"]
+__all__ = [
+    "EvalReport",
+    "build_report",
+    "plot_reliability",
+    "plot_training_curves",
+    "write_bytes_atomic",
+    "write_text_atomic",
+]
 
 
 # -- atomic writes ------------------------------------------------------------------------------------------------
@@ -246,6 +253,44 @@ def plot_reliability(report_or_bins: EvalReport | Sequence[Mapping[str, Any]], p
     ax.set_ylabel("accuracy")
     ax.set_title(title, fontsize=8)
     ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return write_bytes_atomic(path, buf.getvalue())
+
+
+def plot_training_curves(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Write a PNG of a training run's evaluations (the rows of ``metrics.jsonl``): accuracy and macro-F1 against
+    the step, and each class's calibration ratio sum(p)/sum(y) against the step, which should settle at 1."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ConfigError("plot_training_curves needs matplotlib: pip install 'classlm[plots]'") from exc
+    rows = [r for r in rows if isinstance(r, Mapping) and isinstance(r.get("eval"), Mapping)]
+    if not rows:
+        raise ConfigError("plot_training_curves: no evaluation rows (set eval_every > 0 and give an eval set)")
+    steps = [int(r["step"]) for r in rows]
+    fig = Figure(figsize=(10.0, 4.2), dpi=100)
+    FigureCanvasAgg(fig)
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for key, style in (("accuracy", "-o"), ("macro_f1", "--s")):
+        left.plot(steps, [r["eval"][key] for r in rows], style, markersize=3, label=key)
+    left.set_xlabel("step")
+    left.set_ylabel("held-out score")
+    left.set_ylim(0, 1)
+    left.set_title("accuracy during training", fontsize=9)
+    left.legend(fontsize=8)
+    classes = list(rows[-1]["eval"].get("calibration_ratio", {}))
+    for name in classes:
+        ratios = [r["eval"].get("calibration_ratio", {}).get(name) for r in rows]
+        right.plot(steps, [float("nan") if v is None else v for v in ratios], "-o", markersize=3, label=name)
+    right.axhline(1.0, color="grey", linestyle="--", linewidth=1)
+    right.set_xlabel("step")
+    right.set_ylabel("sum(p) / sum(y)")
+    right.set_title("calibration ratio per class (1 = calibrated)", fontsize=9)
+    if classes and len(classes) <= 12:
+        right.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
