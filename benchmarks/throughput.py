@@ -271,9 +271,9 @@ def news_texts(n: int) -> list[str]:
 
 
 def news_classifier(args: argparse.Namespace, model: str) -> LMClassifier:
-    return LMClassifier(
-        model=model, labels=NEWS_LABELS, instruction=INSTRUCTION, device=args.device
-    ).fit([])  # the shipped batching: the baselines' fixed batch is --batch-size
+    return LMClassifier(model=model, labels=NEWS_LABELS, instruction=INSTRUCTION, device=args.device).fit(
+        []
+    )  # the shipped batching: the baselines' fixed batch is --batch-size
 
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
@@ -411,6 +411,46 @@ def length_sweep(args: argparse.Namespace, model: str) -> list[dict[str, Any]]:
     return rows
 
 
+def training_speed(args: argparse.Namespace, model: str) -> dict[str, Any]:
+    """LoRA training examples/s with and without the shared prefix (same data, seed, batch 16, r=16 all-linear);
+    the first step is a warm-up and is not timed."""
+    from classlm.labels import LabelSet
+    from classlm.training import Trainer
+
+    steps, batch = args.train_steps, 16
+    data = load_dataset(DATA / "ag_news", split="train", limit=(steps + 1) * batch)
+    assert data.labels is not None
+    names = list(NEWS_LABELS)
+    y = np.array([names.index(v) for v in data.labels])
+    out: dict[str, Any] = {"steps_timed": steps, "batch_size": batch, "lora": "r=16, alpha=32, all attention+MLP"}
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+    for reuse in (True, False):
+        clf = LMClassifier(
+            model=model,
+            labels=NEWS_LABELS,
+            instruction=INSTRUCTION,
+            device=args.device,
+            lora={},
+            train={"max_steps": steps + 1, "batch_size": batch, "eval_every": 0, "reuse_prefix": reuse},
+        )
+        clf._build(LabelSet.from_spec(NEWS_LABELS))
+        stamps: list[float] = []
+
+        def on_step(event: str, info: dict[str, Any], stamps: list[float] = stamps) -> None:
+            if event == "step":
+                sync()
+                stamps.append(time.perf_counter())
+
+        Trainer(clf.method_, clf.backbone_.model, clf._train_config(), progress=False, callback=on_step).fit(
+            list(data.texts), y
+        )
+        out["with_prefix_reuse" if reuse else "without_prefix_reuse"] = steps * batch / (stamps[-1] - stamps[0])
+        del clf
+        gc.collect()
+    out["speedup"] = out["with_prefix_reuse"] / out["without_prefix_reuse"]
+    return out
+
+
 # -- one model: all variants, checks, sweeps ---------------------------------------------------------------------------
 def run_model(args: argparse.Namespace, name: str, location: str) -> dict[str, Any]:
     variants: dict[str, dict[str, Any]] = {}
@@ -448,6 +488,9 @@ def run_model(args: argparse.Namespace, name: str, location: str) -> dict[str, A
     }
     if not args.no_sweeps:
         run["sweeps"] = {"classes": class_sweep(args, location), "length": length_sweep(args, location)}
+    if args.train_steps:
+        print(f"[{name}] LoRA training speed…", file=sys.stderr)
+        run["training"] = training_speed(args, location)
     return run
 
 
@@ -552,6 +595,21 @@ def to_markdown(doc: dict[str, Any]) -> str:
             f"unparseable, {fmt(c['generate_agrees_with_a_share'], '.1%')} of the parsed answers equal (a)'s argmax; "
             f"first continuations: {', '.join(repr(x) for x in c['generate_examples'] or [])}.",
         ]
+        if "training" in run:
+            t = run["training"]
+            lines += [
+                "",
+                f"### LoRA training (ag_news train, batch {t['batch_size']}, {t['lora']}, "
+                f"{t['steps_timed']} timed steps)",
+                "",
+                "| prefix reuse | training examples/s |",
+                "|---|---|",
+                f"| on (the prompt head runs once per batch, with gradients) | {t['with_prefix_reuse']:.2f} |",
+                f"| off (every row runs the whole prompt) | {t['without_prefix_reuse']:.2f} |",
+                "",
+                f"Speed-up {t['speedup']:.2f}x; the loss and gradients are the plain path's (tests/test_scoring.py, "
+                "tests/test_training.py).",
+            ]
         if "sweeps" not in run:
             continue
         lines += [
@@ -596,6 +654,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--no-sweeps", action="store_true", help="skip the class-count and text-length sweeps")
+    parser.add_argument("--train-steps", type=int, default=8, help="timed LoRA steps per variant (0: skip)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--child", choices=tuple(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
