@@ -169,3 +169,16 @@ def test_load_rejects_token_mismatch_and_corruption(clf, tmp_path):
         LMClassifier.load(tmp_path / "nothing")
     with pytest.raises(ConfigError, match="only run options"):
         LMClassifier.load(clf.save(tmp_path / "run2"), labels=["x", "y"])
+
+
+def test_calibrate_refits_the_temperature_and_records_before_and_after(tiny_model_dir):
+    clf = LMClassifier(model=str(tiny_model_dir), labels=LABELS).fit([])
+    assert clf.temperature_ == 1.0
+    assert clf.calibrate(TEXTS, Y, source="held-out rows") is clf
+    info = clf.calibration_info_
+    assert clf.temperature_ != 1.0 and info["source"] == "held-out rows" and info["n"] == len(TEXTS)
+    assert info["after"]["nll"] <= info["before"]["nll"] + 1e-9
+    with pytest.raises(DataError, match="'Cooking'"):
+        clf.calibrate(TEXTS, ["Cooking"] * len(TEXTS))
+    with pytest.raises(ConfigError, match="calibration='temperature'"):
+        LMClassifier(model=str(tiny_model_dir), labels=LABELS, calibration="none").fit([]).calibrate(TEXTS, Y)

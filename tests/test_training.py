@@ -226,3 +226,25 @@ def test_training_needs_labels_and_zero_shot_refuses_training_options(tiny_model
         LMClassifier(model=str(tiny_model_dir), labels=LABELS).fit(X, run_dir="x")
     with pytest.raises(ConfigError, match="none of the LoRA target_modules"):
         LMClassifier(model=str(tiny_model_dir), labels=LABELS, lora={"target_modules": ["c_attn"]}).fit(*toy_data(1))
+
+
+def test_balanced_class_weights_give_every_class_the_same_total_weight():
+    from classlm.training import class_weight_vector
+
+    y = np.array([0] * 6 + [1] * 2 + [2] * 1)
+    w = class_weight_vector(TrainConfig(class_weights="balanced"), y, ["a", "b", "c", "d"]).numpy()
+    totals = [w[c] * (y == c).sum() for c in range(3)]
+    np.testing.assert_allclose(totals, [len(y) / 4] * 3)
+    assert w[3] == 0.0  # a class without examples gets no weight (and no division by zero)
+    explicit = class_weight_vector(TrainConfig(class_weights={"b": 3.0}), y, ["a", "b", "c", "d"]).numpy()
+    assert explicit.tolist() == [1.0, 3.0, 1.0, 1.0]
+    with pytest.raises(ConfigError, match="not classes"):
+        class_weight_vector(TrainConfig(class_weights={"z": 2.0}), y, ["a", "b", "c", "d"])
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    from classlm.training import lr_factor
+
+    factors = [lr_factor(s, total=10, warmup=2) for s in range(10)]
+    assert factors[:2] == [0.5, 1.0]
+    assert all(a >= b for a, b in zip(factors[1:], factors[2:])) and factors[-1] == pytest.approx(1 / 8)

@@ -246,10 +246,10 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
             validate_labels(y_list, self.label_set_.names)
         if lora is None:
             if y_list is not None and self.calibration == "temperature" and texts:
-                self._fit_temperature(
+                self.calibrate(
                     texts,
                     y_list,
-                    "fit(X, y): zero-shot, no weights trained, so all of it is held out for the temperature",
+                    source="fit(X, y): zero-shot, no weights trained, so all of it is held out for the temperature",
                 )
             return self
         assert y_list is not None
@@ -300,7 +300,7 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
             "history": state.history,
         }
         if calib is not None:
-            self._fit_temperature(calib[0], calib[1], source)
+            self.calibrate(calib[0], calib[1], source=source)
         return self
 
     def _labelled(self, pair: Any, name: str) -> tuple[list[str], list[str]]:
@@ -312,10 +312,15 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
         validate_labels(labels, self.label_set_.names)
         return texts, labels
 
-    def _fit_temperature(self, texts: list[str], labels: list[str], source: str) -> None:
-        """Fit T on held-out ``(texts, labels)``; the metrics before and after are kept for the artifact."""
+    def calibrate(self, X: Any, y: Any, *, source: str = "calibrate(X, y)") -> LMClassifier:
+        """Refit the temperature on held-out ``(X, y)`` (never data the weights were trained on); the metrics
+        before and after are kept in ``calibration_info_`` and saved with the classifier. Returns ``self``."""
         from classlm.metrics import classification_metrics
 
+        self._check_fitted()
+        if self.calibration != "temperature":
+            raise ConfigError(f"calibration={self.calibration!r}: set calibration='temperature' to fit one")
+        texts, labels = self._labelled((X, y), "calibration data")
         logits = self.predict_scores(texts).logits
         y = self._indices(labels)
         self.calibrator_.fit(logits, y)
@@ -330,6 +335,7 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
             "before": {k: before[k] for k in keys},
             "after": {k: after[k] for k in keys},
         }
+        return self
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "method_"):

@@ -83,6 +83,17 @@ def _quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def load_run(run: Path, *, batch_size: int = 64, batch_tokens: int = DEFAULT_BATCH_TOKENS, device: str = "auto") -> Any:
+    """A saved classifier, with the run options of this command."""
+    from classlm.classifier import LMClassifier
+
+    _quiet_transformers()
+    with err.status(f"loading {run}…"):
+        return LMClassifier.load(
+            run, batch_size=batch_size, batch_tokens=batch_tokens or None, device=device, progress=True
+        )
+
+
 def build_classifier(
     *,
     run: Path | None,
@@ -102,12 +113,10 @@ def build_classifier(
     ``fit_texts``/``fit_labels`` the zero-shot classifier's temperature is fitted on them."""
     from classlm.classifier import LMClassifier
 
+    if run is not None:
+        return load_run(run, batch_size=batch_size, batch_tokens=batch_tokens, device=device)
     _quiet_transformers()
     with err.status("loading the model (the first use of a .gguf dequantises it once, ~40 s)…"):
-        if run is not None:
-            return LMClassifier.load(
-                run, batch_size=batch_size, batch_tokens=batch_tokens or None, device=device, progress=True
-            )
         if labels is None:
             raise ConfigError("no classes given: pass --labels a,b,c (or --run RUN for a saved classifier)")
         clf = LMClassifier(
@@ -454,18 +463,8 @@ def calibrate(
     from classlm.data import load_dataset
 
     dataset = load_dataset(data, split=split, text_col=text_col, label_col=label_col, limit=limit)
-    clf = build_classifier(
-        run=run,
-        model="",
-        labels=None,
-        method="",
-        instruction=None,
-        scoring="",
-        batch_size=batch_size,
-        max_length=0,
-        device=device,
-    )
-    clf._fit_temperature(list(dataset.texts), list(dataset.labels or []), f"classlm calibrate: {dataset.source}")
+    clf = load_run(run, batch_size=batch_size, device=device)
+    clf.calibrate(list(dataset.texts), list(dataset.labels or []), source=f"classlm calibrate: {dataset.source}")
     clf.save(run)
     info = clf.calibration_info_
     out.print(
@@ -482,17 +481,7 @@ def export(
     """Merge the LoRA adapter into the base weights: a plain transformers model folder (tokenizer included)."""
     from classlm.artifacts import export_merged
 
-    clf = build_classifier(
-        run=run,
-        model="",
-        labels=None,
-        method="",
-        instruction=None,
-        scoring="",
-        batch_size=1,
-        max_length=0,
-        device="cpu",
-    )
+    clf = load_run(run, device="cpu")
     with err.status("merging…"):
         target = export_merged(clf, merge)
     out.print(f"merged model written to {target} (prompt, class token ids and temperature in classlm_export.json)")

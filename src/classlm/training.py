@@ -146,13 +146,13 @@ class Trainer:
         self.device = method.backbone.device
 
     # -- the loss ---------------------------------------------------------------------------------------------------
-    def loss_sum(
-        self, rows: list[list[int]], y: torch.Tensor, weights: torch.Tensor | None
-    ) -> tuple[torch.Tensor, float]:
-        """Sum over the rows of the (weighted) loss, and the sum of the weights: micro-batches add up to the mean
-        over the whole batch exactly."""
+    def loss_sum(self, rows: list[list[int]], y: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        """Sum over the rows of the (class-weighted) loss; divided by the whole batch's total weight, micro-batches
+        add up to the batch's weighted mean exactly."""
         vocab = self.config.loss == "vocab_ce"
-        z, full = self.method.train_logits(rows, full_vocab=vocab, reuse_prefix=self.config.reuse_prefix)
+        # On CUDA the forward runs under bf16 autocast over fp32 weights; the logits come back in float32.
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            z, full = self.method.train_logits(rows, full_vocab=vocab, reuse_prefix=self.config.reuse_prefix)
         if vocab:
             assert full is not None
             targets = torch.as_tensor(self.method.tokens.first_ids, device=self.device)[y]
@@ -160,9 +160,8 @@ class Trainer:
         else:
             per_row = torch.nn.functional.cross_entropy(z, y, reduction="none")
         if weights is None:
-            return per_row.sum(), float(len(rows))
-        w = weights.to(self.device)[y]
-        return (per_row * w).sum(), float(w.sum())
+            return per_row.sum()
+        return (per_row * weights.to(self.device)[y]).sum()
 
     # -- the loop ---------------------------------------------------------------------------------------------------
     def fit(
@@ -215,9 +214,7 @@ class Trainer:
             step_loss = 0.0
             for start in range(0, len(idx), micro):
                 chunk = idx[start : start + micro]
-                loss, _ = self.loss_sum(
-                    [rows[i] for i in chunk], torch.as_tensor(y[chunk], device=self.device), weights
-                )
+                loss = self.loss_sum([rows[i] for i in chunk], torch.as_tensor(y[chunk], device=self.device), weights)
                 (loss / total_w).backward()
                 step_loss += float(loss.detach()) / total_w
                 if self.callback:

@@ -140,9 +140,13 @@ class LabelTokensMethod(Method):
 
     def _head(self, h: torch.Tensor, full_vocab: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Class logits ``(b, k)`` from last-token hidden states, and with ``full_vocab`` the full row ``(b, V)``."""
+        # Softmax inputs stay float32 even when the model runs in bf16 (DESIGN.md §5 rule 3); autocast (training on
+        # CUDA) would turn these matmuls back into bf16, so it is switched off here.
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            return self._head_fp32(h.float(), full_vocab)
+
+    def _head_fp32(self, h: torch.Tensor, full_vocab: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         bb = self.backbone
-        # Softmax inputs stay float32 even when the model runs in bf16 (DESIGN.md §5 rule 3).
-        h = h.float()
         weight, bias = output_head(bb.model)
         ids = torch.as_tensor(self.tokens.first_ids, device=bb.device)
         if full_vocab:

@@ -1,0 +1,173 @@
+"""CPU speed options measured one at a time against classlm as shipped: int8 dynamic quantisation and torch.compile.
+
+Writes ``benchmarks/results/cpu_options.{json,md}``. For each option: texts/s on the throughput benchmark's texts and
+prompt (first N ag_news test texts, best of R passes after a warm-up), and for int8 the accuracy and calibration
+change on ag_news test rows (zero-shot, temperature fitted on train rows), since quantisation changes the logits::
+
+    .venv/bin/python benchmarks/cpu_options.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from zero_shot import INSTRUCTION, NEWS_LABELS  # noqa: E402
+
+from classlm import LMClassifier  # noqa: E402
+from classlm.data import load_dataset  # noqa: E402
+from classlm.metrics import classification_metrics, softmax  # noqa: E402
+from classlm.reports import write_text_atomic  # noqa: E402
+from classlm.scoring import decoder_of  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+KEEP = ("accuracy", "macro_f1", "nll", "ece")
+
+
+def speed(clf: LMClassifier, texts: list[str], rounds: int) -> float:
+    clf.predict_scores(texts[:16])  # warm-up (and, for torch.compile, the compilation)
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        clf.predict_scores(texts)
+        best = min(best, time.perf_counter() - t0)
+    return len(texts) / best
+
+
+def quality(clf: LMClassifier, test: Any, calib: Any) -> dict[str, Any]:
+    names = [str(c) for c in clf.classes_]
+    clf.calibrate(list(calib.texts), list(calib.labels), source="train rows")
+    z = clf.predict_scores(list(test.texts)).logits
+    y = np.array([names.index(v) for v in test.labels])
+    before = classification_metrics(y, softmax(z), names)
+    after = classification_metrics(y, softmax(clf.calibrator_.transform(z)), names)
+    return {
+        "before_temperature": {k: before[k] for k in KEEP},
+        "after_temperature": {k: after[k] for k in KEEP},
+        "temperature": float(clf.calibrator_.temperature),
+        "_logits": z,
+    }
+
+
+def int8(clf: LMClassifier) -> LMClassifier:
+    """Dynamic int8 quantisation of every linear layer of the transformer blocks (the LM head, whose rows are read
+    directly, stays fp32)."""
+    quant = copy.copy(clf)
+    quant.backbone_ = copy.copy(clf.backbone_)
+    quant.backbone_.model = copy.deepcopy(clf.backbone_.model)
+    quant.method_ = copy.copy(clf.method_)
+    quant.method_.backbone = quant.backbone_
+    quant.method_._prefix, quant.method_._prefix_checked = None, False
+    quant.calibrator_ = copy.deepcopy(clf.calibrator_)
+    layers = decoder_of(quant.backbone_.model).layers
+    torch.ao.quantization.quantize_dynamic(layers, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    return quant
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n-texts", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--n-test", type=int, default=1000)
+    parser.add_argument("--n-calib", type=int, default=300)
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    args = parser.parse_args()
+    if not (DATA / "ag_news").is_dir():
+        sys.exit(f"{DATA / 'ag_news'} not found: this benchmark reads ../shared/data beside the repo")
+    texts = list(load_dataset(DATA / "ag_news", split="test", limit=args.n_texts).texts)
+    test = load_dataset(DATA / "ag_news", split="test", limit=args.n_test)
+    calib = load_dataset(DATA / "ag_news", split="train", limit=args.n_calib)
+    base = LMClassifier(labels=NEWS_LABELS, instruction=INSTRUCTION).fit([])
+    results: dict[str, Any] = {}
+
+    print("fp32 as shipped…", file=sys.stderr)
+    results["fp32 (as shipped)"] = {"texts_per_second": speed(base, texts, args.rounds), **quality(base, test, calib)}
+
+    print("int8 dynamic quantisation…", file=sys.stderr)
+    try:
+        q = int8(base)
+        results["int8 dynamic (transformer linears)"] = {
+            "texts_per_second": speed(q, texts, args.rounds),
+            **quality(q, test, calib),
+        }
+    except Exception as exc:  # an option that does not run here is a result too
+        results["int8 dynamic (transformer linears)"] = {"error": f"{type(exc).__name__}: {exc}"}
+
+    print("torch.compile…", file=sys.stderr)
+    try:
+        compiled = LMClassifier(labels=NEWS_LABELS, instruction=INSTRUCTION).fit([])
+        decoder = decoder_of(compiled.backbone_.model)
+        t0 = time.perf_counter()
+        decoder.forward = torch.compile(decoder.forward, dynamic=True)
+        tps = speed(compiled, texts, args.rounds)
+        results["torch.compile (decoder, dynamic shapes)"] = {
+            "texts_per_second": tps,
+            "compile_and_first_pass_seconds": time.perf_counter() - t0,
+        }
+    except Exception as exc:
+        results["torch.compile (decoder, dynamic shapes)"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+
+    ref = results["fp32 (as shipped)"]
+    for r in results.values():
+        if "_logits" in r:
+            r["max_abs_logit_change"] = float(np.abs(r["_logits"] - ref["_logits"]).max())
+    for r in results.values():
+        r.pop("_logits", None)
+        if "texts_per_second" in r:
+            r["speed_vs_shipped"] = r["texts_per_second"] / ref["texts_per_second"]
+    doc = {
+        "benchmark": "cpu_options",
+        "command": "python benchmarks/cpu_options.py " + " ".join(sys.argv[1:]),
+        "machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__, "platform": platform.platform()},
+        "n_texts": len(texts),
+        "n_test": len(test),
+        "n_calib": len(calib),
+        "results": results,
+    }
+    lines = [
+        "# CPU options: int8 dynamic quantisation and torch.compile",
+        "",
+        f"Reproduce: `{doc['command']}`",
+        "",
+        f"{os.cpu_count()} CPU cores, torch {torch.__version__}, smollm2-135m, the throughput benchmark's prompt. "
+        f"Speed: {len(texts)} ag_news test texts, best of {args.rounds} passes after a warm-up, shipped batching. "
+        f"Quality: zero-shot on {len(test)} ag_news test rows, temperature fitted on {len(calib)} train rows.",
+        "",
+        "| option | texts/s | vs shipped | accuracy | macro-F1 | ECE before T | ECE after T | max logit change |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        if "error" in r:
+            lines.append(f"| {name} | failed: {r['error'][:200]} | | | | | | |")
+            continue
+        b, a = r.get("before_temperature"), r.get("after_temperature")
+        lines.append(
+            f"| {name} | {r['texts_per_second']:.2f} | {r['speed_vs_shipped']:.2f}x | "
+            + (
+                f"{a['accuracy']:.3f} | {a['macro_f1']:.3f} | {b['ece']:.3f} | {a['ece']:.3f} | "
+                if a and b
+                else "– | – | – | – | "
+            )
+            + (f"{r['max_abs_logit_change']:.3f} |" if "max_abs_logit_change" in r else "– |")
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(args.out / "cpu_options.json", json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    write_text_atomic(args.out / "cpu_options.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
