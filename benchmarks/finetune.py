@@ -244,8 +244,8 @@ def to_markdown(doc: dict[str, Any]) -> str:
                     mass_s = fmt(mass)
                 lines.append(
                     f"| {label} | {r.get('n_train', 0)} | {a['macro_f1']:.3f} | {a['accuracy']:.3f} | {a['nll']:.3f} "
-                    f"| {b['ece']:.3f} | {a['ece']:.3f} | {fmt(rr[0], '.2f') if rr else '–'}–"
-                    f"{fmt(rr[1], '.2f') if rr else '–'} | {mass_s} | {fmt(r.get('train_seconds'), '.0f')} "
+                    f"| {b['ece']:.3f} | {a['ece']:.3f} | {f'{rr[0]:.2f}–{rr[1]:.2f}' if rr else '–'} "
+                    f"| {mass_s} | {fmt(r.get('train_seconds'), '.0f')} "
                     f"| {fmt(r.get('examples_per_second'), '.2f')} |"
                 )
             else:

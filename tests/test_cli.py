@@ -154,7 +154,7 @@ def test_train_then_evaluate_calibrate_and_export(monkeypatch, capsys, tiny_mode
     doc = json.loads((run / "classlm.json").read_text())
     assert doc["labels"]["names"] == ["Sports", "Business"]  # from labels.json
     assert doc["training"]["steps"] == 4 and doc["calibration"]["fitted"]
-    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [2, 4]
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [0, 2, 4]
 
     code, out, err = run_cli(monkeypatch, capsys, "evaluate", run, dataset, "--split", "test")
     assert code == 0, err

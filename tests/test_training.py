@@ -90,7 +90,7 @@ def test_eval_during_training_writes_metrics_and_keeps_the_best(tiny_model_dir, 
     clf = make(tiny_model_dir, max_steps=12, eval_every=4, loss="vocab_ce")
     clf.fit(X, y, eval_set=toy_data(2, seed=3), calib_set=toy_data(2, seed=1), run_dir=tmp_path)
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [4, 8, 12]
+    assert [r["step"] for r in rows] == [0, 4, 8, 12]  # step 0: the untrained start
     for r in rows:
         assert set(r["eval"]) >= {"accuracy", "macro_f1", "nll", "ece", "class_mass", "calibration_ratio"}
         assert set(r["eval"]["calibration_ratio"]) == set(LABELS)
@@ -192,7 +192,7 @@ def test_resume_after_sigkill_ends_with_the_uninterrupted_weights(tiny_model_dir
     for name in full:
         torch.testing.assert_close(resumed[name], full[name], atol=1e-6, rtol=1e-5, msg=name)
     logged = [json.loads(x)["step"] for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
-    assert logged == [3, 6, 9]
+    assert logged == [0, 3, 6, 9]
 
 
 def test_a_second_fresh_run_into_a_run_folder_is_refused(tiny_model_dir, tmp_path):

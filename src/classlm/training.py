@@ -203,6 +203,11 @@ class Trainer:
             torch.manual_seed(cfg.seed)
         checkpoint_every = cfg.checkpoint_every or cfg.eval_every or 50
         self.model.train()
+        has_eval = eval_texts is not None and eval_y is not None
+        if has_eval and not resume and cfg.eval_every:
+            # Step 0: the untrained model (LoRA's B matrices start at zero), where the curves and class mass start.
+            assert eval_texts is not None and eval_y is not None
+            self._evaluate(state, eval_texts, eval_y, 0.0)
         bar = tqdm(total=total, initial=state.step, desc="training", unit="step", disable=not self.progress)
         micro = cfg.batch_size // cfg.grad_accum
         while state.step < total and not state.stopped_early:
@@ -236,11 +241,8 @@ class Trainer:
             if self.callback:
                 self.callback("step", {"step": state.step, "loss": step_loss})
             last = state.step == total
-            if (
-                eval_texts is not None
-                and eval_y is not None
-                and (last or (cfg.eval_every and state.step % cfg.eval_every == 0))
-            ):
+            if has_eval and (last or (cfg.eval_every and state.step % cfg.eval_every == 0)):
+                assert eval_texts is not None and eval_y is not None
                 row = self._evaluate(state, eval_texts, eval_y, lr)
                 bar.set_postfix(loss=f"{row['train_loss']:.4f}", acc=f"{row['eval']['accuracy']:.3f}")
             if self.run_dir is not None and not last and state.step % checkpoint_every == 0:
