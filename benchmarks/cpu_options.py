@@ -163,6 +163,13 @@ def main() -> None:
             )
             + (f"{r['max_abs_logit_change']:.3f} |" if "max_abs_logit_change" in r else "– |")
         )
+    compiled_r = results["torch.compile (decoder, dynamic shapes)"]
+    if "compile_and_first_pass_seconds" in compiled_r:
+        lines += [
+            "",
+            f"torch.compile: compiling and the first pass took {compiled_r['compile_and_first_pass_seconds']:.0f} s "
+            "(texts/s counts the timed passes after it only).",
+        ]
     args.out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out / "cpu_options.json", json.dumps(doc, indent=2, allow_nan=False) + "\n")
     write_text_atomic(args.out / "cpu_options.md", "\n".join(lines) + "\n")

@@ -149,9 +149,10 @@ def test_train_then_evaluate_calibrate_and_export(monkeypatch, capsys, tiny_mode
     common = ["--model", tiny_model_dir, "--out", run, "--max-steps", 4, "--train-batch", 2, "--eval-every", 2]
     code, out, err = run_cli(monkeypatch, capsys, "train", dataset, *common, "--lora-r", 4, "--lr", "1e-2")
     assert code == 0, err
-    for name in ("classlm.json", "adapter", "metrics.jsonl", "training_curves.png", "reliability.png", "eval.json"):
+    for name in ("classlm.json", "metrics.jsonl", "training_curves.png", "reliability.png", "eval.json"):
         assert (run / name).exists(), name
     doc = json.loads((run / "classlm.json").read_text())
+    assert (run / doc["adapter"] / "adapter_model.safetensors").is_file()
     assert doc["labels"]["names"] == ["Sports", "Business"]  # from labels.json
     assert doc["training"]["steps"] == 4 and doc["calibration"]["fitted"]
     assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [0, 2, 4]

@@ -46,6 +46,10 @@ def make(tiny_model_dir, **train):
     )
 
 
+def adapter_dir(run: Path) -> Path:
+    return run / json.loads((run / "classlm.json").read_text())["adapter"]
+
+
 def trainable(clf) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in clf.backbone_.model.named_parameters() if p.requires_grad}
 
@@ -96,7 +100,7 @@ def test_eval_during_training_writes_metrics_and_keeps_the_best(tiny_model_dir, 
         assert set(r["eval"]["calibration_ratio"]) == set(LABELS)
     # vocab_ce is SFT on the class token: the full-vocabulary mass moves onto the class tokens.
     assert rows[-1]["eval"]["class_mass"] > rows[0]["eval"]["class_mass"]
-    best = max(rows, key=lambda r: r["eval"]["macro_f1"])
+    best = min(rows, key=lambda r: r["eval"]["nll"])  # the default early_stopping metric
     assert clf.training_["best_step"] == best["step"]
 
 
@@ -107,19 +111,37 @@ def test_save_load_round_trip_and_plain_peft_loads_the_adapter(tiny_model_dir, t
     X, y = toy_data(3)
     clf = make(tiny_model_dir, max_steps=4).fit(X, y, calib_set=toy_data(1, seed=1))
     clf.save(tmp_path / "run")
-    assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
+    first = adapter_dir(tmp_path / "run")
+    assert (first / "adapter_config.json").is_file()
     loaded = LMClassifier.load(tmp_path / "run")
     np.testing.assert_allclose(loaded.predict_proba(X), clf.predict_proba(X), atol=1e-5)
     assert loaded.temperature_ == pytest.approx(clf.temperature_)
     assert json.loads((tmp_path / "run" / "classlm.json").read_text())["training"]["steps"] == 4
     # Plain peft + transformers, no classlm: the same hidden states.
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    plain = PeftModel.from_pretrained(base, str(tmp_path / "run" / "adapter")).eval()
+    plain = PeftModel.from_pretrained(base, str(first)).eval()
     ids = torch.as_tensor([clf.method_.encoder.encode(X[:1]).ids[0]])
     with torch.no_grad():
         ours = clf.backbone_.model(input_ids=ids).logits
         theirs = plain(input_ids=ids).logits
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
+    # Saving again writes a new adapter folder, then the manifest naming it, then drops the old one.
+    clf.save(tmp_path / "run")
+    second = adapter_dir(tmp_path / "run")
+    assert second != first and not first.exists()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(["classlm.json", second.name])
+
+
+def test_a_manifest_cannot_point_the_loader_outside_the_run(tiny_model_dir, tmp_path):
+    from classlm.errors import ArtifactError
+
+    X, y = toy_data(2)
+    make(tiny_model_dir, max_steps=1).fit(X, y, calib_set=toy_data(1, seed=1)).save(tmp_path / "run")
+    doc = json.loads((tmp_path / "run" / "classlm.json").read_text())
+    for bad in ("../elsewhere", "/tmp", "adapter-x/../../y"):
+        (tmp_path / "run" / "classlm.json").write_text(json.dumps({**doc, "adapter": bad}))
+        with pytest.raises(ArtifactError, match="not a peft adapter folder"):
+            LMClassifier.load(tmp_path / "run")
 
 
 def test_export_merge_gives_the_same_probabilities_in_plain_transformers(tiny_model_dir, tmp_path):
@@ -137,11 +159,8 @@ def test_export_merge_gives_the_same_probabilities_in_plain_transformers(tiny_mo
     probs = []
     with torch.no_grad():
         for text in X:
-            ids = tok(info["prompt_head"], add_special_tokens=False).input_ids
-            ids += (
-                tok(text, add_special_tokens=False).input_ids
-                + tok(info["prompt_tail"], add_special_tokens=False).input_ids
-            )
+            text_ids = tok(text.strip(), add_special_tokens=False).input_ids
+            ids = info["prompt_head_ids"] + text_ids + info["prompt_tail_ids"]
             z = model(input_ids=torch.as_tensor([ids])).logits[0, -1, info["class_token_ids"]]
             probs.append(torch.softmax(z / info["temperature"], -1).numpy())
     np.testing.assert_allclose(np.array(probs), clf.predict_proba(X), atol=1e-4)
@@ -170,7 +189,30 @@ clf.save(sys.argv[1])
 """
 
 
-def test_resume_after_sigkill_ends_with_the_uninterrupted_weights(tiny_model_dir, tmp_path):
+def rounded(value, digits: int = 5):
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v, digits) for v in value]
+    return value
+
+
+def metrics_rows(run: Path) -> list[dict]:
+    """The evaluation rows (not their wall-clock seconds), floats rounded to compare across processes."""
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [rounded({k: v for k, v in r.items() if k != "seconds"}) for r in rows]
+
+
+@pytest.mark.parametrize(
+    "kill_at, checkpoint",
+    [
+        (5, "step-00000004"),  # mid-step 6, after the step-4 checkpoint
+        (3, "step-00000002"),  # mid-step 4: the step-3 evaluation (and its best adapter) came after the checkpoint
+    ],
+)
+def test_resume_after_sigkill_ends_with_the_uninterrupted_weights(tiny_model_dir, tmp_path, kill_at, checkpoint):
     from safetensors.torch import load_file
 
     script = tmp_path / "run.py"
@@ -182,17 +224,19 @@ def test_resume_after_sigkill_ends_with_the_uninterrupted_weights(tiny_model_dir
         return subprocess.run(cmd, env=env, capture_output=True, timeout=300).returncode
 
     assert run(tmp_path / "full", -1, "fresh") == 0
-    assert run(tmp_path / "killed", 5, "fresh") == -9
+    assert run(tmp_path / "killed", kill_at, "fresh") == -9
     ckpts = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir())
-    assert ckpts == ["step-00000004"]  # the newest complete checkpoint only; the kill came mid-step 6
+    assert ckpts == [checkpoint]  # the newest complete checkpoint only
     assert run(tmp_path / "killed", -1, "resume") == 0
-    full = load_file(str(tmp_path / "full" / "adapter" / "adapter_model.safetensors"))
-    resumed = load_file(str(tmp_path / "killed" / "adapter" / "adapter_model.safetensors"))
+    full = load_file(str(adapter_dir(tmp_path / "full") / "adapter_model.safetensors"))
+    resumed = load_file(str(adapter_dir(tmp_path / "killed") / "adapter_model.safetensors"))
     assert full.keys() == resumed.keys()
     for name in full:
         torch.testing.assert_close(resumed[name], full[name], atol=1e-6, rtol=1e-5, msg=name)
-    logged = [json.loads(x)["step"] for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
-    assert logged == [0, 3, 6, 9]
+    # Every evaluation, before and after the kill, saw the same weights as in the uninterrupted run (the saved
+    # adapter is the best one, which could predate the kill: these rows cover the steps after it too).
+    assert [r["step"] for r in metrics_rows(tmp_path / "killed")] == [0, 3, 6, 9]
+    assert metrics_rows(tmp_path / "killed") == metrics_rows(tmp_path / "full")
 
 
 def test_a_second_fresh_run_into_a_run_folder_is_refused(tiny_model_dir, tmp_path):

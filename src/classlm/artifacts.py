@@ -1,9 +1,10 @@
 """Saving and loading a classifier directory.
 
 A classifier directory is data only: ``classlm.json`` (schema version, base model identity, labels, verbalizers,
-class token ids, prompt, method, options, temperature, metrics) and, for a fine-tuned classifier, ``adapter/`` in
-peft's own format (``PeftModel.from_pretrained(base, "RUN/adapter")`` loads it without classlm). A training run
-keeps its ``metrics.jsonl``, checkpoints and plots in the same folder. No pickle, and no class path read from a
+class token ids, prompt, method, options, temperature, metrics) and, for a fine-tuned classifier, an adapter folder
+in peft's own format, named by the manifest's ``adapter`` field (``PeftModel.from_pretrained(base,
+"RUN/adapter-…")`` loads it without classlm). A training run keeps its ``metrics.jsonl``, checkpoints and plots in
+the same folder. No pickle, and no class path read from a
 file is ever imported: the method is looked up by name in classlm's own registry. Loading re-resolves the class
 tokens with the tokenizer and refuses a mismatch, because a different tokenizer would silently read the wrong
 LM-head rows.
@@ -15,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +36,7 @@ SCHEMA_VERSION = 1
 MANIFEST = "classlm.json"
 ADAPTER = "adapter"
 # What a training run writes into its folder before the classifier itself is saved there.
-RUN_FILES = ("metrics.jsonl", "checkpoints", "best_adapter.safetensors", "train_args.json", "eval.json")
+RUN_FILES = ("metrics.jsonl", "checkpoints", "train_args.json", "eval.json")
 # Options that describe how to run, not what was learned: a loader may override them.
 RUN_OPTIONS = ("batch_size", "batch_tokens", "device", "dtype", "cache_dir", "progress")
 
@@ -48,7 +50,7 @@ def _version() -> str:
         return "unknown"
 
 
-def manifest(clf: LMClassifier, metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def manifest(clf: LMClassifier, metrics: Mapping[str, Any] | None = None, adapter: str | None = None) -> dict[str, Any]:
     """The JSON document describing a fitted classifier."""
     if not hasattr(clf, "method_"):
         raise NotFittedError("only a fitted classifier can be saved; call fit first")
@@ -77,42 +79,49 @@ def manifest(clf: LMClassifier, metrics: Mapping[str, Any] | None = None) -> dic
         "lora": None if lora is None else config_to_dict(lora),
         "train": None if lora is None else config_to_dict(clf._train_config()),
         "training": {k: v for k, v in getattr(clf, "training_", {}).items() if k != "history"} or None,
-        "adapter": None if lora is None else ADAPTER,
+        "adapter": adapter,
         "metrics": dict(metrics or {}),
     }
 
 
 def save_classifier(clf: LMClassifier, path: str | Path, *, metrics: Mapping[str, Any] | None = None) -> Path:
-    """Write the classifier into folder ``path``: the adapter folder is built beside its place and renamed in, and
-    ``classlm.json`` is written last, atomically, so a crash leaves the previous classifier loadable. Other files of
-    the folder (a training run's metrics, checkpoints, plots) are left alone."""
+    """Write the classifier into folder ``path``.
+
+    A fine-tuned classifier's adapter goes to a new folder ``adapter-<id>`` (built under a temp name, then renamed),
+    and ``classlm.json``, which names that folder, is replaced last and atomically: until then the previous manifest
+    still names the previous, untouched adapter, so a crash at any point leaves a consistent classifier. Older
+    adapter folders are removed after. Other files of the folder (a training run's metrics, checkpoints, plots) are
+    left alone.
+    """
     target = Path(path)
-    doc = manifest(clf, metrics)
+    adapter = f"{ADAPTER}-{uuid.uuid4().hex[:8]}" if clf._lora_config() is not None else None
+    doc = manifest(clf, metrics, adapter)
     if target.exists() and not target.is_dir():
         raise ConfigError(f"{target} is a file; a classifier is saved as a folder — choose another path")
     if target.is_dir() and not (target / MANIFEST).is_file():
-        foreign = sorted(p.name for p in target.iterdir() if p.name not in RUN_FILES and not p.name.endswith(".png"))
+        foreign = sorted(p.name for p in target.iterdir() if not _ours(p.name))
         if foreign:
             raise ConfigError(
                 f"{target} exists and is not a classlm run folder (it holds {foreign[:3]}); refusing to write into it"
             )
     target.mkdir(parents=True, exist_ok=True)
-    if doc["adapter"] is not None:
+    if adapter is not None:
         tmp = Path(tempfile.mkdtemp(prefix=f".{ADAPTER}.tmp-", dir=target))
         try:
             clf.backbone_.model.save_pretrained(str(tmp))
-            final = target / ADAPTER
-            if final.exists():
-                old = target / f".{ADAPTER}.old-{os.getpid()}"
-                os.rename(final, old)
-                os.rename(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, final)
+            os.rename(tmp, target / adapter)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     write_text_atomic(target / MANIFEST, json.dumps(doc, indent=2, allow_nan=False))
+    for old in target.iterdir():  # now unreferenced: earlier adapters and leftovers of interrupted saves
+        if old.is_dir() and old.name != adapter and (old.name.startswith((f"{ADAPTER}-", f".{ADAPTER}."))):
+            shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def _ours(name: str) -> bool:
+    """Names classlm writes into a run folder (a folder holding anything else is refused as a save target)."""
+    return name in RUN_FILES or name.endswith(".png") or name.startswith((".", f"{ADAPTER}-"))
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -150,16 +159,22 @@ def load_classifier(path: str | Path, **overrides: Any) -> LMClassifier:
         raise ArtifactError(f"{path}/{MANIFEST} is missing or has a bad field: {exc}") from exc
     adapter = doc.get("adapter")
     if adapter is not None:
-        if adapter != ADAPTER or not (Path(path) / ADAPTER / "adapter_config.json").is_file():
+        # A folder name inside the run, never a path: a manifest must not point the loader elsewhere.
+        if (
+            not isinstance(adapter, str)
+            or not adapter.startswith(f"{ADAPTER}-")
+            or Path(adapter).name != adapter
+            or not (Path(path) / adapter / "adapter_config.json").is_file()
+        ):
             raise ArtifactError(
-                f"{path}: the manifest names adapter {adapter!r} but {path}/{ADAPTER} is not a peft adapter"
+                f"{path}: the manifest names adapter folder {adapter!r}, which is not a peft adapter folder in {path}"
             )
         options["lora"] = doc.get("lora")
         options["train"] = doc.get("train")
     clf = LMClassifier(
         model=options.pop("model"), method=method, labels=labels, prompt=prompt, **{**options, **overrides}
     )
-    clf._build(labels, adapter=None if adapter is None else Path(path) / ADAPTER)
+    clf._build(labels, adapter=None if adapter is None else Path(path) / adapter)
     resolved = [list(s) for s in clf.method_.describe()["token_ids"]]
     if resolved != saved_tokens:
         diffs = [
@@ -210,8 +225,14 @@ def export_merged(clf: LMClassifier, out: str | Path) -> Path:
         "class_token_ids": [s[0] for s in desc["token_ids"]],
         "prompt_head": desc["prompt_head"],
         "prompt_tail": desc["prompt_tail"],
+        # The exact token ids (the head may start with a BOS that the strings do not show).
+        "prompt_head_ids": list(clf.method_.encoder.head_ids),
+        "prompt_tail_ids": list(clf.method_.encoder.tail_ids),
         "temperature": float(clf.calibrator_.temperature),
-        "how": "p = softmax(logits[last token][class_token_ids] / temperature) for the prompt head + text + tail",
+        "how": (
+            "input_ids = prompt_head_ids + tokenizer(text.strip(), add_special_tokens=False) + prompt_tail_ids; "
+            "p = softmax(logits[last position][class_token_ids] / temperature)"
+        ),
     }
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:

@@ -5,10 +5,11 @@ LM head stay frozen, and the class logits are the LM-head rows of the class toke
 ``class_ce`` is the cross-entropy over those k logits; ``vocab_ce`` is plain SFT on the class token (cross-entropy
 over the whole vocabulary), which also pushes the class mass towards 1.
 
-Everything a run needs to continue is in its checkpoint (adapter and optimizer tensors as safetensors, counters and
-RNG state as JSON/safetensors, no pickle), written to a temp folder and renamed into place, so a run killed at any
-point resumes from the last checkpoint and ends with the weights of the uninterrupted run. The data order of a step
-is a pure function of (seed, step), so resuming needs no sampler state.
+Everything a run needs to continue is in its checkpoint (adapter, best adapter so far and optimizer tensors as
+safetensors, counters and RNG states as JSON/safetensors, no pickle), written to a temp folder and renamed into place,
+so a run killed at any point resumes from the last checkpoint and, on CPU, ends with the weights of the uninterrupted
+run (CUDA kernels are not all deterministic). The data order of a step is a pure function of (seed, step), so resuming
+needs no sampler state.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from classlm.reports import write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
-BEST_ADAPTER = "best_adapter.safetensors"
 
 # callback(event, info): events "backward" (after each micro-batch's backward) and "step" (after each optimiser step).
 Callback = Callable[[str, dict[str, Any]], None]
@@ -61,7 +61,9 @@ def add_lora(model: Any, config: LoraConfig, seed: int) -> Any:
         target_modules=targets,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, peft_config)
+    # Eval mode, as every classlm model outside the training loop: get_peft_model leaves LoRA dropout active, which
+    # would make scoring random and draw from the RNG that a resumed run must replay exactly.
+    return get_peft_model(model, peft_config).eval()
 
 
 def trainable_state(model: Any) -> dict[str, torch.Tensor]:
@@ -144,6 +146,7 @@ class Trainer:
         self.eval_batch_tokens = eval_batch_tokens
         self.names = list(method.labels.names)
         self.device = method.backbone.device
+        self._best: dict[str, torch.Tensor] | None = None
 
     # -- the loss ---------------------------------------------------------------------------------------------------
     def loss_sum(self, rows: list[list[int]], y: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -201,6 +204,12 @@ class Trainer:
             self._start_fresh()
         if not resume:  # a resumed run restores the RNG state of its checkpoint instead (LoRA dropout draws from it)
             torch.manual_seed(cfg.seed)
+        if cfg.reuse_prefix:
+            # The one-time check of prefix reuse against the plain path (and its fallback, e.g. for sliding-window
+            # attention) runs before the first step, so a fresh and a resumed run take the same path.
+            self.model.eval()  # no dropout: the check compares two deterministic forwards, and draws no RNG
+            with torch.inference_mode():
+                self.method._shared_prefix()
         checkpoint_every = cfg.checkpoint_every or cfg.eval_every or 50
         self.model.train()
         has_eval = eval_texts is not None and eval_y is not None
@@ -249,11 +258,7 @@ class Trainer:
                 self._checkpoint(state, optimizer)
         bar.close()
         self.model.eval()
-        if state.best_step is not None and self.run_dir is not None and (self.run_dir / BEST_ADAPTER).is_file():
-            from safetensors.torch import load_file
-
-            load_trainable_state(self.model, load_file(str(self.run_dir / BEST_ADAPTER)))
-        elif state.best_step is not None and hasattr(self, "_best"):
+        if self._best is not None:
             load_trainable_state(self.model, self._best)
         return state
 
@@ -289,9 +294,7 @@ class Trainer:
         larger = STOP_METRICS[self.config.early_stopping]
         if state.best_value is None or (value > state.best_value if larger else value < state.best_value):
             state.best_value, state.best_step, state.bad_evals = value, state.step, 0
-            self._best = trainable_state(self.model)
-            if self.run_dir is not None:
-                _save_tensors_atomic(self._best, self.run_dir / BEST_ADAPTER)
+            self._best = trainable_state(self.model)  # checkpoints carry it, so a resumed run keeps it
         else:
             state.bad_evals += 1
             if self.config.patience is not None and state.bad_evals >= self.config.patience:
@@ -302,13 +305,13 @@ class Trainer:
     def _start_fresh(self) -> None:
         assert self.run_dir is not None
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if (self.run_dir / CHECKPOINTS).is_dir() and any((self.run_dir / CHECKPOINTS).iterdir()):
+        if _checkpoint_dirs(self.run_dir / CHECKPOINTS):
             raise ConfigError(
                 f"{self.run_dir} already holds a training run's checkpoints; pass resume=True (--resume) to continue "
                 "it, or choose a new output folder"
             )
-        for name in (METRICS_FILE, BEST_ADAPTER):
-            (self.run_dir / name).unlink(missing_ok=True)
+        _remove_leftovers(self.run_dir)
+        (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
 
     def _checkpoint(self, state: TrainState, optimizer: torch.optim.Optimizer) -> None:
         from safetensors.torch import save_file
@@ -319,9 +322,11 @@ class Trainer:
         tmp = Path(tempfile.mkdtemp(prefix=".step-tmp-", dir=root))
         try:
             save_file(trainable_state(self.model), str(tmp / "adapter.safetensors"))
+            if self._best is not None:
+                save_file(self._best, str(tmp / "best.safetensors"))
             opt_tensors, opt_meta = _optimizer_to_flat(optimizer)
             save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-            save_file({"cpu": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+            save_file(_rng_states(), str(tmp / "rng.safetensors"))
             counters = {k: v for k, v in vars(state).items() if k != "history"}
             (tmp / "state.json").write_text(json.dumps({"state": counters, "optimizer": opt_meta}, indent=1))
             for f in tmp.iterdir():  # the rename below publishes the folder: its files must be on disk first
@@ -348,20 +353,18 @@ class Trainer:
         meta = json.loads((ckpt / "state.json").read_text())
         load_trainable_state(self.model, load_file(str(ckpt / "adapter.safetensors")))
         _optimizer_from_flat(optimizer, load_file(str(ckpt / "optimizer.safetensors")), meta["optimizer"])
-        torch.set_rng_state(load_file(str(ckpt / "rng.safetensors"))["cpu"])
+        _set_rng_states(load_file(str(ckpt / "rng.safetensors")))
         state = TrainState(**meta["state"])
+        _remove_leftovers(self.run_dir)
         # Evaluations logged after the checkpoint will be redone: drop them so each step appears once.
         log = self.run_dir / METRICS_FILE
         if log.is_file():
             kept = [r for r in _read_jsonl(log) if r["step"] <= state.step]
             write_text_atomic(log, "".join(json.dumps(r) + "\n" for r in kept))
             state.history = kept
-        if state.best_step is not None and state.best_step > state.step:
-            # The best adapter was saved after the checkpoint: it belongs to the steps being redone.
-            state.best_step, state.best_value = None, None
-        best = self.run_dir / BEST_ADAPTER
-        if state.best_step is not None and best.is_file():
-            self._best = load_file(str(best))
+        # The best adapter as of the checkpoint: evaluations after it are redone.
+        best = ckpt / "best.safetensors"
+        self._best = load_file(str(best)) if best.is_file() else None
         return state
 
 
@@ -369,6 +372,32 @@ def _checkpoint_dirs(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+
+
+def _remove_leftovers(run_dir: Path) -> None:
+    """Temp files and folders of writes that a kill interrupted (dot-names: never a finished checkpoint)."""
+    for folder in (run_dir, run_dir / CHECKPOINTS):
+        if folder.is_dir():
+            for p in folder.glob(".*tmp*"):
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+
+
+def _rng_states() -> dict[str, torch.Tensor]:
+    """Every generator LoRA dropout may draw from: the CPU one and, where present, each CUDA device's."""
+    states = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return states
+
+
+def _set_rng_states(states: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(states["cpu"])
+    cuda = [states[f"cuda{i}"] for i in range(len(states) - 1)]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -379,14 +408,6 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
         except ValueError:
             break  # a line cut by a kill mid-write ends the usable log
     return out
-
-
-def _save_tensors_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    from safetensors.torch import save
-
-    from classlm.reports import write_bytes_atomic
-
-    write_bytes_atomic(path, save(tensors))
 
 
 def _optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

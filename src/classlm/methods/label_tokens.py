@@ -62,7 +62,9 @@ class LabelTokensMethod(Method):
         key = (weights_version(bb.model), tuple(self.encoder.head_ids))
         if self._prefix is None or self._prefix[0] != key:
             try:
-                prefix = SharedPrefix(bb.model, self.encoder.head_ids, bb.device)
+                # Scoring only: no autograd graph kept alive by the cache (the weights may require grad after fit).
+                with torch.inference_mode():
+                    prefix = SharedPrefix(bb.model, self.encoder.head_ids, bb.device)
                 if not self._prefix_checked:
                     self._check_prefix(prefix)
                     self._prefix_checked = True
@@ -164,7 +166,9 @@ class LabelTokensMethod(Method):
         self, rows: list[list[int]], *, full_vocab: bool = False, reuse_prefix: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Class logits with gradients, for training. With ``reuse_prefix`` the prompt head runs once for the batch
-        (with gradients: LoRA changes its keys and values) instead of once per row; the loss is the same."""
+        (with gradients: LoRA changes its keys and values) instead of once per row; the loss and gradients are the
+        same. (With LoRA dropout > 0 the head's rows then share one dropout mask per batch instead of one per row:
+        the same in expectation, not draw for draw.)"""
         if self.scoring != "first_token":
             raise ConfigError(
                 f"training reads the class tokens' first-token logits; scoring={self.scoring!r} is for zero-shot "
