@@ -226,8 +226,8 @@ def export_merged(clf: LMClassifier, out: str | Path) -> Path:
         "prompt_head": desc["prompt_head"],
         "prompt_tail": desc["prompt_tail"],
         # The exact token ids (the head may start with a BOS that the strings do not show).
-        "prompt_head_ids": list(clf.method_.encoder.head_ids),
-        "prompt_tail_ids": list(clf.method_.encoder.tail_ids),
+        "prompt_head_ids": desc["prompt_head_ids"],
+        "prompt_tail_ids": desc["prompt_tail_ids"],
         "temperature": float(clf.calibrator_.temperature),
         "how": (
             "input_ids = prompt_head_ids + tokenizer(text.strip(), add_special_tokens=False) + prompt_tail_ids; "

@@ -227,6 +227,8 @@ class LabelTokensMethod(Method):
             "tokens": [tok.convert_ids_to_tokens(list(s)) for s in self.tokens.sequences],
             "prompt_head": self.rendered.head,
             "prompt_tail": self.rendered.tail,
+            "prompt_head_ids": list(self.encoder.head_ids),
+            "prompt_tail_ids": list(self.encoder.tail_ids),
             "chat_template": self.rendered.chat,
             "prompt_tokens": len(self.encoder.head_ids) + len(self.encoder.tail_ids),
             "text_budget": self.encoder.text_budget,
