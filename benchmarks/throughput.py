@@ -300,14 +300,19 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def prefix_cost(clf: LMClassifier, n: int, seconds: float) -> dict[str, float]:
-    """The one-off cost (a) pays when its prompt head is new or the weights changed, and a pass that pays it."""
+def prefix_seconds(clf: LMClassifier) -> float:
+    """The one-off cost (a) pays when its prompt head is new or the weights changed."""
     bb = clf.backbone_
     with torch.inference_mode():
         t0 = time.perf_counter()
         SharedPrefix(bb.model, clf.method_.encoder.head_ids, bb.device)
-        prefix_seconds = time.perf_counter() - t0
-    return {"prefix_seconds": prefix_seconds, "cold_texts_per_second": n / (seconds + prefix_seconds)}
+        return time.perf_counter() - t0
+
+
+def prefix_cost(clf: LMClassifier, n: int, seconds: float) -> dict[str, float]:
+    """The prefix's one-off cost, and the texts/s of a pass of ``n`` texts in ``seconds`` that also pays it."""
+    once = prefix_seconds(clf)
+    return {"prefix_seconds": once, "cold_texts_per_second": n / (seconds + once)}
 
 
 def spawn(args: argparse.Namespace, variant: str, model: str) -> dict[str, Any]:
@@ -327,7 +332,7 @@ def texts_per_second(clf: LMClassifier, texts: list[str], rounds: int) -> dict[s
         seconds, _ = time_passes(make_variant(v, clf)[0], texts, clf.batch_size, rounds)
         out[v] = len(texts) / min(seconds)
     clf.method_.reuse_prefix = True
-    out["prefix_seconds"] = prefix_cost(clf, len(texts), 1.0)["prefix_seconds"]
+    out["prefix_seconds"] = prefix_seconds(clf)
     return out
 
 

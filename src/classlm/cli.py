@@ -369,7 +369,7 @@ def train(
     from classlm.data import load_dataset
     from classlm.evaluate import evaluate as run_evaluation
     from classlm.reports import plot_reliability, plot_training_curves, write_text_atomic
-    from classlm.training import read_metrics
+    from classlm.training import has_checkpoints, read_metrics
 
     args_file = out_dir / "train_args.json"
     if resume:
@@ -417,7 +417,7 @@ def train(
     )
     if not resume:
         out_dir.mkdir(parents=True, exist_ok=True)
-        if (out_dir / "checkpoints").is_dir() or (out_dir / "classlm.json").is_file():
+        if has_checkpoints(out_dir) or (out_dir / "classlm.json").is_file():
             raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue it or choose a new --out")
         write_text_atomic(args_file, json.dumps(args, indent=2))
     _quiet_transformers()

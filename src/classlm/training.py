@@ -197,12 +197,12 @@ class Trainer:
         if not params:
             raise ConfigError("the model has no trainable parameters; LoRA adapters were not added")
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        state = TrainState()
-        if resume:
+        if resume:  # the checkpoint also restores the RNG state that LoRA dropout draws from
             state = self._resume(optimizer)
-        elif self.run_dir is not None:
-            self._start_fresh()
-        if not resume:  # a resumed run restores the RNG state of its checkpoint instead (LoRA dropout draws from it)
+        else:
+            state = TrainState()
+            if self.run_dir is not None:
+                self._start_fresh()
             torch.manual_seed(cfg.seed)
         if cfg.reuse_prefix:
             # The one-time check of prefix reuse against the plain path (and its fallback, e.g. for sliding-window
@@ -212,11 +212,10 @@ class Trainer:
                 self.method._shared_prefix()
         checkpoint_every = cfg.checkpoint_every or cfg.eval_every or 50
         self.model.train()
-        has_eval = eval_texts is not None and eval_y is not None
-        if has_eval and not resume and cfg.eval_every:
+        evaluation = (eval_texts, eval_y) if eval_texts is not None and eval_y is not None else None
+        if evaluation is not None and not resume and cfg.eval_every:
             # Step 0: the untrained model (LoRA's B matrices start at zero), where the curves and class mass start.
-            assert eval_texts is not None and eval_y is not None
-            self._evaluate(state, eval_texts, eval_y, 0.0)
+            self._evaluate(state, *evaluation, 0.0)
         bar = tqdm(total=total, initial=state.step, desc="training", unit="step", disable=not self.progress)
         micro = cfg.batch_size // cfg.grad_accum
         while state.step < total and not state.stopped_early:
@@ -250,9 +249,8 @@ class Trainer:
             if self.callback:
                 self.callback("step", {"step": state.step, "loss": step_loss})
             last = state.step == total
-            if has_eval and (last or (cfg.eval_every and state.step % cfg.eval_every == 0)):
-                assert eval_texts is not None and eval_y is not None
-                row = self._evaluate(state, eval_texts, eval_y, lr)
+            if evaluation is not None and (last or (cfg.eval_every and state.step % cfg.eval_every == 0)):
+                row = self._evaluate(state, *evaluation, lr)
                 bar.set_postfix(loss=f"{row['train_loss']:.4f}", acc=f"{row['eval']['accuracy']:.3f}")
             if self.run_dir is not None and not last and state.step % checkpoint_every == 0:
                 self._checkpoint(state, optimizer)
@@ -305,7 +303,7 @@ class Trainer:
     def _start_fresh(self) -> None:
         assert self.run_dir is not None
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if _checkpoint_dirs(self.run_dir / CHECKPOINTS):
+        if has_checkpoints(self.run_dir):
             raise ConfigError(
                 f"{self.run_dir} already holds a training run's checkpoints; pass resume=True (--resume) to continue "
                 "it, or choose a new output folder"
@@ -366,6 +364,11 @@ class Trainer:
         best = ckpt / "best.safetensors"
         self._best = load_file(str(best)) if best.is_file() else None
         return state
+
+
+def has_checkpoints(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds a finished checkpoint, i.e. a run that ``resume`` can continue."""
+    return bool(_checkpoint_dirs(Path(run_dir) / CHECKPOINTS))
 
 
 def _checkpoint_dirs(root: Path) -> list[Path]:

@@ -81,12 +81,10 @@ class LabelTokensMethod(Method):
         Catches architectures whose attention the prefix kernel does not reproduce (a model that skips the
         attention interface, or bends scores in ways it does not know of) before they return wrong probabilities.
         """
-        bb = self.backbone
-        head, tail = self.encoder.head_ids, self.encoder.tail_ids
-        pad = bb.tokenizer.pad_token_id
+        prompt = [[*self.encoder.head_ids, *self.encoder.tail_ids]]
         with torch.inference_mode():
-            plain = last_token_hidden(bb.model, [[*head, *tail]], pad, bb.device).float()
-            reused = last_token_hidden(bb.model, [list(tail)], pad, bb.device, prefix).float()
+            plain = self._hidden(prompt, None).float()
+            reused = self._hidden(prompt, prefix).float()
         # fp32 agrees to ~1e-5 of the activations' scale; bf16 rounds at ~1e-2. A model whose attention ignored the
         # prefix is off by the scale itself.
         tol = (1e-3 if prefix.layers[0][0].dtype == torch.float32 else 5e-2) * float(plain.abs().max())
@@ -96,8 +94,11 @@ class LabelTokensMethod(Method):
 
     def last_hidden(self, rows: list[list[int]]) -> torch.Tensor:
         """Hidden state at each row's last real token, reusing the shared prompt head when possible."""
+        return self._hidden(rows, self._shared_prefix())
+
+    def _hidden(self, rows: list[list[int]], prefix: SharedPrefix | None) -> torch.Tensor:
+        """Full prompt rows in; with ``prefix``, only the tokens after it run."""
         bb = self.backbone
-        prefix = self._shared_prefix()
         if prefix is not None:
             rows = [r[prefix.length :] for r in rows]
         return last_token_hidden(bb.model, rows, bb.tokenizer.pad_token_id, bb.device, prefix)
@@ -144,23 +145,21 @@ class LabelTokensMethod(Method):
         """Class logits ``(b, k)`` from last-token hidden states, and with ``full_vocab`` the full row ``(b, V)``."""
         # Softmax inputs stay float32 even when the model runs in bf16 (DESIGN.md §5 rule 3); autocast (training on
         # CUDA) would turn these matmuls back into bf16, so it is switched off here.
-        with torch.autocast(device_type=h.device.type, enabled=False):
-            return self._head_fp32(h.float(), full_vocab)
-
-    def _head_fp32(self, h: torch.Tensor, full_vocab: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h = h.float()
         bb = self.backbone
         weight, bias = output_head(bb.model)
         ids = torch.as_tensor(self.tokens.first_ids, device=bb.device)
-        if full_vocab:
-            # Only the last position's full-vocabulary row: (b, V), still never (b, L, V).
-            full = h @ weight.float().T
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            if full_vocab:
+                # Only the last position's full-vocabulary row: (b, V), still never (b, L, V).
+                full = h @ weight.float().T
+                if bias is not None:
+                    full = full + bias.float()
+                return full[:, ids], full
+            z = h @ weight[ids].float().T
             if bias is not None:
-                full = full + bias.float()
-            return full[:, ids], full
-        z = h @ weight[ids].float().T
-        if bias is not None:
-            z = z + bias[ids].float()
-        return z, None
+                z = z + bias[ids].float()
+            return z, None
 
     def train_logits(
         self, rows: list[list[int]], *, full_vocab: bool = False, reuse_prefix: bool = True
@@ -176,14 +175,9 @@ class LabelTokensMethod(Method):
             )
         bb = self.backbone
         head = self.encoder.head_ids
-        if reuse_prefix and head and self.reuse_prefix:
-            prefix = SharedPrefix(bb.model, head, bb.device)
-            h = last_token_hidden(
-                bb.model, [r[len(head) :] for r in rows], bb.tokenizer.pad_token_id, bb.device, prefix
-            )
-        else:
-            h = last_token_hidden(bb.model, rows, bb.tokenizer.pad_token_id, bb.device)
-        return self._head(h, full_vocab)
+        # A fresh prefix per batch, built with gradients: the cached one of scoring is for the weights it saw.
+        prefix = SharedPrefix(bb.model, head, bb.device) if reuse_prefix and head and self.reuse_prefix else None
+        return self._head(self._hidden(rows, prefix), full_vocab)
 
     def _exact(self, rows: list[list[int]], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Sum of log p(token_j | prompt, tokens_<j) over each class's answer tokens, teacher-forced."""
