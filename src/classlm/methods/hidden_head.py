@@ -1,0 +1,156 @@
+"""``hidden_head``: a linear or MLP head on the LM's hidden state at the last real token.
+
+What ``AutoModelForSequenceClassification`` does (with ``prompt=False``, the raw text), with three ways to train:
+the head alone on the frozen backbone's features (each training text runs once, then the head fits in seconds);
+the head plus the top k transformer blocks and the final norm (Raschka's recipe, ``top_k``); the head plus LoRA
+(``LMClassifier(lora=...)``). The last two train through the same loop as LoRA on label tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from classlm.config import HiddenHeadOptions
+from classlm.errors import ConfigError
+from classlm.methods import register
+from classlm.methods.label_tokens import LabelTokensMethod
+from classlm.prompts import RenderedPrompt
+from classlm.scoring import decoder_of, length_sorted_batches
+
+# The warm start before backbone training fits the head on the frozen features of at most this many texts.
+WARM_START_TEXTS = 512
+
+
+@register("hidden_head")
+class HiddenHeadMethod(LabelTokensMethod):
+    learns_from_data = True
+    options_class = HiddenHeadOptions
+
+    def prepare(self, backbone: Any) -> None:
+        from classlm.heads import build_head
+
+        if self.scoring != "first_token":
+            raise ConfigError(f"hidden_head reads one hidden state per text; scoring={self.scoring!r} does not apply")
+        if self.options.prompt:
+            rendered = self.prompt.render(self.labels, backbone.tokenizer)
+        else:
+            rendered = RenderedPrompt(head="", tail="", chat=False)  # the raw text, as sequence classification
+        self.bind_prompt(backbone, rendered)
+        dim = int(backbone.model.config.hidden_size)
+        self.head = build_head(dim, len(self.labels), self.options).to(backbone.device).eval()
+        self.fitted = False
+        if self.options.top_k:
+            # A model loads with every weight trainable; only the top blocks, the final norm (and LoRA) may train.
+            for name, p in backbone.model.named_parameters():
+                p.requires_grad_("lora_" in name)
+            for p in self._top_parameters().values():
+                p.requires_grad_(True)
+
+    def _top_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """The top ``top_k`` blocks and the final norm, named relative to the transformer stack."""
+        decoder = decoder_of(self.backbone.model)
+        layers = decoder.layers
+        if self.options.top_k > len(layers):
+            raise ConfigError(f"top_k={self.options.top_k} but the model has only {len(layers)} blocks")
+        first = len(layers) - self.options.top_k
+        params = {}
+        for name, p in decoder.named_parameters():
+            parts = name.split(".")
+            top_block = parts[0] == "layers" and int(parts[1]) >= first and "lora_" not in name
+            if top_block or parts[0] == "norm":
+                params[name] = p
+        return params
+
+    def features(self, texts: Sequence[str], *, progress: bool = False, batch_tokens: int | None = 512) -> torch.Tensor:
+        """Last-token hidden states ``(n, d)`` in float32, input order."""
+        rows = self.encoder.encode(list(texts)).ids
+        prefix = self._shared_prefix()
+        skip = prefix.length if prefix is not None else 0
+        out = torch.zeros(len(rows), int(self.backbone.model.config.hidden_size))
+        bar = tqdm(total=len(rows), desc="features", unit="text", disable=not progress, leave=False)
+        with torch.inference_mode():
+            for idx in length_sorted_batches([len(r) - skip for r in rows], 64, batch_tokens):
+                out[idx] = self._hidden([rows[i] for i in idx], prefix).float().cpu()
+                bar.update(len(idx))
+        bar.close()
+        return out
+
+    def fit_data(self, texts: Sequence[str], y: np.ndarray, *, progress: bool = False) -> dict[str, Any]:
+        """The head alone on the frozen backbone (also the warm start of backbone training)."""
+        from classlm.heads import fit_head
+
+        self.head = fit_head(self.features(texts, progress=progress), y, len(self.labels), self.options)
+        self.head = self.head.to(self.backbone.device).eval()
+        self.fitted = True
+        return {"trainable_parameters": int(sum(p.numel() for p in self.head.parameters()))}
+
+    def warm_start(self, texts: Sequence[str], y: np.ndarray, seed: int) -> None:
+        """Before training the backbone: a head fitted on the frozen features of a sample of the training texts, so
+        the first steps do not push random head gradients into the backbone."""
+        keep = np.sort(np.random.default_rng(seed).permutation(len(texts))[:WARM_START_TEXTS])
+        self.fit_data([texts[i] for i in keep], y[keep])
+
+    def trainable_module(self) -> Any:
+        return torch.nn.ModuleDict({"backbone": self.backbone.model, "head": self.head})
+
+    def _head(self, h: torch.Tensor, full_vocab: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if full_vocab:
+            raise ConfigError("hidden_head has no vocabulary logits: train it with loss='class_ce'")
+        # The head and its softmax in float32 (DESIGN.md §5 rule 3), outside any bf16 autocast.
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            return self.head(h.float()), None
+
+    def score(
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int,
+        batch_tokens: int | None = None,
+        class_mass: bool = False,
+        progress: bool = False,
+    ) -> Any:
+        if not self.fitted:
+            raise RuntimeError("hidden_head: the head is not trained (fit_data was not called)")
+        # No class mass: the head's logits are not vocabulary logits.
+        return super().score(texts, batch_size=batch_size, batch_tokens=batch_tokens, progress=progress)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "method": self.name,
+            "prompt_head": self.rendered.head,
+            "prompt_tail": self.rendered.tail,
+            "prompt_head_ids": list(self.encoder.head_ids),
+            "prompt_tail_ids": list(self.encoder.tail_ids),
+            "chat_template": self.rendered.chat,
+            "options": self.options_dict(),
+        }
+
+    def state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        from classlm.heads import head_state
+
+        if not self.fitted:
+            return {}, {}
+        tensors: dict[str, Any] = head_state(self.head)
+        if self.options.top_k:
+            tensors.update({"top." + n: p.detach().cpu().contiguous() for n, p in self._top_parameters().items()})
+        return tensors, {}
+
+    def load_state(self, tensors: dict[str, Any], info: dict[str, Any]) -> None:
+        from classlm.heads import load_head_state
+
+        load_head_state(self.head, tensors)
+        if self.options.top_k:
+            params = self._top_parameters()
+            missing = sorted(set(params) - {n[4:] for n in tensors if n.startswith("top.")})
+            if missing:
+                raise ConfigError(f"hidden_head state lacks the trained top blocks' tensors {missing[:3]}")
+            with torch.no_grad():
+                for name, p in params.items():
+                    p.copy_(torch.as_tensor(tensors["top." + name]).to(p.device, p.dtype))
+                    p.requires_grad_(False)
+        self.fitted = True

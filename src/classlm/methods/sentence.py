@@ -1,0 +1,118 @@
+"""Methods on sentence embeddings (all-MiniLM-L6-v2 by default; any sentence-transformers model).
+
+``embedding``: a logistic-regression or MLP head on the text's embedding (SetFit-like, without the contrastive
+fine-tuning of the encoder). ``similarity``: cosine between the text's embedding and each class's description
+embedding, times a scale; zero-shot, with only the temperature fitted on held-out data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from classlm.config import EmbeddingOptions, SimilarityOptions
+from classlm.methods import Method, register
+from classlm.scoring import Scores
+
+
+def _device(device: str) -> str:
+    from classlm.models import choose_device
+
+    return str(choose_device(device))
+
+
+class _SentenceMethod(Method):
+    needs_lm = False
+
+    def prepare(self, backbone: Any) -> None:
+        from classlm.encoders import load_encoder
+
+        self.encoder = load_encoder(self.options.encoder, _device(self.device))
+
+    def embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        return self.encoder.encode(texts, batch_size=self.options.batch_size, progress=progress)
+
+    def base_identity(self) -> dict[str, Any]:
+        return self.encoder.identity()
+
+
+@register("embedding")
+class EmbeddingMethod(_SentenceMethod):
+    learns_from_data = True
+    options_class = EmbeddingOptions
+
+    def prepare(self, backbone: Any) -> None:
+        super().prepare(backbone)
+        from classlm.heads import build_head
+
+        self.head = build_head(self.encoder.dim, len(self.labels), self.options).eval()
+        self.fitted = False
+
+    def fit_data(self, texts: Sequence[str], y: np.ndarray, *, progress: bool = False) -> dict[str, Any]:
+        from classlm.heads import fit_head
+
+        self.head = fit_head(self.embed(texts, progress), y, len(self.labels), self.options)
+        self.fitted = True
+        return {"trainable_parameters": int(sum(p.numel() for p in self.head.parameters()))}
+
+    def score(
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int,
+        batch_tokens: int | None = None,
+        class_mass: bool = False,
+        progress: bool = False,
+    ) -> Scores:
+        from classlm.heads import head_logits
+
+        if not self.fitted:
+            raise RuntimeError("embedding: the head is not trained (fit_data was not called)")
+        return Scores(head_logits(self.head, self.embed(texts, progress)))
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": self.name, "encoder": self.encoder.identity(), "options": self.options_dict()}
+
+    def state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        from classlm.heads import head_state
+
+        return (head_state(self.head), {}) if self.fitted else ({}, {})
+
+    def load_state(self, tensors: dict[str, Any], info: dict[str, Any]) -> None:
+        from classlm.heads import load_head_state
+
+        load_head_state(self.head, tensors)
+        self.fitted = True
+
+
+@register("similarity")
+class SimilarityMethod(_SentenceMethod):
+    options_class = SimilarityOptions
+
+    def prepare(self, backbone: Any) -> None:
+        super().prepare(backbone)
+        # A class without a description is described by its name.
+        self.class_texts = [d or n for n, d in zip(self.labels.names, self.labels.descriptions)]
+        self.class_embeddings = self.embed(self.class_texts)
+
+    def score(
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int,
+        batch_tokens: int | None = None,
+        class_mass: bool = False,
+        progress: bool = False,
+    ) -> Scores:
+        cosine = self.embed(texts, progress) @ self.class_embeddings.T  # embeddings are L2-normalised
+        return Scores((self.options.scale * cosine).astype(np.float32))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "method": self.name,
+            "encoder": self.encoder.identity(),
+            "class_texts": list(self.class_texts),
+            "options": self.options_dict(),
+        }

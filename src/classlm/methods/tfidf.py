@@ -1,0 +1,120 @@
+"""``tfidf``: word and character n-gram TF-IDF + logistic regression (scikit-learn), the classic baseline.
+
+Saved as data, not as a pickled scikit-learn object: the vocabularies go into the manifest's JSON, the idf vectors
+and the regression's coefficients into ``method.safetensors``. Scoring recomputes TF-IDF from the saved vocabulary
+and idf exactly as ``TfidfVectorizer(sublinear_tf=True)`` does (counts → 1 + log → × idf → L2 norm), so a loaded
+classifier gives the fitted one's logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from classlm.config import TfidfOptions
+from classlm.methods import Method, register
+from classlm.scoring import Scores
+
+# The two feature blocks: (name, analyzer, which option holds its n-gram range).
+BLOCKS = (("word", "word", "word_ngrams"), ("char", "char_wb", "char_ngrams"))
+
+
+@register("tfidf")
+class TfidfMethod(Method):
+    needs_lm = False
+    learns_from_data = True
+    options_class = TfidfOptions
+
+    def prepare(self, backbone: Any) -> None:
+        self.vocabularies: dict[str, dict[str, int]] = {}
+        self.idf: dict[str, np.ndarray] = {}
+        self.coef: np.ndarray | None = None
+        self.intercept: np.ndarray | None = None
+
+    def _blocks(self) -> list[tuple[str, str, tuple[int, int]]]:
+        return [(n, a, getattr(self.options, o)) for n, a, o in BLOCKS if getattr(self.options, o) is not None]
+
+    def fit_data(self, texts: Sequence[str], y: np.ndarray, *, progress: bool = False) -> dict[str, Any]:
+        from scipy.sparse import hstack
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+
+        blocks = []
+        for name, analyzer, ngrams in self._blocks():
+            vec = TfidfVectorizer(analyzer=analyzer, ngram_range=ngrams, sublinear_tf=True, min_df=self.options.min_df)
+            try:
+                blocks.append(vec.fit_transform(list(texts)))
+            except ValueError:  # min_df left no term (tiny training sets): keep every term instead
+                vec = TfidfVectorizer(analyzer=analyzer, ngram_range=ngrams, sublinear_tf=True, min_df=1)
+                blocks.append(vec.fit_transform(list(texts)))
+            self.vocabularies[name] = {str(t): int(i) for t, i in vec.vocabulary_.items()}
+            self.idf[name] = np.asarray(vec.idf_, dtype=np.float64)
+        k = len(self.labels)
+        present = np.unique(y)
+        lr = LogisticRegression(C=self.options.C, max_iter=self.options.max_iter)
+        lr.fit(hstack(blocks).tocsr(), y)
+        # Classes absent from the training data get no column from scikit-learn: give them -inf-like logits.
+        coef = np.zeros((k, lr.coef_.shape[1]))
+        intercept = np.full(k, -30.0)
+        if len(present) == 2:  # binary LogisticRegression keeps one row: logit(class 1) - logit(class 0)
+            coef[present[1]], intercept[present[1]] = lr.coef_[0] / 2, lr.intercept_[0] / 2
+            coef[present[0]], intercept[present[0]] = -lr.coef_[0] / 2, -lr.intercept_[0] / 2
+        else:
+            coef[present], intercept[present] = lr.coef_, lr.intercept_
+        self.coef, self.intercept = coef, intercept
+        return {
+            "features": int(coef.shape[1]),
+            "iterations": int(np.max(lr.n_iter_)),
+            "trainable_parameters": int(lr.coef_.size + lr.intercept_.size),
+        }
+
+    def _features(self, texts: Sequence[str]) -> Any:
+        from scipy.sparse import hstack
+        from sklearn.feature_extraction.text import CountVectorizer
+        from sklearn.preprocessing import normalize
+
+        blocks = []
+        for name, analyzer, ngrams in self._blocks():
+            counts = CountVectorizer(
+                analyzer=analyzer, ngram_range=ngrams, vocabulary=self.vocabularies[name]
+            ).transform(list(texts))
+            counts = counts.astype(np.float64)
+            counts.data = 1.0 + np.log(counts.data)  # sublinear tf
+            blocks.append(normalize(counts.multiply(self.idf[name]).tocsr()))
+        return hstack(blocks).tocsr()
+
+    def score(
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int,
+        batch_tokens: int | None = None,
+        class_mass: bool = False,
+        progress: bool = False,
+    ) -> Scores:
+        if self.coef is None or self.intercept is None:
+            raise RuntimeError("tfidf: fit_data was not called")
+        z = self._features(texts) @ self.coef.T + self.intercept
+        return Scores(np.asarray(z, dtype=np.float32))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "method": self.name,
+            "features": {n: len(v) for n, v in self.vocabularies.items()},
+            "options": self.options_dict(),
+        }
+
+    def state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        if self.coef is None or self.intercept is None:
+            return {}, {}
+        tensors = {"coef": self.coef, "intercept": self.intercept}
+        tensors.update({f"idf.{n}": v for n, v in self.idf.items()})
+        return tensors, {"vocabularies": self.vocabularies}
+
+    def load_state(self, tensors: dict[str, Any], info: dict[str, Any]) -> None:
+        self.vocabularies = {n: dict(v) for n, v in info["vocabularies"].items()}
+        self.idf = {n: np.asarray(tensors[f"idf.{n}"], dtype=np.float64) for n in self.vocabularies}
+        self.coef = np.asarray(tensors["coef"], dtype=np.float64)
+        self.intercept = np.asarray(tensors["intercept"], dtype=np.float64)
