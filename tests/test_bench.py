@@ -91,3 +91,31 @@ def test_bench_writes_one_row_per_method_and_reproduces(monkeypatch, capsys, tmp
 def test_bench_rejects_unknown_methods(monkeypatch, capsys, news, tmp_path):
     code, _, stderr = run_cli(monkeypatch, capsys, "bench", news, "--methods", "tfidf,magic", "--out", tmp_path)
     assert code == 2 and "magic" in stderr and "traceback" not in stderr.lower()
+
+
+def test_train_cli_fits_other_methods_and_classify_refuses_them_untrained(
+    monkeypatch, capsys, tmp_path, news, tiny_model_dir
+):
+    run = tmp_path / "run"
+    code, _, stderr = run_cli(
+        monkeypatch,
+        capsys,
+        "train",
+        news,
+        "--model",
+        tiny_model_dir,
+        "--method",
+        "tfidf",
+        "--options",
+        '{"min_df": 1}',
+        "--out",
+        run,
+    )
+    assert code == 0, stderr
+    code, stdout, stderr = run_cli(monkeypatch, capsys, "classify", "--run", run, "--format", "jsonl", SPORT[0])
+    assert code == 0, stderr
+    assert json.loads(stdout.splitlines()[0])["label"] == "sport"
+    code, _, stderr = run_cli(
+        monkeypatch, capsys, "classify", "--model", tiny_model_dir, "--method", "tfidf", "--labels", "sport,money", "x"
+    )
+    assert code == 2 and "classlm train" in stderr

@@ -131,7 +131,7 @@ def test_similarity_is_zero_shot_and_reads_descriptions(tiny_model_dir):
     [
         ("tfidf", {"C": -1}, {}, "C must be a positive"),
         ("tfidf", {"bogus": 1}, {}, "unknown option"),
-        ("tfidf", None, {"lora": {"r": 4}}, "no LM backbone to put LoRA on"),
+        ("tfidf", None, {"lora": {"r": 4}}, "lora= does not apply"),
         ("hidden_head", {"head": "tree"}, {}, "head must be one of"),
         ("embedding", None, {}, None),
     ],

@@ -27,7 +27,7 @@ from classlm.config import config_to_dict
 from classlm.errors import ArtifactError, ConfigError, NotFittedError
 from classlm.labels import LabelSet
 from classlm.prompts import PromptTemplate
-from classlm.reports import write_text_atomic
+from classlm.reports import write_bytes_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     from classlm.classifier import LMClassifier
@@ -132,11 +132,9 @@ def save_classifier(clf: LMClassifier, path: str | Path, *, metrics: Mapping[str
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     if state_file is not None:
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save
 
-        tmp_file = target / f".{state_file}.tmp"
-        save_file({n: _numpy(t) for n, t in tensors.items()}, str(tmp_file))
-        os.replace(tmp_file, target / state_file)
+        write_bytes_atomic(target / state_file, save({n: _numpy(t) for n, t in tensors.items()}))
     write_text_atomic(target / MANIFEST, json.dumps(doc, indent=2, allow_nan=False))
     for old in target.iterdir():  # now unreferenced: earlier adapters/states and leftovers of interrupted saves
         if old.name in (adapter, state_file):
@@ -151,8 +149,9 @@ def save_classifier(clf: LMClassifier, path: str | Path, *, metrics: Mapping[str
 def _numpy(t: Any) -> Any:
     import numpy as np
 
-    if hasattr(t, "detach"):  # a torch tensor
-        t = t.detach().cpu().numpy()
+    if hasattr(t, "detach"):  # a torch tensor; numpy has no bfloat16
+        t = t.detach().cpu()
+        t = (t.float() if t.is_floating_point() else t).numpy()
     return np.ascontiguousarray(t)
 
 
@@ -228,13 +227,15 @@ def load_classifier(path: str | Path, **overrides: Any) -> LMClassifier:
         **{**options, **overrides},
     )
     clf._build(labels, adapter=None if adapter is None else Path(path) / adapter)
+    if clf.method_.learns_from_data and state_file is None and not method_state.get("json"):
+        raise ArtifactError(f"{path}: method {method!r} learns from data, but the manifest names no saved state")
     if state_file is not None or method_state.get("json"):
         from safetensors.numpy import load_file
 
-        tensors = load_file(str(Path(path) / state_file)) if state_file is not None else {}
         try:
+            tensors = load_file(str(Path(path) / state_file)) if state_file is not None else {}
             clf.method_.load_state(tensors, dict(method_state.get("json") or {}))
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        except Exception as exc:  # safetensors, numpy and torch each raise their own types for a corrupt state
             raise ArtifactError(f"{path}: the saved method state does not fit method {method!r}: {exc}") from exc
     resolved = [list(s) for s in clf.method_.describe().get("token_ids", [])]
     if saved_tokens is not None and resolved != saved_tokens:

@@ -52,9 +52,6 @@ ENTRIES: dict[str, Entry] = {
     "hidden_head_lora": Entry("hidden_head", lora=True, note="head + LoRA"),
     "lora": Entry("label_tokens", lora=True, note="label_tokens + LoRA (class_ce)"),
 }
-DEFAULT_METHODS = (
-    "label_tokens,letters,few_shot,generate,similarity,tfidf,embedding,hidden_head,hidden_head_prompt,lora"
-)
 
 
 @dataclass
@@ -104,8 +101,10 @@ def make_splits(
 
 
 def _metrics(clf: Any, texts: list[str], labels: list[str]) -> dict[str, Any]:
+    from classlm.data import validate_labels
     from classlm.metrics import classification_metrics
 
+    validate_labels(labels, [str(c) for c in clf.classes_])
     t0 = time.perf_counter()
     p = clf.predict_proba(texts)
     seconds = time.perf_counter() - t0
@@ -178,9 +177,8 @@ def run_bench(
                 "temperature": float(clf.temperature_),
             }
         )
-        describe = clf.method_.describe()
-        if "unparsed_share" in describe:
-            row["unparsed_share"] = describe["unparsed_share"]
+        if hasattr(clf.method_, "last_unparsed"):  # generate: answers of the test rows that did not parse
+            row["unparsed_share"] = clf.method_.last_unparsed / max(1, len(splits.test[0]))
         rows[name] = row
         fitted[name] = clf
         if on_row is not None:
@@ -212,12 +210,13 @@ def run_bench(
     return rows
 
 
-def machine() -> dict[str, Any]:
+def machine(device: str = "auto") -> dict[str, Any]:
     import os
 
     import torch
 
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
+    gpu = torch.cuda.is_available() and device != "cpu"
+    device = torch.cuda.get_device_name() if gpu else f"CPU, {os.cpu_count()} cores"
     return {"device": device, "torch": torch.__version__, "platform": platform.platform()}
 
 

@@ -38,6 +38,11 @@ def _as_config(cls: Any, value: Any, name: str) -> Any:
     raise ConfigError(f"{name} must be a {cls.__name__} or a dict of its options, got {type(value).__name__}")
 
 
+def _options_arg(value: Any) -> Any:
+    """``method_options`` as ``Method.parse_options`` takes it: a dict copy of a mapping, else as given."""
+    return dict(value) if isinstance(value, Mapping) else value
+
+
 def as_texts(X: Any) -> list[str]:
     """Validate ``X`` as a 1-D collection of strings (list, tuple, numpy array, pandas Series)."""
     if isinstance(X, str):
@@ -123,7 +128,7 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
         progress: bool = False,
         lora: LoraConfig | Mapping[str, Any] | None = None,
         train: TrainConfig | Mapping[str, Any] | None = None,
-        method_options: Mapping[str, Any] | None = None,
+        method_options: Mapping[str, Any] | Any | None = None,
     ) -> None:
         self.model = model
         self.method = method
@@ -190,12 +195,12 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
             raise ConfigError(f"scoring must be one of {SCORING}, got {self.scoring!r}")
         CalibrationConfig(method=self.calibration)
         method_cls = get_method(self.method)
-        options = method_cls.parse_options(None if self.method_options is None else dict(self.method_options))
+        options = method_cls.parse_options(_options_arg(self.method_options))
         label_set = LabelSet.from_spec(label_set, letters=method_cls.letters)
         lora = self._lora_config()
         if lora is not None and not method_cls.trains_backbone:
             raise ConfigError(
-                f"method {self.method!r} has no LM backbone to put LoRA on; lora= works with "
+                f"method {self.method!r} does not train a backbone, so lora= does not apply; it works with "
                 f"{[m for m in available_methods() if get_method(m).trains_backbone]}"
             )
         backbone = None
@@ -242,7 +247,9 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
     ) -> LMClassifier:
         """Load the model, resolve the labels; then train (with ``lora``) and fit the temperature. Returns ``self``.
 
-        Zero-shot (``lora=None``): no weights change and ``(X, y)``, when given, fits the temperature. With ``lora``:
+        Zero-shot (``lora=None`` and a method that learns nothing else: label_tokens, letters, generate, similarity):
+        no weights change and ``(X, y)``, when given, fits the temperature. Methods that learn from ``(X, y)`` (heads,
+        TF-IDF, few-shot examples) learn on it minus the calibration split (below). With ``lora``:
         LoRA training on ``(X, y)``, evaluated on ``eval_set`` (default: the calibration split) during training,
         then the temperature on ``calib_set`` (default: a stratified slice of ``(X, y)`` held out from training).
         ``run_dir`` receives ``metrics.jsonl``, checkpoints and the best adapter; ``resume=True`` continues the
@@ -262,7 +269,7 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
         lora = self._lora_config()
         train_cfg = self._train_config()  # validates ``train`` even when zero-shot
         method_cls = get_method(self.method)
-        options = method_cls.parse_options(None if self.method_options is None else dict(self.method_options))
+        options = method_cls.parse_options(_options_arg(self.method_options))
         # LoRA, or hidden_head's unfrozen top blocks: gradients flow into the backbone through the Trainer.
         backbone_training = lora is not None or getattr(options, "top_k", 0) > 0
         learns = backbone_training or method_cls.learns_from_data

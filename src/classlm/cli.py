@@ -6,6 +6,7 @@ User errors (bad labels, missing columns, unknown model, …) print one line and
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,6 +28,10 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
+# The rows `classlm bench` runs by default (classlm.bench.ENTRIES names them all); here to keep the CLI import light.
+DEFAULT_BENCH_METHODS = (
+    "label_tokens,letters,few_shot,generate,similarity,tfidf,embedding,hidden_head,hidden_head_prompt,lora"
+)
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Alias, .gguf file, HF folder or hub id.")]
 RunOpt = Annotated[
@@ -121,6 +126,13 @@ def build_classifier(
 
     if run is not None:
         return load_run(run, batch_size=batch_size, batch_tokens=batch_tokens, device=device)
+    from classlm.methods import get_method
+
+    if get_method(method).learns_from_data:
+        raise ConfigError(
+            f"method {method!r} learns from labelled data: train it first with `classlm train DATA --method {method} "
+            "--out RUN`, then pass --run RUN"
+        )
     _quiet_transformers()
     with err.status("loading the model (the first use of a .gguf dequantises it once, ~40 s)…"):
         if labels is None:
@@ -352,6 +364,12 @@ def train(
     grad_accum: Annotated[int, typer.Option("--grad-accum", min=1, help="Micro-batches per step.")] = 1,
     lora_r: Annotated[int, typer.Option("--lora-r", min=1, help="LoRA rank.")] = 16,
     lora_alpha: Annotated[int, typer.Option("--lora-alpha", min=1, help="LoRA alpha.")] = 32,
+    use_lora: Annotated[
+        bool, typer.Option("--lora/--no-lora", help="LoRA on the backbone, for methods that train one.")
+    ] = True,
+    options: Annotated[
+        str | None, typer.Option("--options", help='The method\'s options as JSON, e.g. \'{"head": "mlp"}\'.')
+    ] = None,
     eval_every: Annotated[
         int, typer.Option("--eval-every", min=0, help="Evaluate every N steps (0: at the end).")
     ] = 50,
@@ -367,7 +385,8 @@ def train(
     max_length: MaxLenOpt = 512,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Fine-tune LoRA adapters so the class tokens' probabilities become accurate and calibrated."""
+    """Train a classifier: LoRA adapters (label_tokens, letters; with hidden_head also its head), or what another
+    method learns (a head, TF-IDF, few-shot examples: use --no-lora or a method without a backbone)."""
     # What defines the run (a resumed run must be given the same); first, while locals() holds only the options.
     run_options = ("resume", "device", "batch_size", "batch_tokens")
     args = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items() if k not in run_options}
@@ -397,6 +416,15 @@ def train(
         if calib_split in (split, eval_split):
             raise ConfigError(f"--calib-split {calib_split!r} must differ from the training and evaluation splits")
         calibration = load_dataset(data, split=calib_split, text_col=text_col, label_col=label_col)
+    from classlm.methods import get_method
+
+    method_cls = get_method(method)
+    try:
+        method_options = json.loads(options) if options is not None else None
+    except ValueError as exc:
+        raise ConfigError(f"--options must be a JSON object, got {options!r} ({exc})") from exc
+    if not (method_cls.learns_from_data or (use_lora and method_cls.trains_backbone)):
+        raise ConfigError(f"method {method!r} learns nothing to train; use `classlm evaluate --method {method}`")
     clf = LMClassifier(
         model=model,
         method=method,
@@ -407,7 +435,8 @@ def train(
         max_length=max_length,
         device=device,
         progress=True,
-        lora={"r": lora_r, "alpha": lora_alpha},
+        method_options=method_options,
+        lora={"r": lora_r, "alpha": lora_alpha} if use_lora and method_cls.trains_backbone else None,
         train={
             "loss": loss,
             "lr": lr,
@@ -427,21 +456,26 @@ def train(
             raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue it or choose a new --out")
         write_text_atomic(args_file, json.dumps(args, indent=2))
     _quiet_transformers()
+    backbone_training = clf._lora_config() is not None or bool((method_options or {}).get("top_k"))
+    if resume and not backbone_training:
+        raise ConfigError(f"--resume continues backbone training; method {method!r} here trains in one go: rerun it")
+    loop: dict[str, Any] = {"eval_set": None, "run_dir": out_dir, "resume": resume} if backbone_training else {}
+    if backbone_training and evaluation is not None:
+        loop["eval_set"] = (list(evaluation.texts), list(evaluation.labels or []))
     clf.fit(
         list(dataset.texts),
         list(dataset.labels),
-        eval_set=(list(evaluation.texts), list(evaluation.labels or [])) if evaluation is not None else None,
         calib_set=(list(calibration.texts), list(calibration.labels or [])) if calibration is not None else None,
-        run_dir=out_dir,
-        resume=resume,
+        **loop,
     )
     clf.save(out_dir)
     rows = read_metrics(out_dir)
     if rows:
         plot_training_curves(rows, out_dir / "training_curves.png")
     t = clf.training_
+    steps = f"{t['steps']} steps on " if "steps" in t else ""
     err.print(
-        f"trained {t['steps']} steps on {t['n_train']} examples in {t['seconds']:.0f} s "
+        f"trained {steps}{t['n_train']} examples in {t['seconds']:.0f} s "
         f"({t['examples_per_second'] or 0:.2f} examples/s); temperature {clf.temperature_:.3f}"
     )
     if evaluation is not None:
@@ -498,7 +532,7 @@ def bench(
     data: Annotated[str, typer.Argument(help="A dataset folder with train and test splits (and labels.json).")],
     methods: Annotated[
         str, typer.Option("--methods", help="Comma-separated rows to run; see classlm.bench.ENTRIES.")
-    ] = "label_tokens,letters,few_shot,generate,similarity,tfidf,embedding,hidden_head,hidden_head_prompt,lora",
+    ] = DEFAULT_BENCH_METHODS,
     budget: Annotated[
         int, typer.Option("--budget", min=1, help="Training examples every learning method gets (the same ones).")
     ] = 1000,
@@ -515,7 +549,7 @@ def bench(
     labels: LabelsOpt = None,
     instruction: InstructionOpt = None,
     model: ModelOpt = "smollm2-135m",
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the splits and of every method.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the splits and of LoRA / backbone training.")] = 0,
     output: Annotated[Path, typer.Option("--out", "-o", help="Folder for bench_<dataset>.json and .md.")] = Path("."),
     device: DeviceOpt = "auto",
 ) -> None:
@@ -528,6 +562,8 @@ def bench(
     if unknown:
         raise ConfigError(f"unknown --methods {unknown}; choose from {sorted(ENTRIES)}")
     members = [m.strip() for m in (ensemble or "").split(",") if m.strip()]
+    if members and (len(members) < 2 or set(members) - set(names)):
+        raise ConfigError(f"--ensemble needs at least two rows that are also in --methods, got {members}")
     if not Path(data).is_dir():
         raise ConfigError(f"bench needs a dataset folder with train and test splits, got {data}")
     train_set = load_dataset(data, split="train")
@@ -558,8 +594,8 @@ def bench(
     doc: dict[str, Any] = {
         "benchmark": "bench",
         "dataset": dataset,
-        "command": "classlm bench " + " ".join(sys.argv[2:]),
-        "machine": machine(),
+        "command": shlex.join(["classlm", "bench", *sys.argv[2:]]),
+        "machine": machine(device),
         "model": model,
         "seed": seed,
         "budget": budget,
@@ -616,7 +652,7 @@ def inspect(
         device="auto",
     )
     desc = clf.method_.describe()
-    if as_json:
+    if as_json or "token_ids" not in desc:  # methods without class tokens: their description as it is
         print(json.dumps({**desc, "classes": list(map(str, clf.classes_))}, indent=2, ensure_ascii=False))
         return
     table = Table(title=f"classes → tokens ({desc['scoring']} scoring)")

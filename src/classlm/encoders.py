@@ -47,12 +47,8 @@ class SentenceEncoder:
     def __init__(self, name: str, device: str = "cpu") -> None:
         self.name = name
         self.location = resolve_encoder(name)
-        try:
-            from sentence_transformers import SentenceTransformer
-        except ImportError as exc:
-            raise ModelLoadError(
-                "the embedding methods need sentence-transformers: pip install sentence-transformers"
-            ) from exc
+        from sentence_transformers import SentenceTransformer
+
         # A folder on disk must not trigger hub look-ups (none are reachable offline, and each waits for a timeout).
         local = Path(self.location).is_dir()
         try:

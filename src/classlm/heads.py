@@ -2,8 +2,8 @@
 
 Features are standardised with the training set's mean and standard deviation first: an LM's hidden state has a
 few dimensions hundreds of times larger than the rest (massive activations), which would otherwise dominate both
-the L2 penalty and the optimiser's steps. The standardisation is folded into the head's first layer, so a head is
-one ``torch.nn.Module`` whose ``state_dict`` is the whole learned state.
+the L2 penalty and the optimiser's steps. The mean and standard deviation are buffers of the head, so a head is one
+``torch.nn.Module`` whose ``state_dict`` is the whole learned state.
 """
 
 from __future__ import annotations
@@ -60,7 +60,15 @@ def fit_head(
     target = torch.as_tensor(np.asarray(y), dtype=torch.long)
     if x.ndim != 2 or len(x) != len(target):
         raise ValueError(f"features must be (n, d) with n = len(y) = {len(target)}, got {tuple(x.shape)}")
-    torch.manual_seed(seed)
+    # Seeded without touching the caller's global RNG (training draws LoRA dropout from it afterwards).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _fit(x, target, k, options, seed, class_weights)
+
+
+def _fit(
+    x: torch.Tensor, target: torch.Tensor, k: int, options: HeadOptions, seed: int, class_weights: np.ndarray | None
+) -> Head:
     head = build_head(x.shape[1], k, options)
     head.mean.copy_(x.mean(0))
     # A constant feature would divide by zero; 1e-6 of the typical scale keeps it inert instead.

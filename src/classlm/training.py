@@ -122,7 +122,8 @@ class TrainState:
 
 
 class Trainer:
-    """Trains a ``label_tokens``/``letters`` method's LoRA adapters on index labels ``y`` (columns of the method)."""
+    """Trains the parameters of ``model`` that require grad (LoRA adapters; for ``hidden_head`` also its head and
+    unfrozen top blocks) through the method's ``train_logits``, on index labels ``y`` (columns of the method)."""
 
     def __init__(
         self,
@@ -195,7 +196,9 @@ class Trainer:
             eval_texts, eval_y = [eval_texts[i] for i in keep], eval_y[keep]
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
-            raise ConfigError("the model has no trainable parameters; LoRA adapters were not added")
+            raise ConfigError(
+                "nothing to train: no parameter requires grad (no LoRA adapters, head or unfrozen blocks)"
+            )
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         if resume:  # the checkpoint also restores the RNG state that LoRA dropout draws from
             state = self._resume(optimizer)

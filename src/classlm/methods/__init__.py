@@ -7,8 +7,8 @@ methods is what this package ships (artifacts name a method, they never name a c
 The life of a method inside ``LMClassifier``: ``__init__`` (labels, prompt, validated options) → ``prepare(backbone)``
 (the causal LM when ``needs_lm``, else ``None``: the method loads what it needs itself) → ``fit_data(texts, y)`` when
 ``learns_from_data`` (a head, a vectoriser, few-shot examples: what the method learns beyond the temperature) →
-``score(texts)``. What it learned comes back as ``state()`` (tensors for ``method.safetensors`` + JSON for the
-manifest) and goes in again with ``load_state``.
+``score(texts)``. What it learned comes back as ``state()`` (tensors for ``method-<id>.safetensors`` + JSON for
+the manifest) and goes in again with ``load_state``.
 """
 
 from __future__ import annotations

@@ -41,10 +41,20 @@ class HiddenHeadMethod(LabelTokensMethod):
         else:
             rendered = RenderedPrompt(head="", tail="", chat=False)  # the raw text, as sequence classification
         self.bind_prompt(backbone, rendered)
+        if not self.options.prompt:
+            # The head is at most a BOS token and the tail is empty: nothing worth reusing, and a row could be empty
+            # after the prefix.
+            self.reuse_prefix = False
         dim = int(backbone.model.config.hidden_size)
         self.head = build_head(dim, len(self.labels), self.options).to(backbone.device).eval()
         self.fitted = False
         if self.options.top_k:
+            if backbone.dtype != torch.float32:
+                raise ConfigError(
+                    f"top_k trains the top blocks' weights in place, which needs float32 weights (got "
+                    f"{backbone.dtype}); pass dtype='float32' (on CUDA the training forward still runs in bf16 "
+                    "autocast)"
+                )
             # A model loads with every weight trainable; only the top blocks, the final norm (and LoRA) may train.
             for name, p in backbone.model.named_parameters():
                 p.requires_grad_("lora_" in name)

@@ -1,7 +1,7 @@
 """``tfidf``: word and character n-gram TF-IDF + logistic regression (scikit-learn), the classic baseline.
 
 Saved as data, not as a pickled scikit-learn object: the vocabularies go into the manifest's JSON, the idf vectors
-and the regression's coefficients into ``method.safetensors``. Scoring recomputes TF-IDF from the saved vocabulary
+and the regression's coefficients into ``method-<id>.safetensors``. Scoring recomputes TF-IDF from the saved vocabulary
 and idf exactly as ``TfidfVectorizer(sublinear_tf=True)`` does (counts → 1 + log → × idf → L2 norm), so a loaded
 classifier gives the fitted one's logits.
 """
@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from classlm.config import TfidfOptions
+from classlm.errors import DataError
 from classlm.methods import Method, register
 from classlm.scoring import Scores
 
@@ -53,6 +54,8 @@ class TfidfMethod(Method):
             self.idf[name] = np.asarray(vec.idf_, dtype=np.float64)
         k = len(self.labels)
         present = np.unique(y)
+        if len(present) < 2:
+            raise DataError(f"tfidf needs examples of at least two classes to learn from; got only {present.size}")
         lr = LogisticRegression(C=self.options.C, max_iter=self.options.max_iter)
         lr.fit(hstack(blocks).tocsr(), y)
         # Classes absent from the training data get no column from scikit-learn: give them -inf-like logits.
