@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -31,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from classlm import LMClassifier  # noqa: E402
+from classlm.bench import KEEP, machine  # noqa: E402
 from classlm.data import load_dataset, stratified_split  # noqa: E402
 from classlm.metrics import classification_metrics, softmax  # noqa: E402
 from classlm.reports import plot_reliability, plot_training_curves, write_text_atomic  # noqa: E402
@@ -49,7 +48,6 @@ PROMPTS: dict[str, tuple[str, dict[str, str]]] = {
 # (sms_spam texts are short: 3,400 of them take about as long as 1,800 ag_news articles).
 N_TRAIN = {"ag_news": 1800, "emotion": 2400, "sms_spam": 3400, "trec": 2400}
 N_CALIB, N_EVAL = 500, 300
-KEEP = ("accuracy", "macro_f1", "weighted_f1", "nll", "ece", "calibration_ratio_min", "calibration_ratio_max")
 
 
 def splits(name: str, n_train: int | None, n_test: int, seed: int) -> dict[str, Any]:
@@ -270,11 +268,10 @@ def main() -> None:
     if unknown:
         sys.exit(f"no prompt defined for {unknown}; known: {sorted(PROMPTS)}")
     stem = "finetune_gpu" if args.device == "cuda" else "finetune"
-    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {os.cpu_count()} cores"
     doc: dict[str, Any] = {
         "benchmark": stem,
         "command": "python benchmarks/finetune.py " + " ".join(sys.argv[1:]),
-        "machine": {"device": device, "torch": torch.__version__, "platform": platform.platform()},
+        "machine": machine(args.device),
         "lr": args.lr,
         "batch_size": args.batch_size,
         "epochs": args.epochs,

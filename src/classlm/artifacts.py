@@ -57,13 +57,13 @@ def manifest(
     metrics: Mapping[str, Any] | None = None,
     adapter: str | None = None,
     state_file: str | None = None,
+    state_json: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The JSON document describing a fitted classifier."""
+    """The JSON document describing a fitted classifier (``state_json``: the JSON half of ``method_.state()``)."""
     if not hasattr(clf, "method_"):
         raise NotFittedError("only a fitted classifier can be saved; call fit first")
     desc = clf.method_.describe()
     lora = clf._lora_config()
-    _, state_json = clf.method_.state()
     return {
         "schema_version": SCHEMA_VERSION,
         "classlm_version": _version(),
@@ -89,7 +89,7 @@ def manifest(
             if "prompt_head" in desc
             else None
         ),
-        "method_state": {"file": state_file, "json": state_json},
+        "method_state": {"file": state_file, "json": dict(state_json or {})},
         "calibration": {**clf.calibrator_.to_dict(), **clf.calibration_info_},
         "lora": None if lora is None else config_to_dict(lora),
         "train": None if lora is None else config_to_dict(clf._train_config()),
@@ -111,9 +111,9 @@ def save_classifier(clf: LMClassifier, path: str | Path, *, metrics: Mapping[str
     target = Path(path)
     save_id = uuid.uuid4().hex[:8]
     adapter = f"{ADAPTER}-{save_id}" if clf._lora_config() is not None else None
-    tensors = clf.method_.state()[0] if hasattr(clf, "method_") else {}
+    tensors, state_json = clf.method_.state() if hasattr(clf, "method_") else ({}, {})
     state_file = f"{STATE}-{save_id}.safetensors" if tensors else None
-    doc = manifest(clf, metrics, adapter, state_file)
+    doc = manifest(clf, metrics, adapter, state_file, state_json)
     if target.exists() and not target.is_dir():
         raise ConfigError(f"{target} is a file; a classifier is saved as a folder — choose another path")
     if target.is_dir() and not (target / MANIFEST).is_file():

@@ -114,6 +114,15 @@ def _metrics(clf: Any, texts: list[str], labels: list[str]) -> dict[str, Any]:
     return {**{k: m[k] for k in KEEP}, "texts_per_second": len(texts) / seconds if seconds else None}
 
 
+def check_methods(methods: Sequence[str], ensemble: Sequence[str] = ()) -> None:
+    """Known rows, and an ensemble of at least two of them; before any data or model is loaded."""
+    unknown = [m for m in methods if m not in ENTRIES]
+    if unknown:
+        raise ConfigError(f"unknown bench method(s) {unknown}; known: {sorted(ENTRIES)}")
+    if ensemble and (len(ensemble) < 2 or set(ensemble) - set(methods)):
+        raise ConfigError(f"--ensemble needs at least two rows that are also in --methods, got {list(ensemble)}")
+
+
 def run_bench(
     splits: BenchSplits,
     methods: Sequence[str],
@@ -131,17 +140,11 @@ def run_bench(
     from classlm.classifier import LMClassifier
     from classlm.methods import get_method
 
-    unknown = [m for m in methods if m not in ENTRIES]
-    if unknown:
-        raise ConfigError(f"unknown bench method(s) {unknown}; known: {sorted(ENTRIES)}")
-    missing = [m for m in ensemble if m not in methods]
-    if missing:
-        raise ConfigError(f"--ensemble members {missing} must also be in --methods")
+    check_methods(methods, ensemble)
     rows: dict[str, dict[str, Any]] = {}
     fitted: dict[str, Any] = {}
     for name in methods:
         entry = ENTRIES[name]
-        backbone_training = entry.lora or bool((entry.options or {}).get("top_k"))
         clf = LMClassifier(
             model=model,
             method=entry.method,
@@ -150,12 +153,13 @@ def run_bench(
             method_options=entry.options,
             max_length=entry.max_length,
             lora={} if entry.lora else None,
-            train={"seed": seed, "eval_every": 0} if backbone_training else None,
+            # Read only where the backbone trains (LoRA, top_k); the other methods ignore it.
+            train={"seed": seed, "eval_every": 0},
             device=device,
             progress=progress,
         )
         t0 = time.perf_counter()
-        if backbone_training:
+        if clf._trains_backbone():
             clf.fit(*splits.train, calib_set=splits.calib, eval_set=splits.eval)
         elif get_method(entry.method).learns_from_data:
             clf.fit(*splits.train, calib_set=splits.calib)

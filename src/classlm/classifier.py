@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from classlm.config import (
     TrainConfig,
     config_from_dict,
 )
-from classlm.data import stratified_split, validate_labels
+from classlm.data import as_texts, stratified_split, validate_labels
 from classlm.errors import ConfigError, DataError, NotFittedError
 from classlm.labels import LabelSet
 from classlm.methods import Method, available_methods, get_method
@@ -41,21 +41,6 @@ def _as_config(cls: Any, value: Any, name: str) -> Any:
 def _options_arg(value: Any) -> Any:
     """``method_options`` as ``Method.parse_options`` takes it: a dict copy of a mapping, else as given."""
     return dict(value) if isinstance(value, Mapping) else value
-
-
-def as_texts(X: Any) -> list[str]:
-    """Validate ``X`` as a 1-D collection of strings (list, tuple, numpy array, pandas Series)."""
-    if isinstance(X, str):
-        raise DataError(f"expected a list of texts, got a single string ({X[:40]!r}…); wrap it in a list: [text]")
-    if hasattr(X, "ndim") and getattr(X, "ndim", 1) != 1:
-        raise DataError(f"expected a 1-D collection of texts, got an array of shape {getattr(X, 'shape', '?')}")
-    if not isinstance(X, Iterable):
-        raise DataError(f"expected a list of texts, got {type(X).__name__}")
-    texts = list(X)
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise DataError(f"text #{i} is a {type(t).__name__} ({t!r}), expected a string")
-    return texts
 
 
 class LMClassifier(ClassifierMixin, BaseEstimator):
@@ -180,6 +165,15 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
             template = PromptTemplate.from_dict({**template.to_dict(), "instruction": self.instruction})
         return template
 
+    def _method_setup(self) -> tuple[type[Method], Any]:
+        """The method class and its validated options."""
+        method_cls = get_method(self.method)
+        return method_cls, method_cls.parse_options(_options_arg(self.method_options))
+
+    def _trains_backbone(self) -> bool:
+        """Whether ``fit`` trains backbone weights through the Trainer: LoRA, or hidden_head's unfrozen top blocks."""
+        return self._lora_config() is not None or getattr(self._method_setup()[1], "top_k", 0) > 0
+
     def _lora_config(self) -> LoraConfig | None:
         return _as_config(LoraConfig, self.lora, "lora")
 
@@ -194,8 +188,7 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
         if self.scoring not in SCORING:
             raise ConfigError(f"scoring must be one of {SCORING}, got {self.scoring!r}")
         CalibrationConfig(method=self.calibration)
-        method_cls = get_method(self.method)
-        options = method_cls.parse_options(_options_arg(self.method_options))
+        method_cls, options = self._method_setup()
         label_set = LabelSet.from_spec(label_set, letters=method_cls.letters)
         lora = self._lora_config()
         if lora is not None and not method_cls.trains_backbone:
@@ -207,7 +200,7 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
         if method_cls.needs_lm:
             # A backbone whose weights change or differ from the base model's is a private copy; zero-shot
             # classifiers share one in-process copy.
-            private = lora is not None or adapter is not None or getattr(options, "top_k", 0) > 0
+            private = adapter is not None or self._trains_backbone()
             backbone = load_backbone(self._model_config(), shared=not private)
             if adapter is not None:
                 from peft import PeftModel
@@ -268,11 +261,8 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
             spec = self.labels
         lora = self._lora_config()
         train_cfg = self._train_config()  # validates ``train`` even when zero-shot
-        method_cls = get_method(self.method)
-        options = method_cls.parse_options(_options_arg(self.method_options))
-        # LoRA, or hidden_head's unfrozen top blocks: gradients flow into the backbone through the Trainer.
-        backbone_training = lora is not None or getattr(options, "top_k", 0) > 0
-        learns = backbone_training or method_cls.learns_from_data
+        backbone_training = self._trains_backbone()
+        learns = backbone_training or get_method(self.method).learns_from_data
         if not backbone_training and (eval_set is not None or run_dir is not None or resume):
             raise ConfigError(
                 "eval_set, run_dir and resume are for training the backbone; pass lora={...} to LMClassifier to "

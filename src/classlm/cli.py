@@ -456,7 +456,7 @@ def train(
             raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue it or choose a new --out")
         write_text_atomic(args_file, json.dumps(args, indent=2))
     _quiet_transformers()
-    backbone_training = clf._lora_config() is not None or bool((method_options or {}).get("top_k"))
+    backbone_training = clf._trains_backbone()
     if resume and not backbone_training:
         raise ConfigError(f"--resume continues backbone training; method {method!r} here trains in one go: rerun it")
     loop: dict[str, Any] = {"eval_set": None, "run_dir": out_dir, "resume": resume} if backbone_training else {}
@@ -554,16 +554,12 @@ def bench(
     device: DeviceOpt = "auto",
 ) -> None:
     """Compare methods side by side on one dataset: same splits, same seed, same training budget."""
-    from classlm.bench import ENTRIES, machine, make_splits, run_bench, write_results
+    from classlm.bench import check_methods, machine, make_splits, run_bench, write_results
     from classlm.data import load_dataset
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
-    unknown = [m for m in names if m not in ENTRIES]
-    if unknown:
-        raise ConfigError(f"unknown --methods {unknown}; choose from {sorted(ENTRIES)}")
     members = [m.strip() for m in (ensemble or "").split(",") if m.strip()]
-    if members and (len(members) < 2 or set(members) - set(names)):
-        raise ConfigError(f"--ensemble needs at least two rows that are also in --methods, got {members}")
+    check_methods(names, members)
     if not Path(data).is_dir():
         raise ConfigError(f"bench needs a dataset folder with train and test splits, got {data}")
     train_set = load_dataset(data, split="train")

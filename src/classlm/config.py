@@ -225,6 +225,12 @@ def _positive(obj: Any, *names: str, integer: bool = False) -> None:
             raise ConfigError(f"{name} must be a positive {'int' if integer else 'number'}, got {value!r}")
 
 
+def _model_name(obj: Any, name: str) -> None:
+    value = getattr(obj, name)
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{name} must be a model name or path, got {value!r}")
+
+
 def _ngram(obj: Any, name: str) -> None:
     value = getattr(obj, name)
     if value is None:
@@ -296,8 +302,7 @@ class EmbeddingOptions(HeadOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         _positive(self, "batch_size", integer=True)
-        if not isinstance(self.encoder, str) or not self.encoder.strip():
-            raise ConfigError(f"encoder must be a model name or path, got {self.encoder!r}")
+        _model_name(self, "encoder")
 
 
 @dataclass(frozen=True)
@@ -312,8 +317,7 @@ class SimilarityOptions:
     def __post_init__(self) -> None:
         _positive(self, "scale")
         _positive(self, "batch_size", integer=True)
-        if not isinstance(self.encoder, str) or not self.encoder.strip():
-            raise ConfigError(f"encoder must be a model name or path, got {self.encoder!r}")
+        _model_name(self, "encoder")
 
 
 @dataclass(frozen=True)

@@ -445,6 +445,21 @@ def _not_utf8(path: Path, exc: UnicodeDecodeError) -> DataError:
     return DataError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); re-save it as UTF-8")
 
 
+def as_texts(X: Any) -> list[str]:
+    """Validate ``X`` as a 1-D collection of strings (list, tuple, numpy array, pandas Series)."""
+    if isinstance(X, str):
+        raise DataError(f"expected a list of texts, got a single string ({X[:40]!r}…); wrap it in a list: [text]")
+    if hasattr(X, "ndim") and getattr(X, "ndim", 1) != 1:
+        raise DataError(f"expected a 1-D collection of texts, got an array of shape {getattr(X, 'shape', '?')}")
+    if not isinstance(X, Iterable):
+        raise DataError(f"expected a list of texts, got {type(X).__name__}")
+    texts = list(X)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise DataError(f"text #{i} is a {type(t).__name__} ({t!r}), expected a string")
+    return texts
+
+
 def stratified_split(labels: Sequence[str], fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Split row indices into (keep, held_out), sorted and disjoint, holding out ``fraction`` of every class.
 

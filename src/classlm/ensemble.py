@@ -27,7 +27,7 @@ from scipy.optimize import minimize
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from classlm.calibration import TemperatureScaler
-from classlm.data import validate_labels
+from classlm.data import as_texts, validate_labels
 from classlm.errors import ArtifactError, ConfigError, DataError, NotFittedError
 from classlm.metrics import log_softmax, softmax
 from classlm.reports import write_text_atomic
@@ -45,15 +45,6 @@ _ROW_SUM_TOL = 1e-3  # same tolerance as classlm.metrics: float32 softmax rows p
 
 def _member_dir(i: int) -> str:
     return f"member-{i}"
-
-
-def _texts(X: Any) -> list[Any]:
-    if isinstance(X, str):
-        raise DataError(f"expected a list of texts, got a single string ({X[:40]!r}…); wrap it in a list: [text]")
-    try:
-        return list(X)
-    except TypeError:
-        raise DataError(f"expected a list of texts, got {type(X).__name__}") from None
 
 
 def _nll(log_p: np.ndarray, y: np.ndarray) -> float:
@@ -233,7 +224,7 @@ class Ensemble(ClassifierMixin, BaseEstimator):
         given = None if self.weights is None else self._given_weights(len(members))
         classes = np.array(list(members[0].classes_), dtype=object)
         orders = self._column_orders(members, classes, ConfigError)
-        texts = _texts(X)
+        texts = as_texts(X)
         if y is None:
             raise DataError("Ensemble.fit needs held-out labels: fit(X_heldout, y_heldout)")
         labels = [str(v) for v in y]
@@ -275,7 +266,7 @@ class Ensemble(ClassifierMixin, BaseEstimator):
         """Calibrated combined logits ``sum_i w_i log p_i / T`` (float64, ``(n, k)``, columns in ``classes_``)."""
         self._check_fitted()
         return self.calibrator_.transform(
-            self._combine(self._member_log_probs(self._members_, self._orders_, _texts(X)), self.weights_)
+            self._combine(self._member_log_probs(self._members_, self._orders_, as_texts(X)), self.weights_)
         )
 
     def predict_proba(self, X: Any) -> np.ndarray:

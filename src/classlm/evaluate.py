@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from classlm.classifier import LMClassifier, as_texts
-from classlm.data import validate_labels
+from classlm.classifier import LMClassifier
+from classlm.data import as_texts, validate_labels
 from classlm.metrics import softmax
 from classlm.reports import EvalReport, build_report
 

@@ -91,6 +91,12 @@ class Method(ABC):
         if tensors or info:
             raise ConfigError(f"method {self.name!r} keeps no learned state, but a saved state was given")
 
+    def torch_device(self) -> str:
+        """``device`` resolved (``"auto"`` → cuda or cpu), for methods that load their own model."""
+        from classlm.models import choose_device
+
+        return str(choose_device(self.device))
+
     def base_identity(self) -> dict[str, Any]:
         """What the artifact records as the model under the method (checked at load where it can be)."""
         backbone = getattr(self, "backbone", None)

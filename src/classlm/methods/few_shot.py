@@ -113,18 +113,15 @@ class FewShotMethod(LabelTokensMethod):
         self.min_text_tokens = min(max(MIN_TEXT_TOKENS, self.max_length // 4), self.max_length - used)
         if self.options.selection == "nearest":
             from classlm.encoders import load_encoder
-            from classlm.models import choose_device
 
-            self.sentence_encoder = load_encoder(self.options.encoder, str(choose_device(self.device)))
+            self.sentence_encoder = load_encoder(self.options.encoder, self.torch_device())
             self._bind_common_head()
 
     # -- fixed ------------------------------------------------------------------------------------------------------
     def _apply_examples(self, examples: Sequence[tuple[str, str]]) -> None:
         """Render the template with ``examples`` and re-bind (new head ids, prefix cache reset)."""
-        reuse = getattr(self, "reuse_prefix", True)
         self.prompt = dataclasses.replace(self.base_prompt, examples=tuple((t, lab) for t, lab in examples))
         self.bind_prompt(self.backbone, self.prompt.render(self.labels, self.backbone.tokenizer))
-        self.reuse_prefix = reuse
         self.examples = list(self.prompt.examples)
 
     def _fitting_prefix(self, examples: list[tuple[str, str]]) -> list[tuple[str, str]]:

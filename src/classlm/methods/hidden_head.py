@@ -40,11 +40,7 @@ class HiddenHeadMethod(LabelTokensMethod):
             rendered = self.prompt.render(self.labels, backbone.tokenizer)
         else:
             rendered = RenderedPrompt(head="", tail="", chat=False)  # the raw text, as sequence classification
-        self.bind_prompt(backbone, rendered)
-        if not self.options.prompt:
-            # The head is at most a BOS token and the tail is empty: nothing worth reusing, and a row could be empty
-            # after the prefix.
-            self.reuse_prefix = False
+        self.bind_prompt(backbone, rendered)  # raw text: no tail, so no prefix reuse (see _prefix_usable)
         dim = int(backbone.model.config.hidden_size)
         self.head = build_head(dim, len(self.labels), self.options).to(backbone.device).eval()
         self.fitted = False

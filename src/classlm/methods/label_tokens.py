@@ -57,7 +57,8 @@ class LabelTokensMethod(Method):
         self.encoder = PromptEncoder(backbone.tokenizer, rendered, self.max_length)
         # Shared-prefix reuse: the prompt head's keys/values are computed once (see SharedPrefix). Set to False to
         # run every row in full; it turns itself off, with a debug log line, for models whose cache cannot be reused.
-        self.reuse_prefix = True
+        # A re-bind (new few-shot examples) keeps that choice: the model is the same.
+        self.reuse_prefix = getattr(self, "reuse_prefix", True)
         self._prefix: tuple[Any, SharedPrefix] | None = None
         self._prefix_checked = False
 
@@ -65,9 +66,14 @@ class LabelTokensMethod(Method):
         """What the Trainer optimises: the parameters of this module that require grad (the LoRA adapters)."""
         return self.backbone.model
 
+    def _prefix_usable(self) -> bool:
+        """Reuse is on and there is a head to reuse; an empty tail could leave a row (an empty text) with no token
+        after the prefix, so it needs one too."""
+        return self.reuse_prefix and bool(self.encoder.head_ids) and bool(self.encoder.tail_ids)
+
     def _shared_prefix(self) -> SharedPrefix | None:
         """The prompt head's keys/values for the current weights, or None where reuse is off or unsupported."""
-        if not self.reuse_prefix or not self.encoder.head_ids:
+        if not self._prefix_usable():
             return None
         bb = self.backbone
         key = (weights_version(bb.model), tuple(self.encoder.head_ids))
@@ -185,9 +191,9 @@ class LabelTokensMethod(Method):
                 "use. Train with scoring='first_token' (make the first tokens distinct with verbalizers or letters)"
             )
         bb = self.backbone
-        head = self.encoder.head_ids
         # A fresh prefix per batch, built with gradients: the cached one of scoring is for the weights it saw.
-        prefix = SharedPrefix(bb.model, head, bb.device) if reuse_prefix and head and self.reuse_prefix else None
+        usable = reuse_prefix and self._prefix_usable()
+        prefix = SharedPrefix(bb.model, self.encoder.head_ids, bb.device) if usable else None
         return self._head(self._hidden(rows, prefix), full_vocab)
 
     def _exact(self, rows: list[list[int]], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,19 +17,13 @@ from classlm.methods import Method, register
 from classlm.scoring import Scores
 
 
-def _device(device: str) -> str:
-    from classlm.models import choose_device
-
-    return str(choose_device(device))
-
-
 class _SentenceMethod(Method):
     needs_lm = False
 
     def prepare(self, backbone: Any) -> None:
         from classlm.encoders import load_encoder
 
-        self.encoder = load_encoder(self.options.encoder, _device(self.device))
+        self.encoder = load_encoder(self.options.encoder, self.torch_device())
 
     def embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         return self.encoder.encode(texts, batch_size=self.options.batch_size, progress=progress)
