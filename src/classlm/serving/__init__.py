@@ -1,0 +1,28 @@
+"""The HTTP service: ``create_app`` (FastAPI app factory), its settings, and ``run`` (uvicorn with graceful shutdown).
+
+Routes: ``POST /v1/classify``, ``GET /v1/model``, ``GET /health``, ``GET /metrics`` (Prometheus), ``/docs`` (OpenAPI).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from classlm.serving.app import ServedModel, create_app
+from classlm.serving.settings import ServeSettings
+
+__all__ = ["ServeSettings", "ServedModel", "create_app", "run"]
+
+
+def run(load: Any, settings: ServeSettings | None = None, *, log_level: str = "info") -> None:
+    """Serve with uvicorn until SIGINT/SIGTERM; requests already accepted are answered before it exits."""
+    import uvicorn
+
+    settings = settings or ServeSettings()
+    config = uvicorn.Config(
+        create_app(load, settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_s) or None,
+    )
+    uvicorn.Server(config).run()

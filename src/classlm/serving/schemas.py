@@ -1,0 +1,55 @@
+"""Request and response bodies of the HTTP API (pydantic; they also make the OpenAPI docs at ``/docs``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+REQUEST_FIELDS = ("text", "texts", "class_mass")
+
+
+class ClassifyRequest(BaseModel):
+    """One text or a list of texts. Unknown fields are refused, and nothing is coerced (``1`` is not a string)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    text: str | None = Field(default=None, description="A single text to classify.", examples=["The team won 3-1."])
+    texts: list[str] | None = Field(default=None, description="Several texts, answered in the same order.")
+    class_mass: bool = Field(
+        default=False,
+        description="Also return the class mass: the probability the model puts on the class tokens, out of the "
+        "whole vocabulary (low values mean the prompt or the text is off what the classifier expects).",
+    )
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ClassifyRequest:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of 'text' (a string) or 'texts' (a list of strings)")
+        return self
+
+    def all_texts(self) -> list[str]:
+        return [self.text] if self.text is not None else list(self.texts or [])
+
+
+class ClassifyResult(BaseModel):
+    label: str = Field(description="The most probable class.")
+    probabilities: dict[str, float] = Field(description="Every class's calibrated probability, in class order.")
+    class_mass: float | None = Field(default=None, description="Only when the request asked for it.")
+
+
+class ClassifyResponse(BaseModel):
+    results: list[ClassifyResult]
+
+
+class ErrorBody(BaseModel):
+    type: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+def error_body(kind: str, message: str) -> dict[str, Any]:
+    return {"error": {"type": kind, "message": message}}

@@ -1,0 +1,269 @@
+"""The OpenAI-compatible remote backend against a scripted fake server on loopback: matching class tokens by text,
+absent classes, retries, timeouts, the concurrency limit and servers without logprobs."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from classlm.backends.openai import OpenAIClient, RemoteClassifier, class_probabilities, top_entries
+from classlm.errors import ConfigError, RemoteError
+
+
+def _chat_style(top: dict[str, float]) -> dict:
+    """The shape llama.cpp uses for completions and OpenAI for chat."""
+    entries = [{"token": t, "logprob": lp} for t, lp in top.items()]
+    return {
+        "choices": [{"text": "", "logprobs": {"content": [{"token": entries[0]["token"], "top_logprobs": entries}]}}]
+    }
+
+
+def _legacy(top: dict[str, float]) -> dict:
+    return {"choices": [{"text": "", "logprobs": {"tokens": [next(iter(top))], "top_logprobs": [top]}}]}
+
+
+class FakeServer:
+    """A loopback HTTP server answering from ``script``: a callable (request number, payload) -> (status, body,
+    headers, delay)."""
+
+    def __init__(self, script) -> None:
+        self.script = script
+        self.payloads: list[dict] = []
+        self.paths: list[str] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with lock:
+                    n = len(outer.payloads)
+                    outer.payloads.append(payload)
+                    outer.paths.append(self.path)
+                    outer.in_flight += 1
+                    outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
+                try:
+                    status, body, headers, delay = outer.script(n, payload)
+                    time.sleep(delay)
+                    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+                    self.send_response(status)
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                finally:
+                    with lock:
+                        outer.in_flight -= 1
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+TOP = {" positive": math.log(0.6), " negative": math.log(0.3), " the": math.log(0.05)}
+
+
+def ok(top=TOP, delay=0.0):
+    return lambda n, payload: (200, _chat_style(top), {}, delay)
+
+
+def _remote(url, **kw):
+    kw.setdefault("max_retries", 3)
+    return RemoteClassifier(url, "m", ["negative", "positive"], calibration="none", **kw).fit()
+
+
+# -- matching by text -----------------------------------------------------------------------------------------------
+def test_longest_unambiguous_prefix_is_the_class_token():
+    entries = [(" S", math.log(0.3)), (" Sports", math.log(0.2)), (" Sci", math.log(0.1)), (" World", math.log(0.05))]
+    answers = (" World", " Sports", " Sci/Tech")
+    probs, missing, absent = class_probabilities(entries, answers)
+    # " S" starts both Sports and Sci/Tech: it tells them nothing apart, so it counts for neither.
+    np.testing.assert_allclose(probs, [0.05, 0.2, 0.1])
+    assert (missing, absent) == (0.0, 0)
+
+
+def test_absent_classes_share_the_remainder_capped_by_the_smallest_top_k():
+    # top-k holds 0.9 of the mass; two classes are absent: each gets at most min(0.1 / 2, 0.02) = 0.02.
+    entries = [(" a", math.log(0.5)), ("x", math.log(0.38)), ("y", math.log(0.02))]
+    probs, missing, absent = class_probabilities(entries, (" a", " b", " c"))
+    np.testing.assert_allclose(probs, [0.5, 0.02, 0.02])
+    assert absent == 2 and missing == pytest.approx(0.04)
+    # With little left over the remainder is the binding bound.
+    entries = [(" a", math.log(0.97)), ("x", math.log(0.02))]
+    probs, missing, _ = class_probabilities(entries, (" a", " b", " c"))
+    np.testing.assert_allclose(probs[1:], [0.005, 0.005], rtol=1e-6)
+
+
+def test_leading_space_must_match_the_prompt():
+    entries = [("positive", math.log(0.6)), (" negative", math.log(0.3))]
+    probs, _, absent = class_probabilities(entries, ("negative", "positive"))  # chat prompt: no leading space
+    assert absent == 1 and probs[1] == pytest.approx(0.6)
+
+
+def test_both_response_shapes_parse_and_no_logprobs_is_an_error():
+    assert top_entries(_chat_style(TOP)) == top_entries(_legacy(TOP)) == list(TOP.items())
+    for body in ({"choices": [{"text": "positive"}]}, {"choices": [{"text": "x", "logprobs": None}]}):
+        with pytest.raises(RemoteError, match="without logprobs"):
+            top_entries(body)
+    with pytest.raises(RemoteError, match="no choices"):
+        top_entries({"error": "x"})
+
+
+# -- against the fake server ---------------------------------------------------------------------------------------
+def test_completions_request_and_probabilities():
+    with FakeServer(ok()) as server:
+        clf = _remote(server.url, top_logprobs=7)
+        proba = clf.predict_proba(["great film", "awful"])
+        scores = clf.predict_scores(["great film"])
+    np.testing.assert_allclose(proba, [[1 / 3, 2 / 3]] * 2)
+    assert list(clf.classes_) == ["negative", "positive"]
+    payload = server.payloads[0]
+    assert server.paths[0] == "/v1/completions"
+    assert payload["max_tokens"] == 1 and payload["logprobs"] == 7 and payload["model"] == "m"
+    assert payload["prompt"].startswith("Classify the text") and "great film" in payload["prompt"]
+    assert payload["prompt"].endswith("Answer:")  # plain prompt: the answer comes with a leading space
+    assert scores.class_mass[0] == pytest.approx(0.9) and scores.missing_mass[0] == 0.0
+
+
+def test_chat_endpoint_sends_messages():
+    top = {"positive": math.log(0.2), "negative": math.log(0.7)}
+    with FakeServer(ok(top)) as server:
+        clf = _remote(server.url, endpoint="chat", top_logprobs=5)
+        proba = clf.predict_proba(["meh"])
+    payload = server.payloads[0]
+    assert server.paths[0] == "/v1/chat/completions"
+    assert payload["logprobs"] is True and payload["top_logprobs"] == 5
+    assert payload["messages"][-1]["role"] == "user" and payload["messages"][-1]["content"].endswith("meh")
+    np.testing.assert_allclose(proba, [[0.7 / 0.9, 0.2 / 0.9]])
+
+
+def test_retries_429_and_5xx_then_succeeds():
+    answers = [(429, {"error": "slow down"}, {"Retry-After": "0"}), (503, {"error": "busy"}, {})]
+
+    def script(n, payload):
+        if n < len(answers):
+            return (*answers[n], 0.0)
+        return 200, _chat_style(TOP), {}, 0.0
+
+    with FakeServer(script) as server:
+        clf = _remote(server.url)
+        clf.client_.backoff = 0.01
+        proba = clf.predict_proba(["x"])
+    assert len(server.payloads) == 3
+    assert clf.client_.retries == 2
+    np.testing.assert_allclose(proba, [[1 / 3, 2 / 3]])
+
+
+def test_gives_up_after_max_retries_with_the_last_error():
+    with FakeServer(lambda n, p: (500, {"error": "kaput"}, {}, 0.0)) as server:
+        clf = _remote(server.url, max_retries=2)
+        clf.client_.backoff = 0.01
+        with pytest.raises(RemoteError, match=r"gave up after 3 attempts; last error: 500: .*kaput"):
+            clf.predict_proba(["x"])
+    assert len(server.payloads) == 3
+
+
+def test_client_errors_are_not_retried():
+    with FakeServer(lambda n, p: (400, {"error": "logprobs not supported"}, {}, 0.0)) as server:
+        clf = _remote(server.url)
+        with pytest.raises(RemoteError, match="answered 400: .*logprobs not supported"):
+            clf.predict_proba(["x"])
+    assert len(server.payloads) == 1
+
+
+def test_timeout_is_retried_then_reported():
+    with FakeServer(ok(delay=1.0)) as server:
+        clf = _remote(server.url, timeout=0.2, max_retries=1)
+        clf.client_.backoff = 0.01
+        with pytest.raises(RemoteError, match="timed out after 0.2s"):
+            clf.predict_proba(["x"])
+    assert len(server.payloads) == 2
+
+
+def test_missing_logprobs_is_a_clear_error():
+    with FakeServer(lambda n, p: (200, {"choices": [{"text": "positive"}]}, {}, 0.0)) as server:
+        clf = _remote(server.url)
+        with pytest.raises(RemoteError, match="without logprobs"):
+            clf.predict_proba(["x"])
+
+
+def test_concurrency_limit_holds():
+    with FakeServer(ok(delay=0.1)) as server:
+        clf = _remote(server.url, concurrency=3)
+        proba = clf.predict_proba([f"text {i}" for i in range(12)])
+    assert proba.shape == (12, 2)
+    assert server.max_in_flight == 3
+
+
+def test_temperature_is_fitted_on_labelled_data():
+    top = {" positive": math.log(0.9), " negative": math.log(0.05)}
+    with FakeServer(ok(top)) as server:
+        clf = RemoteClassifier(server.url, "m", ["negative", "positive"]).fit(["a", "b", "c"], ["negative"] * 3)
+    # Always answering "positive" while the truth is "negative": the fitted temperature flattens the output.
+    assert clf.calibrator_.temperature > 1.0
+
+
+def test_bad_options():
+    with pytest.raises(ConfigError, match="base_url must start with http"):
+        RemoteClassifier("localhost:8080", "m", ["a", "b"]).fit()
+    with pytest.raises(ConfigError, match="method must be one of"):
+        RemoteClassifier("http://x", "m", ["a", "b"], method="tfidf").fit()
+    with pytest.raises(ConfigError, match="endpoint must be one of"):
+        RemoteClassifier("http://x", "m", ["a", "b"], endpoint="embeddings").fit()
+    with pytest.raises(ConfigError, match="no classes"):
+        RemoteClassifier("http://x", "m").fit()
+
+
+def test_client_adds_v1_once():
+    assert OpenAIClient("http://h:1/").base_url == "http://h:1/v1"
+    assert OpenAIClient("http://h:1/v1").base_url == "http://h:1/v1"
+
+
+def test_cli_classify_with_the_openai_backend(capsys):
+    from classlm.cli import app
+
+    with FakeServer(ok()) as server:
+        app(
+            [
+                "classify",
+                "--backend",
+                "openai",
+                "--base-url",
+                server.url,
+                "--labels",
+                "negative,positive",
+                "--format",
+                "jsonl",
+                "nice",
+                "nasty",
+            ],
+            standalone_mode=False,
+        )
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["text"] for r in rows] == ["nice", "nasty"]
+    assert rows[0]["label"] == "positive"
+    assert rows[0]["probabilities"]["positive"] == pytest.approx(2 / 3, abs=1e-6)
+    assert rows[0]["missing_mass"] == 0.0

@@ -1,0 +1,398 @@
+"""The HTTP service, in process (FastAPI TestClient), with the tiny model; plus the micro-batcher on its own and one
+real uvicorn process for graceful shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+fastapi = pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from classlm import LMClassifier  # noqa: E402
+from classlm.errors import ConfigError  # noqa: E402
+from classlm.serving import ServeSettings, create_app  # noqa: E402
+from classlm.serving.batcher import MicroBatcher, QueueFull, ShuttingDown  # noqa: E402
+
+LABELS = {"World": "world news", "Sports": "sport", "Business": "business", "Sci/Tech": "science and technology"}
+TEXTS = ["Stocks fell sharply on Monday.", "The team won the match.", "A new phone was released today.", "Great!"]
+
+
+@pytest.fixture(scope="module")
+def clf(tiny_model_dir):
+    return LMClassifier(model=str(tiny_model_dir), labels=LABELS, batch_size=4).fit([])
+
+
+def _client(clf, **settings):
+    return TestClient(create_app(clf, ServeSettings(**settings)))
+
+
+@pytest.fixture(scope="module")
+def client(clf):
+    with _client(clf, max_texts=3, max_chars=200, max_body_bytes=2000) as c:
+        yield c
+
+
+# -- answers ----------------------------------------------------------------------------------------------------------
+def test_single_text_matches_predict_proba(client, clf):
+    r = client.post("/v1/classify", json={"text": TEXTS[0]})
+    assert r.status_code == 200
+    (result,) = r.json()["results"]
+    expected = clf.predict_proba([TEXTS[0]])[0]
+    assert list(result["probabilities"]) == list(LABELS)  # every class, in class order
+    np.testing.assert_allclose(list(result["probabilities"].values()), expected, atol=1e-6)
+    assert result["label"] == list(LABELS)[int(np.argmax(expected))]
+    assert "class_mass" not in result
+
+
+def test_texts_answered_in_order_with_class_mass(client, clf):
+    texts = TEXTS[1:]
+    r = client.post("/v1/classify", json={"texts": texts, "class_mass": True})
+    assert r.status_code == 200
+    results = r.json()["results"]
+    scores = clf.predict_scores(texts, class_mass=True)
+    np.testing.assert_allclose(
+        [list(x["probabilities"].values()) for x in results], clf.predict_proba(texts), atol=1e-6
+    )
+    np.testing.assert_allclose([x["class_mass"] for x in results], scores.class_mass, rtol=1e-5)
+
+
+BAD = [
+    ({"text": 5}, 422, "invalid_request", "text: Input should be a valid string"),
+    ({"texts": ["ok", 3]}, 422, "invalid_request", "texts.1: Input should be a valid string"),
+    ({"texts": "not a list"}, 422, "invalid_request", "texts: Input should be a valid list"),
+    ({"text": "a", "class_mass": "yes"}, 422, "invalid_request", "class_mass: Input should be a valid boolean"),
+    ({"text": "a", "foo": 1}, 422, "invalid_request", "unknown field 'foo'"),
+    ({}, 422, "invalid_request", "exactly one of 'text'"),
+    ({"text": "a", "texts": ["b"]}, 422, "invalid_request", "exactly one of 'text'"),
+    ({"texts": []}, 422, "invalid_request", "'texts' is empty"),
+    ({"texts": ["a", "b", "c", "d"]}, 422, "too_many_texts", "4 texts in one request; the limit is 3"),
+    ({"text": "x" * 201}, 422, "text_too_long", "text 0 has 201 characters; the limit is 200"),
+    ({"texts": ["fine", "   "]}, 422, "empty_text", "text 1 is empty"),
+    ({"text": ""}, 422, "empty_text", "text 0 is empty"),
+    ([1, 2], 422, "invalid_request", "must be a JSON object"),
+    ("just a string", 422, "invalid_request", "must be a JSON object"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "kind", "message"), BAD)
+def test_bad_bodies_get_clear_4xx(client, body, status, kind, message):
+    r = client.post("/v1/classify", json=body)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["type"] == kind
+    assert message in error["message"]
+
+
+def test_invalid_json_is_400(client):
+    r = client.post("/v1/classify", content=b'{"text": "a",', headers={"Content-Type": "application/json"})
+    assert r.status_code == 400
+    assert r.json()["error"]["type"] == "invalid_json"
+    assert "not valid JSON" in r.json()["error"]["message"]
+
+
+def test_wrong_content_type_is_415(client):
+    r = client.post("/v1/classify", content=b'{"text": "a"}', headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415
+    assert "expected Content-Type: application/json, got 'text/plain'" in r.json()["error"]["message"]
+
+
+def test_body_over_limit_is_413_with_or_without_content_length(client):
+    body = json.dumps({"text": "x" * 3000}).encode()
+    r = client.post("/v1/classify", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    assert "limit of 2000 bytes" in r.json()["error"]["message"]
+
+    def chunks():  # a generator body is sent chunked: no Content-Length, so the limit must hold while reading
+        for i in range(0, len(body), 500):
+            yield body[i : i + 500]
+
+    r = client.post("/v1/classify", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_unknown_route_and_method(client):
+    assert client.get("/nope").json()["error"]["type"] == "not_found"
+    r = client.get("/v1/classify")
+    assert r.status_code == 405
+    assert r.json()["error"]["type"] == "method_not_allowed"
+
+
+def test_model_health_docs(client):
+    info = client.get("/v1/model").json()
+    assert info["classes"] == list(LABELS)
+    assert info["method"] == "label_tokens"
+    assert info["calibration"]["temperature"] == 1.0
+    assert info["base_model"]["model_type"] == "llama"
+    assert info["limits"]["max_texts"] == 3
+    assert client.get("/health").json()["status"] == "ok"
+    assert client.get("/docs").status_code == 200
+    assert "/v1/classify" in client.get("/openapi.json").json()["paths"]
+
+
+def test_metrics_count_requests_errors_and_batches(clf):
+    with _client(clf) as c:
+        c.post("/v1/classify", json={"texts": TEXTS[:3]})
+        c.post("/v1/classify", json={"text": TEXTS[3]})
+        c.post("/v1/classify", json={"text": 1})
+        text = c.get("/metrics").text
+    lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    assert lines['classlm_requests_total{path="/v1/classify",status="200"}'] == "2"
+    assert lines['classlm_requests_total{path="/v1/classify",status="422"}'] == "1"
+    assert lines['classlm_request_errors_total{path="/v1/classify"}'] == "1"
+    assert lines["classlm_texts_classified_total"] == "4"
+    assert lines["classlm_batch_size_texts_count"] == "2"  # two scoring calls
+    assert lines["classlm_batch_size_texts_sum"] == "4"
+    assert lines["classlm_request_latency_seconds_count"] == "3"
+    assert lines['classlm_batch_size_texts_bucket{le="+Inf"}'] == "2"
+
+
+def test_concurrent_http_requests_share_one_scoring_call(clf):
+    with _client(clf, max_wait_ms=500) as c:
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda t: c.post("/v1/classify", json={"text": t}), TEXTS))
+        text = c.get("/metrics").text
+    assert [a.status_code for a in answers] == [200] * 4
+    for t, a in zip(TEXTS, answers):  # each caller got the answer for its own text
+        got = list(a.json()["results"][0]["probabilities"].values())
+        np.testing.assert_allclose(got, clf.predict_proba([t])[0], atol=1e-6)  # batched vs alone: fp32 noise
+    lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    assert float(lines["classlm_batch_size_texts_count"]) < 4  # fewer scoring calls than requests
+
+
+def test_serve_cli_errors_are_one_line(tiny_model_dir, capsys, monkeypatch):
+    from classlm.cli import main
+
+    for argv, message in (
+        (["serve", str(tiny_model_dir)], "no classes given"),
+        (["serve", "no/such/run-or-model/anywhere", "--labels", "a,b"], "unknown model"),
+        (["serve", str(tiny_model_dir), "--labels", "a,b", "--max-texts", "100", "--max-queue", "10"], "max_queue"),
+    ):
+        monkeypatch.setattr(sys, "argv", ["classlm", *argv])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_api_key(clf):
+    with _client(clf, api_key="s3cret") as c:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+            r = c.post("/v1/classify", json={"text": "a"}, headers=headers)
+            assert r.status_code == 401
+            assert r.headers["www-authenticate"] == "Bearer"
+            assert "Authorization: Bearer" in r.json()["error"]["message"]
+        assert c.get("/v1/model").status_code == 401
+        assert c.get("/metrics").status_code == 401
+        assert c.get("/health").status_code == 200  # probes need no key
+        ok = c.post("/v1/classify", json={"text": "a"}, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+
+
+class _Blocking:
+    """A stand-in classifier whose scoring waits for ``release``: lets a test fill the queue."""
+
+    classes_ = np.array(["a", "b"], dtype=object)
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.calls: list[int] = []
+
+    def predict_proba(self, texts):
+        self.release.wait(10)
+        self.calls.append(len(texts))
+        return np.tile([0.25, 0.75], (len(texts), 1))
+
+
+def test_full_queue_answers_503_with_retry_after():
+    model = _Blocking()
+    with _client(model, max_queue_texts=4, max_texts=2, retry_after_s=3) as c:
+        batcher = c.app.state.serving["batcher"]
+        first = batcher.submit(["x"])  # taken by the worker, which now blocks
+        time.sleep(0.2)
+        held = [batcher.submit(["y", "z"]), batcher.submit(["w", "v"])]  # 4 texts waiting: the queue is full
+        r = c.post("/v1/classify", json={"text": "one more"})
+        assert r.status_code == 503
+        assert r.headers["retry-after"] == "3"
+        assert r.json()["error"]["type"] == "queue_full"
+        model.release.set()
+        assert first.result(5)[0].shape == (1, 2)
+        assert [f.result(5)[0].shape for f in held] == [(2, 2), (2, 2)]
+        assert 'classlm_rejected_total{reason="queue_full"} 1' in c.get("/metrics").text
+
+
+def test_scoring_failure_is_a_json_500():
+    class Broken(_Blocking):
+        def predict_proba(self, texts):
+            raise RuntimeError("boom")
+
+    with _client(Broken()) as c:
+        r = c.post("/v1/classify", json={"text": "a"})
+    assert r.status_code == 500
+    assert r.json()["error"] == {"type": "internal_error", "message": "scoring failed: RuntimeError: boom"}
+
+
+def test_class_mass_refused_for_methods_without_class_tokens():
+    with _client(_Blocking()) as c:
+        c.app.state.serving["model"].classifier.release.set()
+        r = c.post("/v1/classify", json={"text": "a", "class_mass": True})
+    assert r.status_code == 422
+    assert "class_mass is only available" in r.json()["error"]["message"]
+
+
+# -- the micro-batcher ------------------------------------------------------------------------------------------------
+def _echo(calls):
+    """A scorer whose row i is (len(text), i): each caller can check it got its own rows back."""
+
+    def score(texts, class_mass):
+        calls.append(list(texts))
+        return np.array([[len(t), i] for i, t in enumerate(texts)], dtype=float), None
+
+    return score
+
+
+def test_batcher_merges_concurrent_requests_and_routes_results():
+    calls: list[list[str]] = []
+    batcher = MicroBatcher(_echo(calls), max_batch_texts=100, max_wait_s=0.3)
+    texts = [["a" * (i + 1)] * (1 + i % 3) for i in range(10)]
+    futures = [batcher.submit(t) for t in texts]
+    results = [f.result(5)[0] for f in futures]
+    batcher.close()
+    assert len(calls) == 1 and len(calls[0]) == sum(map(len, texts))  # one scoring call for all ten requests
+    for t, rows in zip(texts, results):
+        assert rows[:, 0].tolist() == [len(x) for x in t]  # each request got its own rows, in its own order
+
+
+def test_batcher_respects_max_batch_and_can_be_turned_off():
+    calls: list[list[str]] = []
+    batcher = MicroBatcher(_echo(calls), max_batch_texts=4, max_wait_s=0.3)
+    futures = [batcher.submit(["t"] * 3) for _ in range(4)] + [batcher.submit(["big"] * 9)]
+    [f.result(5) for f in futures]
+    batcher.close()
+    # 3-text requests cannot pair under a 4-text cap; a request over the cap still runs, alone and whole.
+    assert sorted(len(c) for c in calls) == [3, 3, 3, 3, 9]
+
+    calls.clear()
+    batcher = MicroBatcher(_echo(calls), max_batch_texts=100, max_wait_s=0.3, batching=False)
+    [f.result(5) for f in [batcher.submit(["t"]) for _ in range(5)]]
+    batcher.close()
+    assert [len(c) for c in calls] == [1] * 5
+
+
+def test_batcher_close_answers_everything_accepted_then_refuses():
+    release = threading.Event()
+    calls: list[list[str]] = []
+    echo = _echo(calls)
+
+    def slow(texts, class_mass):
+        release.wait(5)
+        return echo(texts, class_mass)
+
+    batcher = MicroBatcher(slow, max_batch_texts=2, max_wait_s=0.0)
+    futures = [batcher.submit([f"t{i}"]) for i in range(7)]
+    closer = threading.Thread(target=batcher.close)
+    closer.start()
+    time.sleep(0.1)
+    with pytest.raises(ShuttingDown):
+        batcher.submit(["late"])
+    release.set()
+    closer.join(5)
+    assert not closer.is_alive()
+    assert all(f.done() and f.exception() is None for f in futures)
+    assert sum(len(c) for c in calls) == 7
+
+
+def test_batcher_queue_bound_and_errors_reach_every_caller():
+    release = threading.Event()
+
+    def failing(texts, class_mass):
+        release.wait(5)
+        raise ValueError("bad batch")
+
+    batcher = MicroBatcher(failing, max_batch_texts=10, max_wait_s=0.05, max_queue_texts=3)
+    first = batcher.submit(["a"])
+    time.sleep(0.2)  # the worker holds "a"; the queue is empty again
+    rest = [batcher.submit(["b", "c"]), batcher.submit(["d"])]
+    with pytest.raises(QueueFull, match="limit 3"):
+        batcher.submit(["e"])
+    release.set()
+    for f in [first, *rest]:
+        with pytest.raises(ValueError, match="bad batch"):
+            f.result(5)
+    batcher.close()
+
+
+def test_settings_validate():
+    with pytest.raises(ConfigError, match="max_texts must be a positive integer"):
+        ServeSettings(max_texts=0)
+    with pytest.raises(ConfigError, match="max_queue_texts"):
+        ServeSettings(max_texts=100, max_queue_texts=10)
+    with pytest.raises(ConfigError, match="port"):
+        ServeSettings(port=70000)
+
+
+# -- a real server process ------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the server exited early:\n{proc.stderr.read() if proc.stderr else ''}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("the server did not become healthy")
+
+
+def test_sigterm_answers_accepted_requests_then_exits(clf, tmp_path):
+    import httpx
+
+    run = clf.save(tmp_path / "run")
+    port = _free_port()
+    # A long max-wait keeps accepted requests queued when SIGTERM arrives.
+    cmd = [sys.executable, "-m", "classlm.cli", "serve", str(run), "--port", str(port), "--max-wait-ms", "1500"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        _wait_healthy(port, proc)
+
+        def ask(text):
+            return httpx.post(f"http://127.0.0.1:{port}/v1/classify", json={"text": text}, timeout=30)
+
+        with ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(ask, t) for t in TEXTS + TEXTS[:2]]
+            time.sleep(0.5)  # all six are in the queue, none answered yet
+            assert not any(f.done() for f in futures)
+            proc.send_signal(signal.SIGTERM)
+            answers = [f.result(30) for f in futures]
+        assert [a.status_code for a in answers] == [200] * 6
+        # uvicorn re-raises the signal after its graceful shutdown, so the exit status is -SIGTERM, after the log
+        # line that says the lifespan (and with it the batcher) closed.
+        assert proc.wait(30) in (0, -signal.SIGTERM)
+        assert "Application shutdown complete" in proc.stderr.read()
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
