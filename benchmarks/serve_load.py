@@ -191,7 +191,7 @@ def main() -> None:
     if not test.is_file():
         raise SystemExit(f"{test} is absent: the load test reads ag_news test texts from ../shared/data")
     texts = [json.loads(line)["text"] for line in test.read_text().splitlines()[:512]]
-    command = "python benchmarks/serve_load.py " + shlex.join(sys.argv[1:])
+    command = shlex.join(["python", "benchmarks/serve_load.py", *sys.argv[1:]])
     results: dict[str, list[dict[str, Any]]] = {}
     # The clients share the 2 cores with the server; in a child process at lower priority (nice 10) they take the
     # CPU the server leaves idle instead of competing with it, which is closer to clients on other machines.

@@ -215,6 +215,11 @@ def classify(
             raise ConfigError("--backend openai needs --base-url (e.g. http://127.0.0.1:8080)")
         if run is not None:
             raise ConfigError("--run is a locally trained classifier; the openai backend classifies zero-shot")
+        if scoring != "first_token":
+            raise ConfigError(
+                "--scoring exact needs every answer token's log-probability; the openai backend "
+                "reads the next token's top-k only, so it scores the first token"
+            )
         from classlm.backends.openai import RemoteClassifier
 
         remote = RemoteClassifier(
