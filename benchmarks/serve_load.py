@@ -70,11 +70,14 @@ class Server:
         self.labels = labels
 
     def __enter__(self) -> Server:
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # The server's log goes to a file: a pipe nobody reads would fill up and stall it.
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="classlm-serve-load-", suffix=".log")  # noqa: SIM115
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=self.log)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise SystemExit(f"the server exited: {self.proc.stderr.read() if self.proc.stderr else ''}")
+                self.log.seek(0)
+                raise SystemExit(f"the server exited: {self.log.read()[-3000:]}")
             try:
                 if httpx.get(self.url + "/health", timeout=1).status_code == 200:
                     return self
@@ -89,12 +92,16 @@ class Server:
             self.proc.wait(60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait()
         self.labels.unlink(missing_ok=True)
+        self.log.close()
 
 
 async def run_level(url: str, texts: list[str], concurrency: int, per_client: int) -> dict[str, Any]:
+    """Failed: answered with an error or a malformed body. Lost: never answered (connection dropped, timed out)."""
     latencies: list[float] = []
     failures: list[str] = []
+    lost: list[str] = []
     answered = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
@@ -108,11 +115,15 @@ async def run_level(url: str, texts: list[str], concurrency: int, per_client: in
                 try:
                     response = await client.post("/v1/classify", json={"text": text})
                 except httpx.HTTPError as exc:
-                    failures.append(f"{type(exc).__name__}: {exc}")
+                    lost.append(f"{type(exc).__name__}: {exc}")
                     continue
                 latencies.append(time.perf_counter() - t0)
-                body = response.json() if response.status_code == 200 else None
-                if body is None or len(body.get("results", [])) != 1:
+                try:
+                    body = response.json() if response.status_code == 200 else None
+                except ValueError:
+                    body = None
+                results = body.get("results") if isinstance(body, dict) else None
+                if not (isinstance(results, list) and len(results) == 1 and "label" in results[0]):
                     failures.append(f"{response.status_code}: {response.text[:200]}")
                 else:
                     answered += 1
@@ -131,8 +142,8 @@ async def run_level(url: str, texts: list[str], concurrency: int, per_client: in
         "sent": sent,
         "answered": answered,
         "failed": len(failures),
-        "lost": sent - answered - len(failures),
-        "failures": failures[:5],
+        "lost": len(lost),
+        "failures": (failures + lost)[:5],
         "seconds": round(seconds, 3),
         "texts_per_second": round(answered / seconds, 3),
         "latency_p50_ms": round(float(np.percentile(lat, 50)) * 1000, 1),

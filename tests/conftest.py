@@ -124,3 +124,23 @@ requires_smollm2 = pytest.mark.skipif(
 requires_shared_data = pytest.mark.skipif(
     not SHARED_DATA.is_dir(), reason=f"{SHARED_DATA} is absent (the datasets live in ../shared/data beside the repo)"
 )
+
+
+def free_port() -> int:
+    """A free TCP port on loopback (servers under test bind 127.0.0.1 only)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(condition, timeout: float = 10.0, what: str = "the condition") -> None:
+    """Poll ``condition()`` until true: tests wait on state, not on a guessed sleep that a loaded machine outruns."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)

@@ -7,6 +7,7 @@ import json
 import math
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -117,6 +118,15 @@ def test_absent_classes_share_the_remainder_capped_by_the_smallest_top_k():
     np.testing.assert_allclose(probs[1:], [0.005, 0.005], rtol=1e-6)
 
 
+def test_exact_mode_only_takes_the_first_token_itself():
+    # With the tokenizer known, " Sp" is not " Sports"'s first token: the class is absent, and so reported.
+    entries = [(" Sp", math.log(0.3)), (" World", math.log(0.2)), ("x", math.log(0.4))]
+    probs, missing, absent = class_probabilities(entries, (" World", " Sports"), exact=True)
+    assert absent == 1 and probs[0] == pytest.approx(0.2) and missing == pytest.approx(0.1)
+    probs, _, absent = class_probabilities(entries, (" World", " Sports"))  # the prefix guess takes " Sp"
+    assert absent == 0 and probs[1] == pytest.approx(0.3)
+
+
 def test_leading_space_must_match_the_prompt():
     entries = [("positive", math.log(0.6)), (" negative", math.log(0.3))]
     probs, _, absent = class_probabilities(entries, ("negative", "positive"))  # chat prompt: no leading space
@@ -143,7 +153,8 @@ def test_completions_request_and_probabilities():
     payload = server.payloads[0]
     assert server.paths[0] == "/v1/completions"
     assert payload["max_tokens"] == 1 and payload["logprobs"] == 7 and payload["model"] == "m"
-    assert payload["prompt"].startswith("Classify the text") and "great film" in payload["prompt"]
+    assert payload["prompt"].startswith("Classify the text")
+    assert sorted("great film" in p["prompt"] for p in server.payloads[:2]) == [False, True]  # sent in any order
     assert payload["prompt"].endswith("Answer:")  # plain prompt: the answer comes with a leading space
     assert scores.class_mass[0] == pytest.approx(0.9) and scores.missing_mass[0] == 0.0
 
@@ -211,11 +222,37 @@ def test_missing_logprobs_is_a_clear_error():
 
 
 def test_concurrency_limit_holds():
+    # The client itself, called from more threads than its limit: only its semaphore can hold the line.
     with FakeServer(ok(delay=0.1)) as server:
-        clf = _remote(server.url, concurrency=3)
-        proba = clf.predict_proba([f"text {i}" for i in range(12)])
-    assert proba.shape == (12, 2)
-    assert server.max_in_flight == 3
+        client = OpenAIClient(server.url, concurrency=2)
+        with ThreadPoolExecutor(6) as pool:
+            list(pool.map(lambda i: client.post("/completions", {"i": i}), range(12)))
+        client.close()
+    assert len(server.payloads) == 12
+    assert server.max_in_flight == 2
+
+
+def test_first_error_stops_the_remaining_texts():
+    def script(n, payload):
+        return (400, {"error": "bad model"}, {}, 0.05)
+
+    with FakeServer(script) as server:
+        clf = _remote(server.url, concurrency=2)
+        with pytest.raises(RemoteError, match="answered 400"):
+            clf.predict_proba([f"text {i}" for i in range(50)])
+    assert len(server.payloads) < 10  # the queued texts were dropped, not each sent before the error surfaced
+
+
+def test_retry_after_as_an_http_date_is_honoured_and_capped():
+    from datetime import datetime, timedelta, timezone
+    from email.utils import format_datetime
+
+    client = OpenAIClient("http://127.0.0.1:9")
+    soon = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
+    assert 25 < client._wait(0, soon) <= 30
+    assert client._wait(0, "3600") == 60.0
+    assert client._wait(0, "2") == 2.0
+    assert 0 <= client._wait(0, "not a date") <= client.backoff
 
 
 def test_temperature_is_fitted_on_labelled_data():

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA, requires_shared_data, requires_smollm2
+from conftest import SHARED_DATA, free_port, requires_shared_data, requires_smollm2
 
 pytestmark = [pytest.mark.llama_server, pytest.mark.integration, requires_smollm2, requires_shared_data]
 
@@ -57,9 +56,7 @@ def llama_server(tmp_path_factory):
         if os.environ.get("CI"):
             pytest.fail(message + "; CI must run this test, and `make test` builds it")
         pytest.skip(message)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     gguf = find_alias_file("smollm2-135m")
     cmd = [binary, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-t", "2", "-c", "2048", "-np", "1"]
     # Its log goes to a file: llama-server logs every request, and a pipe nobody reads fills up and stalls it.

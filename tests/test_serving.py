@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ from classlm import LMClassifier  # noqa: E402
 from classlm.errors import ConfigError  # noqa: E402
 from classlm.serving import ServeSettings, create_app  # noqa: E402
 from classlm.serving.batcher import MicroBatcher, QueueFull, ShuttingDown  # noqa: E402
+from conftest import free_port, wait_until  # noqa: E402
 
 LABELS = {"World": "world news", "Sports": "sport", "Business": "business", "Sci/Tech": "science and technology"}
 TEXTS = ["Stocks fell sharply on Monday.", "The team won the match.", "A new phone was released today.", "Great!"]
@@ -158,7 +158,7 @@ def test_metrics_count_requests_errors_and_batches(clf):
 
 
 def test_concurrent_http_requests_share_one_scoring_call(clf):
-    with _client(clf, max_wait_ms=500) as c:
+    with _client(clf, max_wait_ms=2000) as c:
         with ThreadPoolExecutor(4) as pool:
             answers = list(pool.map(lambda t: c.post("/v1/classify", json={"text": t}), TEXTS))
         text = c.get("/metrics").text
@@ -219,7 +219,7 @@ def test_full_queue_answers_503_with_retry_after():
     with _client(model, max_queue_texts=4, max_texts=2, retry_after_s=3) as c:
         batcher = c.app.state.serving["batcher"]
         first = batcher.submit(["x"])  # taken by the worker, which now blocks
-        time.sleep(0.2)
+        wait_until(lambda: batcher.pending_texts == 0, what="the worker to take the first request")
         held = [batcher.submit(["y", "z"]), batcher.submit(["w", "v"])]  # 4 texts waiting: the queue is full
         r = c.post("/v1/classify", json={"text": "one more"})
         assert r.status_code == 503
@@ -239,7 +239,10 @@ def test_scoring_failure_is_a_json_500():
     with _client(Broken()) as c:
         r = c.post("/v1/classify", json={"text": "a"})
     assert r.status_code == 500
-    assert r.json()["error"] == {"type": "internal_error", "message": "scoring failed: RuntimeError: boom"}
+    error = r.json()["error"]
+    assert error["type"] == "internal_error"
+    assert error["message"] == "scoring failed (RuntimeError); the server log has the details"
+    assert "boom" not in error["message"]  # other clients in the batch must not see one client's details
 
 
 def test_class_mass_refused_for_methods_without_class_tokens():
@@ -302,7 +305,7 @@ def test_batcher_close_answers_everything_accepted_then_refuses():
     futures = [batcher.submit([f"t{i}"]) for i in range(7)]
     closer = threading.Thread(target=batcher.close)
     closer.start()
-    time.sleep(0.1)
+    wait_until(lambda: not batcher.alive, what="close() to start")
     with pytest.raises(ShuttingDown):
         batcher.submit(["late"])
     release.set()
@@ -321,7 +324,7 @@ def test_batcher_queue_bound_and_errors_reach_every_caller():
 
     batcher = MicroBatcher(failing, max_batch_texts=10, max_wait_s=0.05, max_queue_texts=3)
     first = batcher.submit(["a"])
-    time.sleep(0.2)  # the worker holds "a"; the queue is empty again
+    wait_until(lambda: batcher.pending_texts == 0, what="the worker to take 'a'")
     rest = [batcher.submit(["b", "c"]), batcher.submit(["d"])]
     with pytest.raises(QueueFull, match="limit 3"):
         batcher.submit(["e"])
@@ -332,6 +335,57 @@ def test_batcher_queue_bound_and_errors_reach_every_caller():
     batcher.close()
 
 
+def test_batcher_survives_callers_that_gave_up():
+    """A handler cancelled while waiting (client gone, shutdown timeout) cancels its future; the worker must skip it
+    and keep serving, not die on setting a cancelled future's result."""
+    release = threading.Event()
+    calls: list[list[str]] = []
+    echo = _echo(calls)
+
+    def slow(texts, class_mass):
+        release.wait(5)
+        return echo(texts, class_mass)
+
+    batcher = MicroBatcher(slow, max_batch_texts=10, max_wait_s=0.0)
+    first = batcher.submit(["held"])
+    wait_until(lambda: batcher.pending_texts == 0, what="the worker to take the first request")
+    gone, kept = batcher.submit(["gone"]), batcher.submit(["kept"])
+    assert gone.cancel()
+    release.set()
+    assert first.result(5)[0].shape == (1, 2)
+    assert kept.result(5)[0][:, 0].tolist() == [4.0]
+    assert ["gone"] not in calls and ["gone", "kept"] not in calls  # the cancelled text was never scored
+    assert batcher.submit(["after"]).result(5)[0].shape == (1, 2)  # and the worker lives on
+    batcher.close()
+
+
+def test_client_gone_before_its_body_arrived_is_not_an_error(clf):
+    import asyncio
+
+    app = create_app(clf, ServeSettings())
+    metrics = app.state.metrics
+    sent: list[dict] = []
+
+    async def receive():
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/classify",
+        "headers": [(b"content-type", b"application/json")],
+        "query_string": b"",
+    }
+    asyncio.run(app(scope, receive, send))
+    assert sent == []  # nobody to answer
+    text = metrics.render()
+    assert 'classlm_requests_total{path="/v1/classify",status="499"} 1' in text
+    assert "classlm_request_errors_total{" in text  # 499 >= 400: counted where client errors are, not as 400
+
+
 def test_settings_validate():
     with pytest.raises(ConfigError, match="max_texts must be a positive integer"):
         ServeSettings(max_texts=0)
@@ -339,15 +393,12 @@ def test_settings_validate():
         ServeSettings(max_texts=100, max_queue_texts=10)
     with pytest.raises(ConfigError, match="port"):
         ServeSettings(port=70000)
+    for key in (" padded ", "clé", ""):
+        with pytest.raises(ConfigError, match="api_key"):
+            ServeSettings(api_key=key)
 
 
 # -- a real server process ------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
     import httpx
 
@@ -368,9 +419,9 @@ def test_sigterm_answers_accepted_requests_then_exits(clf, tmp_path):
     import httpx
 
     run = clf.save(tmp_path / "run")
-    port = _free_port()
+    port = free_port()
     # A long max-wait keeps accepted requests queued when SIGTERM arrives.
-    cmd = [sys.executable, "-m", "classlm.cli", "serve", str(run), "--port", str(port), "--max-wait-ms", "1500"]
+    cmd = [sys.executable, "-m", "classlm.cli", "serve", str(run), "--port", str(port), "--max-wait-ms", "5000"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
@@ -381,7 +432,11 @@ def test_sigterm_answers_accepted_requests_then_exits(clf, tmp_path):
 
         with ThreadPoolExecutor(6) as pool:
             futures = [pool.submit(ask, t) for t in TEXTS + TEXTS[:2]]
-            time.sleep(0.5)  # all six are in the queue, none answered yet
+
+            def queued() -> int:
+                return httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()["queue_texts"]
+
+            wait_until(lambda: queued() == 6, timeout=30, what="all six requests to be queued")
             assert not any(f.done() for f in futures)
             proc.send_signal(signal.SIGTERM)
             answers = [f.result(30) for f in futures]

@@ -1,15 +1,20 @@
 """Zero-shot classification against an OpenAI-compatible server that returns logprobs.
 
 One request per text with ``max_tokens=1`` and ``top_logprobs``: the server's top-k next tokens and their
-log-probabilities. Each class is matched **by text** to the top-k token that a tokenizer would emit first for its
-answer: the longest entry that is a prefix of the answer (with the leading space the prompt calls for, rule 2 of
-DESIGN.md) and of no other class's answer. That mirrors the local ``first_token`` scoring, which reads the logit of
-the answer's first token.
+log-probabilities. Each class is matched **by text** to a top-k token, as the local ``first_token`` scoring reads the
+logit of its answer's first token:
 
-Classes whose token is not in the top-k are not known, only bounded: each such token has at most the probability of
-the least likely top-k entry, and together at most the mass the top-k leaves over. They get an equal share of that
-remainder, capped by the first bound, so the estimate is an upper bound; the share is reported per text
-(``missing_mass``) so callers can tell a confident answer from one built on bounds.
+- with ``tokenizer=`` (the model's own tokenizer), the entry whose text is exactly the answer's first token, decoded
+  with the leading space the prompt calls for (rule 2 of DESIGN.md);
+- without it, the longest entry that is a prefix of the answer and of no other class's answer. That is usually the
+  first token, but it is a guess: a shorter piece (``" Sp"`` for ``" Sports"``) stands in when the real first token
+  is absent from the top-k.
+
+Classes whose token is not in the top-k are not known, only bounded: no such token is more likely than the least
+likely top-k entry, and together they hold at most the mass the top-k leaves over. Each absent class gets an equal
+share of that left-over mass, capped at the least likely entry's probability, so their total never exceeds the
+bound on their true total; that total is reported per text (``missing_mass``), so callers can tell an answer read
+from the server from one built on bounds.
 
 Servers fail in ordinary ways, so requests are retried with exponential backoff (honouring ``Retry-After``) on 429
 and 5xx answers, timeouts and dropped connections; at most ``concurrency`` run at once.
@@ -25,20 +30,24 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import numpy as np
 
 from classlm.calibration import TemperatureScaler
+from classlm.config import CalibrationConfig
 from classlm.data import as_texts, validate_labels
 from classlm.errors import ConfigError, DataError, NotFittedError, RemoteError
-from classlm.labels import LabelSet
+from classlm.labels import LabelSet, resolve_class_tokens
 from classlm.metrics import softmax
 from classlm.prompts import PromptTemplate, RenderedPrompt
 
 ENDPOINTS = ("completions", "chat")
 METHODS = ("label_tokens", "letters")
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+MAX_RETRY_AFTER = 60.0
 # A class absent from the top-k gets at least this probability, so its logit stays finite.
 _FLOOR = 1e-12
 
@@ -79,15 +88,18 @@ def top_entries(body: Any) -> list[tuple[str, float]]:
     )
 
 
-def class_probabilities(entries: Sequence[tuple[str, float]], answers: Sequence[str]) -> tuple[np.ndarray, float, int]:
+def class_probabilities(
+    entries: Sequence[tuple[str, float]], answers: Sequence[str], *, exact: bool = False
+) -> tuple[np.ndarray, float, int]:
     """Each class's probability estimate from the top-k ``entries``; also the estimate given to absent classes
-    (summed) and how many classes were absent. ``answers`` include the leading space the prompt calls for."""
+    (summed) and how many classes were absent. ``answers`` include the leading space the prompt calls for; with
+    ``exact`` they are the classes' first tokens and an entry must equal one, else it may be a prefix of one."""
     probs = [math.exp(lp) for _, lp in entries]
     best: list[tuple[int, float] | None] = [None] * len(answers)  # (length of the matched text, probability)
     for (token, _), p in zip(entries, probs):
         if not token:
             continue
-        owners = [i for i, a in enumerate(answers) if a.startswith(token)]
+        owners = [i for i, a in enumerate(answers) if (a == token if exact else a.startswith(token))]
         if len(owners) != 1:  # a prefix of several answers (or of none) tells the classes nothing apart
             continue
         i = owners[0]
@@ -134,6 +146,7 @@ class OpenAIClient:
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
         )
         self._slots = threading.BoundedSemaphore(concurrency)
+        self._count_lock = threading.Lock()
         self.concurrency = concurrency
         self.retries = 0  # retried attempts so far, for reporting
 
@@ -142,10 +155,18 @@ class OpenAIClient:
 
     def _wait(self, attempt: int, retry_after: str | None) -> float:
         if retry_after is not None:
+            # Seconds or an HTTP date, honoured up to a minute: a server that asks for longer is better reported
+            # (after the retries) than waited on.
+            seconds: float | None
             try:
-                return min(self.max_backoff, max(0.0, float(retry_after)))
+                seconds = float(retry_after)
             except ValueError:
-                pass
+                try:
+                    seconds = (parsedate_to_datetime(retry_after) - datetime.now(timezone.utc)).total_seconds()
+                except (TypeError, ValueError):
+                    seconds = None
+            if seconds is not None:
+                return min(MAX_RETRY_AFTER, max(0.0, seconds))
         # Full jitter: concurrent clients that failed together do not retry together.
         return random.uniform(0, min(self.max_backoff, self.backoff * 2**attempt))
 
@@ -175,7 +196,8 @@ class OpenAIClient:
                     last = f"{response.status_code}: {detail}"
                     retry_after = response.headers.get("retry-after")
             if attempt < self.max_retries:
-                self.retries += 1
+                with self._count_lock:
+                    self.retries += 1
                 time.sleep(self._wait(attempt, retry_after))
         raise RemoteError(f"{url}: gave up after {self.max_retries + 1} attempts; last error: {last}")
 
@@ -269,6 +291,7 @@ class RemoteClassifier:
                 raise ConfigError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
         if not isinstance(self.concurrency, int) or self.concurrency < 1:
             raise ConfigError(f"concurrency must be a positive integer, got {self.concurrency!r}")
+        CalibrationConfig(method=self.calibration)
         texts = as_texts(X) if X is not None else []
         y_list = None if y is None else [str(v) for v in y]
         spec = self.labels if self.labels is not None else (sorted(set(y_list)) if y_list else None)
@@ -276,6 +299,7 @@ class RemoteClassifier:
             raise ConfigError("no classes: pass labels=[...], or labelled data as fit(X, y)")
         label_set = LabelSet.from_spec(spec, letters=self.method == "letters")
         template = self._template()
+        tokenizer: Any = None
         if self.endpoint == "chat":
             if self.tokenizer is not None:
                 raise ConfigError(
@@ -286,18 +310,24 @@ class RemoteClassifier:
             rendered = RenderedPrompt(head=template._body(label_set), tail="", chat=True)
             leading_space = False
         else:
-            tokenizer = None
             if self.tokenizer is not None:
                 from classlm.models import load_tokenizer
 
                 tokenizer = load_tokenizer(self.tokenizer)
-            rendered = template.render(label_set, tokenizer if tokenizer is not None else None)
+            rendered = template.render(label_set, tokenizer)
             leading_space = rendered.leading_space
+        answers = tuple((" " if leading_space else "") + a for a in label_set.answers)
+        self.exact_ = tokenizer is not None
+        if tokenizer is not None:
+            # The model's own first token of each answer, as text: what the server's top-k entries will say.
+            tokens = resolve_class_tokens(label_set, tokenizer, leading_space=leading_space)
+            answers = tuple(tokenizer.decode([i]) for i in tokens.first_ids)
         self.label_set_ = label_set
         self.classes_ = np.array(label_set.names, dtype=object)
         self.rendered_ = rendered
-        self.answers_ = tuple((" " if leading_space else "") + a for a in label_set.answers)
+        self.answers_ = answers
         self.calibrator_ = TemperatureScaler()
+        self.close()
         self.client_ = OpenAIClient(
             self.base_url,
             api_key=self.api_key if self.api_key is not None else os.environ.get("OPENAI_API_KEY"),
@@ -338,7 +368,13 @@ class RemoteClassifier:
 
     def _score_one(self, text: str) -> tuple[np.ndarray, float, int]:
         path, payload = self._payload(text)
-        return class_probabilities(top_entries(self.client_.post(path, payload)), self.answers_)
+        return class_probabilities(top_entries(self.client_.post(path, payload)), self.answers_, exact=self.exact_)
+
+    def close(self) -> None:
+        """Close the HTTP connections (``fit`` opens them)."""
+        client = getattr(self, "client_", None)
+        if client is not None:
+            client.close()
 
     def predict_scores(self, X: Any) -> RemoteScores:
         """Class logits (log-probability estimates), class mass, and the estimate given to absent classes."""
@@ -349,13 +385,18 @@ class RemoteClassifier:
         if not texts:
             empty = np.zeros(0)
             return RemoteScores(np.zeros((0, k)), empty, empty, np.zeros(0, dtype=np.int64))
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            rows = pool.map(self._score_one, texts)
+        pool = ThreadPoolExecutor(max_workers=self.concurrency)
+        try:
+            futures: Any = [pool.submit(self._score_one, t) for t in texts]
             if self.progress:
                 from tqdm.auto import tqdm
 
-                rows = tqdm(rows, total=len(texts), desc="remote", unit="text")
-            results = list(rows)
+                futures = tqdm(futures, desc="remote", unit="text")
+            results = [f.result() for f in futures]
+        finally:
+            # On the first error (or Ctrl-C) the texts not yet sent are dropped instead of each being sent and
+            # retried before the error reaches the caller.
+            pool.shutdown(wait=True, cancel_futures=True)
         probs = np.stack([r[0] for r in results])
         return RemoteScores(
             logits=np.log(probs),

@@ -23,6 +23,6 @@ def run(load: Any, settings: ServeSettings | None = None, *, log_level: str = "i
         host=settings.host,
         port=settings.port,
         log_level=log_level,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout_s) or None,
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,  # type: ignore[arg-type]  # a float works
     )
     uvicorn.Server(config).run()

@@ -24,7 +24,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from classlm.errors import ClasslmError
 from classlm.metrics import softmax
 from classlm.serving.batcher import MicroBatcher, QueueFull, ShuttingDown
 from classlm.serving.metrics import ServiceMetrics
@@ -59,9 +58,10 @@ class ServedModel:
     def __init__(self, classifier: Any) -> None:
         self.classifier = classifier
         self.classes = [str(c) for c in classifier.classes_]
-        self._scores = getattr(classifier, "predict_scores", None)
         method = getattr(classifier, "method_", None)
-        self.class_mass_available = self._scores is not None and hasattr(method, "tokens")
+        # LMClassifier's raw scores carry the class mass; anything else is asked for probabilities only.
+        self._scores = classifier.predict_scores if method is not None else None
+        self.class_mass_available = hasattr(method, "tokens")
 
     def score(self, texts: list[str], class_mass: bool) -> tuple[np.ndarray, np.ndarray | None]:
         if self._scores is None:
@@ -139,10 +139,16 @@ class _Guard:
                 await denied(scope, receive, send_tracked)
                 return
             if scope["method"] == "POST" and scope["path"] == "/v1/classify":
-                refusal, receive = await self._read_body(scope, receive)
-                if refusal is not None:
-                    await refusal(scope, receive, send_tracked)
+                refusal, replay = await self._read_body(scope, receive)
+                if replay is None:
+                    # The client left before its body arrived: nobody to answer. Counted as nginx's 499, not as
+                    # an invalid request.
+                    status = 499
                     return
+                if refusal is not None:
+                    await refusal(scope, replay, send_tracked)
+                    return
+                receive = replay
             await self.app(scope, receive, send_tracked)
         finally:
             self.metrics.requests.inc(path=path, status=str(status))
@@ -158,7 +164,9 @@ class _Guard:
         expected = self.settings.api_key.encode()
         return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected)
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> tuple[JSONResponse | None, Receive]:
+    async def _read_body(self, scope: Scope, receive: Receive) -> tuple[JSONResponse | None, Receive | None]:
+        """``(refusal, receive)``: a 413/415 to send, or ``None`` and a ``receive`` that replays the body;
+        ``(None, None)`` when the client disconnected before sending all of it."""
         limit = self.settings.max_body_bytes
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         media = headers.get("content-type", "").split(";")[0].strip().lower()
@@ -180,7 +188,7 @@ class _Guard:
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
-                break
+                return None, None
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
@@ -314,10 +322,12 @@ def create_app(load: Callable[[], Any] | Any, settings: ServeSettings | None = N
             raise ApiError(503, reason, str(exc), {"Retry-After": str(settings.retry_after_s)}) from None
         try:
             proba, mass = await asyncio.wrap_future(future)
-        except ClasslmError as exc:
-            raise ApiError(422, "invalid_request", str(exc)) from None
-        except Exception as exc:  # logged with its traceback by the batcher; the caller gets a JSON 500
-            raise ApiError(500, "internal_error", f"scoring failed: {type(exc).__name__}: {exc}") from None
+        except Exception as exc:
+            # Every request of the micro-batch gets this, so it names no text and no detail of another client's
+            # input; the batcher logged the traceback. Client errors were all caught before submit.
+            raise ApiError(
+                500, "internal_error", f"scoring failed ({type(exc).__name__}); the server log has the details"
+            ) from None
         classes = model.classes
         results = []
         for i in range(len(texts)):

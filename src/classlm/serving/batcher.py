@@ -2,9 +2,10 @@
 
 One worker thread owns the model. Request handlers (on the event loop) ``submit`` their texts and await a
 ``concurrent.futures.Future``; the worker takes the oldest request, keeps taking more until the batch holds
-``max_batch_texts`` texts or ``max_wait`` has passed since the first, scores them all in one call and hands each
-caller its own rows. The queue is bounded in texts: past the bound ``submit`` raises :class:`QueueFull` at once
-(the server answers 503 + Retry-After) instead of letting latency grow without limit.
+``max_batch_texts`` texts or ``max_wait`` has passed since it took that first one (requests that queued while the
+previous batch ran are taken at once), scores them all in one call and hands each caller its own rows. The queue is
+bounded in texts: past the bound ``submit`` raises :class:`QueueFull` at once (the server answers 503 +
+Retry-After) instead of letting latency grow without limit.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ class MicroBatcher:
         """Queue ``texts``; the future resolves to ``(probabilities, class_mass)`` for them, in order."""
         item = _Item(list(texts), class_mass)
         with self._lock:
-            if self._closing:
+            if self._closing or not self._thread.is_alive():
                 raise ShuttingDown("the server is shutting down")
             if self._pending_texts + len(item.texts) > self.max_queue_texts:
                 raise QueueFull(
@@ -140,23 +141,37 @@ class MicroBatcher:
                     continue
             batch, saw_stop = self._take_batch(first)
             stopping = stopping or saw_stop
-            self._score_batch(batch)
+            try:
+                self._score_batch(batch)
+            except BaseException as exc:  # the worker must outlive any one batch, or every later request hangs
+                log.exception("the batcher failed on a batch")
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
 
     def _score_batch(self, batch: list[_Item]) -> None:
-        texts = [t for item in batch for t in item.texts]
         with self._lock:
-            self._pending_texts -= len(texts)
+            self._pending_texts -= sum(len(item.texts) for item in batch)
+        # A caller that gave up (its handler was cancelled: client gone, shutdown timeout) cancelled its future; it
+        # is dropped here, and the others can no longer be cancelled, so setting their results cannot raise.
+        batch = [item for item in batch if item.future.set_running_or_notify_cancel()]
+        if not batch:
+            return
+        texts = [t for item in batch for t in item.texts]
         try:
             proba, mass = self._score(texts, any(item.class_mass for item in batch))
-        except BaseException as exc:  # every caller of the batch gets the error, none waits forever
+        except Exception as exc:  # every caller of the batch gets the error, none waits forever
             log.exception("scoring a batch of %d texts failed", len(texts))
             for item in batch:
                 item.future.set_exception(exc)
             return
-        if self._on_batch is not None:
-            self._on_batch(len(texts), len(batch))
         start = 0
         for item in batch:
             stop = start + len(item.texts)
             item.future.set_result((proba[start:stop], None if mass is None else mass[start:stop]))
             start = stop
+        if self._on_batch is not None:
+            try:
+                self._on_batch(len(texts), len(batch))
+            except Exception:  # metrics must never stop the worker
+                log.exception("the on_batch callback failed")

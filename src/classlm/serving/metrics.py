@@ -36,10 +36,6 @@ class Counter:
         with self._lock:
             self._values[key] = self._values.get(key, 0.0) + amount
 
-    def value(self, **labels: str) -> float:
-        with self._lock:
-            return self._values.get(tuple(sorted(labels.items())), 0.0)
-
     def render(self) -> list[str]:
         lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
         with self._lock:
@@ -72,16 +68,6 @@ class Histogram:
             self._counts[bisect.bisect_left(self.buckets, value)] += 1
             self._sum += value
 
-    @property
-    def count(self) -> int:
-        with self._lock:
-            return sum(self._counts)
-
-    @property
-    def sum(self) -> float:
-        with self._lock:
-            return self._sum
-
     def render(self) -> list[str]:
         lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
         with self._lock:
@@ -104,7 +90,9 @@ class ServiceMetrics:
         self.errors = Counter("classlm_request_errors_total", "Requests answered with status >= 400, by path.")
         self.texts = Counter("classlm_texts_classified_total", "Texts classified.")
         self.latency = Histogram(
-            "classlm_request_latency_seconds", "Time from receiving a request to sending its answer.", LATENCY_BUCKETS
+            "classlm_request_latency_seconds",
+            "POST /v1/classify: time from receiving a request to its answer.",
+            LATENCY_BUCKETS,
         )
         self.batch_texts = Histogram(
             "classlm_batch_size_texts", "Texts per scoring call (micro-batch size).", BATCH_BUCKETS

@@ -33,7 +33,8 @@ class ServeSettings:
     retry_after_s:
         The ``Retry-After`` a 503 carries.
     shutdown_timeout_s:
-        On SIGTERM/SIGINT uvicorn stops accepting connections and waits this long for accepted requests.
+        On SIGTERM/SIGINT uvicorn stops accepting connections and waits this long for accepted requests; then the
+        batcher gets as long again to answer anything still queued.
     """
 
     host: str = "127.0.0.1"
@@ -67,5 +68,12 @@ class ServeSettings:
                 f"max_queue_texts ({self.max_queue_texts}) must be at least max_texts ({self.max_texts}), or a "
                 "request at the text limit could never be accepted"
             )
-        if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key.strip()):
-            raise ConfigError("api_key must be a non-empty string or None")
+        if self.api_key is not None and (
+            not isinstance(self.api_key, str)
+            or not self.api_key
+            or self.api_key != self.api_key.strip()
+            or not self.api_key.isascii()
+            or not self.api_key.isprintable()
+        ):
+            # A header carries it: spaces around it are stripped and non-ASCII bytes mangled, so it could never match.
+            raise ConfigError("api_key must be a non-empty printable ASCII string without surrounding spaces, or None")
