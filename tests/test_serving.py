@@ -254,10 +254,13 @@ def test_class_mass_refused_for_methods_without_class_tokens():
 
 
 # -- the micro-batcher ------------------------------------------------------------------------------------------------
-def _echo(calls):
-    """A scorer whose row i is (len(text), i): each caller can check it got its own rows back."""
+def _echo(calls, release: threading.Event | None = None):
+    """A scorer whose row i is (len(text), i): each caller can check it got its own rows back. With ``release``, it
+    first waits for that event, so a test can hold the worker inside a batch."""
 
     def score(texts, class_mass):
+        if release is not None:
+            release.wait(5)
         calls.append(list(texts))
         return np.array([[len(t), i] for i, t in enumerate(texts)], dtype=float), None
 
@@ -295,13 +298,7 @@ def test_batcher_respects_max_batch_and_can_be_turned_off():
 def test_batcher_close_answers_everything_accepted_then_refuses():
     release = threading.Event()
     calls: list[list[str]] = []
-    echo = _echo(calls)
-
-    def slow(texts, class_mass):
-        release.wait(5)
-        return echo(texts, class_mass)
-
-    batcher = MicroBatcher(slow, max_batch_texts=2, max_wait_s=0.0)
+    batcher = MicroBatcher(_echo(calls, release), max_batch_texts=2, max_wait_s=0.0)
     futures = [batcher.submit([f"t{i}"]) for i in range(7)]
     closer = threading.Thread(target=batcher.close)
     closer.start()
@@ -340,13 +337,7 @@ def test_batcher_survives_callers_that_gave_up():
     and keep serving, not die on setting a cancelled future's result."""
     release = threading.Event()
     calls: list[list[str]] = []
-    echo = _echo(calls)
-
-    def slow(texts, class_mass):
-        release.wait(5)
-        return echo(texts, class_mass)
-
-    batcher = MicroBatcher(slow, max_batch_texts=10, max_wait_s=0.0)
+    batcher = MicroBatcher(_echo(calls, release), max_batch_texts=10, max_wait_s=0.0)
     first = batcher.submit(["held"])
     wait_until(lambda: batcher.pending_texts == 0, what="the worker to take the first request")
     gone, kept = batcher.submit(["gone"]), batcher.submit(["kept"])

@@ -153,17 +153,7 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
         )
 
     def _prompt_template(self) -> PromptTemplate:
-        if self.prompt is None:
-            template = PromptTemplate()
-        elif isinstance(self.prompt, PromptTemplate):
-            template = self.prompt
-        elif isinstance(self.prompt, Mapping):
-            template = PromptTemplate.from_dict(dict(self.prompt))
-        else:
-            raise ConfigError(f"prompt must be a PromptTemplate or a dict of its options, got {type(self.prompt)}")
-        if self.instruction is not None:
-            template = PromptTemplate.from_dict({**template.to_dict(), "instruction": self.instruction})
-        return template
+        return PromptTemplate.resolve(self.prompt, self.instruction)
 
     def _method_setup(self) -> tuple[type[Method], Any]:
         """The method class and its validated options."""

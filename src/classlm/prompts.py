@@ -100,7 +100,7 @@ class PromptTemplate:
         chat = has_template if self.chat is None else self.chat
         if chat and not has_template:
             raise ConfigError("chat=True but the tokenizer has no chat template; use chat=False (plain text)")
-        body = self._body(labels)
+        body = self.body(labels)
         if chat:
             assert tokenizer is not None
             messages = []
@@ -117,7 +117,8 @@ class PromptTemplate:
             tail = "\n" + self.answer_cue.rstrip()
         return RenderedPrompt(head=head, tail=tail, chat=chat)
 
-    def _body(self, labels: LabelSet) -> str:
+    def body(self, labels: LabelSet) -> str:
+        """The user message before the text: instruction, class list, examples, text header."""
         parts = []
         instruction = self.instruction or "Classify the text into one of the classes."
         if self.answer_hint:
@@ -142,6 +143,21 @@ class PromptTemplate:
             parts.append("Examples:\n\n" + "\n\n".join(shots))
         parts.append(self.text_header + "\n")
         return "\n\n".join(parts)
+
+    @classmethod
+    def resolve(cls, prompt: PromptTemplate | Mapping[str, Any] | None, instruction: str | None) -> PromptTemplate:
+        """An estimator's ``prompt=`` (a template, a dict of its options or None) with ``instruction=`` applied."""
+        if prompt is None:
+            template = cls()
+        elif isinstance(prompt, PromptTemplate):
+            template = prompt
+        elif isinstance(prompt, Mapping):
+            template = cls.from_dict(dict(prompt))
+        else:
+            raise ConfigError(f"prompt must be a PromptTemplate or a dict of its options, got {type(prompt)}")
+        if instruction is not None:
+            template = cls.from_dict({**template.to_dict(), "instruction": instruction})
+        return template
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)

@@ -265,19 +265,6 @@ class RemoteClassifier:
         self.calibration = calibration
         self.progress = progress
 
-    def _template(self) -> PromptTemplate:
-        if self.prompt is None:
-            template = PromptTemplate()
-        elif isinstance(self.prompt, PromptTemplate):
-            template = self.prompt
-        elif isinstance(self.prompt, Mapping):
-            template = PromptTemplate.from_dict(dict(self.prompt))
-        else:
-            raise ConfigError(f"prompt must be a PromptTemplate or a dict of its options, got {type(self.prompt)}")
-        if self.instruction is not None:
-            template = PromptTemplate.from_dict({**template.to_dict(), "instruction": self.instruction})
-        return template
-
     def fit(self, X: Any = None, y: Any = None) -> RemoteClassifier:
         """Resolve labels and prompt; with labelled ``(X, y)`` fit the temperature on them. Returns ``self``."""
         if self.method not in METHODS:
@@ -298,7 +285,7 @@ class RemoteClassifier:
         if spec is None:
             raise ConfigError("no classes: pass labels=[...], or labelled data as fit(X, y)")
         label_set = LabelSet.from_spec(spec, letters=self.method == "letters")
-        template = self._template()
+        template = PromptTemplate.resolve(self.prompt, self.instruction)
         tokenizer: Any = None
         if self.endpoint == "chat":
             if self.tokenizer is not None:
@@ -307,7 +294,7 @@ class RemoteClassifier:
                     "applies the server's own template"
                 )
             # Only the body is sent; the server's template wraps it and ends at the assistant tag: no leading space.
-            rendered = RenderedPrompt(head=template._body(label_set), tail="", chat=True)
+            rendered = RenderedPrompt(head=template.body(label_set), tail="", chat=True)
             leading_space = False
         else:
             if self.tokenizer is not None:
@@ -345,7 +332,7 @@ class RemoteClassifier:
 
     def _payload(self, text: str) -> tuple[str, dict[str, Any]]:
         if self.endpoint == "chat":
-            template = self._template()
+            template = PromptTemplate.resolve(self.prompt, self.instruction)
             messages = []
             if template.system is not None:
                 messages.append({"role": "system", "content": template.system})
