@@ -153,13 +153,8 @@ def load_backbone(config: ModelConfig, *, shared: bool = True) -> Backbone:
     key = (source.location, str(device), str(dtype), str(cache_root(config)))
     if shared and key in _LOADED:
         return _LOADED[key]
-    if source.kind == "gguf":
-        folder = _gguf_cache_folder(Path(source.location), cache_root(config))
-        model, tokenizer = _load_folder(str(folder), dtype, local_only=True)
-    else:
-        # Offline, hub downloads retry for ~45 s before failing; a 3 s probe turns that into a local-cache-only try.
-        local_only = source.kind == "folder" or not _hub_reachable()
-        model, tokenizer = _load_folder(source.location, dtype, local_only=local_only, hub=source.kind == "hub")
+    location, local_only = _local_location(source, cache_root(config))
+    model, tokenizer = _load_folder(location, dtype, local_only=local_only, hub=source.kind == "hub")
     model.to(device)
     model.eval()
     if tokenizer.pad_token_id is None:
@@ -184,18 +179,20 @@ def load_tokenizer(name: str, *, cache_dir: str | None = None) -> Any:
     from transformers import AutoTokenizer
 
     source = resolve_source(name)
-    if source.kind == "gguf":
-        location = str(
-            _gguf_cache_folder(Path(source.location), cache_root(ModelConfig(name=name, cache_dir=cache_dir)))
-        )
-        local_only = True
-    else:
-        location = source.location
-        local_only = source.kind == "folder" or not _hub_reachable()
+    location, local_only = _local_location(source, cache_root(ModelConfig(name=name, cache_dir=cache_dir)))
     try:
         return AutoTokenizer.from_pretrained(location, local_files_only=local_only)
     except OSError as exc:
         raise ModelLoadError(f"could not load the tokenizer of {name!r}: {str(exc).splitlines()[0][:200]}") from exc
+
+
+def _local_location(source: ModelSource, root: Path) -> tuple[str, bool]:
+    """Where ``from_pretrained`` reads ``source`` from, and whether it must stay off the hub. A ``.gguf`` is read
+    from its dequantised cache folder (built on first use)."""
+    if source.kind == "gguf":
+        return str(_gguf_cache_folder(Path(source.location), root)), True
+    # Offline, hub downloads retry for ~45 s before failing; a 3 s probe turns that into a local-cache-only try.
+    return source.location, source.kind == "folder" or not _hub_reachable()
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

@@ -311,6 +311,7 @@ class RemoteClassifier:
             answers = tuple(tokenizer.decode([i]) for i in tokens.first_ids)
         self.label_set_ = label_set
         self.classes_ = np.array(label_set.names, dtype=object)
+        self.system_ = template.system
         self.rendered_ = rendered
         self.answers_ = answers
         self.calibrator_ = TemperatureScaler()
@@ -332,10 +333,9 @@ class RemoteClassifier:
 
     def _payload(self, text: str) -> tuple[str, dict[str, Any]]:
         if self.endpoint == "chat":
-            template = PromptTemplate.resolve(self.prompt, self.instruction)
             messages = []
-            if template.system is not None:
-                messages.append({"role": "system", "content": template.system})
+            if self.system_ is not None:
+                messages.append({"role": "system", "content": self.system_})
             messages.append({"role": "user", "content": self.rendered_.head + text})
             return "/chat/completions", {
                 "model": self.model,
@@ -385,10 +385,11 @@ class RemoteClassifier:
             # retried before the error reaches the caller.
             pool.shutdown(wait=True, cancel_futures=True)
         probs = np.stack([r[0] for r in results])
+        missing = np.array([r[1] for r in results])
         return RemoteScores(
             logits=np.log(probs),
-            class_mass=np.minimum(1.0, probs.sum(axis=1) - np.array([r[1] for r in results])),
-            missing_mass=np.array([r[1] for r in results]),
+            class_mass=np.minimum(1.0, probs.sum(axis=1) - missing),
+            missing_mass=missing,
             n_absent=np.array([r[2] for r in results], dtype=np.int64),
         )
 

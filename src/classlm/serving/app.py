@@ -164,6 +164,12 @@ class _Guard:
         expected = self.settings.api_key.encode()
         return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected)
 
+    def _too_big(self) -> JSONResponse:
+        limit = self.settings.max_body_bytes
+        return _error_response(
+            413, "body_too_large", f"the request body is over the limit of {limit} bytes; send fewer or shorter texts"
+        )
+
     async def _read_body(self, scope: Scope, receive: Receive) -> tuple[JSONResponse | None, Receive | None]:
         """``(refusal, receive)``: a 413/415 to send, or ``None`` and a ``receive`` that replays the body;
         ``(None, None)`` when the client disconnected before sending all of it."""
@@ -177,11 +183,8 @@ class _Guard:
                 f"expected Content-Type: application/json, got {media or 'none'!r}",
             ), receive
         declared = headers.get("content-length")
-        too_big = _error_response(
-            413, "body_too_large", f"the request body is over the limit of {limit} bytes; send fewer or shorter texts"
-        )
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            return too_big, receive
+            return self._too_big(), receive
         chunks: list[bytes] = []
         size = 0
         more = True
@@ -192,7 +195,7 @@ class _Guard:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                return too_big, receive
+                return self._too_big(), receive
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = b"".join(chunks)

@@ -81,7 +81,7 @@ class MicroBatcher:
         """Queue ``texts``; the future resolves to ``(probabilities, class_mass)`` for them, in order."""
         item = _Item(list(texts), class_mass)
         with self._lock:
-            if self._closing or not self._thread.is_alive():
+            if not self.alive:
                 raise ShuttingDown("the server is shutting down")
             if self._pending_texts + len(item.texts) > self.max_queue_texts:
                 raise QueueFull(
