@@ -1,4 +1,5 @@
-"""CPU speed options measured one at a time against classlm as shipped: int8 dynamic quantisation and torch.compile.
+"""CPU speed options measured one at a time against classlm as shipped: int8 dynamic quantisation, torch.compile,
+MKL pre-packed weights and running the last layer's output projection and MLP at the answer position only.
 
 Writes ``benchmarks/results/cpu_options.{json,md}``. For each option: texts/s on the throughput benchmark's texts and
 prompt (first N ag_news test texts, best of R passes after a warm-up), and for int8 the accuracy and calibration
@@ -10,12 +11,14 @@ change on ag_news test rows (zero-shot, temperature fitted on train rows), since
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
 import platform
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ from zero_shot import INSTRUCTION, NEWS_LABELS  # noqa: E402
 
 from classlm import LMClassifier  # noqa: E402
 from classlm.data import load_dataset  # noqa: E402
+from classlm.methods import label_tokens  # noqa: E402
 from classlm.metrics import classification_metrics, softmax  # noqa: E402
 from classlm.reports import write_text_atomic  # noqa: E402
 from classlm.scoring import decoder_of  # noqa: E402
@@ -62,19 +66,75 @@ def quality(clf: LMClassifier, test: Any, calib: Any) -> dict[str, Any]:
     }
 
 
+def clone(clf: LMClassifier) -> LMClassifier:
+    """``clf`` with its own copy of the model (and no cached prompt prefix), so an option cannot touch the others."""
+    out = copy.copy(clf)
+    out.backbone_ = copy.copy(clf.backbone_)
+    out.backbone_.model = copy.deepcopy(clf.backbone_.model)
+    out.method_ = copy.copy(clf.method_)
+    out.method_.backbone = out.backbone_
+    out.method_._prefix, out.method_._prefix_checked = None, False
+    out.calibrator_ = copy.deepcopy(clf.calibrator_)
+    return out
+
+
 def int8(clf: LMClassifier) -> LMClassifier:
     """Dynamic int8 quantisation of every linear layer of the transformer blocks (the LM head, whose rows are read
     directly, stays fp32)."""
-    quant = copy.copy(clf)
-    quant.backbone_ = copy.copy(clf.backbone_)
-    quant.backbone_.model = copy.deepcopy(clf.backbone_.model)
-    quant.method_ = copy.copy(clf.method_)
-    quant.method_.backbone = quant.backbone_
-    quant.method_._prefix, quant.method_._prefix_checked = None, False
-    quant.calibrator_ = copy.deepcopy(clf.calibrator_)
+    quant = clone(clf)
     layers = decoder_of(quant.backbone_.model).layers
     torch.ao.quantization.quantize_dynamic(layers, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
     return quant
+
+
+def packed(clf: LMClassifier, rows_hint: int = 512) -> tuple[LMClassifier, float]:
+    """Every linear layer of the transformer blocks through MKL with its weight packed once, instead of on every
+    call as a plain ``F.linear`` does (what inductor's CPU freezing does). Exact; also returns the packed copies'
+    size relative to the weights, since they are kept beside them."""
+    out = clone(clf)
+    packed_numel = weight_numel = 0
+    for module in decoder_of(out.backbone_.model).layers.modules():
+        if isinstance(module, torch.nn.Linear):
+            weight = module.weight.detach()
+            pw = torch.ops.mkl._mkl_reorder_linear_weight(weight, rows_hint)
+            packed_numel, weight_numel = packed_numel + pw.numel(), weight_numel + weight.numel()
+
+            def forward(x: torch.Tensor, m: torch.nn.Linear = module, pw: torch.Tensor = pw) -> torch.Tensor:
+                y = torch.ops.mkl._mkl_linear(x.reshape(-1, x.shape[-1]), pw, m.weight, m.bias, rows_hint)
+                return y.view(*x.shape[:-1], y.shape[-1])
+
+            module.forward = forward
+    return out, packed_numel / weight_numel
+
+
+@contextlib.contextmanager
+def last_layer_at_answer() -> Iterator[None]:
+    """While open, the last layer's output projection and MLP run on each row's last real token only (its keys and
+    values still cover every position): the rest of that layer's output is never read. Exact. Done with pre-hooks
+    that hand those two modules ``(b, 1, d)``; the residual additions broadcast it, and only the read position
+    matters."""
+    plain = label_tokens.last_token_hidden
+
+    def trimmed(model: Any, rows: Any, pad_id: int, device: torch.device, prefix: Any = None) -> torch.Tensor:
+        last = torch.as_tensor([len(r) - 1 for r in rows], device=device)
+        take = torch.arange(len(rows), device=device)
+
+        def gather(_module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            return (args[0][take, last].unsqueeze(1), *args[1:])
+
+        layer = decoder_of(model).layers[-1]
+        hooks = [m.register_forward_pre_hook(gather) for m in (layer.self_attn.o_proj, layer.mlp)]
+        try:
+            return plain(model, rows, pad_id, device, prefix)
+        finally:
+            for h in hooks:
+                h.remove()
+
+    label_tokens.last_token_hidden = trimmed
+    try:
+        yield
+    finally:
+        label_tokens.last_token_hidden = plain
 
 
 def main() -> None:
@@ -105,6 +165,28 @@ def main() -> None:
         }
     except Exception as exc:  # an option that does not run here is a result too
         results["int8 dynamic (transformer linears)"] = {"error": f"{type(exc).__name__}: {exc}"}
+
+    # The exact options are checked on the speed texts: their logits should not move beyond float rounding.
+    plain_logits = base.predict_scores(texts).logits
+    print("MKL pre-packed weights…", file=sys.stderr)
+    try:
+        pk, size = packed(base)
+        results["MKL pre-packed linear weights"] = {
+            "texts_per_second": speed(pk, texts, args.rounds),
+            "packed_size_vs_weights": size,
+            "max_abs_logit_change": float(np.abs(pk.predict_scores(texts).logits - plain_logits).max()),
+        }
+        del pk
+    except Exception as exc:
+        results["MKL pre-packed linear weights"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+
+    print("last layer at the answer position only…", file=sys.stderr)
+    with last_layer_at_answer():
+        trimmed_logits = base.predict_scores(texts).logits
+        results["last layer's o_proj + MLP at the answer position only"] = {
+            "texts_per_second": speed(base, texts, args.rounds),
+            "max_abs_logit_change": float(np.abs(trimmed_logits - plain_logits).max()),
+        }
 
     print("torch.compile…", file=sys.stderr)
     try:
@@ -138,7 +220,7 @@ def main() -> None:
         "results": results,
     }
     lines = [
-        "# CPU options: int8 dynamic quantisation and torch.compile",
+        "# CPU options: int8, torch.compile, pre-packed weights, last-layer trim",
         "",
         f"Reproduce: `{doc['command']}`",
         "",
@@ -161,7 +243,18 @@ def main() -> None:
                 if a and b
                 else "– | – | – | – | "
             )
-            + (f"{r['max_abs_logit_change']:.3f} |" if "max_abs_logit_change" in r else "– |")
+            + (f"{r['max_abs_logit_change']:.3g} |" if "max_abs_logit_change" in r else "– |")
+        )
+    lines += [
+        "",
+        "Max logit change: on the quality rows for int8, on the speed texts for the two exact options (pre-packed "
+        "weights, last-layer trim), where only float rounding should move them.",
+    ]
+    packed_r = results["MKL pre-packed linear weights"]
+    if "packed_size_vs_weights" in packed_r:
+        lines.append(
+            "Pre-packed weights: the packed copies, kept beside the weights, are "
+            f"{packed_r['packed_size_vs_weights']:.1f}x their size."
         )
     compiled_r = results["torch.compile (decoder, dynamic shapes)"]
     if "compile_and_first_pass_seconds" in compiled_r:

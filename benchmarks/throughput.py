@@ -542,6 +542,40 @@ def fmt(x: float | None, spec: str = ".2f") -> str:
     return "–" if x is None else format(x, spec)
 
 
+# The speed issue's targets: (a) at least this many times the variant's texts/s.
+SPEEDUP_TARGETS = {"c": 1.3, "c2": 2.5, "e": 3.0, "d": 4.0}
+FLOOR_TARGET, MANY_CLASSES_FLOOR_TARGET = 1.15, 1.3
+
+
+def target_rows(run: dict[str, Any]) -> list[str]:
+    """Markdown rows: each target, this run's figure, met or not; plus (f)/(x), the most any exact method reaches
+    against (x) on this machine, since it must run at least the floor's tokens."""
+    tps = {v: r.get("texts_per_second") for v, r in run["variants"].items()}
+    rows = []
+    for v, want in SPEEDUP_TARGETS.items():
+        if tps.get("a") and tps.get(v):
+            got, ceiling = tps["a"] / tps[v], (tps["f"] / tps[v] if tps.get("f") else None)
+            rows.append(
+                f"| (a) texts/s >= {want}x ({v}) | {got:.2f}x | {'yes' if got >= want else '**no**'} | "
+                f"{fmt(ceiling)}x |"
+            )
+    ratio = run.get("a_time_per_text_over_f")
+    if ratio is not None:
+        rows.append(
+            f"| (a) time per text <= {FLOOR_TARGET}x (f) | {ratio:.2f}x | "
+            f"{'yes' if ratio <= FLOOR_TARGET else '**no**'} | – |"
+        )
+    for r in run.get("sweeps", {}).get("classes", []):
+        if r.get("dataset") == "clinc150" and "texts_per_second" in r:
+            t = r["texts_per_second"]
+            got = t["f"] / t["a"]
+            rows.append(
+                f"| clinc150 (151 classes): (a) time per text <= {MANY_CLASSES_FLOOR_TARGET}x (f) | {got:.2f}x | "
+                f"{'yes' if got <= MANY_CLASSES_FLOOR_TARGET else '**no**'} | – |"
+            )
+    return rows
+
+
 def to_markdown(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     cuda = doc["device"] == "cuda"
@@ -599,6 +633,13 @@ def to_markdown(doc: dict[str, Any]) -> str:
             f"{fmt(c['a_vs_d_max_abs_diff'], '.1e')}; generate: {fmt(c['generate_unparseable_share'], '.1%')} "
             f"unparseable, {fmt(c['generate_agrees_with_a_share'], '.1%')} of the parsed answers equal (a)'s argmax; "
             f"first continuations: {', '.join(repr(x) for x in c['generate_examples'] or [])}.",
+            "",
+            "Targets (from the speed issue), this run: the last column is (f)'s texts/s over the variant's, the most "
+            "that any exact method, which must run at least the floor's tokens, can reach against it here.",
+            "",
+            "| target | measured | met | ceiling (f)/(x) |",
+            "|---|---|---|---|",
+            *target_rows(run),
         ]
         if "training" in run:
             t = run["training"]

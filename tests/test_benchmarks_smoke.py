@@ -54,3 +54,12 @@ def test_distinct_verbalizers_give_distinct_first_tokens(tiny_tokenizer):
 def test_at_last_reads_each_rows_last_real_token():
     x = torch.arange(12).view(2, 3, 2)
     assert throughput.at_last(x, [[5, 6], [7, 8, 9]]).tolist() == [[2, 3], [10, 11]]
+
+
+def test_target_rows_say_met_or_not_and_the_floors_ceiling():
+    variants = {v: {"texts_per_second": tps} for v, tps in {"a": 16.0, "c": 10.0, "d": 4.2, "f": 16.8}.items()}
+    run = {"variants": variants, "a_time_per_text_over_f": 1.05}
+    rows = throughput.target_rows(run)
+    assert rows[0] == "| (a) texts/s >= 1.3x (c) | 1.60x | yes | 1.68x |"
+    assert rows[1] == "| (a) texts/s >= 4.0x (d) | 3.81x | **no** | 4.00x |"  # (c2), (e) absent: no row
+    assert rows[2] == "| (a) time per text <= 1.15x (f) | 1.05x | yes | – |"

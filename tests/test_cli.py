@@ -37,8 +37,11 @@ def dataset(tmp_path):
     return folder
 
 
+LONG_TEXT = " ".join(["the quick brown fox"] * 200)  # past the default 512-token text slot
+
+
 def test_classify_jsonl_has_every_class_probability(monkeypatch, capsys, tiny_model_dir):
-    code, out, _ = run_cli(
+    code, out, err = run_cli(
         monkeypatch,
         capsys,
         "classify",
@@ -51,10 +54,13 @@ def test_classify_jsonl_has_every_class_probability(monkeypatch, capsys, tiny_mo
         "--class-mass",
         "Stocks fell.",
         "The team won.",
+        LONG_TEXT,
     )
     assert code == 0
     rows = [json.loads(line) for line in out.strip().splitlines()]
-    assert [r["text"] for r in rows] == ["Stocks fell.", "The team won."]
+    assert [r["text"] for r in rows] == ["Stocks fell.", "The team won.", LONG_TEXT]
+    assert [r["truncated"] for r in rows] == [False, False, True]
+    assert "1 text(s) were longer than the classifier reads" in err
     for r in rows:
         assert set(r["probabilities"]) == {"World", "Sports", "Business"}
         assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)

@@ -124,6 +124,9 @@ def test_similarity_is_zero_shot_and_reads_descriptions(tiny_model_dir):
     clf = make(tiny_model_dir, "similarity", None).fit([])
     assert list(clf.predict(TEST[:3])) == list(LABELS)
     assert clf.method_.describe()["class_texts"] == list(LABELS.values())
+    # The encoder reads max_seq_length tokens (256 for MiniLM) and cuts the rest without a word: it is reported.
+    scores = clf.predict_scores([TEST[0], " ".join(["word"] * 400)])
+    assert scores.truncated.tolist() == [False, True]
 
 
 @pytest.mark.parametrize(

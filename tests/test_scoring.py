@@ -100,12 +100,13 @@ def test_truncation_happens_inside_the_text_slot(backbone, tiny_tokenizer):
     encoder = m.encoder
     long_text = " ".join(["the quick brown fox"] * 200)
     enc = encoder.encode([long_text, "short"])
-    assert enc.n_truncated == 1
+    assert enc.truncated.tolist() == [True, False] and enc.n_truncated == 1
     row = enc.ids[0]
     assert len(row) == 96
     assert row[: len(encoder.head_ids)] == encoder.head_ids  # instruction intact
     assert row[-len(encoder.tail_ids) :] == encoder.tail_ids  # answer cue intact
-    assert m.score([long_text], batch_size=1).n_truncated == 1
+    scores = m.score(["short", long_text, "also short"], batch_size=2)
+    assert scores.truncated.tolist() == [False, True, False] and scores.n_truncated == 1  # input order
 
 
 def test_prompt_longer_than_max_length_is_a_clear_error(backbone):

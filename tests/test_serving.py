@@ -53,6 +53,17 @@ def test_single_text_matches_predict_proba(client, clf):
     np.testing.assert_allclose(list(result["probabilities"].values()), expected, atol=1e-6)
     assert result["label"] == list(LABELS)[int(np.argmax(expected))]
     assert "class_mass" not in result
+    assert result["truncated"] is False
+
+
+def test_truncated_texts_are_flagged_and_counted(clf):
+    long_text = " ".join(["the quick brown fox"] * 200)  # past the prompt's 512-token text slot
+    with _client(clf) as c:
+        r = c.post("/v1/classify", json={"texts": ["short", long_text]})
+        metrics = c.get("/metrics").text
+    assert r.status_code == 200
+    assert [x["truncated"] for x in r.json()["results"]] == [False, True]
+    assert "classlm_texts_truncated_total 1" in metrics.splitlines()
 
 
 def test_texts_answered_in_order_with_class_mass(client, clf):
@@ -262,7 +273,7 @@ def _echo(calls, release: threading.Event | None = None):
         if release is not None:
             release.wait(5)
         calls.append(list(texts))
-        return np.array([[len(t), i] for i, t in enumerate(texts)], dtype=float), None
+        return np.array([[len(t), i] for i, t in enumerate(texts)], dtype=float), None, np.array([t[-1] for t in texts])
 
     return score
 
@@ -272,11 +283,12 @@ def test_batcher_merges_concurrent_requests_and_routes_results():
     batcher = MicroBatcher(_echo(calls), max_batch_texts=100, max_wait_s=0.3)
     texts = [["a" * (i + 1)] * (1 + i % 3) for i in range(10)]
     futures = [batcher.submit(t) for t in texts]
-    results = [f.result(5)[0] for f in futures]
+    results = [f.result(5) for f in futures]
     batcher.close()
     assert len(calls) == 1 and len(calls[0]) == sum(map(len, texts))  # one scoring call for all ten requests
-    for t, rows in zip(texts, results):
+    for t, (rows, none, last_chars) in zip(texts, results):
         assert rows[:, 0].tolist() == [len(x) for x in t]  # each request got its own rows, in its own order
+        assert none is None and last_chars.tolist() == [x[-1] for x in t]  # every column is split the same way
 
 
 def test_batcher_respects_max_batch_and_can_be_turned_off():

@@ -273,6 +273,8 @@ def classify(
             if missing is not None:
                 # Probability given to classes absent from the server's top-k: an upper-bound estimate, not a reading.
                 row["missing_mass"] = round(float(missing[i]), 6)
+            if scores.truncated is not None:
+                row["truncated"] = bool(scores.truncated[i])
             print(json.dumps(row, ensure_ascii=False))
     else:
         table = Table(show_lines=False)
@@ -301,7 +303,10 @@ def classify(
             table.add_row(*cells)
         out.print(table)
     if scores.n_truncated:
-        err.print(f"{scores.n_truncated} text(s) were longer than the prompt allows and were truncated")
+        err.print(
+            f"{scores.n_truncated} text(s) were longer than the classifier reads and were truncated (raise "
+            "--max-length for the prompt methods; a sentence encoder reads a fixed number of tokens)"
+        )
 
 
 @app.command()

@@ -71,6 +71,16 @@ class SentenceEncoder:
         )
         return np.asarray(out, dtype=np.float32)
 
+    def overlong(self, texts: Sequence[str]) -> np.ndarray:
+        """Per text, whether it is longer than the encoder reads (``max_seq_length`` tokens, special tokens
+        included): sentence-transformers cuts such a text without a word, so it is counted here."""
+        limit = getattr(self.model, "max_seq_length", None)
+        tokenizer = getattr(self.model, "tokenizer", None)
+        if not texts or not limit or tokenizer is None:
+            return np.zeros(len(texts), dtype=bool)
+        ids = tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
+        return np.array([len(r) > limit for r in ids], dtype=bool)
+
     def identity(self) -> dict[str, Any]:
         return {"encoder": self.name, "location": self.location, "dim": self.dim}
 

@@ -24,17 +24,29 @@ MIN_TEXT_TOKENS = 8
 
 @dataclass
 class Scores:
-    """Class logits for ``n`` texts (columns in ``classes_`` order), plus what scoring observed."""
+    """Class logits for ``n`` texts (columns in ``classes_`` order), plus what scoring observed.
+
+    ``truncated`` marks, per text, a text cut to fit (the prompt's text slot, or the encoder's input limit); it is
+    None for a method that reads every text whole (TF-IDF).
+    """
 
     logits: np.ndarray
     class_mass: np.ndarray | None = None
-    n_truncated: int = 0
+    truncated: np.ndarray | None = None
+
+    @property
+    def n_truncated(self) -> int:
+        return 0 if self.truncated is None else int(np.count_nonzero(self.truncated))
 
 
 @dataclass(frozen=True)
 class EncodedTexts:
     ids: list[list[int]]
-    n_truncated: int
+    truncated: np.ndarray  # bool per text: cut to fit the text slot
+
+    @property
+    def n_truncated(self) -> int:
+        return int(np.count_nonzero(self.truncated))
 
 
 class PromptEncoder:
@@ -67,16 +79,11 @@ class PromptEncoder:
 
     def encode(self, texts: Sequence[str]) -> EncodedTexts:
         if not texts:
-            return EncodedTexts([], 0)
+            return EncodedTexts([], np.zeros(0, dtype=bool))
         text_ids = self.tokenizer([t.strip() for t in texts], add_special_tokens=False).input_ids
-        n_truncated = 0
-        ids = []
-        for t in text_ids:
-            if len(t) > self.text_budget:
-                n_truncated += 1
-                t = t[: self.text_budget]
-            ids.append([*self.head_ids, *t, *self.tail_ids])
-        return EncodedTexts(ids, n_truncated)
+        truncated = np.array([len(t) > self.text_budget for t in text_ids], dtype=bool)
+        ids = [[*self.head_ids, *t[: self.text_budget], *self.tail_ids] for t in text_ids]
+        return EncodedTexts(ids, truncated)
 
 
 def length_sorted_batches(

@@ -60,7 +60,12 @@ class RemoteScores:
     class_mass: np.ndarray
     missing_mass: np.ndarray
     n_absent: np.ndarray
-    n_truncated: int = 0
+    # The server truncates (or refuses) a long prompt on its own and does not say so: nothing is known here.
+    truncated: None = None
+
+    @property
+    def n_truncated(self) -> int:
+        return 0
 
 
 def top_entries(body: Any) -> list[tuple[str, float]]:

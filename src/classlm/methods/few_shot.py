@@ -195,7 +195,7 @@ class FewShotMethod(LabelTokensMethod):
     def encode_nearest(self, texts: Sequence[str]) -> EncodedTexts:
         """Token rows ``common head + examples block + text + tail``, the text truncated inside its slot."""
         if not texts:
-            return EncodedTexts([], 0)
+            return EncodedTexts([], np.zeros(0, dtype=bool))
         if not self.fitted:
             raise RuntimeError("few_shot: no training examples (fit_data was not called)")
         tok = self.backbone.tokenizer
@@ -205,18 +205,16 @@ class FewShotMethod(LabelTokensMethod):
         blocks = [self._block(ex) for ex in examples]
         block_ids = tok(blocks, add_special_tokens=False).input_ids
         text_ids = tok([t.strip() for t in texts], add_special_tokens=False).input_ids
-        rows, n_truncated = [], 0
-        for ex, b, t in zip(examples, block_ids, text_ids):
+        rows, truncated = [], np.zeros(len(texts), dtype=bool)
+        for i, (ex, b, t) in enumerate(zip(examples, block_ids, text_ids)):
             # Too long a block: drop the least similar examples (the first ones) until the text has its room.
             while ex and self.max_length - fixed - len(b) < self.min_text_tokens:
                 ex = ex[1:]
                 b = tok(self._block(ex), add_special_tokens=False).input_ids
             budget = self.max_length - fixed - len(b)
-            if len(t) > budget:
-                n_truncated += 1
-                t = t[:budget]
-            rows.append([*enc.head_ids, *b, *t, *enc.tail_ids])
-        return EncodedTexts(rows, n_truncated)
+            truncated[i] = len(t) > budget
+            rows.append([*enc.head_ids, *b, *t[:budget], *enc.tail_ids])
+        return EncodedTexts(rows, truncated)
 
     # -- the Method interface ---------------------------------------------------------------------------------------
     def fit_data(self, texts: Sequence[str], y: np.ndarray, *, progress: bool = False) -> dict[str, Any]:

@@ -173,7 +173,7 @@ class GenerateMethod(LabelTokensMethod):
         self.last_unparsed = unparsed
         self.unparsed_total += unparsed
         self.scored_total += len(texts)
-        return Scores(logits, None, encoded.n_truncated)
+        return Scores(logits, None, encoded.truncated)
 
     def describe(self) -> dict[str, Any]:
         desc = super().describe()

@@ -150,7 +150,7 @@ class LabelTokensMethod(Method):
                     mass[idx] = m.cpu().numpy()
                 bar.update(len(idx))
         bar.close()
-        return Scores(logits, mass, encoded.n_truncated)
+        return Scores(logits, mass, encoded.truncated)
 
     def _first_token(self, rows: list[list[int]], class_mass: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         z, full = self._head(self.last_hidden(rows), full_vocab=class_mass)

@@ -64,7 +64,7 @@ class EmbeddingMethod(_SentenceMethod):
 
         if not self.fitted:
             raise RuntimeError("embedding: the head is not trained (fit_data was not called)")
-        return Scores(head_logits(self.head, self.embed(texts, progress)))
+        return Scores(head_logits(self.head, self.embed(texts, progress)), truncated=self.encoder.overlong(texts))
 
     def describe(self) -> dict[str, Any]:
         return {"method": self.name, "encoder": self.encoder.identity(), "options": self.options_dict()}
@@ -101,7 +101,7 @@ class SimilarityMethod(_SentenceMethod):
         progress: bool = False,
     ) -> Scores:
         cosine = self.embed(texts, progress) @ self.class_embeddings.T  # embeddings are L2-normalised
-        return Scores((self.options.scale * cosine).astype(np.float32))
+        return Scores((self.options.scale * cosine).astype(np.float32), truncated=self.encoder.overlong(texts))
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -63,11 +63,12 @@ class ServedModel:
         self._scores = classifier.predict_scores if method is not None else None
         self.class_mass_available = hasattr(method, "tokens")
 
-    def score(self, texts: list[str], class_mass: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    def score(self, texts: list[str], class_mass: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Per text: probabilities, class mass (if asked for and available), truncated (if the classifier says)."""
         if self._scores is None:
-            return np.asarray(self.classifier.predict_proba(texts)), None
+            return np.asarray(self.classifier.predict_proba(texts)), None, None
         scores = self._scores(texts, class_mass=class_mass and self.class_mass_available)
-        return softmax(self.classifier.calibrator_.transform(scores.logits)), scores.class_mass
+        return softmax(self.classifier.calibrator_.transform(scores.logits)), scores.class_mass, scores.truncated
 
     def describe(self) -> dict[str, Any]:
         clf = self.classifier
@@ -324,7 +325,7 @@ def create_app(load: Callable[[], Any] | Any, settings: ServeSettings | None = N
             metrics.rejected.inc(reason=reason)
             raise ApiError(503, reason, str(exc), {"Retry-After": str(settings.retry_after_s)}) from None
         try:
-            proba, mass = await asyncio.wrap_future(future)
+            proba, mass, truncated = await asyncio.wrap_future(future)
         except Exception as exc:
             # Every request of the micro-batch gets this, so it names no text and no detail of another client's
             # input; the batcher logged the traceback. Client errors were all caught before submit.
@@ -340,7 +341,11 @@ def create_app(load: Callable[[], Any] | Any, settings: ServeSettings | None = N
             }
             if body.class_mass and mass is not None:
                 row["class_mass"] = float(mass[i])
+            if truncated is not None:
+                row["truncated"] = bool(truncated[i])
             results.append(row)
+        if truncated is not None:
+            metrics.truncated.inc(int(np.count_nonzero(truncated)))
         return {"results": results}
 
     @app.get("/v1/model", dependencies=security)

@@ -21,8 +21,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# score_fn(texts, class_mass) -> (probabilities (n, k), class mass (n,) or None)
-ScoreFn = Callable[[list[str], bool], tuple[Any, Any]]
+# score_fn(texts, class_mass) -> a tuple of per-text arrays (n, ...), each or None: probabilities, class mass, …
+ScoreFn = Callable[[list[str], bool], tuple[Any, ...]]
 
 
 class QueueFull(Exception):
@@ -159,7 +159,7 @@ class MicroBatcher:
             return
         texts = [t for item in batch for t in item.texts]
         try:
-            proba, mass = self._score(texts, any(item.class_mass for item in batch))
+            columns = self._score(texts, any(item.class_mass for item in batch))
         except Exception as exc:  # every caller of the batch gets the error, none waits forever
             log.exception("scoring a batch of %d texts failed", len(texts))
             for item in batch:
@@ -168,7 +168,7 @@ class MicroBatcher:
         start = 0
         for item in batch:
             stop = start + len(item.texts)
-            item.future.set_result((proba[start:stop], None if mass is None else mass[start:stop]))
+            item.future.set_result(tuple(None if c is None else c[start:stop] for c in columns))
             start = stop
         if self._on_batch is not None:
             try:

@@ -89,6 +89,7 @@ class ServiceMetrics:
         self.requests = Counter("classlm_requests_total", "HTTP requests answered, by path and status code.")
         self.errors = Counter("classlm_request_errors_total", "Requests answered with status >= 400, by path.")
         self.texts = Counter("classlm_texts_classified_total", "Texts classified.")
+        self.truncated = Counter("classlm_texts_truncated_total", "Texts cut to fit what the classifier reads.")
         self.latency = Histogram(
             "classlm_request_latency_seconds",
             "POST /v1/classify: time from receiving a request to its answer.",
@@ -108,6 +109,7 @@ class ServiceMetrics:
             self.requests,
             self.errors,
             self.texts,
+            self.truncated,
             self.latency,
             self.batch_texts,
             self.batch_requests,

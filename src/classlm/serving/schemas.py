@@ -36,6 +36,12 @@ class ClassifyResult(BaseModel):
     label: str = Field(description="The most probable class.")
     probabilities: dict[str, float] = Field(description="Every class's calibrated probability, in class order.")
     class_mass: float | None = Field(default=None, description="Only when the request asked for it.")
+    truncated: bool | None = Field(
+        default=None,
+        description="True when the text was longer than the classifier reads and its end was cut off (inside the "
+        "prompt's text slot, or at the sentence encoder's limit). Absent where the classifier does not say (an "
+        "ensemble).",
+    )
 
 
 class ClassifyResponse(BaseModel):
