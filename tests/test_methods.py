@@ -70,6 +70,9 @@ def test_shapes_classes_and_probabilities(fitted):
     assert list(fitted.classes_) == list(LABELS)
     assert list(fitted.predict(TEST)) == [list(LABELS)[i] for i in p.argmax(1)]
     assert fitted.predict_proba([]).shape == (0, 3)
+    # Every method says, per text, whether it cut the text (none of these short ones).
+    truncated = fitted.predict_scores(TEST).truncated
+    assert truncated is not None and truncated.dtype == bool and truncated.tolist() == [False] * len(TEST)
 
 
 def test_batch_size_and_order_do_not_change_scores(fitted):

@@ -26,8 +26,8 @@ MIN_TEXT_TOKENS = 8
 class Scores:
     """Class logits for ``n`` texts (columns in ``classes_`` order), plus what scoring observed.
 
-    ``truncated`` marks, per text, a text cut to fit (the prompt's text slot, or the encoder's input limit); it is
-    None for a method that reads every text whole (TF-IDF).
+    ``truncated`` marks, per text, a text cut to fit (the prompt's text slot, or the encoder's input limit); None
+    means unknown (no texts).
     """
 
     logits: np.ndarray

@@ -100,7 +100,8 @@ class TfidfMethod(Method):
         if self.coef is None or self.intercept is None:
             raise RuntimeError("tfidf: fit_data was not called")
         z = self._features(texts) @ self.coef.T + self.intercept
-        return Scores(np.asarray(z, dtype=np.float32))
+        # Every word of every text is counted: nothing is ever cut.
+        return Scores(np.asarray(z, dtype=np.float32), truncated=np.zeros(len(texts), dtype=bool))
 
     def describe(self) -> dict[str, Any]:
         return {
