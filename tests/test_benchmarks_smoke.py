@@ -1,4 +1,4 @@
-"""benchmarks/throughput.py: every variant runs on the tiny model and the checks it reports hold."""
+"""benchmarks/: every throughput variant runs on the tiny model, its checks hold; other scripts write reports."""
 
 import sys
 from pathlib import Path
@@ -63,3 +63,14 @@ def test_target_rows_say_met_or_not_and_the_floors_ceiling():
     assert rows[0] == "| (a) texts/s >= 1.3x (c) | 1.60x | yes | 1.68x |"
     assert rows[1] == "| (a) texts/s >= 4.0x (d) | 3.81x | **no** | 4.00x |"  # (c2), (e) absent: no row
     assert rows[2] == "| (a) time per text <= 1.15x (f) | 1.05x | yes | – |"
+
+
+def test_prefix_attention_benchmark_writes_its_report(tmp_path, monkeypatch):
+    import json
+
+    prefix_attention = pytest.importorskip("prefix_attention")
+    monkeypatch.setattr(sys, "argv", ["prefix_attention.py", "--n", "2", "--rows", "2", "--out", str(tmp_path)])
+    prefix_attention.main()
+    doc = json.loads((tmp_path / "prefix_attention.json").read_text())
+    assert doc["shape"]["rows"] == 2 and len(doc["ms_per_layer_call"]) == 3
+    assert "| floor (f): own keys only" in (tmp_path / "prefix_attention.md").read_text()
