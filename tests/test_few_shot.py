@@ -194,7 +194,7 @@ def test_nearest_rows_fit_max_length(backbone):
     m = fitted(backbone, x=x, k=4, selection="nearest", max_length=200, max_example_chars=400)
     enc = m.encoder.encode(TEXTS + [" ".join(TEXTS * 10)])
     assert all(len(r) <= 200 for r in enc.ids)
-    assert enc.n_truncated == 1
+    assert enc.truncated.sum() == 1
     # The long text is cut inside its slot, which keeps at least the reserved room: the row ends with the text's
     # first tokens and the tail.
     row, tail = enc.ids[-1], len(m.encoder.tail_ids)

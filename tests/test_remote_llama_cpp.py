@@ -102,10 +102,27 @@ def local_proba(texts):
     return local, local.predict_proba(texts)
 
 
-def _compare(remote_proba, local_proba):
+def _assert_agrees(remote_proba, local_proba):
+    """Argmax agreement and |Δp| within the tolerance that the module docstring explains."""
     agree = float(np.mean(remote_proba.argmax(1) == local_proba.argmax(1)))
     diff = np.abs(remote_proba - local_proba)
-    return agree, float(diff.mean()), float(diff.max())
+    mean_diff, max_diff = float(diff.mean()), float(diff.max())
+    assert agree >= 0.95, (agree, mean_diff, max_diff)
+    assert mean_diff <= 0.03 and max_diff <= 0.15, (agree, mean_diff, max_diff)
+
+
+def _remote(url, **kwargs):
+    from classlm.backends.openai import RemoteClassifier
+
+    return RemoteClassifier(
+        url,
+        "smollm2",
+        PROMPT["labels"],
+        instruction=PROMPT["instruction"],
+        calibration="none",
+        concurrency=1,
+        **kwargs,
+    ).fit()
 
 
 def test_same_prompt_tokens(llama_server, local_proba, texts):
@@ -118,36 +135,12 @@ def test_same_prompt_tokens(llama_server, local_proba, texts):
 
 
 def test_completions_agree_with_the_local_model(llama_server, local_proba, texts):
-    from classlm.backends.openai import RemoteClassifier
-
-    remote = RemoteClassifier(
-        llama_server,
-        "smollm2",
-        PROMPT["labels"],
-        instruction=PROMPT["instruction"],
-        tokenizer="smollm2-135m",  # the same chat template as the local default
-        calibration="none",
-        concurrency=1,
-    ).fit()
+    remote = _remote(llama_server, tokenizer="smollm2-135m")  # the same chat template as the local default
     scores = remote.predict_scores(texts)
     assert scores.n_absent.sum() == 0  # both class tokens in the top 20 for every text: no bounds involved
-    agree, mean_diff, max_diff = _compare(remote.predict_proba(texts), local_proba[1])
-    assert agree >= 0.95, (agree, mean_diff, max_diff)
-    assert mean_diff <= 0.03 and max_diff <= 0.15, (agree, mean_diff, max_diff)
+    _assert_agrees(remote.predict_proba(texts), local_proba[1])
 
 
 def test_chat_endpoint_agrees_with_the_local_model(llama_server, local_proba, texts):
-    from classlm.backends.openai import RemoteClassifier
-
-    remote = RemoteClassifier(
-        llama_server,
-        "smollm2",
-        PROMPT["labels"],
-        instruction=PROMPT["instruction"],
-        endpoint="chat",  # llama-server applies the GGUF's own chat template
-        calibration="none",
-        concurrency=1,
-    ).fit()
-    agree, mean_diff, max_diff = _compare(remote.predict_proba(texts[:40]), local_proba[1][:40])
-    assert agree >= 0.95, (agree, mean_diff, max_diff)
-    assert mean_diff <= 0.03 and max_diff <= 0.15, (agree, mean_diff, max_diff)
+    remote = _remote(llama_server, endpoint="chat")  # llama-server applies the GGUF's own chat template
+    _assert_agrees(remote.predict_proba(texts[:40]), local_proba[1][:40])

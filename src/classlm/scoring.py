@@ -44,10 +44,6 @@ class EncodedTexts:
     ids: list[list[int]]
     truncated: np.ndarray  # bool per text: cut to fit the text slot
 
-    @property
-    def n_truncated(self) -> int:
-        return int(np.count_nonzero(self.truncated))
-
 
 class PromptEncoder:
     """Tokenises head, text and tail separately and truncates inside the text slot only.
