@@ -14,6 +14,7 @@ import pytest
 from classlm.data import (
     TextDataset,
     find_label_names,
+    find_label_spec,
     load_dataset,
     read_texts,
     stratified_split,
@@ -231,8 +232,16 @@ def test_find_label_names(folder, tmp_path):
     assert find_label_names(folder / "test.jsonl") == ["World", "Sports", "Business", "Sci/Tech"]
     lonely = write_jsonl(tmp_path / "lonely.jsonl", ROWS)
     assert find_label_names(lonely) is None
+    # The {name: description} forms that --labels takes are class names too (their keys, in order).
+    spec = {"World": "world politics", "Sports": {"description": "sport", "verbalizer": "sport"}}
+    (folder / "labels.json").write_text(json.dumps(spec))
+    assert find_label_names(folder) == ["World", "Sports"]
+    assert find_label_spec(folder / "test.jsonl") == spec
     (folder / "labels.json").write_text('{"a": 1}')
-    with pytest.raises(DataError, match="expected a non-empty JSON list of class names"):
+    with pytest.raises(DataError, match="each class maps to a description"):
+        find_label_names(folder)
+    (folder / "labels.json").write_text("[]")
+    with pytest.raises(DataError, match="expected a JSON list of class names"):
         find_label_names(folder)
     (folder / "labels.json").write_text('["a", "a"]')
     with pytest.raises(DataError, match="duplicate class names"):

@@ -94,15 +94,22 @@ def test_precision_recall_f1_by_hand():
     assert r["macro_recall"] == pytest.approx(2.5 / 3)
 
 
-def test_zero_division_gives_zero_and_macro_counts_absent_classes():
+def test_zero_division_gives_zero_and_macro_skips_classes_absent_from_labels_and_predictions():
     # 4 classes; class 3 never occurs and is never predicted, class 2 occurs but is never predicted.
     y = np.array([0, 1, 2])
     pred = np.array([0, 1, 0])
     r = precision_recall_f1(y, pred, 4)
     assert r["precision"].tolist() == [0.5, 1.0, 0.0, 0.0]
     assert r["recall"].tolist() == [1.0, 1.0, 0.0, 0.0]
-    # class 0 F1 = 2*.5*1/1.5 = 2/3; class 1 F1 = 1; macro over all 4 = (2/3 + 1) / 4
-    assert r["macro_f1"] == pytest.approx((2 / 3 + 1) / 4)
+    # class 0 F1 = 2*.5*1/1.5 = 2/3; class 1 F1 = 1; class 2 F1 = 0 (it occurs); class 3 has neither rows nor
+    # predictions, so the macro mean is over 3 classes, as scikit-learn's default (labels=None) is.
+    assert r["macro_over"] == 3
+    assert r["macro_f1"] == pytest.approx((2 / 3 + 1) / 3)
+    assert r["macro_f1"] == pytest.approx(skm.f1_score(y, pred, average="macro", zero_division=0))
+    assert r["macro_recall"] == pytest.approx(skm.recall_score(y, pred, average="macro", zero_division=0))
+    # A class predicted but absent from the labels stays in the mean with F1 0, as in scikit-learn.
+    r = precision_recall_f1(np.array([0, 1]), np.array([0, 3]), 4)
+    assert r["macro_over"] == 3 and r["macro_f1"] == pytest.approx(1 / 3)
 
 
 # -- label metrics against sklearn ----------------------------------------------------------------------------------

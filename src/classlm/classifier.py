@@ -173,7 +173,10 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
     def _build(self, label_set: LabelSet, adapter: str | Path | None = None) -> None:
         """Load the backbone (for methods that need the causal LM) and bind the method; shared by ``fit`` and
         artifact loading."""
-        from classlm.models import load_backbone  # the model layer (torch + transformers) loads only when needed
+        from classlm.models import (
+            load_backbone,
+            load_tokenizer,
+        )  # the model layer (torch + transformers) loads only when needed
 
         if self.scoring not in SCORING:
             raise ConfigError(f"scoring must be one of {SCORING}, got {self.scoring!r}")
@@ -186,8 +189,19 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
                 f"method {self.method!r} does not train a backbone, so lora= does not apply; it works with "
                 f"{[m for m in available_methods() if get_method(m).trains_backbone]}"
             )
+        method = method_cls(
+            label_set,
+            self._prompt_template(),
+            scoring=self.scoring,
+            max_length=self.max_length,
+            options=options,
+            device=self.device,
+        )
         backbone = None
         if method_cls.needs_lm:
+            # The tokenizer loads in about a second (from the .gguf itself before its first dequantisation); the
+            # weights take far longer, so mistakes it can show (collisions, a prompt too long) come first.
+            method.check(load_tokenizer(self.model, cache_dir=self.cache_dir, build_cache=False))
             # A backbone whose weights change or differ from the base model's is a private copy; zero-shot
             # classifiers share one in-process copy.
             private = adapter is not None or self._trains_backbone()
@@ -200,14 +214,6 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
                 from classlm.training import add_lora
 
                 backbone.model = add_lora(backbone.model, lora, self._train_config().seed)
-        method = method_cls(
-            label_set,
-            self._prompt_template(),
-            scoring=self.scoring,
-            max_length=self.max_length,
-            options=options,
-            device=self.device,
-        )
         method.prepare(backbone)
         self.backbone_ = backbone
         self.method_: Method = method

@@ -6,6 +6,8 @@ User errors (bad labels, missing columns, unknown model, …) print one line and
 from __future__ import annotations
 
 import json
+import logging
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -25,6 +27,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain click usage errors ("Usage: … Error: No such option: --x", exit 2) instead of rich panels: they read
+    # the same piped or in a terminal, and the usage line is what a user copies.
+    rich_markup_mode=None,
 )
 out = Console()
 err = Console(stderr=True)
@@ -68,23 +73,63 @@ def parse_labels(spec: str | None) -> Any:
         return None
     path = Path(spec)
     if path.is_dir():
-        from classlm.data import find_label_names
+        from classlm.data import find_label_spec
 
-        names = find_label_names(path)
-        if names is None:
+        found = find_label_spec(path)
+        if found is None:
             raise ConfigError(f"{path} has no labels.json; pass --labels name1,name2,…")
-        return names
+        return found
     if path.suffix == ".json":
         if not path.is_file():
             raise ConfigError(f"labels file not found: {path}")
-        try:
-            return json.loads(path.read_text())
-        except ValueError as exc:
-            raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
+        from classlm.data import read_labels_file
+
+        return read_labels_file(path)
     names = [n.strip() for n in spec.split(",") if n.strip()]
     if len(names) < 2:
         raise ConfigError(f"--labels needs at least two comma-separated class names, got {spec!r}")
     return names
+
+
+# The library's messages name Python arguments (``method='letters'``); on the command line the same advice must
+# name the flags. Ordered: the specific patterns come before the generic ``name=value`` ones.
+def _flag(m: re.Match[str]) -> str:
+    value = m.group(2)
+    return f"--{m.group(1).replace('_', '-')}" + (f" {value}" if value else "")
+
+
+_CLI_TERMS: tuple[tuple[str, Any], ...] = (
+    (r"\s*\(--[a-z-]+( on the command line)?\)", ""),  # "(--split on the command line)": the rewrite says it
+    (r"labels=\{name: \{'verbalizer': \.\.\.\}\}", '--labels FILE.json holding {"NAME": {"verbalizer": "..."}}'),
+    (r"labels=\[([^\]]*)\]", lambda m: "--labels " + ",".join(re.findall(r"'([^']*)'", m.group(1)))),
+    (r"\b(split|text_col|label_col)=(?:'\.\.\.'|\.\.\.|'([^']*)')", _flag),
+    (r"\b(method|scoring|loss|device|max_length|eval_every)=(?:'([^']*)'|(?=\d))", _flag),
+    (r"--max-length(?=\d)", "--max-length "),
+    (r"\braise max_length\b", "raise --max-length"),
+    (r" and pass the Dataset\b", ", save it with Dataset.to_json('data.jsonl') and pass that file"),
+)
+
+
+def cli_terms(message: str) -> str:
+    """A library error message with its Python spellings replaced by the CLI flags that do the same."""
+    for pattern, replacement in _CLI_TERMS:
+        message = re.sub(pattern, replacement, message)
+    return message
+
+
+class _WarningsToStderr(logging.Handler):
+    """classlm's warnings (e.g. an --eval-every longer than the run) as one ``warning:`` line each on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err.print(f"[yellow]warning:[/] {escape(cli_terms(record.getMessage()))}", highlight=False, soft_wrap=True)
+
+
+def _log_warnings() -> None:
+    logger = logging.getLogger("classlm")
+    if not any(isinstance(h, _WarningsToStderr) for h in logger.handlers):
+        handler = _WarningsToStderr(logging.WARNING)
+        logger.addHandler(handler)
+        logger.setLevel(min(logger.level or logging.WARNING, logging.WARNING))
 
 
 def _quiet_transformers() -> None:
@@ -309,6 +354,61 @@ def classify(
         )
 
 
+LimitOpt = Annotated[
+    int | None,
+    typer.Option("--limit", min=1, help="Use a seeded random sample of N rows, stratified by class (see --seed)."),
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the --limit samples (and of training).")]
+DropInvalidOpt = Annotated[
+    bool,
+    typer.Option(
+        "--drop-invalid", help="Leave out rows with an empty text or a missing label (counted) instead of stopping."
+    ),
+]
+TextColOpt = Annotated[str, typer.Option("--text-col", help="Name of the text column.")]
+LabelColOpt = Annotated[str, typer.Option("--label-col", help="Name of the label column.")]
+
+
+def load_rows(
+    data: str,
+    *,
+    split: str,
+    text_col: str,
+    label_col: str,
+    limit: int | None = None,
+    seed: int = 0,
+    labels_given: bool = False,
+    drop_invalid: bool = False,
+) -> Any:
+    """A labelled split for a CLI verb: ``--limit`` as a seeded stratified sample, ``--drop-invalid`` reported.
+
+    With ``--labels`` given, a ``labels.json`` beside the data is not read: the explicit classes win.
+    """
+    from classlm.data import load_dataset
+
+    dataset = load_dataset(
+        data,
+        split=split,
+        text_col=text_col,
+        label_col=label_col,
+        label_names=not labels_given,
+        drop_invalid=drop_invalid,
+    )
+    if dataset.dropped:
+        err.print(f"--drop-invalid: left out {dataset.dropped} row(s) of {dataset.source} (empty text or no label)")
+    return dataset.sample(limit, seed)
+
+
+def label_spec_for(labels: str | None, data: str, dataset: Any) -> Any:
+    """``--labels`` if given, else the data's ``labels.json`` (its descriptions too), else the labels seen."""
+    from classlm.data import find_label_spec
+
+    spec = parse_labels(labels)
+    if spec is None and Path(data).exists():
+        spec = find_label_spec(data)
+    return spec if spec is not None else sorted(set(dataset.labels))
+
+
 @app.command()
 def evaluate(
     data: Annotated[
@@ -322,16 +422,19 @@ def evaluate(
     method: MethodOpt = "label_tokens",
     instruction: InstructionOpt = None,
     scoring: ScoringOpt = "first_token",
-    text_col: Annotated[str, typer.Option("--text-col", help="Name of the text column.")] = "text",
-    label_col: Annotated[str, typer.Option("--label-col", help="Name of the label column.")] = "label",
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Evaluate the first N rows only.")] = None,
+    text_col: TextColOpt = "text",
+    label_col: LabelColOpt = "label",
+    limit: LimitOpt = None,
     calibrate_on: Annotated[
         str | None,
         typer.Option("--calibrate-on", help="Zero-shot only: fit the temperature on this split (must differ)."),
     ] = None,
     calibrate_limit: Annotated[
-        int | None, typer.Option("--calibrate-limit", min=1, help="Rows of --calibrate-on to use.")
+        int | None,
+        typer.Option("--calibrate-limit", min=1, help="A seeded stratified sample of N rows of --calibrate-on."),
     ] = None,
+    seed: SeedOpt = 0,
+    drop_invalid: DropInvalidOpt = False,
     output: Annotated[Path | None, typer.Option("--out", "-o", help="Write the report as JSON here.")] = None,
     markdown: Annotated[Path | None, typer.Option("--markdown", help="Write the report as markdown here.")] = None,
     batch_size: BatchOpt = 64,
@@ -340,31 +443,28 @@ def evaluate(
     device: DeviceOpt = "auto",
 ) -> None:
     """Evaluate on a labelled dataset: accuracy, F1, NLL, Brier, ECE, per-class calibration ratio."""
-    from classlm.data import load_dataset
     from classlm.evaluate import evaluate as run_evaluation
 
     if data2 is not None:  # `classlm evaluate RUN DATA`
         if run is not None:
             raise ConfigError("give the run once: either `evaluate RUN DATA` or `evaluate DATA --run RUN`")
         run, data = Path(data), data2
-
-    dataset = load_dataset(data, split=split, text_col=text_col, label_col=label_col, limit=limit)
-    assert dataset.labels is not None
-    label_spec = parse_labels(labels)
-    if label_spec is None and run is None:
-        label_spec = list(dataset.label_names) if dataset.label_names else sorted(set(dataset.labels))
+    rows: dict[str, Any] = {"text_col": text_col, "label_col": label_col, "seed": seed, "drop_invalid": drop_invalid}
+    given = labels is not None or run is not None
+    dataset = load_rows(data, split=split, limit=limit, labels_given=given, **rows)
+    label_spec = None if run is not None else label_spec_for(labels, data, dataset)
     calib = None
     if calibrate_on is not None:
         if run is not None:
             raise ConfigError("--calibrate-on is for zero-shot evaluation; use `classlm calibrate` for a saved run")
         if not Path(data).is_dir():
             raise ConfigError(
-                "--calibrate-on needs DATA to be a dataset folder with several splits; with a single file, pass "
-                "a separate calibration file to LMClassifier.fit in Python"
+                "--calibrate-on needs DATA to be a dataset folder with several splits; with a single file, "
+                "calibrate on another file with `classlm calibrate`, or split the file into a folder"
             )
         if calibrate_on == split:
             raise ConfigError(f"--calibrate-on {calibrate_on!r} is the evaluated split; calibration data must differ")
-        calib = load_dataset(data, split=calibrate_on, text_col=text_col, label_col=label_col, limit=calibrate_limit)
+        calib = load_rows(data, split=calibrate_on, limit=calibrate_limit, labels_given=given, **rows)
     clf = build_classifier(
         run=run,
         model=model,
@@ -379,9 +479,10 @@ def evaluate(
         fit_texts=list(calib.texts) if calib is not None else None,
         fit_labels=list(calib.labels or []) if calib is not None else None,
     )
-    report = run_evaluation(
-        clf, list(dataset.texts), list(dataset.labels), info={"data": dataset.source, "n": len(dataset)}
-    )
+    info: dict[str, Any] = {"data": dataset.source, "split": split, "n": len(dataset)}
+    if limit is not None:
+        info["sample"] = f"seeded stratified sample of {len(dataset)} rows (--limit {limit}, --seed {seed})"
+    report = run_evaluation(clf, list(dataset.texts), list(dataset.labels), info=info)
     out.print(report.to_markdown(), soft_wrap=True, markup=False, highlight=False)
     if output is not None:
         report.to_json(output)
@@ -392,20 +493,45 @@ def evaluate(
         write_text_atomic(markdown, report.to_markdown())
 
 
-def _sample(dataset: Any, n: int | None, seed: int) -> Any:
-    """A seeded random subsample of ``n`` rows (the first rows of a file are often sorted by class)."""
-    import numpy as np
-
-    if n is None or n >= len(dataset):
-        return dataset
-    return dataset.subset(np.sort(np.random.default_rng(seed).permutation(len(dataset))[:n]))
-
-
 def _has_split(data: str, split: str) -> bool:
     folder = Path(data)
     return folder.is_dir() and any(
         (folder / f"{split}{ext}").is_file() for ext in (".jsonl", ".csv", ".tsv", ".parquet")
     )
+
+
+# What a run's options leave out when --resume compares them with the interrupted run's: how it runs, not what.
+RUN_OPTIONS = ("resume", "overwrite", "device", "batch_size", "batch_tokens")
+# What `classlm train` and a classifier's save put into a run folder: what --overwrite removes, and nothing else.
+RUN_FILES = ("classlm.json", "train_args.json", "metrics.jsonl", "eval.json", "training_curves.png", "reliability.png")
+RUN_GLOBS = ("checkpoints", "adapter-*", "method-*.safetensors", ".adapter.tmp-*", ".*.tmp")
+
+
+def _run_entries(folder: Path) -> list[Path]:
+    """The run files in ``folder`` (empty for a new or unrelated folder)."""
+    if not folder.is_dir():
+        return []
+    found = [folder / n for n in RUN_FILES if (folder / n).exists()]
+    return found + sorted({p for g in RUN_GLOBS for p in folder.glob(g)})
+
+
+def _clear_run(folder: Path) -> None:
+    import shutil
+
+    for path in _run_entries(folder):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def _held_out_eval(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any]:
+    """(training rows, evaluation rows): a stratified ``fraction`` of the training split held out for evaluation
+    when DATA has no validation split, so that the temperature's calibration rows are not also the eval set."""
+    from classlm.data import stratified_split
+
+    keep, held = stratified_split(list(dataset.labels), fraction, seed=seed + 1)
+    return dataset.subset(keep), dataset.subset(held)
 
 
 @app.command()
@@ -416,15 +542,24 @@ def train(
     model: ModelOpt = "smollm2-135m",
     method: MethodOpt = "label_tokens",
     instruction: InstructionOpt = None,
+    scoring: ScoringOpt = "first_token",
     split: Annotated[str, typer.Option("--split", help="Training split when DATA is a folder.")] = "train",
     eval_split: Annotated[
-        str | None, typer.Option("--eval-split", help="Held-out split evaluated during training (default: validation).")
-    ] = "validation",
+        str | None,
+        typer.Option(
+            "--eval-split",
+            help="Held-out split evaluated during training and at the end (default: 'validation' when DATA has "
+            "one, else a stratified 10% of the training rows, disjoint from the calibration rows).",
+        ),
+    ] = None,
     calib_split: Annotated[
         str | None,
         typer.Option("--calib-split", help="Split for the temperature (default: a stratified slice of train)."),
     ] = None,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Train on a random N-row subsample.")] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option("--limit", min=1, help="Train on a seeded random sample of N rows, stratified by class."),
+    ] = None,
     eval_limit: Annotated[int, typer.Option("--eval-limit", min=1, help="Rows evaluated during training.")] = 500,
     loss: Annotated[
         str, typer.Option("--loss", help="class_ce (over the k class logits) or vocab_ce (SFT).")
@@ -450,8 +585,12 @@ def train(
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for LoRA init, data order and held-out splits.")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out.")] = False,
-    text_col: Annotated[str, typer.Option("--text-col", help="Name of the text column.")] = "text",
-    label_col: Annotated[str, typer.Option("--label-col", help="Name of the label column.")] = "label",
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Delete the run already in --out (its run files only) and start anew.")
+    ] = False,
+    drop_invalid: DropInvalidOpt = False,
+    text_col: TextColOpt = "text",
+    label_col: LabelColOpt = "label",
     batch_size: BatchOpt = 64,
     batch_tokens: BatchTokensOpt = DEFAULT_BATCH_TOKENS,
     max_length: MaxLenOpt = 512,
@@ -460,14 +599,17 @@ def train(
     """Train a classifier: LoRA adapters (label_tokens, letters; with hidden_head also its head), or what another
     method learns (a head, TF-IDF, few-shot examples: use --no-lora or a method without a backbone)."""
     # What defines the run (a resumed run must be given the same); first, while locals() holds only the options.
-    run_options = ("resume", "device", "batch_size", "batch_tokens")
-    args = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items() if k not in run_options}
+    # Through JSON, as train_args.json holds them: a tuple or Path would never equal what was read back.
+    args = json.loads(json.dumps({k: v for k, v in locals().items() if k not in RUN_OPTIONS}, default=str))
     from classlm.classifier import LMClassifier
-    from classlm.data import load_dataset
     from classlm.evaluate import evaluate as run_evaluation
+    from classlm.methods import get_method
     from classlm.reports import plot_reliability, plot_training_curves, write_text_atomic
-    from classlm.training import has_checkpoints, read_metrics
+    from classlm.training import read_metrics
 
+    method_cls = get_method(method)
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in --out and --overwrite deletes it: pass one of them")
     args_file = out_dir / "train_args.json"
     if resume:
         if not args_file.is_file():
@@ -475,33 +617,51 @@ def train(
         saved = json.loads(args_file.read_text())
         changed = {k: (saved.get(k), v) for k, v in args.items() if saved.get(k) != v}
         if changed:
-            raise ConfigError(f"--resume needs the options of the interrupted run; these differ (was, now): {changed}")
-    dataset = _sample(load_dataset(data, split=split, text_col=text_col, label_col=label_col), limit, seed)
-    assert dataset.labels is not None
-    label_spec = parse_labels(labels)
-    if label_spec is None:
-        label_spec = list(dataset.label_names) if dataset.label_names else sorted(set(dataset.labels))
-    evaluation = calibration = None
-    if eval_split is not None and _has_split(data, eval_split):
-        evaluation = load_dataset(data, split=eval_split, text_col=text_col, label_col=label_col)
-    if calib_split is not None:
-        if calib_split in (split, eval_split):
-            raise ConfigError(f"--calib-split {calib_split!r} must differ from the training and evaluation splits")
-        calibration = load_dataset(data, split=calib_split, text_col=text_col, label_col=label_col)
-    from classlm.methods import get_method
-
-    method_cls = get_method(method)
+            shown = ", ".join(
+                f"--{k.replace('_', '-')}: {was!r} then, {now!r} now" for k, (was, now) in changed.items()
+            )
+            raise ConfigError(f"--resume needs the options of the interrupted run; these differ: {shown}")
+    elif _run_entries(out_dir):
+        if not overwrite:
+            raise ConfigError(
+                f"{out_dir} already holds a run; pass --resume to continue it, --overwrite to replace it, or "
+                "choose a new --out"
+            )
+        _clear_run(out_dir)
     try:
         method_options = json.loads(options) if options is not None else None
     except ValueError as exc:
         raise ConfigError(f"--options must be a JSON object, got {options!r} ({exc})") from exc
     if not (method_cls.learns_from_data or (use_lora and method_cls.trains_backbone)):
         raise ConfigError(f"method {method!r} learns nothing to train; use `classlm evaluate --method {method}`")
+    rows: dict[str, Any] = {"text_col": text_col, "label_col": label_col, "labels_given": labels is not None}
+    dataset = load_rows(data, split=split, limit=limit, seed=seed, drop_invalid=drop_invalid, **rows)
+    label_spec = label_spec_for(labels, data, dataset)
+    evaluation = calibration = None
+    eval_source = None
+    if eval_split is not None and not _has_split(data, eval_split):
+        raise ConfigError(f"--eval-split {eval_split!r}: {data} has no such split (a folder with {eval_split}.jsonl)")
+    if eval_split is None and _has_split(data, "validation") and "validation" not in (split, calib_split):
+        eval_split = "validation"
+    if eval_split is not None:
+        evaluation = load_rows(data, split=eval_split, drop_invalid=drop_invalid, **rows)
+    else:
+        dataset, evaluation = _held_out_eval(dataset, 0.1, seed)
+        eval_source = f"{evaluation.source}: {len(evaluation)} rows held out of the training split for evaluation"
+        err.print(
+            f"{data} has no validation split: evaluating on {len(evaluation)} training rows held out for it, "
+            "apart from the calibration rows (name a split with --eval-split)"
+        )
+    if calib_split is not None:
+        if calib_split in (split, eval_split):
+            raise ConfigError(f"--calib-split {calib_split!r} must differ from the training and evaluation splits")
+        calibration = load_rows(data, split=calib_split, drop_invalid=drop_invalid, **rows)
     clf = LMClassifier(
         model=model,
         method=method,
         labels=label_spec,
         instruction=instruction,
+        scoring=scoring,
         batch_size=batch_size,
         batch_tokens=batch_tokens or None,
         max_length=max_length,
@@ -522,17 +682,15 @@ def train(
             "seed": seed,
         },
     )
-    if not resume:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if has_checkpoints(out_dir) or (out_dir / "classlm.json").is_file():
-            raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue it or choose a new --out")
-        write_text_atomic(args_file, json.dumps(args, indent=2))
-    _quiet_transformers()
     backbone_training = clf._trains_backbone()
     if resume and not backbone_training:
         raise ConfigError(f"--resume continues backbone training; method {method!r} here trains in one go: rerun it")
+    if not resume:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(args_file, json.dumps(args, indent=2))
+    _quiet_transformers()
     loop: dict[str, Any] = {"eval_set": None, "run_dir": out_dir, "resume": resume} if backbone_training else {}
-    if backbone_training and evaluation is not None:
+    if backbone_training:
         loop["eval_set"] = (list(evaluation.texts), list(evaluation.labels or []))
     clf.fit(
         list(dataset.texts),
@@ -541,23 +699,27 @@ def train(
         **loop,
     )
     clf.save(out_dir)
-    rows = read_metrics(out_dir)
-    if rows:
-        plot_training_curves(rows, out_dir / "training_curves.png")
-    t = clf.training_
-    steps = f"{t['steps']} steps on " if "steps" in t else ""
-    err.print(
-        f"trained {steps}{t['n_train']} examples in {t['seconds']:.0f} s "
-        f"({t['examples_per_second'] or 0:.2f} examples/s); temperature {clf.temperature_:.3f}"
+    metric_rows = read_metrics(out_dir)
+    if metric_rows:
+        plot_training_curves(metric_rows, out_dir / "training_curves.png")
+    err.print(training_summary(clf.training_, clf.temperature_))
+    report = run_evaluation(
+        clf, list(evaluation.texts), list(evaluation.labels or []), info={"data": eval_source or evaluation.source}
     )
-    if evaluation is not None:
-        report = run_evaluation(
-            clf, list(evaluation.texts), list(evaluation.labels or []), info={"data": evaluation.source}
-        )
-        report.to_json(out_dir / "eval.json")
-        plot_reliability(report, out_dir / "reliability.png")
-        out.print(report.to_markdown(), soft_wrap=True, markup=False, highlight=False)
+    report.to_json(out_dir / "eval.json")
+    plot_reliability(report, out_dir / "reliability.png")
+    out.print(report.to_markdown(), soft_wrap=True, markup=False, highlight=False)
     err.print(f"classifier saved to {out_dir}")
+
+
+def training_summary(t: dict[str, Any], temperature: float) -> str:
+    """One line: steps, examples seen (not the rows there were to see), time, throughput, temperature."""
+    if "steps" in t:
+        what = f"trained {t['steps']} steps, {t['examples_seen']} examples seen of {t['n_train']} training rows"
+    else:
+        what = f"trained on {t['n_train']} examples"
+    speed = f"{t['examples_per_second'] or 0:.2f} examples/s"
+    return f"{what} in {t['seconds']:.0f} s ({speed}); temperature {temperature:.3f}"
 
 
 @app.command()
@@ -565,16 +727,25 @@ def calibrate(
     run: Annotated[Path, typer.Argument(help="A saved classifier folder.")],
     data: Annotated[str, typer.Argument(help="Labelled data held out from training (file or dataset folder).")],
     split: Annotated[str, typer.Option("--split", help="Split when DATA is a folder.")] = "validation",
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use the first N rows.")] = None,
-    text_col: Annotated[str, typer.Option("--text-col", help="Name of the text column.")] = "text",
-    label_col: Annotated[str, typer.Option("--label-col", help="Name of the label column.")] = "label",
+    limit: LimitOpt = None,
+    seed: SeedOpt = 0,
+    drop_invalid: DropInvalidOpt = False,
+    text_col: TextColOpt = "text",
+    label_col: LabelColOpt = "label",
     batch_size: BatchOpt = 64,
     device: DeviceOpt = "auto",
 ) -> None:
     """Refit a saved classifier's temperature on held-out data and save it (metrics before/after are recorded)."""
-    from classlm.data import load_dataset
-
-    dataset = load_dataset(data, split=split, text_col=text_col, label_col=label_col, limit=limit)
+    dataset = load_rows(
+        data,
+        split=split,
+        text_col=text_col,
+        label_col=label_col,
+        limit=limit,
+        seed=seed,
+        labels_given=True,
+        drop_invalid=drop_invalid,
+    )
     clf = load_run(run, batch_size=batch_size, device=device)
     clf.calibrate(list(dataset.texts), list(dataset.labels or []), source=f"classlm calibrate: {dataset.source}")
     clf.save(run)
@@ -828,25 +999,37 @@ def inspect(
     out.rule()
 
 
-def main() -> None:
-    """Entry point: user errors become one line on stderr and exit status 2."""
-    try:
-        app(standalone_mode=False)
-    except ClasslmError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise SystemExit(2) from None
-    except (typer.Abort, KeyboardInterrupt):
-        err.print("aborted")
-        raise SystemExit(130) from None
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
+def _version_callback(value: bool) -> None:
+    if value:
+        from classlm import __version__
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            raise SystemExit(exc.exit_code) from None
-        if isinstance(exc, click.exceptions.Exit):
-            raise SystemExit(exc.exit_code) from None
-        raise
+        print(f"classlm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Causal language models as text classifiers with a calibrated probability for every class."""
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit status 2.
+
+    Usage errors (unknown option, missing argument, bad number) are left to typer's standalone mode, which prints
+    click's usage message and exits 2: typer bundles its own copy of click, so catching ``click``'s exception
+    classes here would miss them (they surfaced as tracebacks). Only classlm's own errors are caught.
+    """
+    _log_warnings()
+    try:
+        app(prog_name="classlm")
+    except ClasslmError as exc:
+        err.print(f"[bold red]error:[/] {escape(cli_terms(str(exc)))}", highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

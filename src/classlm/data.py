@@ -37,6 +37,7 @@ class TextDataset:
     labels: tuple[str, ...] | None
     source: str
     label_names: tuple[str, ...] | None = None
+    dropped: int = 0  # rows left out by ``load_dataset(drop_invalid=True)``
 
     def __post_init__(self) -> None:
         # Frozen, so normalise via object.__setattr__: callers may pass lists; tuples keep it immutable.
@@ -61,13 +62,45 @@ class TextDataset:
         if bad:
             raise DataError(f"subset of {self.source}: indices {bad[:_SHOW]} out of range for {len(self)} rows")
         labels = None if self.labels is None else tuple(self.labels[i] for i in idx)
-        return TextDataset(tuple(self.texts[i] for i in idx), labels, self.source, self.label_names)
+        return TextDataset(tuple(self.texts[i] for i in idx), labels, self.source, self.label_names, self.dropped)
 
     def head(self, n: int) -> TextDataset:
         """The first ``n`` rows (all of them when there are fewer)."""
         if n < 0:
             raise ConfigError(f"head(n) needs n >= 0, got {n}")
         return self.subset(range(min(n, len(self))))
+
+    def sample(self, n: int | None, seed: int = 0) -> TextDataset:
+        """A seeded random sample of ``n`` rows, stratified by label, in file order (all rows when ``n`` is None or
+        not smaller). Files are often sorted by class, so their first rows can hold a few classes only.
+
+        Labelled rows: every class gets one row first when ``n`` allows it, the rest goes to the classes in
+        proportion to their remaining rows (largest remainders, ties broken by the seed).
+        """
+        if n is None or n >= len(self):
+            return self
+        if n < 1:
+            raise ConfigError(f"sample(n) needs n >= 1, got {n}")
+        rng = np.random.default_rng(seed)
+        if self.labels is None:
+            return self.subset(np.sort(rng.permutation(len(self))[:n]))
+        groups: dict[str, list[int]] = {}
+        for i, lab in enumerate(self.labels):
+            groups.setdefault(lab, []).append(i)
+        rows = [rng.permutation(g) for g in groups.values()]
+        counts = np.array([len(g) for g in rows])
+        take = np.ones(len(rows), dtype=np.int64) if n >= len(rows) else np.zeros(len(rows), dtype=np.int64)
+        if n < len(rows):  # fewer rows than classes: n classes drawn with the weight of their size
+            take[rng.choice(len(rows), size=n, replace=False, p=counts / counts.sum())] = 1
+        left, room = n - int(take.sum()), counts - take
+        if left > 0:
+            share = left * room / room.sum()
+            take += np.floor(share).astype(np.int64)
+            rest = left - int(np.floor(share).sum())
+            order = np.lexsort((rng.random(len(rows)), -(share - np.floor(share))))
+            take[order[:rest]] += 1
+        picked = np.concatenate([g[:t] for g, t in zip(rows, take)])
+        return self.subset(np.sort(picked))
 
 
 @dataclass
@@ -94,24 +127,31 @@ def load_dataset(
     label_col: str | None = "label",
     require_labels: bool = True,
     limit: int | None = None,
+    label_names: bool = True,
+    drop_invalid: bool = False,
 ) -> TextDataset:
     """Load texts and labels from a file, a dataset folder, a DataFrame, a HF Dataset/DatasetDict or dicts.
 
     ``split`` picks ``<split>.jsonl|csv|tsv|parquet`` in a folder (default ``"test"``) or a DatasetDict entry;
-    it is ignored for a single file. ``label_col=None`` skips labels. ``limit`` keeps the first N rows.
+    it is ignored for a single file. ``label_col=None`` skips labels. ``limit`` keeps the first N rows (for a
+    random, stratified sample use :meth:`TextDataset.sample`). ``label_names=False`` does not read a
+    ``labels.json`` beside the data (when the classes are given otherwise). ``drop_invalid=True`` leaves out rows
+    with an empty or non-string text or a missing label instead of refusing them; their count is ``dropped``.
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"limit must be a positive int or None, got {limit!r}")
     if label_col is None and require_labels:
         raise ConfigError("label_col=None reads no labels; pass require_labels=False with it")
     wanted = [c for c in (text_col, label_col) if c is not None]
-    table = _read_source(source, split, wanted, label_col, limit)
-    return _to_dataset(table, text_col, label_col, require_labels)
+    table = _read_source(source, split, wanted, label_col, limit, label_names)
+    return _to_dataset(table, text_col, label_col, require_labels, drop_invalid)
 
 
-def _read_source(source: Any, split: str | None, wanted: list[str], label_col: str | None, limit: int | None) -> _Table:
+def _read_source(
+    source: Any, split: str | None, wanted: list[str], label_col: str | None, limit: int | None, label_names: bool
+) -> _Table:
     if isinstance(source, (str, os.PathLike)):
-        return _read_path(Path(source).expanduser(), split, wanted, limit)
+        return _read_path(Path(source).expanduser(), split, wanted, limit, label_names)
     pd = sys.modules.get("pandas")  # a DataFrame implies pandas is already imported: no import needed here
     if pd is not None and isinstance(source, pd.DataFrame):
         return _from_frame(source, "pandas DataFrame", wanted, limit)
@@ -133,7 +173,7 @@ def _read_source(source: Any, split: str | None, wanted: list[str], label_col: s
     )
 
 
-def _read_path(path: Path, split: str | None, wanted: list[str], limit: int | None) -> _Table:
+def _read_path(path: Path, split: str | None, wanted: list[str], limit: int | None, label_names: bool) -> _Table:
     if path.is_dir():
         file = _split_file(path, split or "test")
     elif path.is_file():
@@ -165,7 +205,7 @@ def _read_path(path: Path, split: str | None, wanted: list[str], limit: int | No
         raise _not_utf8(file, exc) from None
     except OSError as exc:
         raise DataError(f"cannot read {file}: {exc}") from exc
-    names = find_label_names(file)
+    names = find_label_names(file) if label_names else None
     table.label_names = tuple(names) if names is not None else None
     return table
 
@@ -305,11 +345,16 @@ def _from_records(records: Sequence[Any], source: str, lines: list[int] | None, 
     return _Table(source, list(available), columns, lines, n_rows=len(records))
 
 
-def _to_dataset(table: _Table, text_col: str, label_col: str | None, require_labels: bool) -> TextDataset:
+def _to_dataset(
+    table: _Table, text_col: str, label_col: str | None, require_labels: bool, drop_invalid: bool = False
+) -> TextDataset:
     if table.n_rows == 0:
         raise DataError(f"{table.source} has no rows; expected at least one record with a {text_col!r} field")
     if text_col not in table.columns:
         raise _missing_column(table, text_col, "text")
+    dropped = 0
+    if drop_invalid:
+        table, dropped = _without_invalid(table, text_col, label_col if label_col in table.columns else None)
     texts = table.columns[text_col]
     bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
     if bad:
@@ -329,7 +374,27 @@ def _to_dataset(table: _Table, text_col: str, label_col: str | None, require_lab
         labels = _labels(table, label_col)
     elif require_labels and label_col is not None:
         raise _missing_column(table, label_col, "label")
-    return TextDataset(tuple(texts), labels, table.source, table.label_names)
+    return TextDataset(tuple(texts), labels, table.source, table.label_names, dropped)
+
+
+def _without_invalid(table: _Table, text_col: str, label_col: str | None) -> tuple[_Table, int]:
+    """The table without rows whose text is empty/non-string or whose label is missing/empty, and their count."""
+    texts = table.columns[text_col]
+    labels = table.columns[label_col] if label_col is not None else None
+
+    def ok(i: int) -> bool:
+        if not isinstance(texts[i], str) or not texts[i].strip():
+            return False
+        v = labels[i] if labels is not None else "x"
+        return not (_is_missing(v) or (isinstance(v, str) and not v.strip()))
+
+    keep = [i for i in range(table.n_rows) if ok(i)]
+    if not keep:
+        raise DataError(f"{table.source}: every row has an empty text or a missing label; nothing is left to use")
+    columns = {name: [col[i] for i in keep] for name, col in table.columns.items()}
+    lines = None if table.lines is None else [table.lines[i] for i in keep]
+    kept = _Table(table.source, table.available, columns, lines, table.label_names, table.class_names, len(keep))
+    return kept, table.n_rows - len(keep)
 
 
 def _labels(table: _Table, label_col: str) -> tuple[str, ...]:
@@ -482,21 +547,36 @@ def stratified_split(labels: Sequence[str], fraction: float, seed: int = 0) -> t
     return keep_idx, held_idx
 
 
-def find_label_names(source: str | os.PathLike[str]) -> list[str] | None:
-    """Class names from ``labels.json`` in a folder or beside a file; None when there is none."""
+def read_labels_file(file: str | os.PathLike[str]) -> list[str] | dict[str, Any]:
+    """A labels file: a JSON list of class names, or ``{name: description}`` / ``{name: {"description": …,
+    "verbalizer": …}}`` (the forms ``labels=`` takes). Names must be unique, non-empty strings."""
+    file = Path(file).expanduser()
+    expected = 'expected a JSON list of class names like ["World", "Sports"] or {"World": "world politics", …}'
+    try:
+        spec = json.loads(file.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"cannot read {file}: {exc}; {expected}") from exc
+    names = list(spec) if isinstance(spec, (list, dict)) else []
+    if not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise DataError(f"{file}: {expected}")
+    if isinstance(spec, dict) and not all(isinstance(v, (str, dict)) or v is None for v in spec.values()):
+        raise DataError(f"{file}: each class maps to a description string or an object, {expected}")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise DataError(f"{file}: duplicate class names {dupes}; each class must appear once")
+    return spec
+
+
+def find_label_spec(source: str | os.PathLike[str]) -> list[str] | dict[str, Any] | None:
+    """The contents of ``labels.json`` in a folder or beside a file (see :func:`read_labels_file`); None if absent."""
     path = Path(source).expanduser()
     if not path.exists():
         return None
     file = (path if path.is_dir() else path.parent) / "labels.json"
-    if not file.is_file():
-        return None
-    try:
-        names = json.loads(file.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"cannot read {file}: {exc}; expected a JSON list of class names") from exc
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise DataError(f'{file}: expected a non-empty JSON list of class names like ["World", "Sports"]')
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise DataError(f"{file}: duplicate class names {dupes}; each class must appear once")
-    return names
+    return read_labels_file(file) if file.is_file() else None
+
+
+def find_label_names(source: str | os.PathLike[str]) -> list[str] | None:
+    """Class names from ``labels.json`` in a folder or beside a file; None when there is none."""
+    spec = find_label_spec(source)
+    return None if spec is None else list(spec)

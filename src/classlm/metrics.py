@@ -138,7 +138,10 @@ def confusion_matrix(y_true: Any, y_pred: Any, n_classes: int) -> np.ndarray:
 def precision_recall_f1(y_true: Any, y_pred: Any, n_classes: int) -> dict[str, Any]:
     """Per-class precision, recall, F1 and support, plus their macro and support-weighted means.
 
-    Undefined ratios (no predictions / no true rows) count as 0.0, like sklearn's ``zero_division=0``.
+    Undefined ratios (no predictions / no true rows) count as 0.0, like sklearn's ``zero_division=0``. Macro means
+    are over the classes present in ``y_true`` or ``y_pred`` (scikit-learn's default): a class absent from both
+    has no F1 to speak of, and counting it as 0 would make a sample that misses classes look worse than it is.
+    ``macro_over`` says how many classes they average.
     """
     cm = confusion_matrix(y_true, y_pred, n_classes).astype(np.float64)
     tp = np.diag(cm)
@@ -149,14 +152,16 @@ def precision_recall_f1(y_true: Any, y_pred: Any, n_classes: int) -> dict[str, A
     # 2TP / (2TP + FP + FN) equals the harmonic mean where it is defined and is 0 exactly where sklearn says 0.
     f1 = _safe_div(2 * tp, predicted + support)
     weights = support / support.sum()  # support.sum() == n >= 1
+    seen = (support > 0) | (predicted > 0)  # never empty: n >= 1
     return {
         "precision": precision,
         "recall": recall,
         "f1": f1,
         "support": support.astype(np.int64),
-        "macro_precision": float(precision.mean()),
-        "macro_recall": float(recall.mean()),
-        "macro_f1": float(f1.mean()),
+        "macro_over": int(seen.sum()),
+        "macro_precision": float(precision[seen].mean()),
+        "macro_recall": float(recall[seen].mean()),
+        "macro_f1": float(f1[seen].mean()),
         "weighted_precision": float(precision @ weights),
         "weighted_recall": float(recall @ weights),
         "weighted_f1": float(f1 @ weights),
@@ -262,7 +267,8 @@ def classification_metrics(
 ) -> dict[str, Any]:
     """All metrics above in one JSON-able dict (plain floats/ints/None, never NaN).
 
-    Keys: ``n``, ``accuracy``, ``macro_f1``, ``weighted_f1``, ``macro_precision``, ``macro_recall``, ``nll``,
+    Keys: ``n``, ``n_classes``, ``n_classes_present`` (classes with a true row), ``macro_over`` (classes the macro
+    means average: present in the labels or the predictions), ``accuracy``, ``macro_f1``, ``weighted_f1``, ``macro_precision``, ``macro_recall``, ``nll``,
     ``brier``, ``ece``, ``classwise_ece``, ``calibration_ratio_min``/``_max`` (over classes with support),
     ``per_class``, ``confusion`` and ``reliability``.
     """
@@ -291,6 +297,9 @@ def classification_metrics(
     }
     return {
         "n": int(y.shape[0]),
+        "n_classes": k,
+        "n_classes_present": int(np.count_nonzero(prf["support"])),
+        "macro_over": prf["macro_over"],
         "accuracy": accuracy(y, pred),
         "macro_f1": prf["macro_f1"],
         "weighted_f1": prf["weighted_f1"],

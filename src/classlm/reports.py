@@ -155,6 +155,13 @@ class EvalReport:
         lo, hi = m.get("calibration_ratio_min"), m.get("calibration_ratio_max")
         ratio = "–" if lo is None or hi is None else f"{lo:.2f} – {hi:.2f}"
         lines = [f"## Evaluation ({m.get('n', '?')} texts, {len(self.classes)} classes)", ""]
+        present, over = m.get("n_classes_present"), m.get("macro_over")
+        if present is not None and present < len(self.classes):
+            lines += [
+                f"Only {present} of the {len(self.classes)} classes occur in these rows; macro averages are over the "
+                f"{over} classes present in the labels or the predictions.",
+                "",
+            ]
         lines += _table(
             ["accuracy", "macro-F1", "weighted-F1", "NLL", "Brier", "ECE", "classwise ECE", "calibration ratio"],
             [

@@ -15,6 +15,7 @@ needs no sampler state.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -33,6 +34,8 @@ from classlm.config import STOP_METRICS, LoraConfig, TrainConfig
 from classlm.errors import ArtifactError, ConfigError
 from classlm.metrics import classification_metrics, softmax
 from classlm.reports import write_text_atomic
+
+log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
@@ -185,6 +188,14 @@ class Trainer:
         per_epoch = math.ceil(n / cfg.batch_size)
         total = cfg.max_steps if cfg.max_steps is not None else max(1, math.ceil(cfg.epochs * per_epoch))
         warmup = int(cfg.warmup_ratio * total)
+        if eval_texts is not None and cfg.eval_every > total:
+            log.warning(
+                "eval_every=%d is more than the %d training step(s): the eval set is scored only before and after "
+                "training%s; lower eval_every to see the curve",
+                cfg.eval_every,
+                total,
+                "" if cfg.checkpoint_every else ", and no checkpoint is written",
+            )
         weights = class_weight_vector(cfg, y, self.names)
         if (
             eval_texts is not None

@@ -73,6 +73,12 @@ class Method(ABC):
     def options_dict(self) -> dict[str, Any]:
         return config_to_dict(self.options)
 
+    def check(self, tokenizer: Any) -> None:
+        """Raise what the tokenizer alone can tell (the prompt does not fit, class tokens collide) before any weights
+        load: loading a model takes seconds to a minute, a user's mistake should not wait for it. Nothing to check
+        by default."""
+        return None
+
     @abstractmethod
     def prepare(self, backbone: Any) -> None:
         """Bind to a loaded backbone (``None`` when not ``needs_lm``): render the prompt, resolve class tokens, load

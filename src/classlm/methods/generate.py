@@ -26,6 +26,7 @@ from classlm.config import GenerateOptions
 from classlm.labels import ClassTokens, resolve_class_tokens
 from classlm.methods import register
 from classlm.methods.label_tokens import LabelTokensMethod
+from classlm.prompts import RenderedPrompt
 from classlm.scoring import Scores, length_sorted_batches
 
 # Logit of every class but the parsed one (the parsed class gets 0).
@@ -99,15 +100,17 @@ class GenerateMethod(LabelTokensMethod):
     options: GenerateOptions
 
     def prepare(self, backbone: Any) -> None:
-        # Not LabelTokensMethod.prepare: generation reads whole answers, so classes may share a first token.
-        self.bind_prompt(backbone, self.prompt.render(self.labels, backbone.tokenizer))
-        self.tokens: ClassTokens = resolve_class_tokens(
-            self.labels, backbone.tokenizer, leading_space=self.rendered.leading_space, require_distinct_first=False
-        )
+        super().prepare(backbone)
         self.last_unparsed = 0
         self.unparsed_total = 0
         self.scored_total = 0
         self.last_outputs: list[str] = []
+
+    def class_tokens(self, tokenizer: Any, rendered: RenderedPrompt) -> ClassTokens:
+        # Generation reads whole answers, so classes may share a first token.
+        return resolve_class_tokens(
+            self.labels, tokenizer, leading_space=rendered.leading_space, require_distinct_first=False
+        )
 
     @property
     def max_new_tokens(self) -> int:

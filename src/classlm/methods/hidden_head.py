@@ -20,7 +20,7 @@ from classlm.errors import ConfigError
 from classlm.methods import register
 from classlm.methods.label_tokens import LabelTokensMethod
 from classlm.prompts import RenderedPrompt
-from classlm.scoring import decoder_of, length_sorted_batches
+from classlm.scoring import PromptEncoder, decoder_of, length_sorted_batches
 
 # The warm start before backbone training fits the head on the frozen features of at most this many texts.
 WARM_START_TEXTS = 512
@@ -31,15 +31,20 @@ class HiddenHeadMethod(LabelTokensMethod):
     learns_from_data = True
     options_class = HiddenHeadOptions
 
-    def prepare(self, backbone: Any) -> None:
-        from classlm.heads import build_head
+    def check(self, tokenizer: Any) -> None:
+        PromptEncoder(tokenizer, self._render(tokenizer), self.max_length)  # the head reads no class tokens
 
+    def _render(self, tokenizer: Any) -> RenderedPrompt:
         if self.scoring != "first_token":
             raise ConfigError(f"hidden_head reads one hidden state per text; scoring={self.scoring!r} does not apply")
         if self.options.prompt:
-            rendered = self.prompt.render(self.labels, backbone.tokenizer)
-        else:
-            rendered = RenderedPrompt(head="", tail="", chat=False)  # the raw text, as sequence classification
+            return self.prompt.render(self.labels, tokenizer)
+        return RenderedPrompt(head="", tail="", chat=False)  # the raw text, as sequence classification
+
+    def prepare(self, backbone: Any) -> None:
+        from classlm.heads import build_head
+
+        rendered = self._render(backbone.tokenizer)
         self.bind_prompt(backbone, rendered)  # raw text: no tail, so no prefix reuse (see _prefix_usable)
         dim = int(backbone.model.config.hidden_size)
         self.head = build_head(dim, len(self.labels), self.options).to(backbone.device).eval()

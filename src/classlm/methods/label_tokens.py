@@ -41,12 +41,21 @@ class LabelTokensMethod(Method):
 
     trains_backbone = True
 
+    def check(self, tokenizer: Any) -> None:
+        rendered = self.prompt.render(self.labels, tokenizer)
+        PromptEncoder(tokenizer, rendered, self.max_length)  # raises when the prompt leaves the text no room
+        self.class_tokens(tokenizer, rendered)
+
     def prepare(self, backbone: Any) -> None:
         self.bind_prompt(backbone, self.prompt.render(self.labels, backbone.tokenizer))
-        self.tokens: ClassTokens = resolve_class_tokens(
+        self.tokens: ClassTokens = self.class_tokens(backbone.tokenizer, self.rendered)
+
+    def class_tokens(self, tokenizer: Any, rendered: RenderedPrompt) -> ClassTokens:
+        """The classes' answer tokens after ``rendered``; first-token scoring needs distinct first tokens."""
+        return resolve_class_tokens(
             self.labels,
-            backbone.tokenizer,
-            leading_space=self.rendered.leading_space,
+            tokenizer,
+            leading_space=rendered.leading_space,
             require_distinct_first=self.scoring == "first_token",
         )
 
