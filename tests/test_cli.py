@@ -1,5 +1,6 @@
 import io
 import json
+import os
 import subprocess
 import sys
 
@@ -181,3 +182,262 @@ def test_train_then_evaluate_calibrate_and_export(monkeypatch, capsys, tiny_mode
     assert code == 2 and "--resume" in err
     code, _, err = run_cli(monkeypatch, capsys, "train", dataset, *common, "--lr", "0.5", "--resume")
     assert code == 2 and "differ" in err and "lr" in err
+
+
+# -- hardening: usage errors, first contact (issue 16) ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["classify", "--bogus", "x"], "No such option: --bogus"),
+        (["train"], "Missing argument 'DATA'"),
+        (["frobnicate"], "No such command 'frobnicate'"),
+        (["classify", "--batch-size", "many", "-l", "a,b", "x"], "Invalid value for '--batch-size'"),
+    ],
+)
+def test_usage_errors_are_click_usage_messages_with_exit_2(monkeypatch, capsys, args, message):
+    code, out, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 2
+    assert message in err and "Usage: classlm" in err
+    assert "Traceback" not in err + out
+
+
+def test_version_and_python_dash_m():
+    from classlm import __version__
+
+    proc = subprocess.run([sys.executable, "-m", "classlm", "--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"classlm {__version__}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "classlm", "evaluate", "--no-such-flag"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and "No such option" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_errors_name_flags_not_python_arguments():
+    from classlm.cli import cli_terms
+
+    collision = (
+        "To fix: use method='letters' (answers A, B, C, …), give those classes distinct verbalizers "
+        "(labels={name: {'verbalizer': ...}}), rename them, or use scoring='exact' to score every token."
+    )
+    assert cli_terms(collision) == (
+        "To fix: use --method letters (answers A, B, C, …), give those classes distinct verbalizers "
+        '(--labels FILE.json holding {"NAME": {"verbalizer": "..."}}), rename them, or use --scoring exact to '
+        "score every token."
+    )
+    assert cli_terms("choose one with split=... (--split on the command line)") == "choose one with --split"
+    assert (
+        cli_terms("leaving -3 of max_length=512; raise max_length")
+        == "leaving -3 of --max-length 512; raise --max-length"
+    )
+    assert cli_terms("e.g. labels=['negative', 'positive']") == "e.g. --labels negative,positive"
+    assert cli_terms("fill in or drop these rows, or load with drop_invalid=True to leave them out") == (
+        "fill in or drop these rows, or pass --drop-invalid to leave them out"
+    )
+
+
+def test_collisions_and_prompt_length_are_reported_before_the_weights_load(monkeypatch, capsys, tiny_model_dir):
+    import classlm.models
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the labels were checked")
+
+    monkeypatch.setattr(classlm.models, "load_backbone", no_weights)
+    code, _, err = run_cli(monkeypatch, capsys, "classify", "-m", tiny_model_dir, "-l", "World,World_Sports", "x")
+    assert code == 2 and "share their first token" in err
+    assert "--method letters" in err and "--scoring exact" in err and "method='letters'" not in err
+    code, _, err = run_cli(monkeypatch, capsys, "classify", "-m", tiny_model_dir, "-l", "a,b", "--max-length", 8, "x")
+    assert code == 2 and "raise --max-length" in err
+    code, _, err = run_cli(monkeypatch, capsys, "classify", "-m", tiny_model_dir, "hello")
+    assert code == 2 and "--labels" in err
+
+
+def test_evaluate_with_explicit_labels_beside_a_labels_json_in_description_form(
+    monkeypatch, capsys, tiny_model_dir, tmp_path
+):
+    folder = tmp_path / "reviews"
+    folder.mkdir()
+    rows = [("great", "5"), ("awful", "1"), ("fine", "3"), ("bad", "2"), ("good", "4")]
+    (folder / "reviews.csv").write_text("review,stars\n" + "".join(f"{t},{s}\n" for t, s in rows))
+    (folder / "labels.json").write_text(json.dumps({"one": "one star", "five": "five stars"}))  # another task's
+    code, out, err = run_cli(
+        monkeypatch, capsys, "evaluate", folder / "reviews.csv", "-m", tiny_model_dir,
+        "--text-col", "review", "--label-col", "stars", "--labels", "1,2,3,4,5", "--out", tmp_path / "r.json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads((tmp_path / "r.json").read_text())["classes"] == ["1", "2", "3", "4", "5"]
+    # Without --labels the description form is read: names and descriptions, in its order.
+    (folder / "labels.json").write_text(json.dumps({s: f"{s} stars" for s in "54321"}))
+    code, out, err = run_cli(
+        monkeypatch, capsys, "evaluate", folder / "reviews.csv", "-m", tiny_model_dir,
+        "--text-col", "review", "--label-col", "stars", "--out", tmp_path / "r.json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads((tmp_path / "r.json").read_text())["classes"] == ["5", "4", "3", "2", "1"]
+
+
+@pytest.fixture()
+def sorted_folder(tmp_path):
+    """Four classes, 30 rows each, sorted by class (as many intent files are), no validation split."""
+    words = {"Sports": "match goal team", "Business": "stocks shares market", "World": "minister war summit",
+             "Sci/Tech": "phone chip software"}  # fmt: skip
+    rows = [{"text": f"{w.split()[i % 3]} story {i}", "label": c} for c, w in words.items() for i in range(30)]
+    folder = tmp_path / "sorted"
+    folder.mkdir()
+    for split in ("train", "test"):
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_evaluate_limit_is_a_stratified_sample_and_reports_the_classes_covered(
+    monkeypatch, capsys, tiny_model_dir, sorted_folder, tmp_path
+):
+    code, out, err = run_cli(
+        monkeypatch, capsys, "evaluate", sorted_folder, "-m", tiny_model_dir, "--limit", 8,
+        "--calibrate-on", "train", "--calibrate-limit", 4, "--out", tmp_path / "r.json",
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads((tmp_path / "r.json").read_text())
+    # The first 8 rows of this file are all Sports; a stratified sample has 2 of every class.
+    assert [c["support"] for c in report["metrics"]["per_class"].values()] == [2, 2, 2, 2]
+    assert report["metrics"]["n_classes_present"] == 4
+    assert "seeded stratified sample of 8 rows" in report["info"]["sample"]
+    code, out, err = run_cli(
+        monkeypatch, capsys, "evaluate", sorted_folder, "-m", tiny_model_dir, "--limit", 2,
+        "--labels", "Sports,Business,World,Sci/Tech", "--out", tmp_path / "r.json",
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["metrics"]["n_classes_present"] == 2
+    assert "Only 2 of the 4 classes occur in these rows" in out
+
+
+TRAIN = ["--max-steps", 4, "--train-batch", 2, "--eval-every", 2, "--lora-r", 4, "--lr", "1e-2"]
+
+
+def test_train_refuses_an_existing_run_unless_overwrite(monkeypatch, capsys, tiny_model_dir, sorted_folder, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    # What a run killed before its first checkpoint leaves behind: no checkpoint, no classlm.json.
+    (run / "train_args.json").write_text("{}")
+    (run / "metrics.jsonl").write_text('{"step": 0}\n')
+    args = ["train", sorted_folder, "-m", tiny_model_dir, "--out", run, *TRAIN]
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 2 and "already holds a run" in err and "--overwrite" in err
+    assert (run / "metrics.jsonl").read_text() == '{"step": 0}\n'
+    # A folder that also holds the user's own files is refused at once, even with --overwrite: nothing is deleted,
+    # and no training runs only for the save at its end to refuse the folder.
+    (run / "notes.txt").write_text("mine")
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--overwrite")
+    assert code == 2 and "notes.txt" in err and "training:" not in err
+    assert (run / "metrics.jsonl").is_file() and (run / "notes.txt").read_text() == "mine"
+    (run / "notes.txt").unlink()
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--overwrite")
+    assert code == 0, err
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [0, 2, 4]
+    # The summary counts the examples seen (4 steps of 2), not the rows there were to see.
+    assert "trained 4 steps, 8 examples seen of" in err
+
+
+def test_train_without_validation_split_holds_eval_rows_apart_from_calibration_rows(
+    monkeypatch, capsys, tiny_model_dir, sorted_folder, tmp_path
+):
+    run = tmp_path / "run"
+    code, _, err = run_cli(
+        monkeypatch, capsys, "train", sorted_folder, "-m", tiny_model_dir, "--out", run, *TRAIN[:-4],
+        "--eval-every", 10, "--lora-r", 4,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "has no validation split: evaluating on 12 training rows held out for it" in err
+    # --eval-every 10 over a 4-step run: said, not silent.
+    assert "warning: --eval-every 10 is more than the 4 training step(s)" in err and "lower --eval-every" in err
+    doc = json.loads((run / "classlm.json").read_text())
+    n_calib, n_train = doc["calibration"]["n"], doc["training"]["n_train"]
+    assert n_calib == 12 and n_train == 120 - 12 - 12  # training, calibration and evaluation rows: disjoint parts
+    report = json.loads((run / "eval.json").read_text())
+    assert report["metrics"]["n"] == 12 and "held out of the training split" in report["info"]["data"]
+
+
+def test_train_drop_invalid_and_scoring(monkeypatch, capsys, tiny_model_dir, sorted_folder, tmp_path):
+    train = sorted_folder / "train.jsonl"
+    train.write_text(train.read_text() + '{"text": "  ", "label": "Sports"}\n{"text": "no label"}\n')
+    run = tmp_path / "run"
+    args = ["train", sorted_folder, "-m", tiny_model_dir, "--out", run, *TRAIN]
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 2 and "--drop-invalid" in err and not run.exists()
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--drop-invalid")
+    assert code == 0, err
+    assert "left out 2 row(s)" in err
+    # --scoring reaches the classifier: the collision error's advice (--scoring exact) works with `train`.
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    rows = [{"text": f"match {i}", "label": "Sports" if i % 2 else "Sports_Business"} for i in range(20)]
+    (pairs / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    few_shot = ["train", pairs, "-m", tiny_model_dir, "--method", "few_shot", "--no-lora"]
+    code, _, err = run_cli(monkeypatch, capsys, *few_shot, "--out", tmp_path / "fs1")
+    assert code == 2 and "share their first token" in err and "--scoring exact" in err
+    code, _, err = run_cli(monkeypatch, capsys, *few_shot, "--out", tmp_path / "fs2", "--scoring", "exact")
+    assert code == 0, err
+    assert json.loads((tmp_path / "fs2" / "classlm.json").read_text())["options"]["scoring"] == "exact"
+    # LoRA trains on first tokens: said in flags.
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--drop-invalid", "--scoring", "exact", "--overwrite")
+    assert code == 2 and "--scoring first_token" in err
+
+
+CLI_KILL = """
+import os, signal, sys
+import classlm.training as training
+
+checkpoint = training.Trainer._checkpoint
+loss_sum = training.Trainer.loss_sum
+written = []
+
+def _checkpoint(self, state, optimizer):
+    checkpoint(self, state, optimizer)
+    written.append(state.step)
+
+def _loss_sum(self, *args, **kwargs):
+    if written:  # the step after the first checkpoint, in the middle: after a forward pass, before its update
+        os.kill(os.getpid(), signal.SIGKILL)
+    return loss_sum(self, *args, **kwargs)
+
+training.Trainer._checkpoint = _checkpoint
+training.Trainer.loss_sum = _loss_sum
+from classlm.cli import main
+sys.argv = ["classlm", *sys.argv[1:]]
+main()
+"""
+
+
+def test_cli_train_killed_after_a_checkpoint_resumes_to_the_uninterrupted_adapter(tiny_model_dir, dataset, tmp_path):
+    from safetensors.torch import load_file
+
+    (dataset / "validation.jsonl").write_text((dataset / "test.jsonl").read_text())
+    killer = tmp_path / "killer.py"
+    killer.write_text(CLI_KILL)
+    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
+    common = ["train", str(dataset), "-m", str(tiny_model_dir), "--max-steps", "6", "--train-batch", "2"]
+    common += ["--eval-every", "2", "--lora-r", "4", "--lr", "1e-2"]
+
+    def classlm(*args, script=None):
+        cmd = [sys.executable, *([str(script)] if script else ["-m", "classlm"]), *common, *args]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+    full = classlm("--out", str(tmp_path / "full"))
+    assert full.returncode == 0, full.stderr
+    killed = classlm("--out", str(tmp_path / "killed"), script=killer)
+    assert killed.returncode == -9, killed.stderr
+    assert sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir()) == ["step-00000002"]
+    assert not (tmp_path / "killed" / "classlm.json").exists()
+    resumed = classlm("--out", str(tmp_path / "killed"), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+
+    def adapter(run):
+        doc = json.loads((run / "classlm.json").read_text())
+        return load_file(str(run / doc["adapter"] / "adapter_model.safetensors"))
+
+    a, b = adapter(tmp_path / "full"), adapter(tmp_path / "killed")
+    assert a.keys() == b.keys() and len(a) > 0
+    for name in a:
+        assert (a[name] - b[name]).abs().max().item() <= 1e-6, name
+    steps = [json.loads(x)["step"] for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 2, 4, 6]

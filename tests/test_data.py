@@ -494,3 +494,41 @@ def test_real_ag_news_test_split():
     assert ds.label_names is not None and len(ds.label_names) == 4
     assert ds.labels is not None and set(ds.labels) <= set(ds.label_names)
     validate_labels(ds.labels, ds.label_names)
+
+
+def test_sample_is_seeded_stratified_and_in_file_order():
+    labels = ["a"] * 60 + ["b"] * 30 + ["c"] * 9 + ["d"]  # sorted by class, as many files are
+    ds = TextDataset(tuple(f"t{i}" for i in range(100)), tuple(labels), "mem")
+    s = ds.sample(20, seed=3)
+    assert len(s) == 20 and list(s.texts) == sorted(s.texts, key=lambda t: int(t[1:]))  # file order kept
+    counts = {c: s.labels.count(c) for c in "abcd"}
+    # One row per class first, the other 16 in proportion to the rows left (59 : 29 : 8 : 0).
+    assert counts == {"a": 11, "b": 6, "c": 2, "d": 1}
+    assert s.texts == ds.sample(20, seed=3).texts and s.texts != ds.sample(20, seed=4).texts
+    assert ds.head(20).labels == ("a",) * 20  # what the first rows give
+    assert ds.sample(None) is ds and ds.sample(500) is ds
+    few = ds.sample(2, seed=0)  # fewer rows than classes: distinct classes
+    assert len(few) == 2 and len(set(few.labels)) == 2
+    unlabelled = TextDataset(ds.texts, None, "mem").sample(5, seed=0)
+    assert len(unlabelled) == 5 and len(set(unlabelled.texts)) == 5
+
+
+def test_drop_invalid_leaves_out_and_counts_bad_rows(tmp_path):
+    rows = [{"text": "ok", "label": "x"}, {"text": "  ", "label": "x"}, {"text": "no label"}]
+    rows.append({"text": "b", "label": ""})
+    path = write_jsonl(tmp_path / "d.jsonl", rows + [{"text": "fine", "label": "y"}])
+    with pytest.raises(DataError, match="drop_invalid=True"):
+        load_dataset(path)
+    ds = load_dataset(path, drop_invalid=True)
+    assert ds.texts == ("ok", "fine") and ds.labels == ("x", "y") and ds.dropped == 3
+    assert ds.sample(1, seed=0).dropped == 3
+    with pytest.raises(DataError, match="nothing is left"):
+        load_dataset(write_jsonl(tmp_path / "bad.jsonl", rows[1:]), drop_invalid=True)
+
+
+def test_explicit_label_names_skip_a_sibling_labels_json(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    (tmp_path / "labels.json").write_text("not json")
+    with pytest.raises(DataError, match="cannot read"):
+        load_dataset(path)
+    assert load_dataset(path, label_names=False).label_names is None

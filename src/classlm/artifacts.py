@@ -117,7 +117,7 @@ def save_classifier(clf: LMClassifier, path: str | Path, *, metrics: Mapping[str
     if target.exists() and not target.is_dir():
         raise ConfigError(f"{target} is a file; a classifier is saved as a folder — choose another path")
     if target.is_dir() and not (target / MANIFEST).is_file():
-        foreign = sorted(p.name for p in target.iterdir() if not _ours(p.name))
+        foreign = sorted(p.name for p in target.iterdir() if not is_run_entry(p.name))
         if foreign:
             raise ConfigError(
                 f"{target} exists and is not a classlm run folder (it holds {foreign[:3]}); refusing to write into it"
@@ -155,9 +155,9 @@ def _numpy(t: Any) -> Any:
     return np.ascontiguousarray(t)
 
 
-def _ours(name: str) -> bool:
+def is_run_entry(name: str) -> bool:
     """Names classlm writes into a run folder (a folder holding anything else is refused as a save target)."""
-    return name in RUN_FILES or name.endswith(".png") or name.startswith((".", f"{ADAPTER}-", f"{STATE}-"))
+    return name in (MANIFEST, *RUN_FILES) or name.endswith(".png") or name.startswith((".", f"{ADAPTER}-", f"{STATE}-"))
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:

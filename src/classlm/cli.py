@@ -32,7 +32,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # messages are read whole (and grepped): never cut at 80 columns
 # The rows `classlm bench` runs by default (classlm.bench.ENTRIES names them all); here to keep the CLI import light.
 DEFAULT_BENCH_METHODS = (
     "label_tokens,letters,few_shot,generate,similarity,tfidf,embedding,hidden_head,hidden_head_prompt,lora"
@@ -94,7 +94,7 @@ def parse_labels(spec: str | None) -> Any:
 # The library's messages name Python arguments (``method='letters'``); on the command line the same advice must
 # name the flags. Ordered: the specific patterns come before the generic ``name=value`` ones.
 def _flag(m: re.Match[str]) -> str:
-    value = m.group(2)
+    value = next((g for g in m.groups()[1:] if g), None)
     return f"--{m.group(1).replace('_', '-')}" + (f" {value}" if value else "")
 
 
@@ -103,9 +103,10 @@ _CLI_TERMS: tuple[tuple[str, Any], ...] = (
     (r"labels=\{name: \{'verbalizer': \.\.\.\}\}", '--labels FILE.json holding {"NAME": {"verbalizer": "..."}}'),
     (r"labels=\[([^\]]*)\]", lambda m: "--labels " + ",".join(re.findall(r"'([^']*)'", m.group(1)))),
     (r"\b(split|text_col|label_col)=(?:'\.\.\.'|\.\.\.|'([^']*)')", _flag),
-    (r"\b(method|scoring|loss|device|max_length|eval_every)=(?:'([^']*)'|(?=\d))", _flag),
-    (r"--max-length(?=\d)", "--max-length "),
-    (r"\braise max_length\b", "raise --max-length"),
+    (r"\b(method|scoring|loss|device|max_length|eval_every)=(?:'([^']*)'|(\d+))", _flag),
+    (r"\b(raise|lower) (max_length|eval_every)\b", lambda m: f"{m.group(1)} --{m.group(2).replace('_', '-')}"),
+    (r"\bload with drop_invalid=True\b", "pass --drop-invalid"),
+    (r", or pass label_col=None, require_labels=False for unlabelled data", ""),
     (r" and pass the Dataset\b", ", save it with Dataset.to_json('data.jsonl') and pass that file"),
 )
 
@@ -199,7 +200,9 @@ def build_classifier(
 
 @app.command()
 def classify(
-    texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify (or use --file, or pipe stdin).")] = None,
+    texts: Annotated[
+        list[str] | None, typer.Argument(metavar="TEXTS", help="Texts to classify (or use --file, or pipe stdin).")
+    ] = None,
     file: Annotated[
         Path | None, typer.Option("--file", "-f", help="One text per line (.txt), or a data file; '-' is stdin.")
     ] = None,
@@ -412,9 +415,10 @@ def label_spec_for(labels: str | None, data: str, dataset: Any) -> Any:
 @app.command()
 def evaluate(
     data: Annotated[
-        str, typer.Argument(help="A data file or a dataset folder; or RUN then DATA: `evaluate RUN DATA`.")
+        str,
+        typer.Argument(metavar="DATA", help="A data file or a dataset folder; or RUN then DATA: `evaluate RUN DATA`."),
     ],
-    data2: Annotated[str | None, typer.Argument(metavar="[DATA]", help="The data, when the first is a RUN.")] = None,
+    data2: Annotated[str | None, typer.Argument(metavar="DATA", help="The data, when the first is a RUN.")] = None,
     split: Annotated[str, typer.Option("--split", help="Split to evaluate when DATA is a folder.")] = "test",
     run: RunOpt = None,
     model: ModelOpt = "smollm2-135m",
@@ -501,24 +505,30 @@ def _has_split(data: str, split: str) -> bool:
 
 
 # What a run's options leave out when --resume compares them with the interrupted run's: how it runs, not what.
-RUN_OPTIONS = ("resume", "overwrite", "device", "batch_size", "batch_tokens")
-# What `classlm train` and a classifier's save put into a run folder: what --overwrite removes, and nothing else.
-RUN_FILES = ("classlm.json", "train_args.json", "metrics.jsonl", "eval.json", "training_curves.png", "reliability.png")
-RUN_GLOBS = ("checkpoints", "adapter-*", "method-*.safetensors", ".adapter.tmp-*", ".*.tmp")
+RESUME_IGNORES = ("resume", "overwrite", "device", "batch_size", "batch_tokens")
 
 
 def _run_entries(folder: Path) -> list[Path]:
-    """The run files in ``folder`` (empty for a new or unrelated folder)."""
+    """What a run (``classlm train`` and the classifier's save) left in ``folder``; refuses a folder that holds
+    anything else, before any training: the save at the end would refuse it, after the work was done."""
+    from classlm.artifacts import is_run_entry
+
     if not folder.is_dir():
         return []
-    found = [folder / n for n in RUN_FILES if (folder / n).exists()]
-    return found + sorted({p for g in RUN_GLOBS for p in folder.glob(g)})
+    entries = sorted(folder.iterdir())
+    foreign = [p.name for p in entries if not is_run_entry(p.name)]
+    if foreign:
+        raise ConfigError(
+            f"--out {folder} holds files that are not a classlm run's ({', '.join(foreign[:3])}); choose a new "
+            "or empty --out"
+        )
+    return entries
 
 
-def _clear_run(folder: Path) -> None:
+def _clear_run(entries: list[Path]) -> None:
     import shutil
 
-    for path in _run_entries(folder):
+    for path in entries:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         else:
@@ -536,7 +546,9 @@ def _held_out_eval(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any]:
 
 @app.command()
 def train(
-    data: Annotated[str, typer.Argument(help="A dataset folder (train/validation/test files) or a labelled file.")],
+    data: Annotated[
+        str, typer.Argument(metavar="DATA", help="A dataset folder (train/validation/test files) or a labelled file.")
+    ],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder: metrics, checkpoints, plots, classifier.")],
     labels: LabelsOpt = None,
     model: ModelOpt = "smollm2-135m",
@@ -600,7 +612,7 @@ def train(
     method learns (a head, TF-IDF, few-shot examples: use --no-lora or a method without a backbone)."""
     # What defines the run (a resumed run must be given the same); first, while locals() holds only the options.
     # Through JSON, as train_args.json holds them: a tuple or Path would never equal what was read back.
-    args = json.loads(json.dumps({k: v for k, v in locals().items() if k not in RUN_OPTIONS}, default=str))
+    args = json.loads(json.dumps({k: v for k, v in locals().items() if k not in RESUME_IGNORES}, default=str))
     from classlm.classifier import LMClassifier
     from classlm.evaluate import evaluate as run_evaluation
     from classlm.methods import get_method
@@ -611,6 +623,7 @@ def train(
     if resume and overwrite:
         raise ConfigError("--resume continues the run in --out and --overwrite deletes it: pass one of them")
     args_file = out_dir / "train_args.json"
+    existing = _run_entries(out_dir)
     if resume:
         if not args_file.is_file():
             raise ConfigError(f"nothing to resume: {args_file} not found (was {out_dir} made by `classlm train`?)")
@@ -621,13 +634,13 @@ def train(
                 f"--{k.replace('_', '-')}: {was!r} then, {now!r} now" for k, (was, now) in changed.items()
             )
             raise ConfigError(f"--resume needs the options of the interrupted run; these differ: {shown}")
-    elif _run_entries(out_dir):
+    elif existing:
         if not overwrite:
             raise ConfigError(
                 f"{out_dir} already holds a run; pass --resume to continue it, --overwrite to replace it, or "
                 "choose a new --out"
             )
-        _clear_run(out_dir)
+        _clear_run(existing)
     try:
         method_options = json.loads(options) if options is not None else None
     except ValueError as exc:
@@ -724,8 +737,10 @@ def training_summary(t: dict[str, Any], temperature: float) -> str:
 
 @app.command()
 def calibrate(
-    run: Annotated[Path, typer.Argument(help="A saved classifier folder.")],
-    data: Annotated[str, typer.Argument(help="Labelled data held out from training (file or dataset folder).")],
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="A saved classifier folder.")],
+    data: Annotated[
+        str, typer.Argument(metavar="DATA", help="Labelled data held out from training (file or dataset folder).")
+    ],
     split: Annotated[str, typer.Option("--split", help="Split when DATA is a folder.")] = "validation",
     limit: LimitOpt = None,
     seed: SeedOpt = 0,
@@ -758,7 +773,7 @@ def calibrate(
 
 @app.command()
 def export(
-    run: Annotated[Path, typer.Argument(help="A saved fine-tuned classifier folder.")],
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="A saved fine-tuned classifier folder.")],
     merge: Annotated[Path, typer.Option("--merge", help="Write the merged Hugging Face model folder here.")],
 ) -> None:
     """Merge the LoRA adapter into the base weights: a plain transformers model folder (tokenizer included)."""
@@ -772,7 +787,9 @@ def export(
 
 @app.command()
 def bench(
-    data: Annotated[str, typer.Argument(help="A dataset folder with train and test splits (and labels.json).")],
+    data: Annotated[
+        str, typer.Argument(metavar="DATA", help="A dataset folder with train and test splits (and labels.json).")
+    ],
     methods: Annotated[
         str, typer.Option("--methods", help="Comma-separated rows to run; see classlm.bench.ENTRIES.")
     ] = DEFAULT_BENCH_METHODS,
@@ -889,7 +906,10 @@ def load_target(target: str, **build: Any) -> Any:
 def serve(
     target: Annotated[
         str,
-        typer.Argument(help="A saved run or ensemble folder, or a model (alias, .gguf, HF folder) used with --labels."),
+        typer.Argument(
+            metavar="TARGET",
+            help="A saved run or ensemble folder, or a model (alias, .gguf, HF folder) used with --labels.",
+        ),
     ] = "smollm2-135m",
     labels: LabelsOpt = None,
     method: MethodOpt = "label_tokens",

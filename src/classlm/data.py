@@ -367,7 +367,8 @@ def _to_dataset(
     if blank:
         raise DataError(
             f"{len(blank)} empty or whitespace-only text(s) in column {text_col!r} of {table.source}: "
-            f"{_rows(table, blank)}; expected non-empty text: fill in or drop these rows"
+            f"{_rows(table, blank)}; expected non-empty text: fill in or drop these rows, or load with "
+            "drop_invalid=True to leave them out"
         )
     labels = None
     if label_col is not None and label_col in table.columns:
@@ -405,8 +406,8 @@ def _labels(table: _Table, label_col: str) -> tuple[str, ...]:
         what, rows = ("missing or empty", missing) if missing else ("non-scalar", nonscalar)
         raise DataError(
             f"{len(rows)} {what} label(s) in column {label_col!r} of {table.source}: "
-            f"{_rows(table, rows, raw)}; expected a class name in every row: fix or drop these rows, or pass "
-            "label_col=None, require_labels=False for unlabelled data"
+            f"{_rows(table, rows, raw)}; expected a class name in every row: fix or drop these rows (or load with "
+            "drop_invalid=True to leave them out), or pass label_col=None, require_labels=False for unlabelled data"
         )
     names = table.class_names
     if names is None:

@@ -268,9 +268,9 @@ def classification_metrics(
     """All metrics above in one JSON-able dict (plain floats/ints/None, never NaN).
 
     Keys: ``n``, ``n_classes``, ``n_classes_present`` (classes with a true row), ``macro_over`` (classes the macro
-    means average: present in the labels or the predictions), ``accuracy``, ``macro_f1``, ``weighted_f1``, ``macro_precision``, ``macro_recall``, ``nll``,
-    ``brier``, ``ece``, ``classwise_ece``, ``calibration_ratio_min``/``_max`` (over classes with support),
-    ``per_class``, ``confusion`` and ``reliability``.
+    means average: present in the labels or the predictions), ``accuracy``, ``macro_f1``, ``weighted_f1``,
+    ``macro_precision``, ``macro_recall``, ``nll``, ``brier``, ``ece``, ``classwise_ece``,
+    ``calibration_ratio_min``/``_max`` (over classes with support), ``per_class``, ``confusion`` and ``reliability``.
     """
     y, p = _pair(y_true, proba)
     names = [str(c) for c in class_names]
