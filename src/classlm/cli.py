@@ -483,7 +483,7 @@ def evaluate(
         fit_texts=list(calib.texts) if calib is not None else None,
         fit_labels=list(calib.labels or []) if calib is not None else None,
     )
-    info: dict[str, Any] = {"data": dataset.source, "split": split, "n": len(dataset)}
+    info: dict[str, Any] = {"data": dataset.source, "n": len(dataset)}
     if limit is not None:
         info["sample"] = f"seeded stratified sample of {len(dataset)} rows (--limit {limit}, --seed {seed})"
     report = run_evaluation(clf, list(dataset.texts), list(dataset.labels), info=info)
