@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from classlm.artifact_checks import FIX, check_adapter, check_safetensors, check_settings, note_leftovers, umask_modes
 from classlm.calibration import TemperatureScaler
 from classlm.config import config_to_dict
 from classlm.errors import ArtifactError, ConfigError, NotFittedError
@@ -41,6 +42,8 @@ STATE = "method"
 RUN_FILES = ("metrics.jsonl", "checkpoints", "train_args.json", "eval.json")
 # Options that describe how to run, not what was learned: a loader may override them.
 RUN_OPTIONS = ("batch_size", "batch_tokens", "device", "dtype", "cache_dir", "progress")
+# Everything the manifest's "options" may hold: LMClassifier arguments that are not stored elsewhere in it.
+SAVED_OPTIONS = ("model", "scoring", "calibration", "max_length", *RUN_OPTIONS)
 
 
 def _version() -> str:
@@ -128,6 +131,7 @@ def save_classifier(clf: LMClassifier, path: str | Path, *, metrics: Mapping[str
         try:
             assert clf.backbone_ is not None  # LoRA implies an LM backbone (checked when the classifier is built)
             clf.backbone_.model.save_pretrained(str(tmp))
+            umask_modes(tmp)
             os.rename(tmp, target / adapter)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -198,6 +202,8 @@ def load_classifier(path: str | Path, **overrides: Any) -> LMClassifier:
     except (KeyError, TypeError, ConfigError) as exc:
         raise ArtifactError(f"{path}/{MANIFEST} is missing or has a bad field: {exc}") from exc
     adapter = doc.get("adapter")
+    check_settings(Path(path) / MANIFEST, doc, options, method, method_options, SAVED_OPTIONS, adapter is not None)
+    note_leftovers(Path(path), (f".{ADAPTER}.tmp-", f".{STATE}-", f".{MANIFEST}."))
     if adapter is not None:
         # A folder name inside the run, never a path: a manifest must not point the loader elsewhere.
         if (
@@ -209,6 +215,7 @@ def load_classifier(path: str | Path, **overrides: Any) -> LMClassifier:
             raise ArtifactError(
                 f"{path}: the manifest names adapter folder {adapter!r}, which is not a peft adapter folder in {path}"
             )
+        check_adapter(Path(path) / adapter)
         options["lora"] = doc.get("lora")
         options["train"] = doc.get("train")
     if state_file is not None and (
@@ -218,6 +225,8 @@ def load_classifier(path: str | Path, **overrides: Any) -> LMClassifier:
         or not (Path(path) / state_file).is_file()
     ):
         raise ArtifactError(f"{path}: the manifest names method state {state_file!r}, which is not a file in {path}")
+    if state_file is not None:
+        check_safetensors(Path(path) / state_file)
     clf = LMClassifier(
         model=options.pop("model"),
         method=method,
@@ -236,7 +245,9 @@ def load_classifier(path: str | Path, **overrides: Any) -> LMClassifier:
             tensors = load_file(str(Path(path) / state_file)) if state_file is not None else {}
             clf.method_.load_state(tensors, dict(method_state.get("json") or {}))
         except Exception as exc:  # safetensors, numpy and torch each raise their own types for a corrupt state
-            raise ArtifactError(f"{path}: the saved method state does not fit method {method!r}: {exc}") from exc
+            raise ArtifactError(
+                f"{path}: the saved method state ({state_file}) does not fit method {method!r}: {exc}; {FIX}"
+            ) from exc
     resolved = [list(s) for s in clf.method_.describe().get("token_ids", [])]
     if saved_tokens is not None and resolved != saved_tokens:
         diffs = [
@@ -307,6 +318,7 @@ def export_merged(clf: LMClassifier, out: str | Path) -> Path:
         merged.save_pretrained(str(tmp))
         clf.backbone_.tokenizer.save_pretrained(str(tmp))
         (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2))
+        umask_modes(tmp)
         if target.exists():
             target.rmdir()
         os.rename(tmp, target)

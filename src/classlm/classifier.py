@@ -21,7 +21,7 @@ from classlm.config import (
     config_from_dict,
 )
 from classlm.data import as_texts, stratified_split, validate_labels
-from classlm.errors import ConfigError, DataError, NotFittedError
+from classlm.errors import ArtifactError, ConfigError, DataError, NotFittedError
 from classlm.labels import LabelSet
 from classlm.methods import Method, available_methods, get_method
 from classlm.metrics import softmax
@@ -195,7 +195,13 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
             if adapter is not None:
                 from peft import PeftModel
 
-                backbone.model = PeftModel.from_pretrained(backbone.model, str(adapter)).eval()
+                try:
+                    backbone.model = PeftModel.from_pretrained(backbone.model, str(adapter)).eval()
+                except (ValueError, KeyError, RuntimeError) as exc:  # e.g. weights shaped for another base model
+                    raise ArtifactError(
+                        f"{adapter}: peft cannot put this adapter on {self.model!r} ({type(exc).__name__}: "
+                        f"{str(exc)[:300]}); load the run with the base model it was trained on"
+                    ) from exc
             elif lora is not None:
                 from classlm.training import add_lora
 

@@ -170,7 +170,7 @@ class SharedPrefix:
         self.model = model
         ids = torch.as_tensor([list(head_ids)], dtype=torch.long, device=device)
         decoder = decoder_of(model)
-        cache = DynamicCache(config=model.config)
+        cache: Any = DynamicCache(config=model.config)  # its layer types are a union; keys are checked below
         # The forward fills ``cache`` in place, so it is read from here, never from the output (whose
         # ``past_key_values`` attribute is deprecated too).
         decoder(input_ids=ids, use_cache=True, **{_cache_argument(decoder): cache})
