@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 from classlm.artifact_checks import FIX, check_adapter, check_safetensors, check_settings, note_leftovers, umask_modes
 from classlm.calibration import TemperatureScaler
 from classlm.config import config_to_dict
-from classlm.errors import ArtifactError, ConfigError, NotFittedError
+from classlm.errors import ArtifactError, ConfigError
+from classlm.estimator import NotFittedError
 from classlm.labels import LabelSet
 from classlm.prompts import PromptTemplate
 from classlm.reports import write_bytes_atomic, write_text_atomic
@@ -84,6 +85,12 @@ def manifest(
         "method_options": clf.method_.options_dict(),
         "base_model": clf.method_.base_identity(),
         "labels": clf.label_set_.to_dict(),
+        # Number classes (fit with integer y) come back as numbers; None: the names above are the classes.
+        "class_values": (
+            None
+            if clf.classes_.dtype == object
+            else {"values": clf.classes_.tolist(), "dtype": clf.classes_.dtype.name}
+        ),
         # Methods that read class tokens (label_tokens, letters, few_shot, generate) record them: load checks them.
         "class_tokens": ({"strings": desc["answers"], "sequences": desc["token_ids"]} if "token_ids" in desc else None),
         "prompt": clf.method_.prompt.to_dict(),
@@ -199,7 +206,8 @@ def load_classifier(path: str | Path, **overrides: Any) -> LMClassifier:
         method_options = doc.get("method_options")
         method_state = doc.get("method_state") or {"file": None, "json": {}}
         state_file = method_state["file"]
-    except (KeyError, TypeError, ConfigError) as exc:
+        classes = _class_values(doc.get("class_values"), labels.names)
+    except (KeyError, TypeError, ValueError, ConfigError) as exc:
         raise ArtifactError(f"{path}/{MANIFEST} is missing or has a bad field: {exc}") from exc
     adapter = doc.get("adapter")
     check_settings(Path(path) / MANIFEST, doc, options, method, method_options, SAVED_OPTIONS, adapter is not None)
@@ -235,7 +243,7 @@ def load_classifier(path: str | Path, **overrides: Any) -> LMClassifier:
         method_options=method_options,
         **{**options, **overrides},
     )
-    clf._build(labels, adapter=None if adapter is None else Path(path) / adapter)
+    clf._build(labels, adapter=None if adapter is None else Path(path) / adapter, classes=classes)
     if clf.method_.learns_from_data and state_file is None and not method_state.get("json"):
         raise ArtifactError(f"{path}: method {method!r} learns from data, but the manifest names no saved state")
     if state_file is not None or method_state.get("json"):
@@ -266,6 +274,22 @@ def load_classifier(path: str | Path, **overrides: Any) -> LMClassifier:
     if doc.get("training"):
         clf.training_ = dict(doc["training"])
     return clf
+
+
+def _class_values(saved: Any, names: tuple[str, ...]) -> Any:
+    """The typed classes recorded by ``manifest`` (None: the names are the classes); ValueError if they do not
+    match the names."""
+    import numpy as np
+
+    if saved is None:
+        return None
+    dtype = np.dtype(saved["dtype"])
+    if dtype.kind not in "biuf":  # only what JSON carries exactly: bools, ints, floats
+        raise ValueError(f"class_values: dtype {saved['dtype']!r} is not a number type")
+    values = np.array(saved["values"], dtype=dtype)
+    if values.shape != (len(names),) or [str(v) for v in values] != list(names):
+        raise ValueError(f"class_values {saved['values']!r} do not match the class names {list(names)}")
+    return values
 
 
 EXPORT_INFO = "classlm_export.json"
