@@ -284,6 +284,51 @@ def test_hf_dataset_classlabel_ints_map_to_names():
     assert limited.labels == ("pos", "neg")
 
 
+def _saved_datasets(tmp_path):
+    """A Dataset and a DatasetDict written by datasets' save_to_disk, with a ClassLabel label column."""
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])})
+
+    def split(labels):
+        return datasets.Dataset.from_dict({"text": [f"text {i}" for i in labels], "label": labels}, features=features)
+
+    split([1, 0, 1]).save_to_disk(str(tmp_path / "one"))
+    datasets.DatasetDict({"train": split([0, 0, 1]), "test": split([1, 1])}).save_to_disk(str(tmp_path / "dict"))
+    return tmp_path / "one", tmp_path / "dict"
+
+
+def test_a_save_to_disk_folder_loads_with_its_class_names(tmp_path):
+    one, both = _saved_datasets(tmp_path)
+    ds = load_dataset(one)
+    assert ds.labels == ("pos", "neg", "pos") and ds.label_names == ("neg", "pos")
+    assert load_dataset(both).labels == ("pos", "pos")  # a DatasetDict folder: split "test" by default
+    assert load_dataset(both, split="train", limit=2).labels == ("neg", "neg")
+    assert read_texts(one) == ["text 1", "text 0", "text 1"]
+    with pytest.raises(DataError, match="no 'validation' split in the saved dataset .*available splits: train, test"):
+        load_dataset(both, split="validation")
+
+
+def test_the_cli_reads_a_save_to_disk_folder(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    from classlm.cli import main
+
+    one, _ = _saved_datasets(tmp_path)
+    argv = ["classlm", "classify", "--model", str(tiny_model_dir), "--labels", "neg,pos", "--format", "jsonl"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--file", str(one)])
+    main()
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["text"] for r in rows] == ["text 1", "text 0", "text 1"]
+
+
+def test_a_save_to_disk_folder_without_datasets_installed_names_the_package(tmp_path, monkeypatch):
+    folder = tmp_path / "saved"
+    folder.mkdir()
+    (folder / "state.json").write_text("{}")
+    (folder / "dataset_info.json").write_text("{}")
+    monkeypatch.setitem(sys.modules, "datasets", None)  # what an environment without the package gives
+    with pytest.raises(DataError, match="saved with save_to_disk; reading it needs the datasets package: pip install"):
+        load_dataset(folder)
+
+
 def test_hf_dataset_limit_uses_select():
     fake = FakeDataset({"text": ["a", "b", "c"], "label": ["x", "y", "z"]})
     seen = {}

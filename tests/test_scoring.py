@@ -241,3 +241,21 @@ def test_a_prefix_kernel_that_changes_results_is_caught_and_turned_off(backbone,
     assert not m.reuse_prefix and m._prefix is None
     m.reuse_prefix = False
     np.testing.assert_allclose(logits, m.score(TEXTS, batch_size=2).logits, atol=1e-6)
+
+
+def test_prefix_reuse_uses_the_supported_cache_argument(backbone, caplog):
+    """transformers 5.24 renamed ``past_key_values`` to ``cache`` (removed in 5.40) and warns on the old name: the
+    prefix must be built through the name this install supports, with no deprecation warning or log line."""
+    import logging
+    import warnings
+
+    m = make(backbone)
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING, logger="transformers"):
+        warnings.simplefilter("always")
+        reused = m.score(TEXTS, batch_size=3).logits
+    assert m.reuse_prefix and m._prefix is not None
+    deprecations = [str(w.message) for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))]
+    assert not [d for d in deprecations if "past_key_values" in d or "cache" in d], deprecations
+    assert "past_key_values" not in caplog.text
+    m.reuse_prefix = False
+    np.testing.assert_allclose(reused, m.score(TEXTS, batch_size=3).logits, atol=1e-4)

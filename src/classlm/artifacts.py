@@ -22,9 +22,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from classlm.artifact_checks import FIX, check_adapter, check_safetensors, check_settings, note_leftovers, umask_modes
 from classlm.calibration import TemperatureScaler
 from classlm.config import config_to_dict
-from classlm.errors import ArtifactError, ConfigError, NotFittedError
+from classlm.errors import ArtifactError, ConfigError
+from classlm.estimator import NotFittedError
 from classlm.labels import LabelSet
 from classlm.prompts import PromptTemplate
 from classlm.reports import write_bytes_atomic, write_text_atomic
@@ -41,6 +43,8 @@ STATE = "method"
 RUN_FILES = ("metrics.jsonl", "checkpoints", "train_args.json", "eval.json")
 # Options that describe how to run, not what was learned: a loader may override them.
 RUN_OPTIONS = ("batch_size", "batch_tokens", "device", "dtype", "cache_dir", "progress")
+# Everything the manifest's "options" may hold: LMClassifier arguments that are not stored elsewhere in it.
+SAVED_OPTIONS = ("model", "scoring", "calibration", "max_length", *RUN_OPTIONS)
 
 
 def _version() -> str:
@@ -81,6 +85,12 @@ def manifest(
         "method_options": clf.method_.options_dict(),
         "base_model": clf.method_.base_identity(),
         "labels": clf.label_set_.to_dict(),
+        # Number classes (fit with integer y) come back as numbers; None: the names above are the classes.
+        "class_values": (
+            None
+            if clf.classes_.dtype == object
+            else {"values": clf.classes_.tolist(), "dtype": clf.classes_.dtype.name}
+        ),
         # Methods that read class tokens (label_tokens, letters, few_shot, generate) record them: load checks them.
         "class_tokens": ({"strings": desc["answers"], "sequences": desc["token_ids"]} if "token_ids" in desc else None),
         "prompt": clf.method_.prompt.to_dict(),
@@ -128,6 +138,7 @@ def save_classifier(clf: LMClassifier, path: str | Path, *, metrics: Mapping[str
         try:
             assert clf.backbone_ is not None  # LoRA implies an LM backbone (checked when the classifier is built)
             clf.backbone_.model.save_pretrained(str(tmp))
+            umask_modes(tmp)
             os.rename(tmp, target / adapter)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -195,9 +206,12 @@ def load_classifier(path: str | Path, **overrides: Any) -> LMClassifier:
         method_options = doc.get("method_options")
         method_state = doc.get("method_state") or {"file": None, "json": {}}
         state_file = method_state["file"]
-    except (KeyError, TypeError, ConfigError) as exc:
+        classes = _class_values(doc.get("class_values"), labels.names)
+    except (KeyError, TypeError, ValueError, ConfigError) as exc:
         raise ArtifactError(f"{path}/{MANIFEST} is missing or has a bad field: {exc}") from exc
     adapter = doc.get("adapter")
+    check_settings(Path(path) / MANIFEST, doc, options, method, method_options, SAVED_OPTIONS, adapter is not None)
+    note_leftovers(Path(path), (f".{ADAPTER}.tmp-", f".{STATE}-", f".{MANIFEST}."))
     if adapter is not None:
         # A folder name inside the run, never a path: a manifest must not point the loader elsewhere.
         if (
@@ -209,6 +223,7 @@ def load_classifier(path: str | Path, **overrides: Any) -> LMClassifier:
             raise ArtifactError(
                 f"{path}: the manifest names adapter folder {adapter!r}, which is not a peft adapter folder in {path}"
             )
+        check_adapter(Path(path) / adapter)
         options["lora"] = doc.get("lora")
         options["train"] = doc.get("train")
     if state_file is not None and (
@@ -218,6 +233,8 @@ def load_classifier(path: str | Path, **overrides: Any) -> LMClassifier:
         or not (Path(path) / state_file).is_file()
     ):
         raise ArtifactError(f"{path}: the manifest names method state {state_file!r}, which is not a file in {path}")
+    if state_file is not None:
+        check_safetensors(Path(path) / state_file)
     clf = LMClassifier(
         model=options.pop("model"),
         method=method,
@@ -226,7 +243,7 @@ def load_classifier(path: str | Path, **overrides: Any) -> LMClassifier:
         method_options=method_options,
         **{**options, **overrides},
     )
-    clf._build(labels, adapter=None if adapter is None else Path(path) / adapter)
+    clf._build(labels, adapter=None if adapter is None else Path(path) / adapter, classes=classes)
     if clf.method_.learns_from_data and state_file is None and not method_state.get("json"):
         raise ArtifactError(f"{path}: method {method!r} learns from data, but the manifest names no saved state")
     if state_file is not None or method_state.get("json"):
@@ -236,7 +253,9 @@ def load_classifier(path: str | Path, **overrides: Any) -> LMClassifier:
             tensors = load_file(str(Path(path) / state_file)) if state_file is not None else {}
             clf.method_.load_state(tensors, dict(method_state.get("json") or {}))
         except Exception as exc:  # safetensors, numpy and torch each raise their own types for a corrupt state
-            raise ArtifactError(f"{path}: the saved method state does not fit method {method!r}: {exc}") from exc
+            raise ArtifactError(
+                f"{path}: the saved method state ({state_file}) does not fit method {method!r}: {exc}; {FIX}"
+            ) from exc
     resolved = [list(s) for s in clf.method_.describe().get("token_ids", [])]
     if saved_tokens is not None and resolved != saved_tokens:
         diffs = [
@@ -255,6 +274,22 @@ def load_classifier(path: str | Path, **overrides: Any) -> LMClassifier:
     if doc.get("training"):
         clf.training_ = dict(doc["training"])
     return clf
+
+
+def _class_values(saved: Any, names: tuple[str, ...]) -> Any:
+    """The typed classes recorded by ``manifest`` (None: the names are the classes); ValueError if they do not
+    match the names."""
+    import numpy as np
+
+    if saved is None:
+        return None
+    dtype = np.dtype(saved["dtype"])
+    if dtype.kind not in "biuf":  # only what JSON carries exactly: bools, ints, floats
+        raise ValueError(f"class_values: dtype {saved['dtype']!r} is not a number type")
+    values = np.array(saved["values"], dtype=dtype)
+    if values.shape != (len(names),) or [str(v) for v in values] != list(names):
+        raise ValueError(f"class_values {saved['values']!r} do not match the class names {list(names)}")
+    return values
 
 
 EXPORT_INFO = "classlm_export.json"
@@ -307,6 +342,7 @@ def export_merged(clf: LMClassifier, out: str | Path) -> Path:
         merged.save_pretrained(str(tmp))
         clf.backbone_.tokenizer.save_pretrained(str(tmp))
         (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2))
+        umask_modes(tmp)
         if target.exists():
             target.rmdir()
         os.rename(tmp, target)

@@ -21,7 +21,15 @@ from classlm.config import (
     config_from_dict,
 )
 from classlm.data import as_texts, stratified_split, validate_labels
-from classlm.errors import ConfigError, DataError, NotFittedError
+from classlm.errors import ArtifactError, ConfigError, DataError
+from classlm.estimator import (
+    NotFittedError,
+    check_label_kind,
+    check_targets,
+    classes_from_spec,
+    classes_from_targets,
+    decision,
+)
 from classlm.labels import LabelSet
 from classlm.methods import Method, available_methods, get_method
 from classlm.metrics import softmax
@@ -170,13 +178,12 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
     def _train_config(self) -> TrainConfig:
         return _as_config(TrainConfig, self.train, "train") or TrainConfig()
 
-    def _build(self, label_set: LabelSet, adapter: str | Path | None = None) -> None:
+    def _build(self, label_set: LabelSet, adapter: str | Path | None = None, classes: np.ndarray | None = None) -> None:
         """Load the backbone (for methods that need the causal LM) and bind the method; shared by ``fit`` and
-        artifact loading."""
-        from classlm.models import (
-            load_backbone,
-            load_tokenizer,
-        )  # the model layer (torch + transformers) loads only when needed
+        artifact loading. ``classes``: the typed ``classes_`` whose ``str()`` are the label set's names (default:
+        the names)."""
+        # The model layer (torch + transformers) loads only when needed.
+        from classlm.models import load_backbone, load_tokenizer
 
         if self.scoring not in SCORING:
             raise ConfigError(f"scoring must be one of {SCORING}, got {self.scoring!r}")
@@ -209,7 +216,13 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
             if adapter is not None:
                 from peft import PeftModel
 
-                backbone.model = PeftModel.from_pretrained(backbone.model, str(adapter)).eval()
+                try:
+                    backbone.model = PeftModel.from_pretrained(backbone.model, str(adapter)).eval()
+                except (ValueError, KeyError, RuntimeError) as exc:  # e.g. weights shaped for another base model
+                    raise ArtifactError(
+                        f"{adapter}: peft cannot put this adapter on {self.model!r} ({type(exc).__name__}: "
+                        f"{str(exc)[:300]}); load the run with the base model it was trained on"
+                    ) from exc
             elif lora is not None:
                 from classlm.training import add_lora
 
@@ -218,7 +231,7 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
         self.backbone_ = backbone
         self.method_: Method = method
         self.label_set_ = label_set
-        self.classes_ = np.array(label_set.names, dtype=object)
+        self.classes_ = np.array(label_set.names, dtype=object) if classes is None else classes
         self.calibrator_ = TemperatureScaler()
         self.calibration_info_: dict[str, Any] = {"fitted": False}
 
@@ -246,15 +259,21 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
         and optimiser step.
         """
         texts = as_texts(X)
-        y_list = None if y is None else [str(v) for v in y]
+        y_arr = None if y is None else check_targets(y)
+        # Inside, a label is its class's name, str(label): what the prompt shows and the manifest stores.
+        y_list = None if y_arr is None else [str(v) for v in y_arr]
         if y_list is not None and len(y_list) != len(texts):
             raise DataError(f"X has {len(texts)} texts but y has {len(y_list)} labels; they must match")
         if self.labels is None:
-            if y_list is None:
+            if y_arr is None:
                 raise ConfigError("no classes: pass labels=[...] to LMClassifier, or labelled data as fit(X, y)")
-            spec: Any = sorted(set(y_list))
+            found = classes_from_targets(y_arr)
+            spec: Any = [str(c) for c in found]
+            classes: np.ndarray | None = found
         else:
-            spec = self.labels
+            spec, classes = classes_from_spec(self.labels)
+        if classes is not None and y_arr is not None:
+            check_label_kind(classes, y_arr)
         lora = self._lora_config()
         train_cfg = self._train_config()  # validates ``train`` even when zero-shot
         backbone_training = self._trains_backbone()
@@ -272,7 +291,7 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
         if learns and (y_list is None or not texts):
             what = "training (lora=...)" if lora is not None else f"method {self.method!r}"
             raise ConfigError(f"{what} needs labelled examples: fit(texts, labels)")
-        self._build(LabelSet.from_spec(spec))
+        self._build(LabelSet.from_spec(spec), classes=classes)
         if y_list is not None:
             validate_labels(y_list, self.label_set_.names)
         if not learns:
@@ -369,7 +388,7 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
     def _labelled(self, pair: Any, name: str) -> tuple[list[str], list[str]]:
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
             raise ConfigError(f"{name} must be a (texts, labels) pair, got {type(pair).__name__}")
-        texts, labels = as_texts(pair[0]), [str(v) for v in pair[1]]
+        texts, labels = as_texts(pair[0]), [str(v) for v in check_targets(pair[1], name)]
         if len(texts) != len(labels) or not texts:
             raise DataError(f"{name}: {len(texts)} texts and {len(labels)} labels; expected the same, non-zero count")
         validate_labels(labels, self.label_set_.names)
@@ -425,17 +444,22 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
             progress=self.progress,
         )
 
-    def decision_function(self, X: Any) -> np.ndarray:
-        """Calibrated logits ``z / T`` (float64), columns in ``classes_`` order."""
+    def _calibrated(self, X: Any) -> np.ndarray:
         self._check_fitted()
         return self.calibrator_.transform(self.predict_scores(X).logits)
 
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Calibrated logits ``z / T`` (float64), ``(n, k)`` with columns in ``classes_`` order; for two classes
+        scikit-learn's ``(n,)``: ``(z1 - z0) / T``, whose sigmoid is ``predict_proba(X)[:, 1]``."""
+        return decision(self._calibrated(X))
+
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities ``(n, k)`` (float64, rows sum to 1), columns in ``classes_`` order."""
-        return softmax(self.decision_function(X))
+        return softmax(self._calibrated(X))
 
     def predict(self, X: Any) -> np.ndarray:
-        return self.classes_[np.argmax(self.decision_function(X), axis=1)]
+        """The most probable class of each text, an array of ``classes_``' type."""
+        return self.classes_[np.argmax(self._calibrated(X), axis=1)]
 
     @property
     def temperature_(self) -> float:

@@ -309,11 +309,12 @@ def classify(
 
     proba = softmax(clf.calibrator_.transform(scores.logits))
     classes = [str(c) for c in clf.classes_]
+    values = clf.classes_.tolist()  # the labels as JSON values of their own type: integer classes stay integers
     if fmt == "jsonl":
         for i, text in enumerate(items):
             row: dict[str, Any] = {
                 "text": text,
-                "label": classes[int(proba[i].argmax())],
+                "label": values[int(proba[i].argmax())],
                 "probabilities": {c: round(float(p), 6) for c, p in zip(classes, proba[i])},
             }
             if class_mass and scores.class_mass is not None:

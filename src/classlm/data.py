@@ -151,7 +151,7 @@ def _read_source(
     source: Any, split: str | None, wanted: list[str], label_col: str | None, limit: int | None, label_names: bool
 ) -> _Table:
     if isinstance(source, (str, os.PathLike)):
-        return _read_path(Path(source).expanduser(), split, wanted, limit, label_names)
+        return _read_path(Path(source).expanduser(), split, wanted, label_col, limit, label_names)
     pd = sys.modules.get("pandas")  # a DataFrame implies pandas is already imported: no import needed here
     if pd is not None and isinstance(source, pd.DataFrame):
         return _from_frame(source, "pandas DataFrame", wanted, limit)
@@ -173,7 +173,11 @@ def _read_source(
     )
 
 
-def _read_path(path: Path, split: str | None, wanted: list[str], limit: int | None, label_names: bool) -> _Table:
+def _read_path(
+    path: Path, split: str | None, wanted: list[str], label_col: str | None, limit: int | None, label_names: bool
+) -> _Table:
+    if path.is_dir() and any((path / f).is_file() for f in ("dataset_dict.json", "state.json")):
+        return _from_disk(path, split, wanted, label_col, limit)
     if path.is_dir():
         file = _split_file(path, split or "test")
     elif path.is_file():
@@ -326,6 +330,32 @@ def _from_hf(ds: Any, split: str | None, wanted: list[str], label_col: str | Non
     names = getattr(feature, "names", None)  # a ClassLabel feature: int labels index these names
     if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
         table.class_names = table.label_names = tuple(names)
+    return table
+
+
+def _from_disk(folder: Path, split: str | None, wanted: list[str], label_col: str | None, limit: int | None) -> _Table:
+    """A folder written by ``datasets``' ``save_to_disk``: a Dataset, or a DatasetDict (one folder per split)."""
+    try:
+        from datasets import load_from_disk
+    except ImportError:
+        raise DataError(
+            f"{folder} is a Hugging Face dataset saved with save_to_disk; reading it needs the datasets package: "
+            "pip install datasets (or export the split to .jsonl/.parquet)"
+        ) from None
+    try:
+        loaded = load_from_disk(str(folder))
+    except (OSError, ValueError) as exc:  # FileNotFoundError for a half-written folder is an OSError
+        raise DataError(f"cannot read the saved Hugging Face dataset {folder}: {exc}") from exc
+    if isinstance(loaded, Mapping):  # a DatasetDict: pick the split like a folder of <split>.jsonl files
+        split = split or "test"
+        if split not in loaded:
+            raise DataError(
+                f"no {split!r} split in the saved dataset {folder}; available splits: {', '.join(map(str, loaded))}; "
+                "choose one with split=... (--split on the command line)"
+            )
+        loaded = loaded[split]
+    table = _from_hf(loaded, split, wanted, label_col, limit)
+    table.source = f"{folder}" + (f" split {split!r}" if split else "")
     return table
 
 

@@ -28,7 +28,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from classlm.calibration import TemperatureScaler
 from classlm.data import as_texts, validate_labels
-from classlm.errors import ArtifactError, ConfigError, DataError, NotFittedError
+from classlm.errors import ArtifactError, ConfigError, DataError
+from classlm.estimator import NotFittedError, as_classes, check_label_kind, check_targets, decision
 from classlm.metrics import log_softmax, softmax
 from classlm.reports import write_text_atomic
 
@@ -222,12 +223,14 @@ class Ensemble(ClassifierMixin, BaseEstimator):
             raise ConfigError(f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
         members = self._members()
         given = None if self.weights is None else self._given_weights(len(members))
-        classes = np.array(list(members[0].classes_), dtype=object)
+        classes = as_classes(members[0].classes_)  # typed like the members' (integer classes stay integers)
         orders = self._column_orders(members, classes, ConfigError)
         texts = as_texts(X)
         if y is None:
             raise DataError("Ensemble.fit needs held-out labels: fit(X_heldout, y_heldout)")
-        labels = [str(v) for v in y]
+        y_arr = check_targets(y)
+        check_label_kind(classes, y_arr)
+        labels = [str(v) for v in y_arr]
         if len(labels) != len(texts):
             raise DataError(f"X has {len(texts)} texts but y has {len(labels)} labels; they must match")
         if not texts:
@@ -262,20 +265,24 @@ class Ensemble(ClassifierMixin, BaseEstimator):
         }
         return self
 
-    def decision_function(self, X: Any) -> np.ndarray:
-        """Calibrated combined logits ``sum_i w_i log p_i / T`` (float64, ``(n, k)``, columns in ``classes_``)."""
+    def _calibrated(self, X: Any) -> np.ndarray:
         self._check_fitted()
         return self.calibrator_.transform(
             self._combine(self._member_log_probs(self._members_, self._orders_, as_texts(X)), self.weights_)
         )
 
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Calibrated combined logits ``z = sum_i w_i log p_i / T`` (float64, ``(n, k)``, columns in ``classes_``);
+        for two classes scikit-learn's ``(n,)``: ``z1 - z0``, whose sigmoid is ``predict_proba(X)[:, 1]``."""
+        return decision(self._calibrated(X))
+
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities ``(n, k)`` (float64, rows sum to 1), columns in ``classes_`` order."""
-        return softmax(self.decision_function(X), axis=1)
+        return softmax(self._calibrated(X), axis=1)
 
     def predict(self, X: Any) -> np.ndarray:
-        """The most probable class of each text (an object array of class names)."""
-        return self.classes_[np.argmax(self.decision_function(X), axis=1)]
+        """The most probable class of each text, an array of ``classes_``' type."""
+        return self.classes_[np.argmax(self._calibrated(X), axis=1)]
 
     @property
     def temperature_(self) -> float:
@@ -346,12 +353,15 @@ class Ensemble(ClassifierMixin, BaseEstimator):
                 members.append(LMClassifier.load(folder / name, **overrides))
             except ArtifactError as exc:
                 raise ArtifactError(f"{folder}: member folder {name!r}: {exc}") from exc
-        orders = cls._column_orders(members, doc["classes"], ArtifactError)
+        # The manifest names the classes; their values (integers, say) are the members' own.
+        typed = {str(c): c for c in members[0].classes_}
+        classes = as_classes([typed.get(name, name) for name in doc["classes"]])
+        orders = cls._column_orders(members, classes, ArtifactError)
         params = doc["params"]
         ens = cls(estimators=members, weights=params["weights"], calibration=params["calibration"])
         ens._members_ = members
         ens._orders_ = orders
-        ens.classes_ = np.array(doc["classes"], dtype=object)
+        ens.classes_ = classes
         ens.weights_ = np.asarray(doc["weights"], dtype=np.float64)
         ens.calibrator_ = doc["calibrator"]
         ens.fit_info_ = doc["fit_info"]

@@ -29,7 +29,11 @@ class ArtifactError(ClasslmError, ValueError):
 
 
 class NotFittedError(ClasslmError, ValueError, AttributeError):
-    """The estimator is used before ``fit`` (mirrors ``sklearn.exceptions.NotFittedError``)."""
+    """The estimator is used before ``fit`` (mirrors ``sklearn.exceptions.NotFittedError``).
+
+    LMClassifier and Ensemble raise :class:`classlm.estimator.NotFittedError`, a subclass that is also
+    scikit-learn's; it is defined there because this module must import without scikit-learn.
+    """
 
 
 class RemoteError(ClasslmError, RuntimeError):

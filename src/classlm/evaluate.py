@@ -24,13 +24,15 @@ def evaluate(
     """Metrics of ``clf`` on ``(X, y)``: accuracy, F1, NLL, Brier, ECE, calibration ratio, class mass, throughput."""
     clf._check_fitted()
     texts = as_texts(X)
+    # Matched by name, str(class): labels read from a file are strings, a classifier fit on integers has int classes.
     labels = [str(v) for v in y]
-    validate_labels(labels, list(clf.classes_))
+    names = [str(c) for c in clf.classes_]
+    validate_labels(labels, names)
     start = time.perf_counter()
     scores = clf.predict_scores(texts, class_mass=True)
     seconds = time.perf_counter() - start
     proba = softmax(clf.calibrator_.transform(scores.logits))
-    index = {name: i for i, name in enumerate(clf.classes_)}
+    index = {name: i for i, name in enumerate(names)}
     y_idx = np.array([index[v] for v in labels], dtype=np.int64)
     details = {
         "model": clf.model,
@@ -44,4 +46,4 @@ def evaluate(
     if scores.class_mass is not None and len(scores.class_mass):
         details["class_mass_mean"] = float(np.mean(scores.class_mass))
     details.update(info or {})
-    return build_report(y_idx, proba, list(clf.classes_), info=details)
+    return build_report(y_idx, proba, names, info=details)

@@ -138,6 +138,17 @@ def output_head(model: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
 PREFIX_ATTENTION = "classlm_prefix"
 
 
+def _cache_argument(decoder: Any) -> str:
+    """The forward argument that takes a KV cache: ``cache`` from transformers 5.24 on, ``past_key_values`` before.
+
+    5.24 renamed it and warns (FutureWarning) on every call with the old name, which 5.40 removes; the signature
+    (``deprecate_kwarg`` keeps it, through ``functools.wraps``) says which one this install has.
+    """
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+
+
 class SharedPrefix:
     """Keys and values of the prompt head, computed once and shared by every row of every batch.
 
@@ -158,10 +169,12 @@ class SharedPrefix:
         self.length = len(head_ids)
         self.model = model
         ids = torch.as_tensor([list(head_ids)], dtype=torch.long, device=device)
-        out = decoder_of(model)(input_ids=ids, past_key_values=DynamicCache(config=model.config), use_cache=True)
-        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = [
-            (layer.keys, layer.values) for layer in out.past_key_values.layers
-        ]
+        decoder = decoder_of(model)
+        cache: Any = DynamicCache(config=model.config)  # its layer types are a union; keys are checked below
+        # The forward fills ``cache`` in place, so it is read from here, never from the output (whose
+        # ``past_key_values`` attribute is deprecated too).
+        decoder(input_ids=ids, use_cache=True, **{_cache_argument(decoder): cache})
+        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = [(layer.keys, layer.values) for layer in cache.layers]
         if len(self.layers) == 0 or any(k is None or k.shape[-2] != self.length for k, _ in self.layers):
             raise TypeError(f"{type(model).__name__} returned a cache that cannot be reused as a prompt prefix")
         self.calls = 0

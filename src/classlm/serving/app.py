@@ -58,6 +58,7 @@ class ServedModel:
     def __init__(self, classifier: Any) -> None:
         self.classifier = classifier
         self.classes = [str(c) for c in classifier.classes_]
+        self.labels = np.asarray(classifier.classes_).tolist()  # JSON values of their own type: ints stay ints
         method = getattr(classifier, "method_", None)
         # LMClassifier's raw scores carry the class mass; anything else is asked for probabilities only.
         self._scores = classifier.predict_scores if method is not None else None
@@ -336,7 +337,7 @@ def create_app(load: Callable[[], Any] | Any, settings: ServeSettings | None = N
         results = []
         for i in range(len(texts)):
             row: dict[str, Any] = {
-                "label": classes[int(np.argmax(proba[i]))],
+                "label": model.labels[int(np.argmax(proba[i]))],
                 "probabilities": {c: float(p) for c, p in zip(classes, proba[i])},
             }
             if body.class_mass and mass is not None:

@@ -33,7 +33,7 @@ class ClassifyRequest(BaseModel):
 
 
 class ClassifyResult(BaseModel):
-    label: str = Field(description="The most probable class.")
+    label: str | int | float | bool = Field(description="The most probable class (a number for number classes).")
     probabilities: dict[str, float] = Field(description="Every class's calibrated probability, in class order.")
     class_mass: float | None = Field(default=None, description="Only when the request asked for it.")
     truncated: bool | None = Field(

@@ -1,0 +1,155 @@
+"""What :class:`~classlm.LMClassifier` and :class:`~classlm.Ensemble` share as scikit-learn classifiers.
+
+scikit-learn's conventions, where its own code relies on them: ``classes_`` keeps the type of ``y`` (``np.unique``
+semantics: integer labels give integer classes and integer predictions, or ``score`` compares ``1`` with ``'1'``);
+a two-class ``decision_function`` is one column (``CalibratedClassifierCV`` and the scorers expect ``(n,)``);
+targets that are not classes (continuous values, ``None``) are refused in its words; and the estimators' not-fitted
+error is also scikit-learn's. Inside, classes are matched by their ``str()``: that is the name the prompt shows and
+the manifest stores, and how labels read from text files (always strings) find their class.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
+from sklearn.utils.multiclass import type_of_target
+
+from classlm import errors
+from classlm.errors import DataError
+from classlm.labels import LabelSet
+
+_SHOW = 5
+_NUMBER = (int, float, np.integer, np.floating, np.bool_)
+
+
+class NotFittedError(errors.NotFittedError, _SklearnNotFittedError):
+    """The estimator is used before ``fit``: catchable as classlm's and as scikit-learn's ``NotFittedError``.
+
+    Defined here, not in :mod:`classlm.errors`, which is pure-layer and must import without scikit-learn.
+    """
+
+
+def check_targets(y: Any, what: str = "y") -> np.ndarray:
+    """``y`` as a 1-D array of class labels of y's own type: strings (an object array) or numbers.
+
+    A Hugging Face ``datasets`` column of a ``ClassLabel`` feature (ints) becomes its class names. ``None``/NaN,
+    continuous numbers, other objects and a mix of strings and numbers raise DataError in scikit-learn's words
+    ("Unknown label type", "Mix of label input types").
+    """
+    if isinstance(y, (str, bytes)) or not hasattr(y, "__iter__"):
+        raise DataError(f"{what} must be a list of class labels, one per text; got {type(y).__name__}")
+    if getattr(y, "ndim", 1) != 1:
+        raise DataError(f"{what} must be 1-D (one class label per text), got shape {getattr(y, 'shape', '?')}")
+    values = list(y)
+    names = getattr(getattr(y, "features", None), "names", None)  # datasets.Column of a ClassLabel feature
+    if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
+        values = _class_label_names(values, names, what)
+    missing = [i for i, v in enumerate(values) if _is_missing(v)]
+    if missing:
+        raise DataError(
+            f"Unknown label type: {_show(values, missing)} in {what}; expected a class label (a string or an "
+            "integer) in every row: drop or fill these rows"
+        )
+    odd = [i for i, v in enumerate(values) if not isinstance(v, (str, *_NUMBER))]
+    if odd:
+        raise DataError(f"Unknown label type: {_show(values, odd)} in {what}; expected strings or integers")
+    strings = [isinstance(v, str) for v in values]
+    if any(strings) and not all(strings):
+        first_number = strings.index(False)
+        raise DataError(
+            f"Mix of label input types (string and number) in {what}: {_show(values, [strings.index(True)])} and "
+            f"{_show(values, [first_number])}; use one type for every label"
+        )
+    if not values or all(strings):
+        return np.array(values, dtype=object)
+    arr = np.asarray(values)
+    kind = type_of_target(arr)
+    if kind not in ("binary", "multiclass"):
+        raise DataError(
+            f"Unknown label type: {kind} ({what} holds values such as {sorted(set(arr.tolist()))[:_SHOW]}); a "
+            "classifier expects discrete classes, not a regression target: use class names or integer labels"
+        )
+    return arr
+
+
+def classes_from_targets(y: np.ndarray) -> np.ndarray:
+    """The sorted distinct labels, typed like ``y`` (``np.unique``; strings as an object array)."""
+    if y.dtype == object:
+        return np.array(sorted(set(y.tolist())), dtype=object)
+    return np.unique(y)
+
+
+def classes_from_spec(spec: Any) -> tuple[Any, np.ndarray | None]:
+    """A ``labels=`` argument as LabelSet.from_spec takes it (class names are strings), and its classes typed as
+    given: ``[0, 1]`` or ``{0: "negative", 1: "positive"}`` give integer classes. None where the spec is not a
+    plain list or mapping of labels (LabelSet.from_spec then says what is wrong)."""
+    if isinstance(spec, LabelSet):
+        return spec, as_classes(spec.names)
+    if isinstance(spec, Mapping):
+        keys = list(spec)
+    elif isinstance(spec, (list, tuple, np.ndarray)):
+        keys = list(spec)
+    else:
+        return spec, None
+    if not keys or not all(isinstance(k, (str, *_NUMBER)) and not _is_missing(k) for k in keys):
+        return spec, None
+    if isinstance(spec, Mapping) or all(isinstance(k, str) for k in keys):
+        return spec, as_classes(keys)  # from_spec names a mapping's classes by str(key) itself
+    return [str(k) for k in keys], as_classes(keys)
+
+
+def as_classes(values: Any) -> np.ndarray:
+    """Classes as an array: strings as an object array (as scikit-learn keeps them), numbers with their dtype."""
+    values = list(values)
+    if all(isinstance(v, str) for v in values):
+        return np.array(values, dtype=object)
+    return np.asarray(values)
+
+
+def check_label_kind(classes: np.ndarray, y: np.ndarray, what: str = "y") -> None:
+    """Refuse string classes with number labels and the reverse: predictions would never equal ``y`` (``score``
+    would be 0 or NaN), though matching by ``str()`` would accept them."""
+    if not len(y) or (classes.dtype == object) == (y.dtype == object):
+        return
+    have, want = ("strings", "numbers") if classes.dtype == object else ("numbers", "strings")
+    raise DataError(
+        f"{what} holds {want} ({_show(list(y), [0])}) but the classes are {have} ({list(classes)[:_SHOW]}): "
+        f"predictions would be {have} and never equal {what}; give labels= in the type of {what} "
+        "(e.g. labels=[0, 1] or {0: 'description', 1: 'description'}), or leave labels=None to take y's classes"
+    )
+
+
+def decision(z: np.ndarray) -> np.ndarray:
+    """scikit-learn's decision_function shape: ``(n,)`` for two classes (the logit of the second class against the
+    first, whose sigmoid is the second class's probability), else ``(n, k)``."""
+    return z[:, 1] - z[:, 0] if z.ndim == 2 and z.shape[1] == 2 else z
+
+
+def _class_label_names(values: list[Any], names: list[str], what: str) -> list[Any]:
+    def index(v: Any) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= int(v) < len(names)
+
+    bad = [i for i, v in enumerate(values) if not index(v)]
+    if bad:
+        raise DataError(
+            f"{what} is a ClassLabel column with names {names[:_SHOW]}, but {_show(values, bad)} index none "
+            "of them (Hugging Face test splits often use -1 for 'unlabelled'): use a labelled split"
+        )
+    return [names[int(v)] for v in values]
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, (float, np.floating)) and math.isnan(value):
+        return True
+    return type(value).__name__ in ("NAType", "NaTType")  # pandas.NA / NaT without importing pandas
+
+
+def _show(values: list[Any], rows: list[int]) -> str:
+    shown = ", ".join(f"row {i}: {values[i]!r}" for i in rows[:_SHOW])
+    return shown + (f", … ({len(rows)} rows)" if len(rows) > _SHOW else "")
