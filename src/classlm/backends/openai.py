@@ -17,25 +17,27 @@ bound on their true total; that total is reported per text (``missing_mass``), s
 from the server from one built on bounds.
 
 Servers fail in ordinary ways, so requests are retried with exponential backoff (honouring ``Retry-After``) on 429
-and 5xx answers, timeouts and dropped connections; at most ``concurrency`` run at once.
+and 5xx answers, timeouts and dropped connections; at most ``concurrency`` run at once. Three clocks bound the time
+per text: ``timeout`` for any one read (or connect, or write), ``deadline`` for one whole attempt (a server that
+drips its answer a byte at a time renews a read timeout forever), and ``max_retry_time`` for all attempts and the
+waits between them (a ``Retry-After`` that would pass it fails at once instead of being slept on). The error says
+which one ran out. The answer is checked before it is used: a logprob must be a number <= 0, and together the top-k
+cannot hold more than all of the probability.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import random
-import threading
-import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
 
+from classlm.backends.client import OpenAIClient
 from classlm.calibration import TemperatureScaler
 from classlm.config import CalibrationConfig
 from classlm.data import as_texts, validate_labels
@@ -44,10 +46,14 @@ from classlm.labels import LabelSet, resolve_class_tokens
 from classlm.metrics import softmax
 from classlm.prompts import PromptTemplate, RenderedPrompt
 
+__all__ = ["OpenAIClient", "RemoteClassifier", "RemoteScores", "class_probabilities", "top_entries"]
+
 ENDPOINTS = ("completions", "chat")
 METHODS = ("label_tokens", "letters")
-RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
-MAX_RETRY_AFTER = 60.0
+# Servers compute logprobs in float32 and may round the most likely token's to a hair above 0 or the top-k's total
+# to a hair above 1; past these tolerances the numbers are not log-probabilities.
+_LOGPROB_SLACK = 1e-4
+_MASS_SLACK = 1e-3
 # A class absent from the top-k gets at least this probability, so its logit stays finite.
 _FLOOR = 1e-12
 
@@ -82,15 +88,44 @@ def top_entries(body: Any) -> list[tuple[str, float]]:
         if isinstance(content, list) and content and isinstance(content[0], Mapping):
             top = content[0].get("top_logprobs")
             if isinstance(top, list) and top:
-                return [(str(e["token"]), float(e["logprob"])) for e in top if "token" in e and "logprob" in e]
+                return _checked(
+                    [(e.get("token"), e.get("logprob")) for e in top if isinstance(e, Mapping) and "token" in e]
+                )
         legacy = logprobs.get("top_logprobs")
         if isinstance(legacy, list) and legacy and isinstance(legacy[0], Mapping) and legacy[0]:
-            return [(str(t), float(v)) for t, v in legacy[0].items()]
+            return _checked(list(legacy[0].items()))
     raise RemoteError(
         "the server answered without logprobs for the next token, which classification needs. Use a server that "
         "returns them (vLLM, llama.cpp's llama-server, OpenAI-compatible APIs with logprobs enabled), or try "
         "--endpoint chat / completions, whichever the server supports with logprobs"
     )
+
+
+def _checked(entries: list[tuple[Any, Any]]) -> list[tuple[str, float]]:
+    """The entries as ``(str, float)``, or a RemoteError that names the first one that is not a log-probability."""
+    out = []
+    for token, logprob in entries:
+        if not isinstance(token, str):
+            raise RemoteError(f"the server's top logprobs have a token that is not a string: {token!r}")
+        # bool is an int in Python; a JSON true is not a log-probability.
+        if isinstance(logprob, bool) or not isinstance(logprob, (int, float)) or math.isnan(logprob):
+            raise RemoteError(
+                f"the server's logprob for token {token!r} is {logprob!r} ({type(logprob).__name__}); expected a "
+                "number <= 0. Is this an OpenAI-compatible server?"
+            )
+        if logprob > _LOGPROB_SLACK:
+            raise RemoteError(
+                f"the server's logprob for token {token!r} is {logprob:g}, above 0, so not a log-probability (it "
+                "may send raw logits); use a server that returns log-probabilities"
+            )
+        out.append((token, min(0.0, float(logprob))))
+    total = sum(math.exp(lp) for _, lp in out)
+    if total > 1.0 + _MASS_SLACK:
+        raise RemoteError(
+            f"the server's top {len(out)} logprobs add up to a probability of {total:.4g}, more than 1, so they are "
+            "not log-probabilities of one next-token distribution"
+        )
+    return out
 
 
 def class_probabilities(
@@ -122,95 +157,11 @@ def class_probabilities(
     return np.maximum(out, _FLOOR), missing, len(absent)
 
 
-class OpenAIClient:
-    """A small, thread-safe client for ``/v1/completions`` and ``/v1/chat/completions`` with retries."""
-
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        api_key: str | None = None,
-        timeout: float = 30.0,
-        max_retries: int = 4,
-        backoff: float = 0.5,
-        max_backoff: float = 8.0,
-        concurrency: int = 4,
-    ) -> None:
-        import httpx
-
-        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"base_url must start with http:// or https://, got {base_url!r}")
-        self.base_url = base_url.rstrip("/")
-        if not self.base_url.endswith("/v1"):
-            self.base_url += "/v1"
-        self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(
-            timeout=httpx.Timeout(timeout),
-            headers=headers,
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-        )
-        self._slots = threading.BoundedSemaphore(concurrency)
-        self._count_lock = threading.Lock()
-        self.concurrency = concurrency
-        self.retries = 0  # retried attempts so far, for reporting
-
-    def close(self) -> None:
-        self._http.close()
-
-    def _wait(self, attempt: int, retry_after: str | None) -> float:
-        if retry_after is not None:
-            # Seconds or an HTTP date, honoured up to a minute: a server that asks for longer is better reported
-            # (after the retries) than waited on.
-            seconds: float | None
-            try:
-                seconds = float(retry_after)
-            except ValueError:
-                try:
-                    seconds = (parsedate_to_datetime(retry_after) - datetime.now(timezone.utc)).total_seconds()
-                except (TypeError, ValueError):
-                    seconds = None
-            if seconds is not None:
-                return min(MAX_RETRY_AFTER, max(0.0, seconds))
-        # Full jitter: concurrent clients that failed together do not retry together.
-        return random.uniform(0, min(self.max_backoff, self.backoff * 2**attempt))
-
-    def post(self, path: str, payload: dict[str, Any]) -> Any:
-        import httpx
-
-        url = self.base_url + path
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            retry_after = None
-            with self._slots:
-                try:
-                    response = self._http.post(url, json=payload)
-                except httpx.TimeoutException:
-                    last = f"timed out after {self._http.timeout.read}s"
-                except httpx.TransportError as exc:
-                    last = f"{type(exc).__name__}: {exc}"
-                else:
-                    if response.status_code == 200:
-                        try:
-                            return response.json()
-                        except ValueError:
-                            raise RemoteError(f"{url} answered 200 with a body that is not JSON") from None
-                    detail = response.text[:300].strip()
-                    if response.status_code not in RETRY_STATUS:
-                        raise RemoteError(f"{url} answered {response.status_code}: {detail}")
-                    last = f"{response.status_code}: {detail}"
-                    retry_after = response.headers.get("retry-after")
-            if attempt < self.max_retries:
-                with self._count_lock:
-                    self.retries += 1
-                time.sleep(self._wait(attempt, retry_after))
-        raise RemoteError(f"{url}: gave up after {self.max_retries + 1} attempts; last error: {last}")
-
-
-class RemoteClassifier:
+class RemoteClassifier(ClassifierMixin, BaseEstimator):
     """Zero-shot ``label_tokens`` / ``letters`` classification with a model behind an OpenAI-compatible API.
 
-    The scikit-learn estimator contract: ``__init__`` stores, ``fit`` resolves the labels (and, given labelled
+    A scikit-learn estimator: ``__init__`` only stores its arguments (so ``clone``, ``get_params`` and
+    ``set_params`` work), ``fit`` validates them, resolves the labels, opens the HTTP client (and, given labelled
     ``(X, y)``, fits the temperature) and returns ``self``; ``classes_``, ``predict_proba``, ``predict``.
 
     Parameters
@@ -231,8 +182,11 @@ class RemoteClassifier:
         How many next tokens to ask for (OpenAI allows up to 20; legacy completions 5).
     api_key:
         Sent as a Bearer token; default ``$OPENAI_API_KEY``.
-    timeout, max_retries, concurrency:
-        Per-request timeout (s), retries on 429/5xx/timeouts, requests in flight at once.
+    timeout, deadline, max_retry_time:
+        Seconds: for any one read, connect or write; for one whole request (however the server paces its bytes);
+        for all attempts of one text and the waits between them (a ``Retry-After`` past it fails at once).
+    max_retries, concurrency:
+        Retries on 429/5xx/timeouts, requests in flight at once.
     """
 
     def __init__(
@@ -249,6 +203,8 @@ class RemoteClassifier:
         top_logprobs: int = 20,
         api_key: str | None = None,
         timeout: float = 30.0,
+        deadline: float = 60.0,
+        max_retry_time: float = 120.0,
         max_retries: int = 4,
         concurrency: int = 4,
         calibration: str = "temperature",
@@ -265,10 +221,39 @@ class RemoteClassifier:
         self.top_logprobs = top_logprobs
         self.api_key = api_key
         self.timeout = timeout
+        self.deadline = deadline
+        self.max_retry_time = max_retry_time
         self.max_retries = max_retries
         self.concurrency = concurrency
         self.calibration = calibration
         self.progress = progress
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.string = True
+        tags.input_tags.two_d_array = False
+        tags.input_tags.one_d_array = True
+        return tags
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "client_")
+
+    def __repr__(self, N_CHAR_MAX: int = 700) -> str:
+        # scikit-learn's repr prints every parameter set away from its default: the API key must not reach logs.
+        if self.api_key is None:
+            return super().__repr__(N_CHAR_MAX)
+        key, self.api_key = self.api_key, "***"
+        try:
+            return super().__repr__(N_CHAR_MAX)
+        finally:
+            self.api_key = key
+
+    def _get_params_html(self, deep: bool = True, doc_link: str = "") -> Any:
+        # The notebook (HTML) display's parameter table, likewise.
+        params = super()._get_params_html(deep, doc_link)
+        if params.get("api_key") is not None:
+            params["api_key"] = "***"
+        return params
 
     def fit(self, X: Any = None, y: Any = None) -> RemoteClassifier:
         """Resolve labels and prompt; with labelled ``(X, y)`` fit the temperature on them. Returns ``self``."""
@@ -278,9 +263,12 @@ class RemoteClassifier:
             raise ConfigError(f"endpoint must be one of {ENDPOINTS}, got {self.endpoint!r}")
         if not isinstance(self.top_logprobs, int) or not 1 <= self.top_logprobs <= 100:
             raise ConfigError(f"top_logprobs must be an integer in 1..100, got {self.top_logprobs!r}")
-        for name in ("max_retries",):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
+            raise ConfigError(f"max_retries must be an integer >= 0, got {self.max_retries!r}")
+        for name in ("timeout", "deadline", "max_retry_time"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ConfigError(f"{name} must be a number of seconds > 0, got {value!r}")
         if not isinstance(self.concurrency, int) or self.concurrency < 1:
             raise ConfigError(f"concurrency must be a positive integer, got {self.concurrency!r}")
         CalibrationConfig(method=self.calibration)
@@ -325,6 +313,8 @@ class RemoteClassifier:
             self.base_url,
             api_key=self.api_key if self.api_key is not None else os.environ.get("OPENAI_API_KEY"),
             timeout=self.timeout,
+            deadline=self.deadline,
+            max_retry_time=self.max_retry_time,
             max_retries=self.max_retries,
             concurrency=self.concurrency,
         )
