@@ -250,7 +250,7 @@ def test_retry_after_as_an_http_date_is_honoured_and_capped():
     client = OpenAIClient("http://127.0.0.1:9")
     soon = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
     assert 25 < client._wait(0, soon) <= 30
-    assert client._wait(0, "3600") == 60.0
+    assert client._wait(0, "3600") == 3600.0  # honoured as asked; post() refuses a wait past max_retry_time
     assert client._wait(0, "2") == 2.0
     assert 0 <= client._wait(0, "not a date") <= client.backoff
 
@@ -304,3 +304,132 @@ def test_cli_classify_with_the_openai_backend(capsys):
     assert rows[0]["label"] == "positive"
     assert rows[0]["probabilities"]["positive"] == pytest.approx(2 / 3, abs=1e-6)
     assert rows[0]["missing_mass"] == 0.0
+
+
+# -- deadlines, the retry budget, and answers that are not log-probabilities ------------------------------------------
+class DripServer:
+    """A loopback server that sends headers promising ``size`` bytes, then one byte every ``every`` s: each read
+    gets data long before a read timeout, so only an overall deadline can end the request."""
+
+    def __init__(self, size: int = 1000, every: float = 0.05) -> None:
+        self.requests = 0
+        stop = self.stop = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                outer.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(size))
+                self.end_headers()
+                try:
+                    for _ in range(size):  # bounded in count, and ended by the test's exit
+                        if stop.wait(every):
+                            return
+                        self.wfile.write(b" ")
+                        self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> DripServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_a_dripping_server_is_stopped_by_the_deadline():
+    with DripServer() as server:
+        clf = _remote(server.url, timeout=5.0, deadline=0.5, max_retries=1)
+        clf.client_.backoff = 0.01
+        start = time.monotonic()
+        with pytest.raises(RemoteError, match=r"did not complete within the deadline of 0.5 s per request"):
+            clf.predict_proba(["x"])
+        elapsed = time.monotonic() - start
+    assert server.requests == 2  # the deadline is per attempt, and a passed one is retried
+    # Two attempts of 0.5 s each, not the 1000 x 0.05 s = 50 s the server would take; generous for a loaded machine.
+    assert elapsed < 10
+
+
+def test_a_long_retry_after_fails_at_once_naming_the_retry_budget():
+    with FakeServer(lambda n, p: (429, {"error": "slow down"}, {"Retry-After": "3600"}, 0.0)) as server:
+        clf = _remote(server.url, max_retry_time=5.0)
+        start = time.monotonic()
+        with pytest.raises(RemoteError, match=r"Retry-After: 3600.*retry budget of 5 s, max_retry_time="):
+            clf.predict_proba(["x"])
+        assert time.monotonic() - start < 4  # failed without sleeping on it
+    assert len(server.payloads) == 1
+
+
+def test_the_retry_budget_bounds_all_attempts():
+    with FakeServer(lambda n, p: (503, {"error": "busy"}, {"Retry-After": "0.3"}, 0.0)) as server:
+        clf = _remote(server.url, max_retries=100, max_retry_time=1.0)
+        with pytest.raises(RemoteError, match="retry budget of 1 s"):
+            clf.predict_proba(["x"])
+    assert 2 <= len(server.payloads) <= 5  # about 1 s / 0.3 s of attempts, far from 101
+
+
+@pytest.mark.parametrize(
+    ("top", "message"),
+    [
+        ({" positive": 5.0, " negative": 3.0}, r"logprob for token ' positive' is 5, above 0"),
+        ({" positive": "-0.5", " negative": -1.0}, r"logprob for token ' positive' is '-0.5' \(str\)"),
+        ({" positive": None, " negative": -1.0}, r"is None \(NoneType\)"),
+        ({" positive": True, " negative": -1.0}, r"is True \(bool\)"),
+        ({" positive": -0.1, " negative": -0.2}, r"add up to a probability of 1.7"),
+    ],
+)
+def test_answers_that_are_not_log_probabilities_are_clear_errors(top, message):
+    with FakeServer(ok(top)) as server:
+        clf = _remote(server.url)
+        with pytest.raises(RemoteError, match=message):
+            clf.predict_proba(["x"])
+    with pytest.raises(RemoteError, match=message):  # the legacy completions shape is checked the same way
+        top_entries(_legacy(top))
+
+
+def test_a_logprob_of_zero_within_rounding_is_accepted():
+    assert top_entries(_chat_style({" positive": 1e-6, " negative": -20.0}))[0] == (" positive", 0.0)
+
+
+def test_remote_classifier_is_a_scikit_learn_estimator():
+    from sklearn.base import clone, is_classifier
+
+    clf = RemoteClassifier("http://127.0.0.1:9", "m", ["negative", "positive"], deadline=7.0, api_key="sk-secret")
+    params = clf.get_params()
+    assert (
+        params["deadline"] == 7.0 and params["labels"] == ["negative", "positive"] and params["api_key"] == "sk-secret"
+    )
+    twin = clone(clf)
+    assert twin is not clf and twin.get_params() == params
+    assert not hasattr(twin, "client_")  # nothing derived is built before fit
+    assert twin.set_params(max_retry_time=9.0, top_logprobs=5) is twin
+    assert (twin.max_retry_time, twin.top_logprobs) == (9.0, 5)
+    assert is_classifier(clf)
+    assert "sk-secret" not in repr(clf) and "api_key='***'" in repr(clf)
+    assert clf.api_key == "sk-secret"  # the repr hid it without changing it
+    assert "sk-secret" not in clf._repr_html_()
+    with FakeServer(ok()) as server:
+        fitted = clone(clf).set_params(base_url=server.url, calibration="none").fit()
+        np.testing.assert_allclose(fitted.predict_proba(["x"]), [[1 / 3, 2 / 3]])
+        refit = clone(fitted)  # a fitted one clones to an unfitted one with the same parameters
+    assert not hasattr(refit, "client_") and refit.get_params() == fitted.get_params()
+
+
+def test_deadline_options_are_validated():
+    for name, value in (("deadline", 0), ("max_retry_time", -1.0), ("timeout", float("inf")), ("deadline", "5")):
+        with pytest.raises(ConfigError, match=f"{name} must be a number of seconds > 0"):
+            RemoteClassifier("http://x", "m", ["a", "b"], **{name: value}).fit()

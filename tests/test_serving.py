@@ -294,11 +294,14 @@ def test_batcher_merges_concurrent_requests_and_routes_results():
 def test_batcher_respects_max_batch_and_can_be_turned_off():
     calls: list[list[str]] = []
     batcher = MicroBatcher(_echo(calls), max_batch_texts=4, max_wait_s=0.3)
-    futures = [batcher.submit(["t"] * 3) for _ in range(4)] + [batcher.submit(["big"] * 9)]
-    [f.result(5) for f in futures]
+    texts = [[f"r{r}t{i}" for i in range(3)] for r in range(4)] + [[f"big{i}" for i in range(9)]]
+    results = [f.result(5) for f in [batcher.submit(t) for t in texts]]
     batcher.close()
-    # 3-text requests cannot pair under a 4-text cap; a request over the cap still runs, alone and whole.
-    assert sorted(len(c) for c in calls) == [3, 3, 3, 3, 9]
+    # No call goes over the cap: requests are split across calls, and every text is scored exactly once.
+    assert max(len(c) for c in calls) == 4
+    assert sorted(t for c in calls for t in c) == sorted(t for r in texts for t in r)
+    for t, (rows, _, last_chars) in zip(texts, results):
+        assert rows[:, 0].tolist() == [len(x) for x in t] and last_chars.tolist() == [x[-1] for x in t]  # in order
 
     calls.clear()
     batcher = MicroBatcher(_echo(calls), max_batch_texts=100, max_wait_s=0.3, batching=False)

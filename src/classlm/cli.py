@@ -939,6 +939,21 @@ def serve(
         str | None,
         typer.Option("--api-key", envvar="CLASSLM_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1/*."),
     ] = None,
+    request_timeout: Annotated[
+        float, typer.Option("--request-timeout", min=0.001, help="Seconds per request before a 504.")
+    ] = 60.0,
+    header_timeout: Annotated[
+        float, typer.Option("--header-timeout", min=0.001, help="Seconds for a request's headers to arrive.")
+    ] = 10.0,
+    body_timeout: Annotated[
+        float, typer.Option("--body-timeout", min=0.001, help="Seconds for a request's body to arrive (else 408).")
+    ] = 30.0,
+    keep_alive_timeout: Annotated[
+        float, typer.Option("--keep-alive-timeout", min=0.001, help="Seconds an idle connection stays open.")
+    ] = 5.0,
+    max_connections: Annotated[
+        int, typer.Option("--max-connections", min=1, help="Open connections at most; beyond it requests get 503.")
+    ] = 1000,
     batch_tokens: BatchTokensOpt = DEFAULT_BATCH_TOKENS,
     max_length: MaxLenOpt = 512,
     device: DeviceOpt = "auto",
@@ -958,6 +973,11 @@ def serve(
         max_chars=max_chars,
         max_body_bytes=max_body,
         api_key=api_key,
+        request_timeout_s=request_timeout,
+        header_timeout_s=header_timeout,
+        body_timeout_s=body_timeout,
+        keep_alive_timeout_s=keep_alive_timeout,
+        max_connections=max_connections,
     )
     # Loaded before uvicorn starts, so a bad TARGET or label list is a one-line error, not a lifespan traceback.
     classifier = load_target(

@@ -1,4 +1,6 @@
-"""Zero-shot classification against an OpenAI-compatible server that returns logprobs.
+"""Zero-shot classification against an OpenAI-compatible server that returns logprobs: reading the answer (this
+module), the HTTP client (:mod:`classlm.backends.client`) and the estimator (:class:`RemoteClassifier`, in
+:mod:`classlm.backends.remote`, re-exported here without importing scikit-learn until it is used).
 
 One request per text with ``max_tokens=1`` and ``top_logprobs``: the server's top-k next tokens and their
 log-probabilities. Each class is matched **by text** to a top-k token, as the local ``first_token`` scoring reads the
@@ -17,37 +19,32 @@ bound on their true total; that total is reported per text (``missing_mass``), s
 from the server from one built on bounds.
 
 Servers fail in ordinary ways, so requests are retried with exponential backoff (honouring ``Retry-After``) on 429
-and 5xx answers, timeouts and dropped connections; at most ``concurrency`` run at once.
+and 5xx answers, timeouts and dropped connections; at most ``concurrency`` run at once. Three clocks bound the time
+per text: ``timeout`` for any one read (or connect, or write), ``deadline`` for one whole attempt (a server that
+drips its answer a byte at a time renews a read timeout forever), and ``max_retry_time`` for all attempts and the
+waits between them (a ``Retry-After`` that would pass it fails at once instead of being slept on). The error says
+which one ran out. The answer is checked before it is used: a logprob must be a number <= 0, and together the top-k
+cannot hold more than all of the probability.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import random
-import threading
-import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import numpy as np
 
-from classlm.calibration import TemperatureScaler
-from classlm.config import CalibrationConfig
-from classlm.data import as_texts, validate_labels
-from classlm.errors import ConfigError, DataError, NotFittedError, RemoteError
-from classlm.labels import LabelSet, resolve_class_tokens
-from classlm.metrics import softmax
-from classlm.prompts import PromptTemplate, RenderedPrompt
+from classlm.backends.client import OpenAIClient as OpenAIClient  # re-exported: its home before client.py
+from classlm.errors import RemoteError
 
 ENDPOINTS = ("completions", "chat")
 METHODS = ("label_tokens", "letters")
-RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
-MAX_RETRY_AFTER = 60.0
+# Servers compute logprobs in float32 and may round the most likely token's to a hair above 0 or the top-k's total
+# to a hair above 1; past these tolerances the numbers are not log-probabilities.
+_LOGPROB_SLACK = 1e-4
+_MASS_SLACK = 1e-3
 # A class absent from the top-k gets at least this probability, so its logit stays finite.
 _FLOOR = 1e-12
 
@@ -82,15 +79,44 @@ def top_entries(body: Any) -> list[tuple[str, float]]:
         if isinstance(content, list) and content and isinstance(content[0], Mapping):
             top = content[0].get("top_logprobs")
             if isinstance(top, list) and top:
-                return [(str(e["token"]), float(e["logprob"])) for e in top if "token" in e and "logprob" in e]
+                return _checked(
+                    [(e.get("token"), e.get("logprob")) for e in top if isinstance(e, Mapping) and "token" in e]
+                )
         legacy = logprobs.get("top_logprobs")
         if isinstance(legacy, list) and legacy and isinstance(legacy[0], Mapping) and legacy[0]:
-            return [(str(t), float(v)) for t, v in legacy[0].items()]
+            return _checked(list(legacy[0].items()))
     raise RemoteError(
         "the server answered without logprobs for the next token, which classification needs. Use a server that "
         "returns them (vLLM, llama.cpp's llama-server, OpenAI-compatible APIs with logprobs enabled), or try "
         "--endpoint chat / completions, whichever the server supports with logprobs"
     )
+
+
+def _checked(entries: list[tuple[Any, Any]]) -> list[tuple[str, float]]:
+    """The entries as ``(str, float)``, or a RemoteError that names the first one that is not a log-probability."""
+    out = []
+    for token, logprob in entries:
+        if not isinstance(token, str):
+            raise RemoteError(f"the server's top logprobs have a token that is not a string: {token!r}")
+        # bool is an int in Python; a JSON true is not a log-probability.
+        if isinstance(logprob, bool) or not isinstance(logprob, (int, float)) or math.isnan(logprob):
+            raise RemoteError(
+                f"the server's logprob for token {token!r} is {logprob!r} ({type(logprob).__name__}); expected a "
+                "number <= 0. Is this an OpenAI-compatible server?"
+            )
+        if logprob > _LOGPROB_SLACK:
+            raise RemoteError(
+                f"the server's logprob for token {token!r} is {logprob:g}, above 0, so not a log-probability (it "
+                "may send raw logits); use a server that returns log-probabilities"
+            )
+        out.append((token, min(0.0, float(logprob))))
+    total = sum(math.exp(lp) for _, lp in out)
+    if total > 1.0 + _MASS_SLACK:
+        raise RemoteError(
+            f"the server's top {len(out)} logprobs add up to a probability of {total:.4g}, more than 1, so they are "
+            "not log-probabilities of one next-token distribution"
+        )
+    return out
 
 
 def class_probabilities(
@@ -122,287 +148,11 @@ def class_probabilities(
     return np.maximum(out, _FLOOR), missing, len(absent)
 
 
-class OpenAIClient:
-    """A small, thread-safe client for ``/v1/completions`` and ``/v1/chat/completions`` with retries."""
+def __getattr__(name: str) -> Any:
+    # RemoteClassifier is a scikit-learn estimator, so it lives in backends/remote.py: importing this module (the
+    # response parsing and the client) must not pull scikit-learn in (tests/test_pure_layer.py).
+    if name == "RemoteClassifier":
+        from classlm.backends.remote import RemoteClassifier
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        api_key: str | None = None,
-        timeout: float = 30.0,
-        max_retries: int = 4,
-        backoff: float = 0.5,
-        max_backoff: float = 8.0,
-        concurrency: int = 4,
-    ) -> None:
-        import httpx
-
-        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"base_url must start with http:// or https://, got {base_url!r}")
-        self.base_url = base_url.rstrip("/")
-        if not self.base_url.endswith("/v1"):
-            self.base_url += "/v1"
-        self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(
-            timeout=httpx.Timeout(timeout),
-            headers=headers,
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-        )
-        self._slots = threading.BoundedSemaphore(concurrency)
-        self._count_lock = threading.Lock()
-        self.concurrency = concurrency
-        self.retries = 0  # retried attempts so far, for reporting
-
-    def close(self) -> None:
-        self._http.close()
-
-    def _wait(self, attempt: int, retry_after: str | None) -> float:
-        if retry_after is not None:
-            # Seconds or an HTTP date, honoured up to a minute: a server that asks for longer is better reported
-            # (after the retries) than waited on.
-            seconds: float | None
-            try:
-                seconds = float(retry_after)
-            except ValueError:
-                try:
-                    seconds = (parsedate_to_datetime(retry_after) - datetime.now(timezone.utc)).total_seconds()
-                except (TypeError, ValueError):
-                    seconds = None
-            if seconds is not None:
-                return min(MAX_RETRY_AFTER, max(0.0, seconds))
-        # Full jitter: concurrent clients that failed together do not retry together.
-        return random.uniform(0, min(self.max_backoff, self.backoff * 2**attempt))
-
-    def post(self, path: str, payload: dict[str, Any]) -> Any:
-        import httpx
-
-        url = self.base_url + path
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            retry_after = None
-            with self._slots:
-                try:
-                    response = self._http.post(url, json=payload)
-                except httpx.TimeoutException:
-                    last = f"timed out after {self._http.timeout.read}s"
-                except httpx.TransportError as exc:
-                    last = f"{type(exc).__name__}: {exc}"
-                else:
-                    if response.status_code == 200:
-                        try:
-                            return response.json()
-                        except ValueError:
-                            raise RemoteError(f"{url} answered 200 with a body that is not JSON") from None
-                    detail = response.text[:300].strip()
-                    if response.status_code not in RETRY_STATUS:
-                        raise RemoteError(f"{url} answered {response.status_code}: {detail}")
-                    last = f"{response.status_code}: {detail}"
-                    retry_after = response.headers.get("retry-after")
-            if attempt < self.max_retries:
-                with self._count_lock:
-                    self.retries += 1
-                time.sleep(self._wait(attempt, retry_after))
-        raise RemoteError(f"{url}: gave up after {self.max_retries + 1} attempts; last error: {last}")
-
-
-class RemoteClassifier:
-    """Zero-shot ``label_tokens`` / ``letters`` classification with a model behind an OpenAI-compatible API.
-
-    The scikit-learn estimator contract: ``__init__`` stores, ``fit`` resolves the labels (and, given labelled
-    ``(X, y)``, fits the temperature) and returns ``self``; ``classes_``, ``predict_proba``, ``predict``.
-
-    Parameters
-    ----------
-    base_url:
-        The server, e.g. ``http://127.0.0.1:8080`` (``/v1`` is added when missing).
-    model:
-        The model name the server knows.
-    labels, instruction, prompt, method:
-        As for :class:`~classlm.LMClassifier`; ``method`` is ``"label_tokens"`` or ``"letters"``.
-    endpoint:
-        ``"completions"``: the prompt is rendered here and sent as text; with ``tokenizer`` set, through that
-        model's chat template (so it matches what the local model reads), else as plain text ending in
-        ``"Answer:"``. ``"chat"``: messages are sent and the server applies its own template.
-    tokenizer:
-        A model (alias, folder, hub id) whose tokenizer's chat template renders the prompt for ``completions``.
-    top_logprobs:
-        How many next tokens to ask for (OpenAI allows up to 20; legacy completions 5).
-    api_key:
-        Sent as a Bearer token; default ``$OPENAI_API_KEY``.
-    timeout, max_retries, concurrency:
-        Per-request timeout (s), retries on 429/5xx/timeouts, requests in flight at once.
-    """
-
-    def __init__(
-        self,
-        base_url: str,
-        model: str,
-        labels: Any = None,
-        *,
-        method: str = "label_tokens",
-        instruction: str | None = None,
-        prompt: PromptTemplate | Mapping[str, Any] | None = None,
-        endpoint: str = "completions",
-        tokenizer: str | None = None,
-        top_logprobs: int = 20,
-        api_key: str | None = None,
-        timeout: float = 30.0,
-        max_retries: int = 4,
-        concurrency: int = 4,
-        calibration: str = "temperature",
-        progress: bool = False,
-    ) -> None:
-        self.base_url = base_url
-        self.model = model
-        self.labels = labels
-        self.method = method
-        self.instruction = instruction
-        self.prompt = prompt
-        self.endpoint = endpoint
-        self.tokenizer = tokenizer
-        self.top_logprobs = top_logprobs
-        self.api_key = api_key
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.concurrency = concurrency
-        self.calibration = calibration
-        self.progress = progress
-
-    def fit(self, X: Any = None, y: Any = None) -> RemoteClassifier:
-        """Resolve labels and prompt; with labelled ``(X, y)`` fit the temperature on them. Returns ``self``."""
-        if self.method not in METHODS:
-            raise ConfigError(f"method must be one of {METHODS} for a remote model, got {self.method!r}")
-        if self.endpoint not in ENDPOINTS:
-            raise ConfigError(f"endpoint must be one of {ENDPOINTS}, got {self.endpoint!r}")
-        if not isinstance(self.top_logprobs, int) or not 1 <= self.top_logprobs <= 100:
-            raise ConfigError(f"top_logprobs must be an integer in 1..100, got {self.top_logprobs!r}")
-        for name in ("max_retries",):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
-        if not isinstance(self.concurrency, int) or self.concurrency < 1:
-            raise ConfigError(f"concurrency must be a positive integer, got {self.concurrency!r}")
-        CalibrationConfig(method=self.calibration)
-        texts = as_texts(X) if X is not None else []
-        y_list = None if y is None else [str(v) for v in y]
-        spec = self.labels if self.labels is not None else (sorted(set(y_list)) if y_list else None)
-        if spec is None:
-            raise ConfigError("no classes: pass labels=[...], or labelled data as fit(X, y)")
-        label_set = LabelSet.from_spec(spec, letters=self.method == "letters")
-        template = PromptTemplate.resolve(self.prompt, self.instruction)
-        tokenizer: Any = None
-        if self.endpoint == "chat":
-            if self.tokenizer is not None:
-                raise ConfigError(
-                    "tokenizer= renders the prompt for endpoint='completions'; the chat endpoint "
-                    "applies the server's own template"
-                )
-            # Only the body is sent; the server's template wraps it and ends at the assistant tag: no leading space.
-            rendered = RenderedPrompt(head=template.body(label_set), tail="", chat=True)
-            leading_space = False
-        else:
-            if self.tokenizer is not None:
-                from classlm.models import load_tokenizer
-
-                tokenizer = load_tokenizer(self.tokenizer)
-            rendered = template.render(label_set, tokenizer)
-            leading_space = rendered.leading_space
-        answers = tuple((" " if leading_space else "") + a for a in label_set.answers)
-        self.exact_ = tokenizer is not None
-        if tokenizer is not None:
-            # The model's own first token of each answer, as text: what the server's top-k entries will say.
-            tokens = resolve_class_tokens(label_set, tokenizer, leading_space=leading_space)
-            answers = tuple(tokenizer.decode([i]) for i in tokens.first_ids)
-        self.label_set_ = label_set
-        self.classes_ = np.array(label_set.names, dtype=object)
-        self.system_ = template.system
-        self.rendered_ = rendered
-        self.answers_ = answers
-        self.calibrator_ = TemperatureScaler()
-        self.close()
-        self.client_ = OpenAIClient(
-            self.base_url,
-            api_key=self.api_key if self.api_key is not None else os.environ.get("OPENAI_API_KEY"),
-            timeout=self.timeout,
-            max_retries=self.max_retries,
-            concurrency=self.concurrency,
-        )
-        if y_list is not None and texts and self.calibration == "temperature":
-            if len(texts) != len(y_list):
-                raise DataError(f"X has {len(texts)} texts but y has {len(y_list)} labels; they must match")
-            validate_labels(y_list, list(label_set.names))
-            index = {n: i for i, n in enumerate(label_set.names)}
-            self.calibrator_.fit(self.predict_scores(texts).logits, np.array([index[v] for v in y_list]))
-        return self
-
-    def _payload(self, text: str) -> tuple[str, dict[str, Any]]:
-        if self.endpoint == "chat":
-            messages = []
-            if self.system_ is not None:
-                messages.append({"role": "system", "content": self.system_})
-            messages.append({"role": "user", "content": self.rendered_.head + text})
-            return "/chat/completions", {
-                "model": self.model,
-                "messages": messages,
-                "max_tokens": 1,
-                "temperature": 0,
-                "logprobs": True,
-                "top_logprobs": self.top_logprobs,
-            }
-        return "/completions", {
-            "model": self.model,
-            "prompt": self.rendered_.format(text),
-            "max_tokens": 1,
-            "temperature": 0,
-            "logprobs": self.top_logprobs,
-        }
-
-    def _score_one(self, text: str) -> tuple[np.ndarray, float, int]:
-        path, payload = self._payload(text)
-        return class_probabilities(top_entries(self.client_.post(path, payload)), self.answers_, exact=self.exact_)
-
-    def close(self) -> None:
-        """Close the HTTP connections (``fit`` opens them)."""
-        client = getattr(self, "client_", None)
-        if client is not None:
-            client.close()
-
-    def predict_scores(self, X: Any) -> RemoteScores:
-        """Class logits (log-probability estimates), class mass, and the estimate given to absent classes."""
-        if not hasattr(self, "client_"):
-            raise NotFittedError("this RemoteClassifier is not fitted yet; call fit() (labels=... is enough)")
-        texts = as_texts(X)
-        k = len(self.classes_)
-        if not texts:
-            empty = np.zeros(0)
-            return RemoteScores(np.zeros((0, k)), empty, empty, np.zeros(0, dtype=np.int64))
-        pool = ThreadPoolExecutor(max_workers=self.concurrency)
-        try:
-            futures: Any = [pool.submit(self._score_one, t) for t in texts]
-            if self.progress:
-                from tqdm.auto import tqdm
-
-                futures = tqdm(futures, desc="remote", unit="text")
-            results = [f.result() for f in futures]
-        finally:
-            # On the first error (or Ctrl-C) the texts not yet sent are dropped instead of each being sent and
-            # retried before the error reaches the caller.
-            pool.shutdown(wait=True, cancel_futures=True)
-        probs = np.stack([r[0] for r in results])
-        missing = np.array([r[1] for r in results])
-        return RemoteScores(
-            logits=np.log(probs),
-            class_mass=np.minimum(1.0, probs.sum(axis=1) - missing),
-            missing_mass=missing,
-            n_absent=np.array([r[2] for r in results], dtype=np.int64),
-        )
-
-    def decision_function(self, X: Any) -> np.ndarray:
-        return self.calibrator_.transform(self.predict_scores(X).logits)
-
-    def predict_proba(self, X: Any) -> np.ndarray:
-        return softmax(self.decision_function(X))
-
-    def predict(self, X: Any) -> np.ndarray:
-        return self.classes_[np.argmax(self.decision_function(X), axis=1)]
+        return RemoteClassifier
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

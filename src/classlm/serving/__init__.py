@@ -17,12 +17,7 @@ def run(load: Any, settings: ServeSettings | None = None, *, log_level: str = "i
     """Serve with uvicorn until SIGINT/SIGTERM; requests already accepted are answered before it exits."""
     import uvicorn
 
+    from classlm.serving.protocol import uvicorn_config
+
     settings = settings or ServeSettings()
-    config = uvicorn.Config(
-        create_app(load, settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=log_level,
-        timeout_graceful_shutdown=settings.shutdown_timeout_s,  # type: ignore[arg-type]  # a float works
-    )
-    uvicorn.Server(config).run()
+    uvicorn.Server(uvicorn_config(create_app(load, settings), settings, log_level=log_level)).run()

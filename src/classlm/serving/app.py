@@ -7,10 +7,10 @@ server that cannot load its model fails before it accepts a connection.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import time
+import unicodedata
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,26 +18,28 @@ from typing import Any
 import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Receive
 
 from classlm.metrics import softmax
 from classlm.serving.batcher import MicroBatcher, QueueFull, ShuttingDown
+from classlm.serving.docs import docs_page
+from classlm.serving.guard import START_KEY, Guard, error_response
 from classlm.serving.metrics import ServiceMetrics
 from classlm.serving.schemas import (
     REQUEST_FIELDS,
     ClassifyRequest,
     ClassifyResponse,
     ErrorResponse,
-    error_body,
 )
 from classlm.serving.settings import ServeSettings
 
 log = logging.getLogger("classlm.serving")
-PATHS = ("/v1/classify", "/v1/model", "/health", "/metrics")
+# Characters that show nothing: a text made only of these (and whitespace) is empty to a reader, and to the model.
+_INVISIBLE = frozenset({"Cf", "Cc"})  # format (zero-width space/joiners, BOM, bidi marks, soft hyphen), control
 
 
 class ApiError(Exception):
@@ -89,128 +91,6 @@ class ServedModel:
             info["calibration"] = {"temperature": float(getattr(clf, "temperature_", 1.0))}
         info["class_mass_available"] = self.class_mass_available
         return info
-
-
-def _protected(path: str) -> bool:
-    """Paths that need the API key when one is set; /health stays open for load balancers, /docs for people."""
-    return path.startswith("/v1/") or path == "/metrics"
-
-
-def _path_label(path: str) -> str:
-    # A label per known path only: arbitrary paths (scanners, typos) must not create unbounded metric series.
-    return path if path in PATHS else "other"
-
-
-def _error_response(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error_body(kind, message), status_code=status, headers=headers)
-
-
-class _Guard:
-    """Raw ASGI middleware: body-size and content-type limits before any parsing, and per-request metrics.
-
-    The body is read here, bounded, and replayed to the app: a client that sends a huge body (with or without a
-    Content-Length header) gets 413 after ``max_body_bytes``, not after the server buffered all of it.
-    """
-
-    def __init__(self, app: ASGIApp, settings: ServeSettings, metrics: ServiceMetrics) -> None:
-        self.app, self.settings, self.metrics = app, settings, metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-        path = _path_label(scope["path"])
-
-        async def send_tracked(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            if self.settings.api_key is not None and _protected(scope["path"]) and not self._authorised(scope):
-                # Before the body is read: an unauthenticated client learns nothing and costs nothing.
-                denied = _error_response(
-                    401,
-                    "unauthorized",
-                    "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
-                    {"WWW-Authenticate": "Bearer"},
-                )
-                await denied(scope, receive, send_tracked)
-                return
-            if scope["method"] == "POST" and scope["path"] == "/v1/classify":
-                refusal, replay = await self._read_body(scope, receive)
-                if replay is None:
-                    # The client left before its body arrived: nobody to answer. Counted as nginx's 499, not as
-                    # an invalid request.
-                    status = 499
-                    return
-                if refusal is not None:
-                    await refusal(scope, replay, send_tracked)
-                    return
-                receive = replay
-            await self.app(scope, receive, send_tracked)
-        finally:
-            self.metrics.requests.inc(path=path, status=str(status))
-            if status >= 400:
-                self.metrics.errors.inc(path=path)
-            if path == "/v1/classify":
-                self.metrics.latency.observe(time.perf_counter() - start)
-
-    def _authorised(self, scope: Scope) -> bool:
-        assert self.settings.api_key is not None
-        header = next((v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"authorization"), "")
-        scheme, _, token = header.partition(" ")
-        expected = self.settings.api_key.encode()
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected)
-
-    def _too_big(self) -> JSONResponse:
-        limit = self.settings.max_body_bytes
-        return _error_response(
-            413, "body_too_large", f"the request body is over the limit of {limit} bytes; send fewer or shorter texts"
-        )
-
-    async def _read_body(self, scope: Scope, receive: Receive) -> tuple[JSONResponse | None, Receive | None]:
-        """``(refusal, receive)``: a 413/415 to send, or ``None`` and a ``receive`` that replays the body;
-        ``(None, None)`` when the client disconnected before sending all of it."""
-        limit = self.settings.max_body_bytes
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        media = headers.get("content-type", "").split(";")[0].strip().lower()
-        if media != "application/json":
-            return _error_response(
-                415,
-                "unsupported_media_type",
-                f"expected Content-Type: application/json, got {media or 'none'!r}",
-            ), receive
-        declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            return self._too_big(), receive
-        chunks: list[bytes] = []
-        size = 0
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None, None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                return self._too_big(), receive
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return None, replay
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
@@ -278,36 +158,46 @@ def create_app(load: Callable[[], Any] | Any, settings: ServeSettings | None = N
         responses={
             400: {"model": ErrorResponse},
             401: {"model": ErrorResponse},
+            408: {"model": ErrorResponse},
             413: {"model": ErrorResponse},
             415: {"model": ErrorResponse},
             422: {"model": ErrorResponse},
             503: {"model": ErrorResponse},
+            504: {"model": ErrorResponse},
         },
+        docs_url=None,  # served below, with a summary that works offline
     )
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.serving = state
 
-    # The key is checked in _Guard; this dependency only shows the scheme (and an Authorize button) in /docs.
+    # The key is checked in the Guard; this dependency only shows the scheme (and an Authorize button) in /docs.
     security = [Depends(HTTPBearer(auto_error=False))] if settings.api_key is not None else []
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return _error_response(exc.status, exc.kind, exc.message, exc.headers)
+        return error_response(exc.status, exc.kind, exc.message, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         status, kind, message = _validation_message(exc)
-        return _error_response(status, kind, message)
+        return error_response(status, kind, message)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        parse_error = _parse_error(exc)
+        if parse_error is not None:
+            return error_response(400, "invalid_json", parse_error)
         kinds = {404: "not_found", 405: "method_not_allowed"}
         headers = dict(exc.headers) if exc.headers else None
-        return _error_response(exc.status_code, kinds.get(exc.status_code, "http_error"), str(exc.detail), headers)
+        return error_response(exc.status_code, kinds.get(exc.status_code, "http_error"), str(exc.detail), headers)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(docs_page(app.openapi(), app.openapi_url or "/openapi.json"))
 
     @app.post("/v1/classify", response_model=ClassifyResponse, response_model_exclude_none=True, dependencies=security)
-    async def classify(body: ClassifyRequest) -> dict[str, Any]:
+    async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
         """Classify one text or several: the label and every class's calibrated probability for each."""
         texts = body.all_texts()
         _check_limits(texts, settings)
@@ -325,14 +215,7 @@ def create_app(load: Callable[[], Any] | Any, settings: ServeSettings | None = N
             reason = "queue_full" if isinstance(exc, QueueFull) else "shutting_down"
             metrics.rejected.inc(reason=reason)
             raise ApiError(503, reason, str(exc), {"Retry-After": str(settings.retry_after_s)}) from None
-        try:
-            proba, mass, truncated = await asyncio.wrap_future(future)
-        except Exception as exc:
-            # Every request of the micro-batch gets this, so it names no text and no detail of another client's
-            # input; the batcher logged the traceback. Client errors were all caught before submit.
-            raise ApiError(
-                500, "internal_error", f"scoring failed ({type(exc).__name__}); the server log has the details"
-            ) from None
+        proba, mass, truncated = await _answer(future, request, settings)
         classes = model.classes
         results = []
         for i in range(len(texts)):
@@ -379,8 +262,66 @@ def create_app(load: Callable[[], Any] | Any, settings: ServeSettings | None = N
         metrics.queue.set(batcher.pending_texts if batcher is not None else 0)
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    app.add_middleware(_Guard, settings=settings, metrics=metrics)
+    app.add_middleware(Guard, settings=settings, metrics=metrics)
     return app
+
+
+def _parse_error(exc: StarletteHTTPException) -> str | None:
+    """What FastAPI's generic ``400 "There was an error parsing the body"`` hides, said so that it can be fixed.
+
+    FastAPI turns a JSON syntax error into a validation error, but any other failure of ``json.loads`` into that
+    400, with the cause chained: bytes that are not UTF-8, and nesting past Python's recursion limit."""
+    cause = exc.__cause__
+    if exc.status_code != 400 or cause is None:
+        return None
+    if isinstance(cause, UnicodeDecodeError):
+        return (
+            f"the body is not valid UTF-8: byte {cause.object[cause.start]:#04x} at offset {cause.start} "
+            f"({cause.reason}); send JSON encoded as UTF-8"
+        )
+    if isinstance(cause, RecursionError):
+        return 'the body nests arrays or objects too deeply to parse; a request is {"texts": ["..."]}, two levels deep'
+    return None
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    # The body was read (and replayed) already, so the next message is the disconnect: uvicorn sends it when the
+    # client closes its connection, and never sends a second body.
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _answer(future: Any, request: Request, settings: ServeSettings) -> tuple[Any, Any, Any]:
+    """The scored columns, or an ApiError: 504 past the request's deadline, 499 when the client left first.
+
+    Giving up cancels the batcher's future, which drops the request's texts not yet scored: nobody is left to
+    read their answer."""
+    start = request.scope.get(START_KEY, time.monotonic())
+    left = start + settings.request_timeout_s - time.monotonic()
+    scored = asyncio.wrap_future(future)
+    gone = asyncio.ensure_future(_until_disconnect(request.receive))
+    try:
+        await asyncio.wait({scored, gone}, timeout=max(0.0, left), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not scored.done():
+            scored.cancel()  # also on our own cancellation (shutdown): the batcher drops the texts
+    if not scored.done() or scored.cancelled():
+        if gone.done() and not gone.cancelled():
+            raise ApiError(499, "client_closed", "the client closed the connection before the answer")
+        timeout = settings.request_timeout_s
+        raise ApiError(
+            504,
+            "request_timeout",
+            f"the request was not answered within the server's deadline of {timeout:g} s (--request-timeout); "
+            "retry later, or send fewer or shorter texts",
+        )
+    exc = scored.exception()
+    if exc is not None:
+        # Only this request's own texts failed (the batcher re-scores a failed call request by request). The
+        # message names the error's type only; the server log has the traceback.
+        raise ApiError(500, "internal_error", f"scoring failed ({type(exc).__name__}); the server log has the details")
+    return scored.result()
 
 
 def _check_limits(texts: list[str], settings: ServeSettings) -> None:
@@ -393,8 +334,27 @@ def _check_limits(texts: list[str], settings: ServeSettings) -> None:
             f"{len(texts)} texts in one request; the limit is {settings.max_texts}: split it into several requests",
         )
     for i, text in enumerate(texts):
-        if not text.strip():
-            raise ApiError(422, "empty_text", f"text {i} is empty or only whitespace; every text needs content")
+        visible = text.strip()
+        # Stops at the first visible character, which is the first one in almost every text.
+        if not any(not c.isspace() and unicodedata.category(c) not in _INVISIBLE for c in visible):
+            raise ApiError(
+                422,
+                "empty_text",
+                f"text {i} is empty or only whitespace or invisible characters (zero-width, control); every text "
+                "needs content",
+            )
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                # JSON's \ud800 escapes decode to lone surrogates, which no tokenizer takes: refused here, per
+                # request, instead of failing the micro-batch this text would have joined.
+                raise ApiError(
+                    422,
+                    "invalid_text",
+                    f"text {i} has a lone surrogate U+{ord(text[exc.start]):04X} at character {exc.start}, which is "
+                    "not a Unicode character; send valid Unicode (a \\ud83d\\ude00-style escape needs both halves)",
+                ) from None
         if len(text) > settings.max_chars:
             raise ApiError(
                 422,

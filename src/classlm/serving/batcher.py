@@ -1,23 +1,30 @@
-"""Dynamic micro-batching: requests that arrive close together are scored in one call.
+"""Dynamic micro-batching with fair sharing: requests that arrive close together are scored in one call, and a
+long request is split so that short ones interleave with it.
 
 One worker thread owns the model. Request handlers (on the event loop) ``submit`` their texts and await a
-``concurrent.futures.Future``; the worker takes the oldest request, keeps taking more until the batch holds
-``max_batch_texts`` texts or ``max_wait`` has passed since it took that first one (requests that queued while the
-previous batch ran are taken at once), scores them all in one call and hands each caller its own rows. The queue is
-bounded in texts: past the bound ``submit`` raises :class:`QueueFull` at once (the server answers 503 +
-Retry-After) instead of letting latency grow without limit.
+``concurrent.futures.Future``. Each scoring call holds at most ``max_batch_texts`` texts, shared out **by texts**
+among the waiting requests: every waiting request gets an equal share of the call (oldest first for what does not
+divide evenly), so a 64-text request is scored over several calls and a one-text request that arrives meanwhile is
+in the next call, not behind all 64. A call waits at most ``max_wait`` after its oldest request arrived for company
+(requests that queued while the previous call ran are taken at once). The queue is bounded in texts: past the bound
+``submit`` raises :class:`QueueFull` at once (the server answers 503 + Retry-After).
+
+A caller that gives up cancels its future (client gone, deadline passed, shutdown); its texts not yet scored are
+dropped at once, and its remaining parts are never computed. If a call fails and holds several requests, each is
+re-scored alone, so only the request whose texts the scorer cannot take gets the error.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +40,18 @@ class ShuttingDown(Exception):
     """The batcher is closing and accepts no new work."""
 
 
-@dataclass
+@dataclass(eq=False)
 class _Item:
     texts: list[str]
     class_mass: bool
+    arrived: float = field(default_factory=time.monotonic)
     future: Future = field(default_factory=Future)
+    taken: int = 0  # texts handed to the scorer so far
+    parts: list[tuple[Any, ...]] = field(default_factory=list)  # scored columns, one tuple per part, in order
 
 
-_STOP = object()
+# One part of a scoring call: (request, first text, end) — texts[start:stop] of that request.
+_Part = tuple[_Item, int, int]
 
 
 class MicroBatcher:
@@ -60,11 +71,10 @@ class MicroBatcher:
         self.max_queue_texts = max_queue_texts
         self.batching = batching
         self._on_batch = on_batch
-        self._queue: queue.Queue[Any] = queue.Queue()
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._waiting: list[_Item] = []  # requests with texts not yet handed out, oldest first
         self._pending_texts = 0
         self._closing = False
-        self._carry: _Item | None = None  # taken from the queue but over the batch limit: first of the next batch
         self._thread = threading.Thread(target=self._run, name="classlm-batcher", daemon=True)
         self._thread.start()
 
@@ -78,9 +88,9 @@ class MicroBatcher:
         return self._thread.is_alive() and not self._closing
 
     def submit(self, texts: Sequence[str], class_mass: bool = False) -> Future:
-        """Queue ``texts``; the future resolves to ``(probabilities, class_mass)`` for them, in order."""
+        """Queue ``texts``; the future resolves to the scorer's columns for them, in order. Cancel it to give up."""
         item = _Item(list(texts), class_mass)
-        with self._lock:
+        with self._cond:
             if not self.alive:
                 raise ShuttingDown("the server is shutting down")
             if self._pending_texts + len(item.texts) > self.max_queue_texts:
@@ -88,90 +98,127 @@ class MicroBatcher:
                     f"{self._pending_texts} texts are waiting (limit {self.max_queue_texts}); retry shortly"
                 )
             self._pending_texts += len(item.texts)
-            # Inside the lock: close() puts _STOP under the same lock, so no item can land behind it unanswered.
-            self._queue.put(item)
+            self._waiting.append(item)
+            self._cond.notify()
+        # Registered after the lock is released: a cancel runs this callback in the canceller's thread at once.
+        item.future.add_done_callback(lambda f: self._forget(item) if f.cancelled() else None)
         return item.future
 
     def close(self, timeout: float | None = None) -> None:
-        """Stop accepting work, answer everything already accepted, then stop the worker."""
-        with self._lock:
-            if not self._closing:
-                self._closing = True
-                self._queue.put(_STOP)
+        """Stop accepting work, answer everything already accepted, then stop the worker (waits ``timeout`` s)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
         self._thread.join(timeout)
 
-    # -- worker ---------------------------------------------------------------------------------------------------
-    def _take_batch(self, first: _Item) -> tuple[list[_Item], bool]:
-        """``first`` plus whatever fits and arrives in time; also whether the stop marker was met."""
-        batch, n = [first], len(first.texts)
+    # -- bookkeeping (under the lock) ------------------------------------------------------------------------------
+    def _forget(self, item: _Item) -> None:
+        """Drop a request's texts not yet handed out: its caller gave up, or it failed."""
+        with self._cond:
+            if item in self._waiting:
+                self._waiting.remove(item)
+                self._pending_texts -= len(item.texts) - item.taken
+
+    def _plan(self) -> list[_Part]:
+        """The next call's parts: an equal share of ``max_batch_texts`` per waiting request, by texts."""
         if not self.batching:
-            return batch, False
-        deadline = time.monotonic() + self.max_wait_s
-        while n < self.max_batch_texts:
-            try:
-                # Whatever queued up while the previous batch ran is taken without waiting; only an empty queue
-                # waits, and never past the first request's deadline.
-                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if item is _STOP:
-                return batch, True
-            if n + len(item.texts) > self.max_batch_texts:
-                self._carry = item
-                break
-            batch.append(item)
-            n += len(item.texts)
-        return batch, False
+            # One request per call, still cut at max_batch_texts; a request with more goes to the back of the line
+            # so the others each get a call in between.
+            item = self._waiting.pop(0)
+            stop = min(len(item.texts), item.taken + self.max_batch_texts)
+            plan = [(item, item.taken, stop)]
+        else:
+            given = {id(item): 0 for item in self._waiting}
+            room = self.max_batch_texts
+            while room > 0:
+                hungry = [it for it in self._waiting if it.taken + given[id(it)] < len(it.texts)]
+                if not hungry:
+                    break
+                share = max(1, room // len(hungry))  # every round gives at least one text, so this loop ends
+                for it in hungry[:room]:
+                    n = min(share, len(it.texts) - it.taken - given[id(it)], room)
+                    given[id(it)] += n
+                    room -= n
+            plan = [(it, it.taken, it.taken + given[id(it)]) for it in self._waiting if given[id(it)]]
+            self._waiting = [it for it in self._waiting if it.taken + given[id(it)] < len(it.texts)]
+        for item, start, stop in plan:
+            item.taken = stop
+            self._pending_texts -= stop - start
+            if not self.batching and stop < len(item.texts):
+                self._waiting.append(item)
+        return plan
 
-    def _run(self) -> None:
-        stopping = False
-        while True:
-            if self._carry is not None:
-                first, self._carry = self._carry, None
-            elif stopping:
-                # The stop marker was seen: drain what is left without waiting, then exit.
-                try:
-                    first = self._queue.get_nowait()
-                except queue.Empty:
-                    return
-            else:
-                first = self._queue.get()
-                if first is _STOP:
-                    stopping = True
+    def _next_call(self) -> list[_Part] | None:
+        """Wait for work and for company; ``None`` once closing and nothing is left."""
+        with self._cond:
+            while True:
+                if not self._waiting:
+                    if self._closing:
+                        return None
+                    self._cond.wait()
                     continue
-            batch, saw_stop = self._take_batch(first)
-            stopping = stopping or saw_stop
-            try:
-                self._score_batch(batch)
-            except BaseException as exc:  # the worker must outlive any one batch, or every later request hangs
-                log.exception("the batcher failed on a batch")
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
+                if not self.batching or self._closing:
+                    return self._plan()
+                # Wait for company until the oldest request has waited max_wait (at once for one that queued while
+                # the previous call ran), or until the call is full.
+                left = self._waiting[0].arrived + self.max_wait_s - time.monotonic()
+                available = sum(len(it.texts) - it.taken for it in self._waiting)
+                if left <= 0 or available >= self.max_batch_texts:
+                    return self._plan()
+                self._cond.wait(left)
 
-    def _score_batch(self, batch: list[_Item]) -> None:
-        with self._lock:
-            self._pending_texts -= sum(len(item.texts) for item in batch)
-        # A caller that gave up (its handler was cancelled: client gone, shutdown timeout) cancelled its future; it
-        # is dropped here, and the others can no longer be cancelled, so setting their results cannot raise.
-        batch = [item for item in batch if item.future.set_running_or_notify_cancel()]
-        if not batch:
+    # -- worker ---------------------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            plan = self._next_call()
+            if plan is None:
+                return
+            try:
+                self._score_call(plan)
+            except BaseException as exc:  # the worker must outlive any one call, or every later request hangs
+                log.exception("the batcher failed on a scoring call")
+                for item, _, _ in plan:
+                    self._fail(item, exc)
+
+    def _fail(self, item: _Item, exc: BaseException) -> None:
+        self._forget(item)
+        # set_running_or_notify_cancel: False when the caller cancelled first; after it, no cancel can race us.
+        if not item.future.done() and item.future.set_running_or_notify_cancel():
+            item.future.set_exception(exc)
+
+    def _score_call(self, plan: list[_Part]) -> None:
+        # A caller that gave up since the plan was made is skipped: its part is never computed.
+        plan = [p for p in plan if not p[0].future.done()]
+        if not plan:
             return
-        texts = [t for item in batch for t in item.texts]
+        texts = [t for item, start, stop in plan for t in item.texts[start:stop]]
         try:
-            columns = self._score(texts, any(item.class_mass for item in batch))
-        except Exception as exc:  # every caller of the batch gets the error, none waits forever
-            log.exception("scoring a batch of %d texts failed", len(texts))
-            for item in batch:
-                item.future.set_exception(exc)
+            columns = self._score(texts, any(item.class_mass for item, _, _ in plan))
+        except Exception as exc:
+            log.exception("scoring a call of %d texts from %d requests failed", len(texts), len(plan))
+            if len(plan) == 1:
+                self._fail(plan[0][0], exc)
+                return
+            # One request's bad text must not fail the others: each part again, alone.
+            for part in plan:
+                self._score_call([part])
             return
-        start = 0
-        for item in batch:
-            stop = start + len(item.texts)
-            item.future.set_result(tuple(None if c is None else c[start:stop] for c in columns))
-            start = stop
+        offset = 0
+        for item, start, stop in plan:
+            n = stop - start
+            item.parts.append(tuple(None if c is None else c[offset : offset + n] for c in columns))
+            offset += n
+            if stop == len(item.texts) and item.future.set_running_or_notify_cancel():
+                item.future.set_result(_join(item.parts))
         if self._on_batch is not None:
             try:
-                self._on_batch(len(texts), len(batch))
+                self._on_batch(len(texts), len(plan))
             except Exception:  # metrics must never stop the worker
                 log.exception("the on_batch callback failed")
+
+
+def _join(parts: list[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """A request's columns from its parts, in order (a column the scorer left out stays ``None``)."""
+    if len(parts) == 1:
+        return parts[0]
+    return tuple(None if col[0] is None else np.concatenate(col) for col in zip(*parts))

@@ -19,8 +19,8 @@ class ServeSettings:
         Micro-batching: requests that arrive while the scorer is busy, or within ``max_wait_ms`` of the first one,
         are scored together in one call (one forward pass per length bucket). ``False``: one request per call.
     max_batch_texts:
-        At most this many texts per scoring call (a request is never split across calls, so a single request
-        with more texts than this still runs as one call).
+        At most this many texts per scoring call. A request with more is split over several calls, and each call
+        is shared out by texts among the waiting requests, so short requests interleave with a long one.
     max_wait_ms:
         How long the first request of a batch waits for company. Costs up to this much latency at low load.
     max_queue_texts:
@@ -33,8 +33,22 @@ class ServeSettings:
     retry_after_s:
         The ``Retry-After`` a 503 carries.
     shutdown_timeout_s:
-        On SIGTERM/SIGINT uvicorn stops accepting connections and waits this long for accepted requests; then the
-        batcher gets as long again to answer anything still queued.
+        On SIGTERM/SIGINT uvicorn stops accepting connections and waits this long for accepted requests; requests
+        still running then are answered 503 and dropped, and the batcher gets as long again to finish the call in
+        progress. The process exits after at most about twice this.
+    request_timeout_s:
+        Deadline per request, from the arrival of its headers to its answer: past it the answer is 504 and the
+        request's texts not yet scored are dropped.
+    header_timeout_s:
+        A connection must deliver a request's complete headers within this many seconds of opening (or of the
+        previous answer), or it is closed: idle and slow-header ("slowloris") sockets do not pile up.
+    body_timeout_s:
+        The whole body of ``POST /v1/classify`` must arrive within this many seconds of the headers (408 and the
+        connection closed otherwise).
+    keep_alive_timeout_s:
+        An idle kept-alive connection is closed after this many seconds.
+    max_connections:
+        Open connections at most; past it uvicorn answers new requests 503 (its ``limit_concurrency``).
     """
 
     host: str = "127.0.0.1"
@@ -49,13 +63,26 @@ class ServeSettings:
     api_key: str | None = None
     retry_after_s: int = 1
     shutdown_timeout_s: float = 30.0
+    request_timeout_s: float = 60.0
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keep_alive_timeout_s: float = 5.0
+    max_connections: int = 1000
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
             raise ConfigError(f"host must be a non-empty string, got {self.host!r}")
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be an integer in 0..65535 (0: any free port), got {self.port!r}")
-        for name in ("max_batch_texts", "max_queue_texts", "max_body_bytes", "max_texts", "max_chars", "retry_after_s"):
+        for name in (
+            "max_batch_texts",
+            "max_queue_texts",
+            "max_body_bytes",
+            "max_texts",
+            "max_chars",
+            "retry_after_s",
+            "max_connections",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -63,6 +90,11 @@ class ServeSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+        for name in ("request_timeout_s", "header_timeout_s", "body_timeout_s", "keep_alive_timeout_s"):
+            value = getattr(self, name)
+            # 0 would refuse every request; a deadline is a positive number of seconds.
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise ConfigError(f"{name} must be a number of seconds > 0, got {value!r}")
         if self.max_queue_texts < self.max_texts:
             raise ConfigError(
                 f"max_queue_texts ({self.max_queue_texts}) must be at least max_texts ({self.max_texts}), or a "
