@@ -314,7 +314,9 @@ def test_the_cli_reads_a_save_to_disk_folder(tmp_path, tiny_model_dir, monkeypat
     one, _ = _saved_datasets(tmp_path)
     argv = ["classlm", "classify", "--model", str(tiny_model_dir), "--labels", "neg,pos", "--format", "jsonl"]
     monkeypatch.setattr(sys, "argv", [*argv, "--file", str(one)])
-    main()
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [r["text"] for r in rows] == ["text 1", "text 0", "text 1"]
 
