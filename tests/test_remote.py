@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from classlm.backends.openai import OpenAIClient, RemoteClassifier, class_probabilities, top_entries
-from classlm.errors import ConfigError, RemoteError
+from classlm.errors import ConfigError, DataError, RemoteError
 
 
 def _chat_style(top: dict[str, float]) -> dict:
@@ -433,3 +433,22 @@ def test_deadline_options_are_validated():
     for name, value in (("deadline", 0), ("max_retry_time", -1.0), ("timeout", float("inf")), ("deadline", "5")):
         with pytest.raises(ConfigError, match=f"{name} must be a number of seconds > 0"):
             RemoteClassifier("http://x", "m", ["a", "b"], **{name: value}).fit()
+
+
+def test_remote_classifier_follows_the_scikit_learn_conventions_of_the_local_estimators():
+    from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+
+    with pytest.raises(SklearnNotFittedError):
+        RemoteClassifier("http://127.0.0.1:9", "m", ["negative", "positive"]).predict(["x"])
+    top = {" 0": math.log(0.25), " 1": math.log(0.5)}
+    with FakeServer(ok(top)) as server:
+        clf = RemoteClassifier(server.url, "m", None, calibration="none", max_retries=0).fit(["a", "b"], [1, 0])
+        # Integer labels give integer classes and predictions; two classes give one decision column, z1 - z0.
+        assert clf.classes_.tolist() == [0, 1] and clf.classes_.dtype.kind == "i"
+        assert clf.predict(["x"]).tolist() == [1]
+        decision = clf.decision_function(["x", "y"])
+        assert decision.shape == (2,)
+        np.testing.assert_allclose(1 / (1 + np.exp(-decision)), clf.predict_proba(["x", "y"])[:, 1])
+        assert clf.score(["x", "y"], [1, 0]) == 0.5
+        with pytest.raises(DataError, match="Unknown label type"):
+            RemoteClassifier(server.url, "m", None).fit(["a", "b"], [0.5, 1.7])

@@ -101,7 +101,9 @@ def test_integer_classes_survive_save_and_load_and_come_back_typed(int_clf, tmp_
     np.testing.assert_array_equal(loaded.predict(TEXTS), int_clf.predict(TEXTS))
     # The CLI: the label is a JSON number; probabilities are keyed by name (JSON keys are strings).
     monkeypatch.setattr(sys, "argv", ["classlm", "classify", "--run", str(run), "--format", "jsonl", TEXTS[0]])
-    main()  # returns on success (exits only on errors)
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["label"] in (2, 10) and isinstance(row["label"], int)
     assert set(row["probabilities"]) == {"2", "10"}

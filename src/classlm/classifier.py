@@ -24,11 +24,9 @@ from classlm.data import as_texts, stratified_split, validate_labels
 from classlm.errors import ArtifactError, ConfigError, DataError
 from classlm.estimator import (
     NotFittedError,
-    check_label_kind,
     check_targets,
-    classes_from_spec,
-    classes_from_targets,
     decision,
+    resolve_classes,
 )
 from classlm.labels import LabelSet
 from classlm.methods import Method, available_methods, get_method
@@ -259,21 +257,11 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
         and optimiser step.
         """
         texts = as_texts(X)
-        y_arr = None if y is None else check_targets(y)
-        # Inside, a label is its class's name, str(label): what the prompt shows and the manifest stores.
-        y_list = None if y_arr is None else [str(v) for v in y_arr]
+        spec, classes, y_list = resolve_classes(self.labels, y)
         if y_list is not None and len(y_list) != len(texts):
             raise DataError(f"X has {len(texts)} texts but y has {len(y_list)} labels; they must match")
-        if self.labels is None:
-            if y_arr is None:
-                raise ConfigError("no classes: pass labels=[...] to LMClassifier, or labelled data as fit(X, y)")
-            found = classes_from_targets(y_arr)
-            spec: Any = [str(c) for c in found]
-            classes: np.ndarray | None = found
-        else:
-            spec, classes = classes_from_spec(self.labels)
-        if classes is not None and y_arr is not None:
-            check_label_kind(classes, y_arr)
+        if spec is None:
+            raise ConfigError("no classes: pass labels=[...] to LMClassifier, or labelled data as fit(X, y)")
         lora = self._lora_config()
         train_cfg = self._train_config()  # validates ``train`` even when zero-shot
         backbone_training = self._trains_backbone()

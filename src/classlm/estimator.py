@@ -83,6 +83,25 @@ def classes_from_targets(y: np.ndarray) -> np.ndarray:
     return np.unique(y)
 
 
+def resolve_classes(labels: Any, y: Any) -> tuple[Any, np.ndarray | None, list[str] | None]:
+    """An estimator's ``labels=`` and ``fit``'s ``y``: the spec for LabelSet.from_spec (None when neither gives
+    classes), the typed ``classes_`` (None: the label set's names), and ``y`` as class names (None without ``y``).
+    Without ``labels=`` the classes are y's (``np.unique``); a kind mismatch between them and ``y`` is refused."""
+    y_arr = None if y is None else check_targets(y)
+    # Inside, a label is its class's name, str(label): what the prompt shows and the manifest stores.
+    y_names = None if y_arr is None else [str(v) for v in y_arr]
+    if labels is not None:
+        spec, classes = classes_from_spec(labels)
+    elif y_arr is not None:
+        classes = classes_from_targets(y_arr)
+        spec = [str(c) for c in classes]
+    else:
+        return None, None, None
+    if classes is not None and y_arr is not None:
+        check_label_kind(classes, y_arr)
+    return spec, classes, y_names
+
+
 def classes_from_spec(spec: Any) -> tuple[Any, np.ndarray | None]:
     """A ``labels=`` argument as LabelSet.from_spec takes it (class names are strings), and its classes typed as
     given: ``[0, 1]`` or ``{0: "negative", 1: "positive"}`` give integer classes. None where the spec is not a

@@ -19,7 +19,8 @@ from classlm.backends.openai import ENDPOINTS, METHODS, RemoteScores, class_prob
 from classlm.calibration import TemperatureScaler
 from classlm.config import CalibrationConfig
 from classlm.data import as_texts, validate_labels
-from classlm.errors import ConfigError, DataError, NotFittedError
+from classlm.errors import ConfigError, DataError
+from classlm.estimator import NotFittedError, decision, resolve_classes
 from classlm.labels import LabelSet, resolve_class_tokens
 from classlm.metrics import softmax
 from classlm.prompts import PromptTemplate, RenderedPrompt
@@ -141,8 +142,7 @@ class RemoteClassifier(ClassifierMixin, BaseEstimator):
             raise ConfigError(f"concurrency must be a positive integer, got {self.concurrency!r}")
         CalibrationConfig(method=self.calibration)
         texts = as_texts(X) if X is not None else []
-        y_list = None if y is None else [str(v) for v in y]
-        spec = self.labels if self.labels is not None else (sorted(set(y_list)) if y_list else None)
+        spec, classes, y_list = resolve_classes(self.labels, y)
         if spec is None:
             raise ConfigError("no classes: pass labels=[...], or labelled data as fit(X, y)")
         label_set = LabelSet.from_spec(spec, letters=self.method == "letters")
@@ -171,7 +171,7 @@ class RemoteClassifier(ClassifierMixin, BaseEstimator):
             tokens = resolve_class_tokens(label_set, tokenizer, leading_space=leading_space)
             answers = tuple(tokenizer.decode([i]) for i in tokens.first_ids)
         self.label_set_ = label_set
-        self.classes_ = np.array(label_set.names, dtype=object)
+        self.classes_ = np.array(label_set.names, dtype=object) if classes is None else classes
         self.system_ = template.system
         self.rendered_ = rendered
         self.answers_ = answers
@@ -256,11 +256,17 @@ class RemoteClassifier(ClassifierMixin, BaseEstimator):
             n_absent=np.array([r[2] for r in results], dtype=np.int64),
         )
 
+    def _calibrated(self, X: Any) -> np.ndarray:
+        logits = self.predict_scores(X).logits  # first: it raises NotFittedError before calibrator_ is looked up
+        return self.calibrator_.transform(logits)
+
     def decision_function(self, X: Any) -> np.ndarray:
-        return self.calibrator_.transform(self.predict_scores(X).logits)
+        """Calibrated logits ``(n, k)``; for two classes scikit-learn's ``(n,)``: ``(z1 - z0) / T``."""
+        return decision(self._calibrated(X))
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        return softmax(self.decision_function(X))
+        return softmax(self._calibrated(X))
 
     def predict(self, X: Any) -> np.ndarray:
-        return self.classes_[np.argmax(self.decision_function(X), axis=1)]
+        z = self._calibrated(X)  # first, as above
+        return self.classes_[np.argmax(z, axis=1)]
