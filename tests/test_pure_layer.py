@@ -30,3 +30,22 @@ def test_pure_layer_imports_without_heavy_dependencies():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_public_names_stay_what_they_are_after_every_submodule_is_imported():
+    # Importing a submodule sets it as an attribute of the package: a module named like a public function
+    # (classlm/evaluate.py beside classlm.evaluate()) replaced the function once the CLI had imported it.
+    import importlib
+    import inspect
+    import pkgutil
+
+    import classlm
+
+    for info in pkgutil.walk_packages(classlm.__path__, "classlm."):
+        if info.name != "classlm.__main__":
+            importlib.import_module(info.name)
+    for name in classlm.__all__:
+        assert not inspect.ismodule(getattr(classlm, name)), name
+    from classlm import evaluate
+
+    assert callable(evaluate) and evaluate.__module__ == "classlm.evaluation"

@@ -96,7 +96,7 @@ def test_save_load_round_trip_real_model(news_clf, tmp_path):
 @requires_shared_data
 def test_zero_shot_on_20_ag_news_texts():
     from classlm.data import load_dataset
-    from classlm.evaluate import evaluate
+    from classlm.evaluation import evaluate
 
     test = load_dataset(SHARED_DATA / "ag_news", split="test", limit=20)
     calib = load_dataset(SHARED_DATA / "ag_news", split="train", limit=20)

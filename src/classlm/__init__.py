@@ -20,7 +20,7 @@ _EXPORTS = {
     "CalibrationConfig": "classlm.config",
     "TemperatureScaler": "classlm.calibration",
     "EvalReport": "classlm.reports",
-    "evaluate": "classlm.evaluate",
+    "evaluate": "classlm.evaluation",
     "load": "classlm.artifacts",
     "load_dataset": "classlm.data",
     "ClasslmError": "classlm.errors",
@@ -65,7 +65,7 @@ if TYPE_CHECKING:
         ModelLoadError,
         NotFittedError,
     )
-    from classlm.evaluate import evaluate
+    from classlm.evaluation import evaluate
     from classlm.labels import LabelSet
     from classlm.prompts import PromptTemplate
     from classlm.reports import EvalReport

@@ -448,7 +448,7 @@ def evaluate(
     device: DeviceOpt = "auto",
 ) -> None:
     """Evaluate on a labelled dataset: accuracy, F1, NLL, Brier, ECE, per-class calibration ratio."""
-    from classlm.evaluate import evaluate as run_evaluation
+    from classlm.evaluation import evaluate as run_evaluation
 
     if data2 is not None:  # `classlm evaluate RUN DATA`
         if run is not None:
@@ -615,7 +615,7 @@ def train(
     # Through JSON, as train_args.json holds them: a tuple or Path would never equal what was read back.
     args = json.loads(json.dumps({k: v for k, v in locals().items() if k not in RESUME_IGNORES}, default=str))
     from classlm.classifier import LMClassifier
-    from classlm.evaluate import evaluate as run_evaluation
+    from classlm.evaluation import evaluate as run_evaluation
     from classlm.methods import get_method
     from classlm.reports import plot_reliability, plot_training_curves, write_text_atomic
     from classlm.training import read_metrics
