@@ -159,7 +159,7 @@ def run_bench(
             progress=progress,
         )
         t0 = time.perf_counter()
-        if clf._trains_backbone():
+        if clf.trains_backbone():
             clf.fit(*splits.train, calib_set=splits.calib, eval_set=splits.eval)
         elif get_method(entry.method).learns_from_data:
             clf.fit(*splits.train, calib_set=splits.calib)

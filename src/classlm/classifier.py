@@ -166,7 +166,7 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
         method_cls = get_method(self.method)
         return method_cls, method_cls.parse_options(_options_arg(self.method_options))
 
-    def _trains_backbone(self) -> bool:
+    def trains_backbone(self) -> bool:
         """Whether ``fit`` trains backbone weights through the Trainer: LoRA, or hidden_head's unfrozen top blocks."""
         return self._lora_config() is not None or getattr(self._method_setup()[1], "top_k", 0) > 0
 
@@ -209,7 +209,7 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
             method.check(load_tokenizer(self.model, cache_dir=self.cache_dir, build_cache=False))
             # A backbone whose weights change or differ from the base model's is a private copy; zero-shot
             # classifiers share one in-process copy.
-            private = adapter is not None or self._trains_backbone()
+            private = adapter is not None or self.trains_backbone()
             backbone = load_backbone(self._model_config(), shared=not private)
             if adapter is not None:
                 from peft import PeftModel
@@ -264,7 +264,7 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
             raise ConfigError("no classes: pass labels=[...] to LMClassifier, or labelled data as fit(X, y)")
         lora = self._lora_config()
         train_cfg = self._train_config()  # validates ``train`` even when zero-shot
-        backbone_training = self._trains_backbone()
+        backbone_training = self.trains_backbone()
         learns = backbone_training or get_method(self.method).learns_from_data
         if not backbone_training and (eval_set is not None or run_dir is not None or resume):
             raise ConfigError(

@@ -696,7 +696,7 @@ def train(
             "seed": seed,
         },
     )
-    backbone_training = clf._trains_backbone()
+    backbone_training = clf.trains_backbone()
     if resume and not backbone_training:
         raise ConfigError(f"--resume continues backbone training; method {method!r} here trains in one go: rerun it")
     if not resume:
