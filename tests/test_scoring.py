@@ -176,22 +176,31 @@ def test_prefix_cache_follows_weight_changes(backbone):
     np.testing.assert_allclose(after, m.score(TEXTS, batch_size=5).logits, atol=1e-4)
 
 
-def test_prefix_reuse_falls_back_with_a_debug_line(backbone, monkeypatch, caplog):
+def test_prefix_reuse_falls_back_with_a_warning_only_when_unsupported(backbone, monkeypatch, caplog):
     import logging
 
     from classlm.methods import label_tokens
+    from classlm.scoring import PrefixUnsupported
 
     def unsupported(*args, **kwargs):
-        raise TypeError("no cache here")
+        raise PrefixUnsupported("no cache here")
 
     monkeypatch.setattr(label_tokens, "SharedPrefix", unsupported)
     m = make(backbone)
-    with caplog.at_level(logging.DEBUG, logger="classlm.methods.label_tokens"):
+    with caplog.at_level(logging.WARNING, logger="classlm.methods.label_tokens"):
         fallback = m.score(TEXTS, batch_size=2).logits
     assert not m.reuse_prefix
     assert "prompt-prefix reuse is off" in caplog.text and "no cache here" in caplog.text
     monkeypatch.undo()
     np.testing.assert_allclose(fallback, make(backbone).score(TEXTS, batch_size=2).logits, atol=1e-4)
+
+    # Any other error is a bug: it reaches the caller instead of silently halving the throughput.
+    def broken(*args, **kwargs):
+        raise RuntimeError("a real bug")
+
+    monkeypatch.setattr(label_tokens, "SharedPrefix", broken)
+    with pytest.raises(RuntimeError, match="a real bug"):
+        make(backbone).score(TEXTS, batch_size=2)
 
 
 def test_prefix_reuse_gives_the_plain_loss_and_gradients(backbone):

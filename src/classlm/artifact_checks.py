@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -109,19 +108,3 @@ def check_safetensors(file: Path) -> None:
     else:
         found = f"a truncated or damaged file ({problem})"
     raise ArtifactError(f"{file}: expected a safetensors file, found {found}; {FIX}")
-
-
-def umask_modes(folder: Path) -> None:
-    """Give ``folder`` and everything in it the modes a plain ``mkdir``/``open`` would (0755/0644 under umask 022).
-
-    The folder comes from ``mkdtemp`` (always 0700) and safetensors writes its files 0600: left so, another user or
-    a container running as another uid cannot read a saved classifier or an exported model.
-    """
-    umask = os.umask(0)  # the only portable way to read the umask is to set it; restored at once
-    os.umask(umask)
-    for root, _dirs, files in os.walk(folder):
-        os.chmod(root, 0o777 & ~umask)
-        for name in files:
-            file = os.path.join(root, name)
-            if not os.path.islink(file):
-                os.chmod(file, 0o666 & ~umask)

@@ -22,14 +22,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from classlm.artifact_checks import FIX, check_adapter, check_safetensors, check_settings, note_leftovers, umask_modes
+from classlm.artifact_checks import FIX, check_adapter, check_safetensors, check_settings, note_leftovers
 from classlm.calibration import TemperatureScaler
 from classlm.config import config_to_dict
 from classlm.errors import ArtifactError, ConfigError
 from classlm.estimator import NotFittedError
+from classlm.io import umask_modes, write_bytes_atomic, write_text_atomic
 from classlm.labels import LabelSet
 from classlm.prompts import PromptTemplate
-from classlm.reports import write_bytes_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     from classlm.classifier import LMClassifier

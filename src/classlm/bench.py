@@ -262,7 +262,7 @@ def to_markdown(doc: dict[str, Any]) -> str:
 
 
 def write_results(doc: dict[str, Any], out: Path, stem: str) -> tuple[Path, Path]:
-    from classlm.reports import write_text_atomic
+    from classlm.io import write_text_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"

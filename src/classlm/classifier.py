@@ -32,7 +32,7 @@ from classlm.labels import LabelSet
 from classlm.methods import Method, available_methods, get_method
 from classlm.metrics import softmax
 from classlm.prompts import PromptTemplate
-from classlm.scoring import Scores
+from classlm.scores import Scores
 
 
 def _as_config(cls: Any, value: Any, name: str) -> Any:

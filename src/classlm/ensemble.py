@@ -30,8 +30,8 @@ from classlm.calibration import TemperatureScaler
 from classlm.data import as_texts, validate_labels
 from classlm.errors import ArtifactError, ConfigError, DataError
 from classlm.estimator import NotFittedError, as_classes, check_label_kind, check_targets, decision
+from classlm.io import write_text_atomic
 from classlm.metrics import log_softmax, softmax
-from classlm.reports import write_text_atomic
 
 __all__ = ["ENSEMBLE_MANIFEST", "ENSEMBLE_SCHEMA_VERSION", "Ensemble"]
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from classlm.errors import ArtifactError, ConfigError
+from classlm.io import write_bytes_atomic, write_text_atomic
 from classlm.metrics import classification_metrics
 
 __all__ = [
@@ -25,37 +24,7 @@ __all__ = [
     "build_report",
     "plot_reliability",
     "plot_training_curves",
-    "write_bytes_atomic",
-    "write_text_atomic",
 ]
-
-
-# -- atomic writes ------------------------------------------------------------------------------------------------
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: a temp file in the same folder, then ``os.replace``."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Same folder, hence same filesystem: os.replace is then an atomic rename, so readers never see half a file.
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        # mkstemp makes the file private (0600); a report or artifact is meant to be read like any file written.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """UTF-8 text version of :func:`write_bytes_atomic`."""
-    return write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def _jsonable(value: Any) -> Any:

@@ -22,23 +22,6 @@ from classlm.prompts import RenderedPrompt
 MIN_TEXT_TOKENS = 8
 
 
-@dataclass
-class Scores:
-    """Class logits for ``n`` texts (columns in ``classes_`` order), plus what scoring observed.
-
-    ``truncated`` marks, per text, a text cut to fit (the prompt's text slot, or the encoder's input limit); None
-    means unknown (no texts).
-    """
-
-    logits: np.ndarray
-    class_mass: np.ndarray | None = None
-    truncated: np.ndarray | None = None
-
-    @property
-    def n_truncated(self) -> int:
-        return 0 if self.truncated is None else int(np.count_nonzero(self.truncated))
-
-
 @dataclass(frozen=True)
 class EncodedTexts:
     ids: list[list[int]]
@@ -134,6 +117,11 @@ def output_head(model: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     return head.weight, getattr(head, "bias", None)
 
 
+class PrefixUnsupported(Exception):
+    """This model's prompt prefix cannot be reused (its cache or attention is not what the prefix path reproduces):
+    the one signal that turns reuse off. Any other error while scoring is a bug and propagates."""
+
+
 # Name under which the prefix-broadcasting attention is registered with transformers' AttentionInterface.
 PREFIX_ATTENTION = "classlm_prefix"
 
@@ -173,10 +161,14 @@ class SharedPrefix:
         cache: Any = DynamicCache(config=model.config)  # its layer types are a union; keys are checked below
         # The forward fills ``cache`` in place, so it is read from here, never from the output (whose
         # ``past_key_values`` attribute is deprecated too).
-        decoder(input_ids=ids, use_cache=True, **{_cache_argument(decoder): cache})
-        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = [(layer.keys, layer.values) for layer in cache.layers]
+        try:
+            decoder(input_ids=ids, use_cache=True, **{_cache_argument(decoder): cache})
+            layers = [(layer.keys, layer.values) for layer in cache.layers]
+        except (TypeError, AttributeError, NotImplementedError) as exc:  # a model without this cache interface
+            raise PrefixUnsupported(f"{type(model).__name__} cannot fill a reusable cache ({exc})") from exc
+        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = layers
         if len(self.layers) == 0 or any(k is None or k.shape[-2] != self.length for k, _ in self.layers):
-            raise TypeError(f"{type(model).__name__} returned a cache that cannot be reused as a prompt prefix")
+            raise PrefixUnsupported(f"{type(model).__name__} returned a cache that cannot be reused as a prompt prefix")
         self.calls = 0
         self._per_query_head: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 

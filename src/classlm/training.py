@@ -32,8 +32,8 @@ from tqdm.auto import tqdm
 
 from classlm.config import STOP_METRICS, LoraConfig, TrainConfig
 from classlm.errors import ArtifactError, ConfigError
+from classlm.io import write_text_atomic
 from classlm.metrics import classification_metrics, softmax
-from classlm.reports import write_text_atomic
 
 log = logging.getLogger(__name__)
 

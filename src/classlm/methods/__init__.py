@@ -23,7 +23,7 @@ from classlm.config import NoOptions, config_from_dict, config_to_dict
 from classlm.errors import ConfigError
 from classlm.labels import LabelSet
 from classlm.prompts import PromptTemplate
-from classlm.scoring import Scores
+from classlm.scores import Scores
 
 
 class Method(ABC):

@@ -35,7 +35,8 @@ from classlm.errors import ArtifactError, ConfigError
 from classlm.methods import register
 from classlm.methods.label_tokens import LabelTokensMethod
 from classlm.prompts import RenderedPrompt
-from classlm.scoring import MIN_TEXT_TOKENS, EncodedTexts, PromptEncoder, Scores
+from classlm.scores import Scores
+from classlm.scoring import MIN_TEXT_TOKENS, EncodedTexts, PromptEncoder
 
 log = logging.getLogger(__name__)
 

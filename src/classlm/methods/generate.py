@@ -27,7 +27,8 @@ from classlm.labels import ClassTokens, resolve_class_tokens
 from classlm.methods import register
 from classlm.methods.label_tokens import LabelTokensMethod
 from classlm.prompts import RenderedPrompt
-from classlm.scoring import Scores, length_sorted_batches
+from classlm.scores import Scores
+from classlm.scoring import length_sorted_batches
 
 # Logit of every class but the parsed one (the parsed class gets 0).
 OFF_LOGIT = -20.0

@@ -14,7 +14,7 @@ import numpy as np
 
 from classlm.config import EmbeddingOptions, SimilarityOptions
 from classlm.methods import Method, register
-from classlm.scoring import Scores
+from classlm.scores import Scores
 
 
 class _SentenceMethod(Method):

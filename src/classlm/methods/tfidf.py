@@ -16,7 +16,7 @@ import numpy as np
 from classlm.config import TfidfOptions
 from classlm.errors import DataError
 from classlm.methods import Method, register
-from classlm.scoring import Scores
+from classlm.scores import Scores
 
 # The two feature blocks: (name, analyzer, which option holds its n-gram range).
 BLOCKS = (("word", "word", "word_ngrams"), ("char", "char_wb", "char_ngrams"))
