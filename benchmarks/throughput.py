@@ -446,7 +446,7 @@ def training_speed(args: argparse.Namespace, model: str) -> dict[str, Any]:
                 sync()
                 stamps.append(time.perf_counter())
 
-        Trainer(clf.method_, clf.backbone_.model, clf._train_config(), progress=False, callback=on_step).fit(
+        Trainer(clf.method_, clf.backbone_.model, clf.train_config(), progress=False, callback=on_step).fit(
             list(data.texts), y
         )
         out["with_prefix_reuse" if reuse else "without_prefix_reuse"] = steps * batch / (stamps[-1] - stamps[0])

@@ -36,7 +36,7 @@ def test_every_variant_runs_and_the_paths_agree(clf):
         assert len(seconds) == 1 and note
         assert len(results[name]) == len(TEXTS)
         if name == "a":
-            assert clf.method_._prefix is not None  # (a) really reused the prompt head
+            assert clf.method_.lm.cached_prefix is not None  # (a) really reused the prompt head
     np.testing.assert_allclose(results["a"], results["b"], atol=1e-4)
     np.testing.assert_allclose(results["a"], results["d"], atol=1e-4)
     assert results["c"].shape == results["c2"].shape == (len(TEXTS), 4)

@@ -10,11 +10,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from classlm.config import FewShotOptions, ModelConfig
-from classlm.errors import ConfigError
+from classlm.config import ModelConfig
+from classlm.errors import ConfigError, NotFittedError
 from classlm.labels import LabelSet
 from classlm.methods import get_method
-from classlm.methods.few_shot import FewShotMethod, balanced_pick, cut_text
+from classlm.methods.few_shot import FewShotMethod, FewShotOptions, balanced_pick, cut_text
 from classlm.models import load_backbone
 from classlm.prompts import PromptTemplate
 from classlm.scoring import PromptEncoder
@@ -147,8 +147,8 @@ def test_text_alone_equals_text_in_a_batch(backbone, selection, chat):
 def test_prefix_reuse_on_and_off_agree(backbone, selection):
     m = fitted(backbone, k=3, selection=selection)
     on = m.score(TEXTS, batch_size=2).logits
-    assert m.reuse_prefix and m._prefix is not None  # the shared prefix really was used
-    assert m._prefix[1].length == len(m.encoder.head_ids) > 0
+    assert m.reuse_prefix and m.lm.cached_prefix is not None  # the shared prefix really was used
+    assert m.lm.cached_prefix.length == len(m.encoder.head_ids) > 0
     m.reuse_prefix = False
     off = m.score(TEXTS, batch_size=2).logits
     np.testing.assert_allclose(on, off, atol=1e-4)
@@ -221,7 +221,7 @@ def test_state_round_trip_gives_the_same_logits(backbone, selection):
     info = json.loads(json.dumps(info))
     tensors = load(save(tensors)) if tensors else {}
     fresh = make(backbone, k=3, selection=selection)
-    with pytest.raises(RuntimeError, match="fit_data was not called"):
+    with pytest.raises(NotFittedError, match="fit_data was not called"):
         fresh.score(TEXTS, batch_size=2)
     fresh.load_state(tensors, info)
     np.testing.assert_allclose(fresh.score(TEXTS, batch_size=2).logits, z, atol=1e-5)

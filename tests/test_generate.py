@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from classlm.config import GenerateOptions, ModelConfig
+from classlm.config import ModelConfig
 from classlm.errors import ConfigError
 from classlm.labels import LabelSet
 from classlm.methods import get_method
-from classlm.methods.generate import OFF_LOGIT, GenerateMethod, parse_generation
+from classlm.methods.generate import OFF_LOGIT, GenerateMethod, GenerateOptions, parse_generation
 from classlm.models import load_backbone
 from classlm.prompts import PromptTemplate
 

@@ -156,7 +156,7 @@ FEW_SHOT = {"examples": (("Shares rose on Monday.", "Business"), ("The striker s
 def test_prefix_reuse_equals_the_plain_path(backbone, method, prompt):
     m = make(backbone, method, **prompt)
     reused = m.score(TEXTS, batch_size=3, class_mass=True)
-    assert m._prefix is not None and m._prefix[1].length == len(m.encoder.head_ids)
+    assert m.lm.cached_prefix is not None and m.lm.cached_prefix.length == len(m.encoder.head_ids)
     m.reuse_prefix = False
     plain = m.score(TEXTS, batch_size=3, class_mass=True)
     np.testing.assert_allclose(reused.logits, plain.logits, atol=1e-4)
@@ -166,11 +166,11 @@ def test_prefix_reuse_equals_the_plain_path(backbone, method, prompt):
 def test_prefix_cache_follows_weight_changes(backbone):
     m = make(backbone)
     before = m.score(TEXTS, batch_size=5).logits
-    first_prefix = m._prefix[1]
+    first_prefix = m.lm.cached_prefix
     with torch.no_grad():  # what an optimizer step does: an in-place update of a weight
         backbone.model.model.layers[0].self_attn.k_proj.weight.mul_(1.5)
     after = m.score(TEXTS, batch_size=5).logits
-    assert m._prefix[1] is not first_prefix
+    assert m.lm.cached_prefix is not first_prefix
     assert np.abs(after - before).max() > 1e-3
     m.reuse_prefix = False
     np.testing.assert_allclose(after, m.score(TEXTS, batch_size=5).logits, atol=1e-4)
@@ -179,15 +179,15 @@ def test_prefix_cache_follows_weight_changes(backbone):
 def test_prefix_reuse_falls_back_with_a_warning_only_when_unsupported(backbone, monkeypatch, caplog):
     import logging
 
-    from classlm.methods import label_tokens
+    from classlm.methods import prompted
     from classlm.scoring import PrefixUnsupported
 
     def unsupported(*args, **kwargs):
         raise PrefixUnsupported("no cache here")
 
-    monkeypatch.setattr(label_tokens, "SharedPrefix", unsupported)
+    monkeypatch.setattr(prompted, "SharedPrefix", unsupported)
     m = make(backbone)
-    with caplog.at_level(logging.WARNING, logger="classlm.methods.label_tokens"):
+    with caplog.at_level(logging.WARNING, logger="classlm.methods.prompted"):
         fallback = m.score(TEXTS, batch_size=2).logits
     assert not m.reuse_prefix
     assert "prompt-prefix reuse is off" in caplog.text and "no cache here" in caplog.text
@@ -198,7 +198,7 @@ def test_prefix_reuse_falls_back_with_a_warning_only_when_unsupported(backbone, 
     def broken(*args, **kwargs):
         raise RuntimeError("a real bug")
 
-    monkeypatch.setattr(label_tokens, "SharedPrefix", broken)
+    monkeypatch.setattr(prompted, "SharedPrefix", broken)
     with pytest.raises(RuntimeError, match="a real bug"):
         make(backbone).score(TEXTS, batch_size=2)
 
@@ -247,7 +247,7 @@ def test_a_prefix_kernel_that_changes_results_is_caught_and_turned_off(backbone,
     monkeypatch.setitem(AttentionInterface._global_mapping, scoring.PREFIX_ATTENTION, ignores_prefix)
     m = make(backbone)
     logits = m.score(TEXTS, batch_size=2).logits
-    assert not m.reuse_prefix and m._prefix is None
+    assert not m.reuse_prefix and m.lm.cached_prefix is None
     m.reuse_prefix = False
     np.testing.assert_allclose(logits, m.score(TEXTS, batch_size=2).logits, atol=1e-6)
 
@@ -262,7 +262,7 @@ def test_prefix_reuse_uses_the_supported_cache_argument(backbone, caplog):
     with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING, logger="transformers"):
         warnings.simplefilter("always")
         reused = m.score(TEXTS, batch_size=3).logits
-    assert m.reuse_prefix and m._prefix is not None
+    assert m.reuse_prefix and m.lm.cached_prefix is not None
     deprecations = [str(w.message) for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))]
     assert not [d for d in deprecations if "past_key_values" in d or "cache" in d], deprecations
     assert "past_key_values" not in caplog.text

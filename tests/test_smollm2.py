@@ -139,7 +139,7 @@ def test_gguf_cache_is_rebuilt_when_corrupt(tmp_path):
 def test_prefix_reuse_matches_the_plain_path_on_the_real_model(news_clf, prompt):
     clf = LMClassifier(labels=NEWS, instruction="Classify the news article by topic.", prompt=prompt).fit([])
     reused = clf.predict_scores(TEXTS, class_mass=True)
-    assert clf.method_._prefix is not None
+    assert clf.method_.lm.cached_prefix is not None
     clf.method_.reuse_prefix = False
     plain = clf.predict_scores(TEXTS, class_mass=True)
     np.testing.assert_allclose(reused.logits, plain.logits, atol=1e-4)

@@ -21,7 +21,7 @@ _EXPORTS = {
     "TemperatureScaler": "classlm.calibration",
     "EvalReport": "classlm.reports",
     "evaluate": "classlm.evaluation",
-    "load": "classlm.artifacts",
+    "load": "classlm.classifier",
     "load_dataset": "classlm.data",
     "ClasslmError": "classlm.errors",
     "ConfigError": "classlm.errors",
@@ -51,9 +51,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from classlm.artifacts import load_classifier as load
     from classlm.calibration import TemperatureScaler
     from classlm.classifier import LMClassifier
+    from classlm.classifier import load_classifier as load
     from classlm.config import CalibrationConfig, ModelConfig
     from classlm.data import load_dataset
     from classlm.ensemble import Ensemble

@@ -18,9 +18,10 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from classlm.artifact_checks import FIX, check_adapter, check_safetensors, check_settings, note_leftovers
 from classlm.calibration import TemperatureScaler
@@ -30,9 +31,6 @@ from classlm.estimator import NotFittedError
 from classlm.io import umask_modes, write_bytes_atomic, write_text_atomic
 from classlm.labels import LabelSet
 from classlm.prompts import PromptTemplate
-
-if TYPE_CHECKING:
-    from classlm.classifier import LMClassifier
 
 SCHEMA_VERSION = 1
 MANIFEST = "classlm.json"
@@ -57,7 +55,7 @@ def _version() -> str:
 
 
 def manifest(
-    clf: LMClassifier,
+    clf: Any,
     metrics: Mapping[str, Any] | None = None,
     adapter: str | None = None,
     state_file: str | None = None,
@@ -66,8 +64,8 @@ def manifest(
     """The JSON document describing a fitted classifier (``state_json``: the JSON half of ``method_.state()``)."""
     if not hasattr(clf, "method_"):
         raise NotFittedError("only a fitted classifier can be saved; call fit first")
-    desc = clf.method_.describe()
-    lora = clf._lora_config()
+    info = clf.method_.info()
+    lora = clf.lora_config()
     return {
         "schema_version": SCHEMA_VERSION,
         "classlm_version": _version(),
@@ -92,24 +90,31 @@ def manifest(
             else {"values": clf.classes_.tolist(), "dtype": clf.classes_.dtype.name}
         ),
         # Methods that read class tokens (label_tokens, letters, few_shot, generate) record them: load checks them.
-        "class_tokens": ({"strings": desc["answers"], "sequences": desc["token_ids"]} if "token_ids" in desc else None),
+        "class_tokens": (
+            None
+            if info.class_tokens is None
+            else {
+                "strings": list(info.class_tokens.answers),
+                "sequences": [list(s) for s in info.class_tokens.token_ids],
+            }
+        ),
         "prompt": clf.method_.prompt.to_dict(),
         "rendered_prompt": (
-            {"head": desc["prompt_head"], "tail": desc["prompt_tail"], "chat": desc["chat_template"]}
-            if "prompt_head" in desc
-            else None
+            None
+            if info.prompt is None
+            else {"head": info.prompt.head, "tail": info.prompt.tail, "chat": info.prompt.chat_template}
         ),
         "method_state": {"file": state_file, "json": dict(state_json or {})},
         "calibration": {**clf.calibrator_.to_dict(), **clf.calibration_info_},
         "lora": None if lora is None else config_to_dict(lora),
-        "train": None if lora is None else config_to_dict(clf._train_config()),
+        "train": None if lora is None else config_to_dict(clf.train_config()),
         "training": {k: v for k, v in getattr(clf, "training_", {}).items() if k != "history"} or None,
         "adapter": adapter,
         "metrics": dict(metrics or {}),
     }
 
 
-def save_classifier(clf: LMClassifier, path: str | Path, *, metrics: Mapping[str, Any] | None = None) -> Path:
+def save_classifier(clf: Any, path: str | Path, *, metrics: Mapping[str, Any] | None = None) -> Path:
     """Write the classifier into folder ``path``.
 
     A fine-tuned classifier's adapter goes to a new folder ``adapter-<id>`` (built under a temp name, then renamed),
@@ -120,7 +125,7 @@ def save_classifier(clf: LMClassifier, path: str | Path, *, metrics: Mapping[str
     """
     target = Path(path)
     save_id = uuid.uuid4().hex[:8]
-    adapter = f"{ADAPTER}-{save_id}" if clf._lora_config() is not None else None
+    adapter = f"{ADAPTER}-{save_id}" if clf.lora_config() is not None else None
     tensors, state_json = clf.method_.state() if hasattr(clf, "method_") else ({}, {})
     state_file = f"{STATE}-{save_id}.safetensors" if tensors else None
     doc = manifest(clf, metrics, adapter, state_file, state_json)
@@ -187,11 +192,34 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return doc
 
 
-def load_classifier(path: str | Path, **overrides: Any) -> LMClassifier:
-    """Rebuild a saved classifier; ``overrides`` may change run options only (see ``RUN_OPTIONS``)."""
-    from classlm.classifier import LMClassifier
+@dataclass(frozen=True)
+class SavedClassifier:
+    """A run folder's manifest, read and checked: what ``LMClassifier.load`` rebuilds the classifier from."""
 
-    doc = read_manifest(path)
+    path: Path
+    doc: dict[str, Any]
+    options: dict[str, Any]  # LMClassifier arguments: model, scoring, …, lora/train for a fine-tuned one
+    method: str
+    method_options: Any
+    labels: LabelSet
+    prompt: PromptTemplate
+    classes: Any  # the typed classes_, or None when the names are the classes
+    calibrator: TemperatureScaler
+    adapter: Path | None
+    state_file: Path | None
+    state_json: dict[str, Any]
+    saved_tokens: list[list[int]] | None
+
+    @property
+    def calibration_info(self) -> dict[str, Any]:
+        return {k: v for k, v in self.doc["calibration"].items() if k not in self.calibrator.to_dict()}
+
+
+def read_classifier(path: str | Path, overrides: Mapping[str, Any]) -> SavedClassifier:
+    """Read and check a saved classifier's manifest and the files it names; ``overrides`` may change run options
+    only (see ``RUN_OPTIONS``). Nothing is loaded into memory yet but the manifest."""
+    root = Path(path)
+    doc = read_manifest(root)
     bad = sorted(set(overrides) - set(RUN_OPTIONS))
     if bad:
         raise ConfigError(f"cannot override {bad} when loading; only run options {list(RUN_OPTIONS)} can change")
@@ -202,78 +230,71 @@ def load_classifier(path: str | Path, **overrides: Any) -> LMClassifier:
         class_tokens = doc["class_tokens"]
         saved_tokens = None if class_tokens is None else [list(s) for s in class_tokens["sequences"]]
         calibrator = TemperatureScaler.from_dict(doc["calibration"])
-        method = doc["method"]
-        method_options = doc.get("method_options")
+        method, method_options = doc["method"], doc.get("method_options")
         method_state = doc.get("method_state") or {"file": None, "json": {}}
-        state_file = method_state["file"]
+        state_file, state_json = method_state["file"], dict(method_state.get("json") or {})
         classes = _class_values(doc.get("class_values"), labels.names)
     except (KeyError, TypeError, ValueError, ConfigError) as exc:
         raise ArtifactError(f"{path}/{MANIFEST} is missing or has a bad field: {exc}") from exc
     adapter = doc.get("adapter")
-    check_settings(Path(path) / MANIFEST, doc, options, method, method_options, SAVED_OPTIONS, adapter is not None)
-    note_leftovers(Path(path), (f".{ADAPTER}.tmp-", f".{STATE}-", f".{MANIFEST}."))
+    check_settings(root / MANIFEST, doc, options, method, method_options, SAVED_OPTIONS, adapter is not None)
+    note_leftovers(root, (f".{ADAPTER}.tmp-", f".{STATE}-", f".{MANIFEST}."))
     if adapter is not None:
         # A folder name inside the run, never a path: a manifest must not point the loader elsewhere.
-        if (
-            not isinstance(adapter, str)
-            or not adapter.startswith(f"{ADAPTER}-")
-            or Path(adapter).name != adapter
-            or not (Path(path) / adapter / "adapter_config.json").is_file()
-        ):
+        if not _inside(root, adapter, ADAPTER) or not (root / adapter / "adapter_config.json").is_file():
             raise ArtifactError(
                 f"{path}: the manifest names adapter folder {adapter!r}, which is not a peft adapter folder in {path}"
             )
-        check_adapter(Path(path) / adapter)
+        check_adapter(root / adapter)
         options["lora"] = doc.get("lora")
         options["train"] = doc.get("train")
-    if state_file is not None and (
-        not isinstance(state_file, str)
-        or not state_file.startswith(f"{STATE}-")
-        or Path(state_file).name != state_file
-        or not (Path(path) / state_file).is_file()
-    ):
-        raise ArtifactError(f"{path}: the manifest names method state {state_file!r}, which is not a file in {path}")
     if state_file is not None:
-        check_safetensors(Path(path) / state_file)
-    clf = LMClassifier(
-        model=options.pop("model"),
-        method=method,
-        labels=labels,
-        prompt=prompt,
-        method_options=method_options,
-        **{**options, **overrides},
-    )
-    clf._build(labels, adapter=None if adapter is None else Path(path) / adapter, classes=classes)
-    if clf.method_.learns_from_data and state_file is None and not method_state.get("json"):
-        raise ArtifactError(f"{path}: method {method!r} learns from data, but the manifest names no saved state")
-    if state_file is not None or method_state.get("json"):
+        if not _inside(root, state_file, STATE) or not (root / state_file).is_file():
+            raise ArtifactError(
+                f"{path}: the manifest names method state {state_file!r}, which is not a file in {path}"
+            )
+        check_safetensors(root / state_file)
+    return SavedClassifier(
+        root, doc, {**options, **overrides}, method, method_options, labels, prompt, classes, calibrator,
+        None if adapter is None else root / adapter, None if state_file is None else root / state_file,
+        state_json, saved_tokens,
+    )  # fmt: skip
+
+
+def _inside(root: Path, name: Any, prefix: str) -> bool:
+    return isinstance(name, str) and name.startswith(f"{prefix}-") and Path(name).name == name
+
+
+def restore_method_state(method: Any, saved: SavedClassifier) -> None:
+    """Give the prepared method what it learned (``load_state``); check its class tokens against the saved ones,
+    since a different tokenizer would silently read the wrong LM-head rows."""
+    path = saved.path
+    if method.learns_from_data and saved.state_file is None and not saved.state_json:
+        raise ArtifactError(f"{path}: method {saved.method!r} learns from data, but the manifest names no saved state")
+    if saved.state_file is not None or saved.state_json:
         from safetensors.numpy import load_file
 
         try:
-            tensors = load_file(str(Path(path) / state_file)) if state_file is not None else {}
-            clf.method_.load_state(tensors, dict(method_state.get("json") or {}))
+            tensors = load_file(str(saved.state_file)) if saved.state_file is not None else {}
+            method.load_state(tensors, saved.state_json)
         except Exception as exc:  # safetensors, numpy and torch each raise their own types for a corrupt state
             raise ArtifactError(
-                f"{path}: the saved method state ({state_file}) does not fit method {method!r}: {exc}; {FIX}"
+                f"{path}: the saved method state ({saved.state_file}) does not fit method {saved.method!r}: {exc}; "
+                f"{FIX}"
             ) from exc
-    resolved = [list(s) for s in clf.method_.describe().get("token_ids", [])]
-    if saved_tokens is not None and resolved != saved_tokens:
+    info = method.info()
+    resolved = [] if info.class_tokens is None else [list(s) for s in info.class_tokens.token_ids]
+    if saved.saved_tokens is not None and resolved != saved.saved_tokens:
         diffs = [
             f"{name!r}: saved {old} now {new}"
-            for name, old, new in zip(labels.names, saved_tokens, resolved)
+            for name, old, new in zip(saved.labels.names, saved.saved_tokens, resolved)
             if old != new
         ]
         raise ArtifactError(
-            f"the tokenizer of {clf.model!r} gives different class token ids than when {path} was saved "
-            f"({'; '.join(diffs[:5])}); load it with the same base model it was trained on "
-            f"(saved: {doc.get('base_model', {}).get('name')!r})"
+            f"the tokenizer of {saved.options['model']!r} gives different class token ids than when {path} was "
+            f"saved ({'; '.join(diffs[:5])}); load it with the same base model it was trained on "
+            f"(saved: {saved.doc.get('base_model', {}).get('name')!r})"
         )
-    clf.calibrator_ = calibrator
-    clf.calibration_info_ = {k: v for k, v in doc["calibration"].items() if k not in calibrator.to_dict()}
-    clf.metrics_ = doc.get("metrics", {})
-    if doc.get("training"):
-        clf.training_ = dict(doc["training"])
-    return clf
 
 
 def _class_values(saved: Any, names: tuple[str, ...]) -> Any:
@@ -295,7 +316,7 @@ def _class_values(saved: Any, names: tuple[str, ...]) -> Any:
 EXPORT_INFO = "classlm_export.json"
 
 
-def export_merged(clf: LMClassifier, out: str | Path) -> Path:
+def export_merged(clf: Any, out: str | Path) -> Path:
     """Write a plain Hugging Face model folder with the LoRA adapter merged into the weights, plus the tokenizer
     and ``classlm_export.json`` (prompt, class token ids, temperature): transformers loads it without classlm and,
     fed the same prompt, gives the same class probabilities. Built beside ``out`` and renamed into place."""
@@ -303,12 +324,13 @@ def export_merged(clf: LMClassifier, out: str | Path) -> Path:
 
     if not hasattr(clf, "method_"):
         raise NotFittedError("only a fitted classifier can be exported; load or fit it first")
-    if clf.method not in ("label_tokens", "letters"):
+    method_info = clf.method_.info()
+    if not clf.method_.has_class_tokens or method_info.prompt is None or clf.scoring != "first_token":
         raise ConfigError(
             f"export --merge writes a model whose class probabilities are its LM-head logits of the class tokens "
-            f"(methods label_tokens and letters); method {clf.method!r} is not that — use the saved run folder"
+            f"(e.g. methods label_tokens and letters); method {clf.method!r} is not that — use the saved run folder"
         )
-    assert clf.backbone_ is not None  # both methods above run on the LM
+    assert clf.backbone_ is not None  # class tokens are read from the LM
     model = clf.backbone_.model
     if not hasattr(model, "merge_and_unload"):
         raise ConfigError(
@@ -321,16 +343,17 @@ def export_merged(clf: LMClassifier, out: str | Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     # Merging rewrites the base weights in place: do it on a copy so this classifier keeps working.
     merged = copy.deepcopy(model).merge_and_unload()
-    desc = clf.method_.describe()
+    prompt, tokens = method_info.prompt, method_info.class_tokens
+    assert tokens is not None  # has_class_tokens
     info = {
-        "merged_from": {"base_model": clf.backbone_.identity(), "lora": config_to_dict(clf._lora_config())},
+        "merged_from": {"base_model": clf.backbone_.identity(), "lora": config_to_dict(clf.lora_config())},
         "labels": list(clf.label_set_.names),
-        "class_token_ids": [s[0] for s in desc["token_ids"]],
-        "prompt_head": desc["prompt_head"],
-        "prompt_tail": desc["prompt_tail"],
+        "class_token_ids": [s[0] for s in tokens.token_ids],
+        "prompt_head": prompt.head,
+        "prompt_tail": prompt.tail,
         # The exact token ids (the head may start with a BOS that the strings do not show).
-        "prompt_head_ids": desc["prompt_head_ids"],
-        "prompt_tail_ids": desc["prompt_tail_ids"],
+        "prompt_head_ids": list(prompt.head_ids),
+        "prompt_tail_ids": list(prompt.tail_ids),
         "temperature": float(clf.calibrator_.temperature),
         "how": (
             "input_ids = prompt_head_ids + tokenizer(text.strip(), add_special_tokens=False) + prompt_tail_ids; "

@@ -114,13 +114,67 @@ def _metrics(clf: Any, texts: list[str], labels: list[str]) -> dict[str, Any]:
     return {**{k: m[k] for k in KEEP}, "texts_per_second": len(texts) / seconds if seconds else None}
 
 
+def entry_for(name: str) -> Entry:
+    """A row of ENTRIES, or any registered method by its name (with its default options)."""
+    from classlm.methods import available_methods
+
+    if name in ENTRIES:
+        return ENTRIES[name]
+    if name in available_methods():
+        return Entry(name)
+    raise ConfigError(f"unknown bench method {name!r}; known: {sorted(set(ENTRIES) | set(available_methods()))}")
+
+
 def check_methods(methods: Sequence[str], ensemble: Sequence[str] = ()) -> None:
     """Known rows, and an ensemble of at least two of them; before any data or model is loaded."""
-    unknown = [m for m in methods if m not in ENTRIES]
-    if unknown:
-        raise ConfigError(f"unknown bench method(s) {unknown}; known: {sorted(ENTRIES)}")
+    for name in methods:
+        entry_for(name)
     if ensemble and (len(ensemble) < 2 or set(ensemble) - set(methods)):
         raise ConfigError(f"--ensemble needs at least two rows that are also in --methods, got {list(ensemble)}")
+
+
+def _bench_row(entry: Entry, splits: BenchSplits, *, seed: int, progress: bool, **build: Any) -> tuple[Any, dict]:
+    """One method fitted on the splits as it learns (LoRA/backbone, data, or only the temperature) and tested."""
+    from classlm.classifier import LMClassifier
+    from classlm.methods import get_method
+
+    clf = LMClassifier(
+        method=entry.method,
+        method_options=entry.options,
+        max_length=entry.max_length,
+        lora={} if entry.lora else None,
+        # Read only where the backbone trains (LoRA, top_k); the other methods ignore it.
+        train={"seed": seed, "eval_every": 0},
+        progress=progress,
+        **build,
+    )
+    t0 = time.perf_counter()
+    if clf.trains_backbone():
+        clf.fit(*splits.train, calib_set=splits.calib, eval_set=splits.eval)
+    elif get_method(entry.method).learns_from_data:
+        clf.fit(*splits.train, calib_set=splits.calib)
+    else:  # zero-shot: only the temperature, on the calibration split
+        clf.fit(*splits.calib)
+    fit_seconds = time.perf_counter() - t0
+    row = _metrics(clf, *splits.test)
+    training = getattr(clf, "training_", None) or {}
+    row.update(
+        {
+            "method": entry.method,
+            "method_options": entry.options,
+            "lora": entry.lora,
+            "note": entry.note,
+            "train_examples": training.get("n_train", 0),
+            "train_seconds": training.get("seconds", 0.0),
+            "fit_seconds": fit_seconds,
+            "trainable_parameters": training.get("trainable_parameters", 0),
+            "temperature": float(clf.temperature_),
+        }
+    )
+    stats = clf.method_.scoring_stats()
+    if "unparsed" in stats:  # generate: answers of the test rows that did not parse
+        row["unparsed_share"] = stats["unparsed"] / max(1, len(splits.test[0]))
+    return clf, row
 
 
 def run_bench(
@@ -137,56 +191,14 @@ def run_bench(
     on_row: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Fit and test every method on ``splits``; returns ``{row name: figures}`` in the order run."""
-    from classlm.classifier import LMClassifier
-    from classlm.methods import get_method
-
     check_methods(methods, ensemble)
     rows: dict[str, dict[str, Any]] = {}
     fitted: dict[str, Any] = {}
     for name in methods:
-        entry = ENTRIES[name]
-        clf = LMClassifier(
-            model=model,
-            method=entry.method,
-            labels=labels,
-            instruction=instruction,
-            method_options=entry.options,
-            max_length=entry.max_length,
-            lora={} if entry.lora else None,
-            # Read only where the backbone trains (LoRA, top_k); the other methods ignore it.
-            train={"seed": seed, "eval_every": 0},
-            device=device,
-            progress=progress,
-        )
-        t0 = time.perf_counter()
-        if clf.trains_backbone():
-            clf.fit(*splits.train, calib_set=splits.calib, eval_set=splits.eval)
-        elif get_method(entry.method).learns_from_data:
-            clf.fit(*splits.train, calib_set=splits.calib)
-        else:  # zero-shot: only the temperature, on the calibration split
-            clf.fit(*splits.calib)
-        fit_seconds = time.perf_counter() - t0
-        row = _metrics(clf, *splits.test)
-        training = getattr(clf, "training_", None) or {}
-        row.update(
-            {
-                "method": entry.method,
-                "method_options": entry.options,
-                "lora": entry.lora,
-                "note": entry.note,
-                "train_examples": training.get("n_train", 0),
-                "train_seconds": training.get("seconds", 0.0),
-                "fit_seconds": fit_seconds,
-                "trainable_parameters": training.get("trainable_parameters", 0),
-                "temperature": float(clf.temperature_),
-            }
-        )
-        if hasattr(clf.method_, "last_unparsed"):  # generate: answers of the test rows that did not parse
-            row["unparsed_share"] = clf.method_.last_unparsed / max(1, len(splits.test[0]))
-        rows[name] = row
-        fitted[name] = clf
+        common = {"model": model, "labels": labels, "instruction": instruction, "device": device, "seed": seed}
+        fitted[name], rows[name] = _bench_row(entry_for(name), splits, progress=progress, **common)
         if on_row is not None:
-            on_row(name, row)
+            on_row(name, rows[name])
     if ensemble:
         from classlm.ensemble import Ensemble
 

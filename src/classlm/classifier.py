@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
 
 from classlm.calibration import TemperatureScaler
 from classlm.config import (
@@ -23,9 +22,9 @@ from classlm.config import (
 from classlm.data import as_texts, stratified_split, validate_labels
 from classlm.errors import ArtifactError, ConfigError, DataError
 from classlm.estimator import (
+    CalibratedClassifier,
     NotFittedError,
     check_targets,
-    decision,
     resolve_classes,
 )
 from classlm.labels import LabelSet
@@ -49,7 +48,7 @@ def _options_arg(value: Any) -> Any:
     return dict(value) if isinstance(value, Mapping) else value
 
 
-class LMClassifier(ClassifierMixin, BaseEstimator):
+class LMClassifier(CalibratedClassifier):
     """Classify texts with a causal language model; a probability for every class.
 
     ``__init__`` only stores its arguments (the scikit-learn contract, so ``clone``, ``Pipeline``, ``GridSearchCV``
@@ -168,12 +167,12 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
 
     def trains_backbone(self) -> bool:
         """Whether ``fit`` trains backbone weights through the Trainer: LoRA, or hidden_head's unfrozen top blocks."""
-        return self._lora_config() is not None or getattr(self._method_setup()[1], "top_k", 0) > 0
+        return self.lora_config() is not None or getattr(self._method_setup()[1], "top_k", 0) > 0
 
-    def _lora_config(self) -> LoraConfig | None:
+    def lora_config(self) -> LoraConfig | None:
         return _as_config(LoraConfig, self.lora, "lora")
 
-    def _train_config(self) -> TrainConfig:
+    def train_config(self) -> TrainConfig:
         return _as_config(TrainConfig, self.train, "train") or TrainConfig()
 
     def _build(self, label_set: LabelSet, adapter: str | Path | None = None, classes: np.ndarray | None = None) -> None:
@@ -188,7 +187,7 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
         CalibrationConfig(method=self.calibration)
         method_cls, options = self._method_setup()
         label_set = LabelSet.from_spec(label_set, letters=method_cls.letters)
-        lora = self._lora_config()
+        lora = self.lora_config()
         if lora is not None and not method_cls.trains_backbone:
             raise ConfigError(
                 f"method {self.method!r} does not train a backbone, so lora= does not apply; it works with "
@@ -224,7 +223,7 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
             elif lora is not None:
                 from classlm.training import add_lora
 
-                backbone.model = add_lora(backbone.model, lora, self._train_config().seed)
+                backbone.model = add_lora(backbone.model, lora, self.train_config().seed)
         method.prepare(backbone)
         self.backbone_ = backbone
         self.method_: Method = method
@@ -262,8 +261,8 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
             raise DataError(f"X has {len(texts)} texts but y has {len(y_list)} labels; they must match")
         if spec is None:
             raise ConfigError("no classes: pass labels=[...] to LMClassifier, or labelled data as fit(X, y)")
-        lora = self._lora_config()
-        train_cfg = self._train_config()  # validates ``train`` even when zero-shot
+        lora = self.lora_config()
+        train_cfg = self.train_config()  # validates ``train`` even when zero-shot
         backbone_training = self.trains_backbone()
         learns = backbone_training or get_method(self.method).learns_from_data
         if not backbone_training and (eval_set is not None or run_dir is not None or resume):
@@ -332,16 +331,14 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
     ) -> None:
         from classlm.training import Trainer
 
-        train_cfg = self._train_config()
-        if train_cfg.loss == "vocab_ce" and not hasattr(self.method_, "tokens"):
+        train_cfg = self.train_config()
+        if train_cfg.loss == "vocab_ce" and not self.method_.has_class_tokens:
             raise ConfigError(f"loss='vocab_ce' needs class tokens; method {self.method!r} trains with 'class_ce'")
         evaluation = self._labelled(eval_set, "eval_set") if eval_set is not None else calib
-        warm_start = getattr(self.method_, "warm_start", None)
-        if warm_start is not None:
-            # Also on resume: the checkpoint restores the head's weights, but its feature standardisation (buffers,
-            # not parameters) comes from the warm start, which is deterministic.
-            warm_start(train_texts, self._indices(train_y), train_cfg.seed)
-        module = self.method_.trainable_module()  # type: ignore[attr-defined]
+        # Also on resume: the checkpoint restores a head's weights, but its feature standardisation (buffers, not
+        # parameters) comes from the warm start, which is deterministic.
+        self.method_.warm_start(train_texts, self._indices(train_y), train_cfg.seed)
+        module = self.method_.trainable_module()
         trainer = Trainer(
             self.method_,
             module,
@@ -418,6 +415,22 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
         index = {name: i for i, name in enumerate(self.label_set_.names)}
         return np.array([index[v] for v in y], dtype=np.int64)
 
+    @property
+    def class_mass_available(self) -> bool:  # type: ignore[override]  # a property over the core's plain flag
+        return hasattr(self, "method_") and self.method_.has_class_tokens
+
+    def model_info(self) -> dict[str, Any]:
+        info = super().model_info()
+        backbone = self.backbone_
+        info.update(
+            method=self.method,
+            descriptions=dict(zip(map(str, self.classes_), self.label_set_.descriptions)),
+            base_model=backbone.identity() if backbone is not None else self.method_.base_identity(),
+            adapter=backbone is not None and hasattr(backbone.model, "peft_config"),
+            calibration={"temperature": self.temperature_, **self.calibration_info_},
+        )
+        return info
+
     def predict_scores(self, X: Any, *, class_mass: bool = False) -> Scores:
         """Raw (uncalibrated) class logits, plus the class mass and truncation count."""
         self._check_fitted()
@@ -432,28 +445,6 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
             progress=self.progress,
         )
 
-    def _calibrated(self, X: Any) -> np.ndarray:
-        self._check_fitted()
-        return self.calibrator_.transform(self.predict_scores(X).logits)
-
-    def decision_function(self, X: Any) -> np.ndarray:
-        """Calibrated logits ``z / T`` (float64), ``(n, k)`` with columns in ``classes_`` order; for two classes
-        scikit-learn's ``(n,)``: ``(z1 - z0) / T``, whose sigmoid is ``predict_proba(X)[:, 1]``."""
-        return decision(self._calibrated(X))
-
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities ``(n, k)`` (float64, rows sum to 1), columns in ``classes_`` order."""
-        return softmax(self._calibrated(X))
-
-    def predict(self, X: Any) -> np.ndarray:
-        """The most probable class of each text, an array of ``classes_``' type."""
-        return self.classes_[np.argmax(self._calibrated(X), axis=1)]
-
-    @property
-    def temperature_(self) -> float:
-        self._check_fitted()
-        return float(self.calibrator_.temperature)
-
     # -- persistence --------------------------------------------------------------------------------------------
     def save(self, path: str | Path, *, metrics: Mapping[str, Any] | None = None) -> Path:
         """Write ``classlm.json`` to ``path`` (atomically); see :mod:`classlm.artifacts`."""
@@ -464,6 +455,28 @@ class LMClassifier(ClassifierMixin, BaseEstimator):
     @classmethod
     def load(cls, path: str | Path, **overrides: Any) -> LMClassifier:
         """Load a saved classifier; ``overrides`` may set run options (device, dtype, batch_size, progress, …)."""
-        from classlm.artifacts import load_classifier
+        from classlm.artifacts import read_classifier, restore_method_state
 
-        return load_classifier(path, **overrides)
+        saved = read_classifier(path, overrides)
+        options = dict(saved.options)
+        clf = cls(
+            model=options.pop("model"),
+            method=saved.method,
+            labels=saved.labels,
+            prompt=saved.prompt,
+            method_options=saved.method_options,
+            **options,
+        )
+        clf._build(saved.labels, adapter=saved.adapter, classes=saved.classes)
+        restore_method_state(clf.method_, saved)
+        clf.calibrator_ = saved.calibrator
+        clf.calibration_info_ = saved.calibration_info
+        clf.metrics_ = saved.doc.get("metrics", {})
+        if saved.doc.get("training"):
+            clf.training_ = dict(saved.doc["training"])
+        return clf
+
+
+def load_classifier(path: str | Path, **overrides: Any) -> LMClassifier:
+    """``classlm.load``: :meth:`LMClassifier.load`."""
+    return LMClassifier.load(path, **overrides)

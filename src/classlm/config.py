@@ -210,14 +210,14 @@ class TrainConfig:
             raise ConfigError(f"calib_fraction must be strictly between 0 and 1, got {self.calib_fraction!r}")
 
 
-# -- method options ---------------------------------------------------------------------------------------------------
-# One frozen dataclass per method that has options (``LMClassifier(method=..., method_options={...})``).
+# -- checks the methods' options share ---------------------------------------------------------------------------------
+# Each method's options dataclass lives beside the method (classlm/methods/<name>.py); these are their field checks.
 
 DEFAULT_ENCODER = "all-minilm-l6-v2"
-HEAD_KINDS = ("linear", "mlp")
 
 
-def _positive(obj: Any, *names: str, integer: bool = False) -> None:
+def check_positive(obj: Any, *names: str, integer: bool = False) -> None:
+    """Fields ``names`` of ``obj`` must be positive numbers (ints with ``integer``)."""
     for name in names:
         value = getattr(obj, name)
         ok = isinstance(value, int) if integer else isinstance(value, (int, float))
@@ -225,13 +225,14 @@ def _positive(obj: Any, *names: str, integer: bool = False) -> None:
             raise ConfigError(f"{name} must be a positive {'int' if integer else 'number'}, got {value!r}")
 
 
-def _model_name(obj: Any, name: str) -> None:
+def check_model_name(obj: Any, name: str) -> None:
     value = getattr(obj, name)
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{name} must be a model name or path, got {value!r}")
 
 
-def _ngram(obj: Any, name: str) -> None:
+def check_ngram_range(obj: Any, name: str) -> None:
+    """A ``(min_n, max_n)`` pair (a JSON list becomes a tuple) or None."""
     value = getattr(obj, name)
     if value is None:
         return
@@ -242,140 +243,6 @@ def _ngram(obj: Any, name: str) -> None:
         raise ConfigError(f"{name} must be a (min_n, max_n) pair of ints or None, got {value!r}")
     if not 1 <= value[0] <= value[1]:
         raise ConfigError(f"{name} must satisfy 1 <= min_n <= max_n, got {value!r}")
-
-
-@dataclass(frozen=True)
-class HeadOptions:
-    """A small classifier on fixed features (standardised first).
-
-    ``head="linear"``: multinomial logistic regression fitted by L-BFGS to convergence, with an L2 penalty ``l2``
-    on the weights. ``head="mlp"``: one hidden layer of ``hidden`` units (GELU, dropout) trained by AdamW for
-    ``epochs`` passes with learning rate ``lr``.
-    """
-
-    head: str = "linear"
-    hidden: int = 256
-    l2: float = 1e-3
-    epochs: int = 100
-    lr: float = 1e-3
-    dropout: float = 0.1
-
-    def __post_init__(self) -> None:
-        if self.head not in HEAD_KINDS:
-            raise ConfigError(f"head must be one of {HEAD_KINDS}, got {self.head!r}")
-        _positive(self, "hidden", "epochs", integer=True)
-        _positive(self, "lr")
-        if not isinstance(self.l2, (int, float)) or self.l2 < 0:
-            raise ConfigError(f"l2 must be >= 0, got {self.l2!r}")
-        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
-
-
-@dataclass(frozen=True)
-class HiddenHeadOptions(HeadOptions):
-    """``hidden_head``: the head reads the LM's hidden state at the last real token.
-
-    ``prompt=False`` feeds the raw text (what ``AutoModelForSequenceClassification`` does); ``True`` wraps it in
-    the classification prompt (instruction and class list; with prefix reuse it costs almost nothing). The backbone
-    is frozen unless ``top_k`` > 0 (the top k transformer blocks and the final norm train with the head: Raschka's
-    recipe) or ``LMClassifier(lora=...)`` is set (LoRA trains with the head); both train through the same loop as
-    LoRA on label tokens, with ``TrainConfig``. The linear head then starts from the standardised-feature solution
-    of the frozen backbone rather than from random weights.
-    """
-
-    prompt: bool = False
-    top_k: int = 0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ConfigError(f"top_k must be an int >= 0 (blocks to unfreeze), got {self.top_k!r}")
-
-
-@dataclass(frozen=True)
-class EmbeddingOptions(HeadOptions):
-    """``embedding``: a sentence-transformers encoder (a built-in alias, a local folder or a hub id) + a head."""
-
-    encoder: str = DEFAULT_ENCODER
-    batch_size: int = 64
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _positive(self, "batch_size", integer=True)
-        _model_name(self, "encoder")
-
-
-@dataclass(frozen=True)
-class SimilarityOptions:
-    """``similarity``: cosine between the text's and each class description's embedding, times ``scale``
-    (the temperature fitted on held-out data refines it; ``scale`` only sets the zero-shot starting point)."""
-
-    encoder: str = DEFAULT_ENCODER
-    scale: float = 20.0
-    batch_size: int = 64
-
-    def __post_init__(self) -> None:
-        _positive(self, "scale")
-        _positive(self, "batch_size", integer=True)
-        _model_name(self, "encoder")
-
-
-@dataclass(frozen=True)
-class TfidfOptions:
-    """``tfidf``: word and character n-gram TF-IDF (sublinear tf, L2-normalised) + logistic regression (inverse L2
-    strength ``C``). Either n-gram range may be ``None`` to leave that part out; ``min_df`` applies to both."""
-
-    word_ngrams: tuple[int, int] | None = (1, 2)
-    char_ngrams: tuple[int, int] | None = (2, 5)
-    min_df: int = 2
-    C: float = 10.0
-    max_iter: int = 2000
-
-    def __post_init__(self) -> None:
-        _ngram(self, "word_ngrams")
-        _ngram(self, "char_ngrams")
-        if self.word_ngrams is None and self.char_ngrams is None:
-            raise ConfigError("tfidf needs word_ngrams or char_ngrams (or both); both are None")
-        _positive(self, "min_df", "max_iter", integer=True)
-        _positive(self, "C")
-
-
-FEW_SHOT_SELECTION = ("fixed", "nearest")
-
-
-@dataclass(frozen=True)
-class FewShotOptions:
-    """``few_shot``: ``label_tokens`` with ``k`` labelled examples from ``fit(X, y)`` in the prompt.
-
-    ``selection="fixed"``: the same k examples for every text, picked class-balanced at random (seeded), so the
-    whole prompt head is still computed once. ``"nearest"``: each text gets its k nearest training examples by
-    ``encoder`` embedding (cosine). Examples longer than ``max_example_chars`` are cut.
-    """
-
-    k: int = 8
-    selection: str = "fixed"
-    encoder: str = DEFAULT_ENCODER
-    max_example_chars: int = 300
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        _positive(self, "k", "max_example_chars", integer=True)
-        if self.selection not in FEW_SHOT_SELECTION:
-            raise ConfigError(f"selection must be one of {FEW_SHOT_SELECTION}, got {self.selection!r}")
-        if not isinstance(self.seed, int):
-            raise ConfigError(f"seed must be an int, got {self.seed!r}")
-
-
-@dataclass(frozen=True)
-class GenerateOptions:
-    """``generate``: greedy generation of at most ``max_new_tokens`` tokens (``None``: the longest class answer
-    plus 2), parsed back to a class."""
-
-    max_new_tokens: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens is not None:
-            _positive(self, "max_new_tokens", integer=True)
 
 
 @dataclass(frozen=True)

@@ -24,14 +24,14 @@ from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize
-from sklearn.base import BaseEstimator, ClassifierMixin
 
 from classlm.calibration import TemperatureScaler
 from classlm.data import as_texts, validate_labels
 from classlm.errors import ArtifactError, ConfigError, DataError
-from classlm.estimator import NotFittedError, as_classes, check_label_kind, check_targets, decision
+from classlm.estimator import CalibratedClassifier, NotFittedError, as_classes, check_label_kind, check_targets
 from classlm.io import write_text_atomic
 from classlm.metrics import log_softmax, softmax
+from classlm.scores import Scores
 
 __all__ = ["ENSEMBLE_MANIFEST", "ENSEMBLE_SCHEMA_VERSION", "Ensemble"]
 
@@ -53,7 +53,7 @@ def _nll(log_p: np.ndarray, y: np.ndarray) -> float:
     return float(-np.mean(log_p[np.arange(y.shape[0]), y]))
 
 
-class Ensemble(ClassifierMixin, BaseEstimator):
+class Ensemble(CalibratedClassifier):
     """Weighted product of experts of already-fitted classifiers, with a fitted temperature on top.
 
     ``__init__`` only stores its arguments (the scikit-learn contract); ``fit`` validates them.
@@ -265,30 +265,16 @@ class Ensemble(ClassifierMixin, BaseEstimator):
         }
         return self
 
-    def _calibrated(self, X: Any) -> np.ndarray:
+    def predict_scores(self, X: Any, *, class_mass: bool = False) -> Scores:
+        """The combined member logits ``z = sum_i w_i log p_i`` (before the ensemble's temperature), ``(n, k)``."""
         self._check_fitted()
-        return self.calibrator_.transform(
-            self._combine(self._member_log_probs(self._members_, self._orders_, as_texts(X)), self.weights_)
-        )
+        log_p = self._member_log_probs(self._members_, self._orders_, as_texts(X))
+        return Scores(self._combine(log_p, self.weights_))
 
-    def decision_function(self, X: Any) -> np.ndarray:
-        """Calibrated combined logits ``z = sum_i w_i log p_i / T`` (float64, ``(n, k)``, columns in ``classes_``);
-        for two classes scikit-learn's ``(n,)``: ``z1 - z0``, whose sigmoid is ``predict_proba(X)[:, 1]``."""
-        return decision(self._calibrated(X))
-
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities ``(n, k)`` (float64, rows sum to 1), columns in ``classes_`` order."""
-        return softmax(self._calibrated(X), axis=1)
-
-    def predict(self, X: Any) -> np.ndarray:
-        """The most probable class of each text, an array of ``classes_``' type."""
-        return self.classes_[np.argmax(self._calibrated(X), axis=1)]
-
-    @property
-    def temperature_(self) -> float:
-        """The fitted temperature (1.0 with ``calibration="none"``)."""
-        self._check_fitted()
-        return float(self.calibrator_.temperature)
+    def model_info(self) -> dict[str, Any]:
+        info = super().model_info()
+        info["members"] = [getattr(m, "method", type(m).__name__) for m in self._members_]
+        return info
 
     # -- persistence --------------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

@@ -15,12 +15,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 from sklearn.utils.multiclass import type_of_target
 
 from classlm import errors
 from classlm.errors import DataError
 from classlm.labels import LabelSet
+from classlm.metrics import softmax
 
 _SHOW = 5
 _NUMBER = (int, float, np.integer, np.floating, np.bool_)
@@ -31,6 +33,62 @@ class NotFittedError(errors.NotFittedError, _SklearnNotFittedError):
 
     Defined here, not in :mod:`classlm.errors`, which is pure-layer and must import without scikit-learn.
     """
+
+
+class CalibratedClassifier(ClassifierMixin, BaseEstimator):
+    """The estimator core of ``LMClassifier``, ``RemoteClassifier`` and ``Ensemble``, written once: raw class logits
+    from ``predict_scores``, the fitted ``calibrator_`` on them, then ``decision_function`` / ``predict_proba`` /
+    ``predict``. A subclass provides ``predict_scores(X, class_mass=...)`` (Scores-like: ``logits`` ``(n, k)`` with
+    columns in ``classes_`` order, ``class_mass``, ``truncated``), ``_check_fitted()``, and after ``fit`` the
+    attributes ``classes_`` and ``calibrator_``. The CLI, the server and ``evaluate`` turn scores into probabilities
+    with :meth:`probabilities`, the same step ``predict_proba`` takes."""
+
+    # Whether predict_scores(X, class_mass=True) gives the class-token mass (methods with class tokens).
+    class_mass_available: bool = False
+
+    def predict_scores(self, X: Any, *, class_mass: bool = False) -> Any:
+        raise NotImplementedError
+
+    def _check_fitted(self) -> None:
+        raise NotImplementedError
+
+    def calibrated_logits(self, logits: np.ndarray) -> np.ndarray:
+        """Raw logits ``(n, k)`` → calibrated logits (float64)."""
+        self._check_fitted()
+        return np.asarray(self.calibrator_.transform(logits))
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Raw logits ``(n, k)`` (``predict_scores(X).logits``) → calibrated probabilities, rows summing to 1."""
+        return softmax(self.calibrated_logits(logits))
+
+    def _calibrated(self, X: Any) -> np.ndarray:
+        self._check_fitted()  # first: a fitted attribute below would fail with a bare AttributeError
+        return self.calibrated_logits(self.predict_scores(X).logits)
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Calibrated logits (float64), ``(n, k)`` with columns in ``classes_`` order; for two classes
+        scikit-learn's ``(n,)``: ``z1 - z0``, whose sigmoid is ``predict_proba(X)[:, 1]``."""
+        return decision(self._calibrated(X))
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities ``(n, k)`` (float64, rows sum to 1), columns in ``classes_`` order."""
+        return softmax(self._calibrated(X))
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The most probable class of each text, an array of ``classes_``' type."""
+        z = self._calibrated(X)  # first: it raises NotFittedError before classes_ is looked up
+        return self.classes_[np.argmax(z, axis=1)]
+
+    @property
+    def temperature_(self) -> float:
+        """The fitted temperature (1.0 with ``calibration="none"``)."""
+        self._check_fitted()
+        return float(self.calibrator_.temperature)
+
+    def model_info(self) -> dict[str, Any]:
+        """What the fitted classifier is, as JSON (the server's ``GET /v1/model``); subclasses add their parts."""
+        self._check_fitted()
+        return {"kind": type(self).__name__, "calibration": {"temperature": self.temperature_}}
 
 
 def check_targets(y: Any, what: str = "y") -> np.ndarray:

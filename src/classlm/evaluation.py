@@ -10,7 +10,6 @@ import numpy as np
 
 from classlm.classifier import LMClassifier
 from classlm.data import as_texts, validate_labels
-from classlm.metrics import softmax
 from classlm.reports import EvalReport, build_report
 
 
@@ -22,23 +21,22 @@ def evaluate(
     info: Mapping[str, Any] | None = None,
 ) -> EvalReport:
     """Metrics of ``clf`` on ``(X, y)``: accuracy, F1, NLL, Brier, ECE, calibration ratio, class mass, throughput."""
-    clf._check_fitted()
     texts = as_texts(X)
     # Matched by name, str(class): labels read from a file are strings, a classifier fit on integers has int classes.
     labels = [str(v) for v in y]
     names = [str(c) for c in clf.classes_]
     validate_labels(labels, names)
     start = time.perf_counter()
-    scores = clf.predict_scores(texts, class_mass=True)
+    scores = clf.predict_scores(texts, class_mass=clf.class_mass_available)
     seconds = time.perf_counter() - start
-    proba = softmax(clf.calibrator_.transform(scores.logits))
+    proba = clf.probabilities(scores.logits)
     index = {name: i for i, name in enumerate(names)}
     y_idx = np.array([index[v] for v in labels], dtype=np.int64)
     details = {
         "model": clf.model,
         "method": clf.method,
         "scoring": clf.scoring,
-        "temperature": float(clf.calibrator_.temperature),
+        "temperature": clf.temperature_,
         "n_truncated": int(scores.n_truncated),
         "seconds": round(seconds, 3),
         "texts_per_second": round(len(texts) / seconds, 3) if seconds > 0 else None,

@@ -8,12 +8,43 @@ the L2 penalty and the optimiser's steps. The mean and standard deviation are bu
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from classlm.config import HeadOptions
+from classlm.config import check_positive
+from classlm.errors import ConfigError
+
+HEAD_KINDS = ("linear", "mlp")
+
+
+@dataclass(frozen=True)
+class HeadOptions:
+    """A small classifier on fixed features (standardised first).
+
+    ``head="linear"``: multinomial logistic regression fitted by L-BFGS to convergence, with an L2 penalty ``l2``
+    on the weights. ``head="mlp"``: one hidden layer of ``hidden`` units (GELU, dropout) trained by AdamW for
+    ``epochs`` passes with learning rate ``lr``.
+    """
+
+    head: str = "linear"
+    hidden: int = 256
+    l2: float = 1e-3
+    epochs: int = 100
+    lr: float = 1e-3
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.head not in HEAD_KINDS:
+            raise ConfigError(f"head must be one of {HEAD_KINDS}, got {self.head!r}")
+        check_positive(self, "hidden", "epochs", integer=True)
+        check_positive(self, "lr")
+        if not isinstance(self.l2, (int, float)) or self.l2 < 0:
+            raise ConfigError(f"l2 must be >= 0, got {self.l2!r}")
+        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
 
 
 class Head(torch.nn.Module):

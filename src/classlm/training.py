@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from classlm.config import STOP_METRICS, LoraConfig, TrainConfig
 from classlm.errors import ArtifactError, ConfigError
 from classlm.io import write_text_atomic
+from classlm.methods.base import Method
 from classlm.metrics import classification_metrics, softmax
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ class Trainer:
 
     def __init__(
         self,
-        method: Any,
+        method: Method,
         model: Any,
         config: TrainConfig,
         *,
@@ -149,7 +150,7 @@ class Trainer:
         self.eval_batch_size = eval_batch_size
         self.eval_batch_tokens = eval_batch_tokens
         self.names = list(method.labels.names)
-        self.device = method.backbone.device
+        self.device = next(model.parameters()).device
         self._best: dict[str, torch.Tensor] | None = None
 
     # -- the loss ---------------------------------------------------------------------------------------------------
@@ -162,7 +163,7 @@ class Trainer:
             z, full = self.method.train_logits(rows, full_vocab=vocab, reuse_prefix=self.config.reuse_prefix)
         if vocab:
             assert full is not None
-            targets = torch.as_tensor(self.method.tokens.first_ids, device=self.device)[y]
+            targets = torch.as_tensor(self.method.class_token_ids(), device=self.device)[y]
             per_row = torch.nn.functional.cross_entropy(full, targets, reduction="none")
         else:
             per_row = torch.nn.functional.cross_entropy(z, y, reduction="none")
@@ -183,7 +184,7 @@ class Trainer:
         cfg = self.config
         if len(texts) == 0:
             raise ConfigError("no training examples")
-        rows = self.method.encoder.encode(list(texts)).ids
+        rows = self.method.training_rows(texts)
         n = len(rows)
         per_epoch = math.ceil(n / cfg.batch_size)
         total = cfg.max_steps if cfg.max_steps is not None else max(1, math.ceil(cfg.epochs * per_epoch))
@@ -219,11 +220,7 @@ class Trainer:
                 self._start_fresh()
             torch.manual_seed(cfg.seed)
         if cfg.reuse_prefix:
-            # The one-time check of prefix reuse against the plain path (and its fallback, e.g. for sliding-window
-            # attention) runs before the first step, so a fresh and a resumed run take the same path.
-            self.model.eval()  # no dropout: the check compares two deterministic forwards, and draws no RNG
-            with torch.inference_mode():
-                self.method._shared_prefix()
+            self.method.prepare_training()  # e.g. the one-time prefix-reuse check, the same fresh or resumed
         checkpoint_every = cfg.checkpoint_every or cfg.eval_every or 50
         self.model.train()
         evaluation = (eval_texts, eval_y) if eval_texts is not None and eval_y is not None else None

@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
 
 from classlm.backends.client import OpenAIClient
 from classlm.backends.openai import ENDPOINTS, METHODS, RemoteScores, class_probabilities, top_entries
@@ -20,13 +19,12 @@ from classlm.calibration import TemperatureScaler
 from classlm.config import CalibrationConfig
 from classlm.data import as_texts, validate_labels
 from classlm.errors import ConfigError, DataError
-from classlm.estimator import NotFittedError, decision, resolve_classes
+from classlm.estimator import CalibratedClassifier, NotFittedError, resolve_classes
 from classlm.labels import LabelSet, resolve_class_tokens
-from classlm.metrics import softmax
 from classlm.prompts import PromptTemplate, RenderedPrompt
 
 
-class RemoteClassifier(ClassifierMixin, BaseEstimator):
+class RemoteClassifier(CalibratedClassifier):
     """Zero-shot ``label_tokens`` / ``letters`` classification with a model behind an OpenAI-compatible API.
 
     A scikit-learn estimator: ``__init__`` only stores its arguments (so ``clone``, ``get_params`` and
@@ -226,10 +224,14 @@ class RemoteClassifier(ClassifierMixin, BaseEstimator):
         if client is not None:
             client.close()
 
-    def predict_scores(self, X: Any) -> RemoteScores:
-        """Class logits (log-probability estimates), class mass, and the estimate given to absent classes."""
+    def _check_fitted(self) -> None:
         if not hasattr(self, "client_"):
             raise NotFittedError("this RemoteClassifier is not fitted yet; call fit() (labels=... is enough)")
+
+    def predict_scores(self, X: Any, *, class_mass: bool = False) -> RemoteScores:
+        """Class logits (log-probability estimates), class mass (always: the top-k gives it for free), and the
+        estimate given to absent classes."""
+        self._check_fitted()
         texts = as_texts(X)
         k = len(self.classes_)
         if not texts:
@@ -255,18 +257,3 @@ class RemoteClassifier(ClassifierMixin, BaseEstimator):
             missing_mass=missing,
             n_absent=np.array([r[2] for r in results], dtype=np.int64),
         )
-
-    def _calibrated(self, X: Any) -> np.ndarray:
-        logits = self.predict_scores(X).logits  # first: it raises NotFittedError before calibrator_ is looked up
-        return self.calibrator_.transform(logits)
-
-    def decision_function(self, X: Any) -> np.ndarray:
-        """Calibrated logits ``(n, k)``; for two classes scikit-learn's ``(n,)``: ``(z1 - z0) / T``."""
-        return decision(self._calibrated(X))
-
-    def predict_proba(self, X: Any) -> np.ndarray:
-        return softmax(self._calibrated(X))
-
-    def predict(self, X: Any) -> np.ndarray:
-        z = self._calibrated(X)  # first, as above
-        return self.classes_[np.argmax(z, axis=1)]

@@ -26,19 +26,47 @@ import dataclasses
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from classlm.config import FewShotOptions
-from classlm.errors import ArtifactError, ConfigError
-from classlm.methods import register
+from classlm.config import DEFAULT_ENCODER, check_positive
+from classlm.errors import ArtifactError, ConfigError, NotFittedError
+from classlm.methods.base import register
 from classlm.methods.label_tokens import LabelTokensMethod
 from classlm.prompts import RenderedPrompt
-from classlm.scores import Scores
+from classlm.scores import MethodInfo, Scores
 from classlm.scoring import MIN_TEXT_TOKENS, EncodedTexts, PromptEncoder
 
 log = logging.getLogger(__name__)
+
+
+FEW_SHOT_SELECTION = ("fixed", "nearest")
+
+
+@dataclass(frozen=True)
+class FewShotOptions:
+    """``few_shot``: ``label_tokens`` with ``k`` labelled examples from ``fit(X, y)`` in the prompt.
+
+    ``selection="fixed"``: the same k examples for every text, picked class-balanced at random (seeded), so the
+    whole prompt head is still computed once. ``"nearest"``: each text gets its k nearest training examples by
+    ``encoder`` embedding (cosine). Examples longer than ``max_example_chars`` are cut.
+    """
+
+    k: int = 8
+    selection: str = "fixed"
+    encoder: str = DEFAULT_ENCODER
+    max_example_chars: int = 300
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_positive(self, "k", "max_example_chars", integer=True)
+        if self.selection not in FEW_SHOT_SELECTION:
+            raise ConfigError(f"selection must be one of {FEW_SHOT_SELECTION}, got {self.selection!r}")
+        if not isinstance(self.seed, int):
+            raise ConfigError(f"seed must be an int, got {self.seed!r}")
+
 
 ELLIPSIS = "…"
 # Rendering the template with this one-character example marks where the examples block starts in the head.
@@ -90,14 +118,13 @@ class _NearestEncoder(PromptEncoder):
         return self.method.encode_nearest(texts)
 
 
-@register("few_shot")
+@register("few_shot", options=FewShotOptions)
 class FewShotMethod(LabelTokensMethod):
     """label_tokens with k training examples in the prompt: the same k for every text, or each text's nearest k."""
 
     learns_from_data = True
     # The Trainer would train on the prompt without the per-text examples; few_shot is a prompting method.
     trains_backbone = False
-    options_class = FewShotOptions
     options: FewShotOptions
 
     def prepare(self, backbone: Any) -> None:
@@ -122,7 +149,7 @@ class FewShotMethod(LabelTokensMethod):
     def _apply_examples(self, examples: Sequence[tuple[str, str]]) -> None:
         """Render the template with ``examples`` and re-bind (new head ids, prefix cache reset)."""
         self.prompt = dataclasses.replace(self.base_prompt, examples=tuple((t, lab) for t, lab in examples))
-        self.bind_prompt(self.backbone, self.prompt.render(self.labels, self.backbone.tokenizer))
+        self.bind_prompt(self.prompt.render(self.labels, self.backbone.tokenizer))
         self.examples = list(self.prompt.examples)
 
     def _fitting_prefix(self, examples: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -152,7 +179,7 @@ class FewShotMethod(LabelTokensMethod):
         last_space = max((i for i, ch in enumerate(same) if ch.isspace()), default=0)
         self.common_head = same[:last_space].rstrip()
         common = RenderedPrompt(head=self.common_head, tail=bare.tail, chat=bare.chat)
-        self.bind_prompt(self.backbone, common)
+        self.bind_prompt(common)
         self.encoder = _NearestEncoder(tok, common, self.max_length, self)
 
     def _embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
@@ -198,7 +225,7 @@ class FewShotMethod(LabelTokensMethod):
         if not texts:
             return EncodedTexts([], np.zeros(0, dtype=bool))
         if not self.fitted:
-            raise RuntimeError("few_shot: no training examples (fit_data was not called)")
+            raise NotFittedError("few_shot: no training examples (fit_data was not called)")
         tok = self.backbone.tokenizer
         enc = self.encoder
         fixed = len(enc.head_ids) + len(enc.tail_ids)
@@ -260,7 +287,7 @@ class FewShotMethod(LabelTokensMethod):
         progress: bool = False,
     ) -> Scores:
         if not self.fitted:
-            raise RuntimeError("few_shot: no training examples (fit_data was not called)")
+            raise NotFittedError("few_shot: no training examples (fit_data was not called)")
         return super().score(
             texts, batch_size=batch_size, batch_tokens=batch_tokens, class_mass=class_mass, progress=progress
         )
@@ -299,8 +326,9 @@ class FewShotMethod(LabelTokensMethod):
         self.pool, self.pool_embeddings = pool, emb
         self.fitted = True
 
-    def describe(self) -> dict[str, Any]:
-        desc = super().describe()
+    def info(self) -> MethodInfo:
+        base = super().info()
+        desc: dict[str, Any] = {}
         desc["options"] = self.options_dict()
         if self.options.selection == "fixed":
             desc["n_examples"] = len(self.examples)
@@ -312,7 +340,7 @@ class FewShotMethod(LabelTokensMethod):
                 "per text: its nearest training examples (most similar last) between prompt_head and the text"
             )
         desc["min_text_tokens"] = self.min_text_tokens
-        return desc
+        return dataclasses.replace(base, extra=desc)
 
 
 def _pair(item: Any) -> tuple[str, str]:

@@ -16,19 +16,33 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from classlm.config import GenerateOptions
+from classlm.config import check_positive
 from classlm.labels import ClassTokens, resolve_class_tokens
-from classlm.methods import register
-from classlm.methods.label_tokens import LabelTokensMethod
+from classlm.methods.base import Method, register
+from classlm.methods.prompted import class_token_info, prompt_info
 from classlm.prompts import RenderedPrompt
-from classlm.scores import Scores
-from classlm.scoring import length_sorted_batches
+from classlm.scores import MethodInfo, Scores
+from classlm.scoring import PromptEncoder, length_sorted_batches
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    """``generate``: greedy generation of at most ``max_new_tokens`` tokens (``None``: the longest class answer
+    plus 2), parsed back to a class."""
+
+    max_new_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens is not None:
+            check_positive(self, "max_new_tokens", integer=True)
+
 
 # Logit of every class but the parsed one (the parsed class gets 0).
 OFF_LOGIT = -20.0
@@ -91,27 +105,32 @@ def _is_word_char(ch: str) -> bool:
     return ch.isalnum() or ch == "_"
 
 
-@register("generate")
-class GenerateMethod(LabelTokensMethod):
+@register("generate", options=GenerateOptions)
+class GenerateMethod(Method):
     """Greedy generation parsed back to a class; one-hot logits (see the module docstring)."""
 
-    learns_from_data = False
-    trains_backbone = False
-    options_class = GenerateOptions
     options: GenerateOptions
 
-    def prepare(self, backbone: Any) -> None:
-        super().prepare(backbone)
-        self.last_unparsed = 0
-        self.unparsed_total = 0
-        self.scored_total = 0
-        self.last_outputs: list[str] = []
+    def check(self, tokenizer: Any) -> None:
+        rendered = self.prompt.render(self.labels, tokenizer)
+        PromptEncoder(tokenizer, rendered, self.max_length)
+        self._class_tokens(tokenizer, rendered)
 
-    def class_tokens(self, tokenizer: Any, rendered: RenderedPrompt) -> ClassTokens:
+    def _class_tokens(self, tokenizer: Any, rendered: RenderedPrompt) -> ClassTokens:
         # Generation reads whole answers, so classes may share a first token.
         return resolve_class_tokens(
             self.labels, tokenizer, leading_space=rendered.leading_space, require_distinct_first=False
         )
+
+    def prepare(self, backbone: Any) -> None:
+        self.backbone = backbone
+        self.rendered = self.prompt.render(self.labels, backbone.tokenizer)
+        self.encoder = PromptEncoder(backbone.tokenizer, self.rendered, self.max_length)
+        self.tokens = self._class_tokens(backbone.tokenizer, self.rendered)
+        self.last_unparsed = 0
+        self.unparsed_total = 0
+        self.scored_total = 0
+        self.last_outputs: list[str] = []
 
     @property
     def max_new_tokens(self) -> int:
@@ -179,11 +198,21 @@ class GenerateMethod(LabelTokensMethod):
         self.scored_total += len(texts)
         return Scores(logits, None, encoded.truncated)
 
-    def describe(self) -> dict[str, Any]:
-        desc = super().describe()
-        desc["options"] = self.options_dict()
-        desc["max_new_tokens"] = self.max_new_tokens
-        desc["scored"] = self.scored_total
-        desc["unparsed"] = self.unparsed_total
-        desc["unparsed_share"] = self.unparsed_total / self.scored_total if self.scored_total else None
-        return desc
+    def scoring_stats(self) -> dict[str, Any]:
+        return {"unparsed": self.last_unparsed}
+
+    def info(self) -> MethodInfo:
+        share = self.unparsed_total / self.scored_total if self.scored_total else None
+        return MethodInfo(
+            self.name,
+            scoring=self.scoring,
+            class_tokens=class_token_info(self.tokens, self.backbone.tokenizer),
+            prompt=prompt_info(self.encoder, self.rendered),
+            extra={
+                "options": self.options_dict(),
+                "max_new_tokens": self.max_new_tokens,
+                "scored": self.scored_total,
+                "unparsed": self.unparsed_total,
+                "unparsed_share": share,
+            },
+        )

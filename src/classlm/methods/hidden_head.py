@@ -9,27 +9,53 @@ the head plus the top k transformer blocks and the final norm (Raschka's recipe,
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from classlm.config import HiddenHeadOptions
-from classlm.errors import ConfigError
-from classlm.methods import register
-from classlm.methods.label_tokens import LabelTokensMethod
+from classlm.errors import ConfigError, NotFittedError
+from classlm.heads import HeadOptions
+from classlm.methods.base import Method, register
+from classlm.methods.prompted import PromptedLM
 from classlm.prompts import RenderedPrompt
-from classlm.scoring import PromptEncoder, decoder_of, length_sorted_batches
+from classlm.scores import MethodInfo, Scores
+from classlm.scoring import PromptEncoder, decoder_of
+
+
+@dataclass(frozen=True)
+class HiddenHeadOptions(HeadOptions):
+    """``hidden_head``: the head reads the LM's hidden state at the last real token.
+
+    ``prompt=False`` feeds the raw text (what ``AutoModelForSequenceClassification`` does); ``True`` wraps it in
+    the classification prompt (instruction and class list; with prefix reuse it costs almost nothing). The backbone
+    is frozen unless ``top_k`` > 0 (the top k transformer blocks and the final norm train with the head: Raschka's
+    recipe) or ``LMClassifier(lora=...)`` is set (LoRA trains with the head); both train through the same loop as
+    LoRA on label tokens, with ``TrainConfig``. The linear head then starts from the standardised-feature solution
+    of the frozen backbone rather than from random weights.
+    """
+
+    prompt: bool = False
+    top_k: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ConfigError(f"top_k must be an int >= 0 (blocks to unfreeze), got {self.top_k!r}")
+
 
 # The warm start before backbone training fits the head on the frozen features of at most this many texts.
 WARM_START_TEXTS = 512
 
 
-@register("hidden_head")
-class HiddenHeadMethod(LabelTokensMethod):
+@register("hidden_head", options=HiddenHeadOptions)
+class HiddenHeadMethod(Method):
+    """A head on the last-token hidden state of the prompted (or raw) text, read through a PromptedLM."""
+
     learns_from_data = True
-    options_class = HiddenHeadOptions
+    trains_backbone = True
+    options: HiddenHeadOptions
 
     def check(self, tokenizer: Any) -> None:
         PromptEncoder(tokenizer, self._render(tokenizer), self.max_length)  # the head reads no class tokens
@@ -44,8 +70,9 @@ class HiddenHeadMethod(LabelTokensMethod):
     def prepare(self, backbone: Any) -> None:
         from classlm.heads import build_head
 
-        rendered = self._render(backbone.tokenizer)
-        self.bind_prompt(backbone, rendered)  # raw text: no tail, so no prefix reuse (see _prefix_usable)
+        self.backbone = backbone
+        # The raw text has no tail, so no prefix reuse (PromptedLM.usable).
+        self.lm = PromptedLM(backbone, self._render(backbone.tokenizer), self.max_length)
         dim = int(backbone.model.config.hidden_size)
         self.head = build_head(dim, len(self.labels), self.options).to(backbone.device).eval()
         self.fitted = False
@@ -79,16 +106,14 @@ class HiddenHeadMethod(LabelTokensMethod):
 
     def features(self, texts: Sequence[str], *, progress: bool = False, batch_tokens: int | None = 512) -> torch.Tensor:
         """Last-token hidden states ``(n, d)`` in float32, input order."""
-        rows = self.encoder.encode(list(texts)).ids
-        prefix = self._shared_prefix()
-        skip = prefix.length if prefix is not None else 0
-        out = torch.zeros(len(rows), int(self.backbone.model.config.hidden_size))
-        bar = tqdm(total=len(rows), desc="features", unit="text", disable=not progress, leave=False)
-        with torch.inference_mode():
-            for idx in length_sorted_batches([len(r) - skip for r in rows], 64, batch_tokens):
-                out[idx] = self._hidden([rows[i] for i in idx], prefix).float().cpu()
-                bar.update(len(idx))
-        bar.close()
+        prefix = self.lm.shared_prefix()
+        out = torch.zeros(len(texts), int(self.backbone.model.config.hidden_size))
+
+        def step(idx: np.ndarray, rows: list[list[int]]) -> None:
+            out[idx] = self.lm.hidden(rows, prefix).float().cpu()
+
+        self.lm.run_batches(self.training_rows(texts), step, batch_size=64, batch_tokens=batch_tokens, prefix=prefix,
+                            progress=progress, desc="features")  # fmt: skip
         return out
 
     def fit_data(self, texts: Sequence[str], y: np.ndarray, *, progress: bool = False) -> dict[str, Any]:
@@ -109,6 +134,17 @@ class HiddenHeadMethod(LabelTokensMethod):
     def trainable_module(self) -> Any:
         return torch.nn.ModuleDict({"backbone": self.backbone.model, "head": self.head})
 
+    def training_rows(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.lm.encoder.encode(list(texts)).ids
+
+    def prepare_training(self) -> None:
+        self.lm.check_before_training()
+
+    def train_logits(
+        self, rows: list[list[int]], *, full_vocab: bool = False, reuse_prefix: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self._head(self.lm.train_hidden(rows, reuse_prefix), full_vocab)
+
     def _head(self, h: torch.Tensor, full_vocab: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         if full_vocab:
             raise ConfigError("hidden_head has no vocabulary logits: train it with loss='class_ce'")
@@ -124,22 +160,23 @@ class HiddenHeadMethod(LabelTokensMethod):
         batch_tokens: int | None = None,
         class_mass: bool = False,
         progress: bool = False,
-    ) -> Any:
+    ) -> Scores:
         if not self.fitted:
-            raise RuntimeError("hidden_head: the head is not trained (fit_data was not called)")
-        # No class mass: the head's logits are not vocabulary logits.
-        return super().score(texts, batch_size=batch_size, batch_tokens=batch_tokens, progress=progress)
+            raise NotFittedError("hidden_head: the head is not trained (fit_data was not called)")
+        encoded = self.lm.encoder.encode(texts)
+        prefix = self.lm.shared_prefix()
+        logits = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "method": self.name,
-            "prompt_head": self.rendered.head,
-            "prompt_tail": self.rendered.tail,
-            "prompt_head_ids": list(self.encoder.head_ids),
-            "prompt_tail_ids": list(self.encoder.tail_ids),
-            "chat_template": self.rendered.chat,
-            "options": self.options_dict(),
-        }
+        def step(idx: np.ndarray, rows: list[list[int]]) -> None:
+            logits[idx] = self._head(self.lm.hidden(rows, prefix), False)[0].cpu().numpy()
+
+        self.lm.run_batches(encoded.ids, step, batch_size=batch_size, batch_tokens=batch_tokens, prefix=prefix,
+                            progress=progress)  # fmt: skip
+        # No class mass: the head's logits are not vocabulary logits.
+        return Scores(logits, None, encoded.truncated)
+
+    def info(self) -> MethodInfo:
+        return MethodInfo(self.name, prompt=self.lm.prompt_info(), extra={"options": self.options_dict()})
 
     def state(self) -> tuple[dict[str, Any], dict[str, Any]]:
         from classlm.heads import head_state

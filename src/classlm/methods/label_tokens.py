@@ -8,39 +8,27 @@ log-probabilities of every token of each class's answer (teacher forcing; k rows
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from classlm.errors import ConfigError
 from classlm.labels import ClassTokens, resolve_class_tokens
-from classlm.methods import Method, register
+from classlm.methods.base import Method, register
+from classlm.methods.prompted import PromptedLM, class_token_info
 from classlm.prompts import RenderedPrompt
-from classlm.scores import Scores
-from classlm.scoring import (
-    PrefixUnsupported,
-    PromptEncoder,
-    SharedPrefix,
-    hidden_states,
-    last_token_hidden,
-    length_sorted_batches,
-    output_head,
-    pad_right,
-    weights_version,
-)
-
-log = logging.getLogger(__name__)
+from classlm.scores import MethodInfo, Scores
+from classlm.scoring import PromptEncoder, SharedPrefix, hidden_states, output_head, pad_right
 
 
 @register("label_tokens")
 class LabelTokensMethod(Method):
-    """Zero-shot (and, later, LoRA-tuned) classification by the logits of each class's answer token."""
+    """Zero-shot (and LoRA-tuned) classification by the logits of each class's answer token."""
 
     trains_backbone = True
+    has_class_tokens = True
 
     def check(self, tokenizer: Any) -> None:
         rendered = self.prompt.render(self.labels, tokenizer)
@@ -48,7 +36,8 @@ class LabelTokensMethod(Method):
         self.class_tokens(tokenizer, rendered)
 
     def prepare(self, backbone: Any) -> None:
-        self.bind_prompt(backbone, self.prompt.render(self.labels, backbone.tokenizer))
+        self.backbone = backbone
+        self.bind_prompt(self.prompt.render(self.labels, backbone.tokenizer))
         self.tokens: ClassTokens = self.class_tokens(backbone.tokenizer, self.rendered)
 
     def class_tokens(self, tokenizer: Any, rendered: RenderedPrompt) -> ClassTokens:
@@ -60,81 +49,49 @@ class LabelTokensMethod(Method):
             require_distinct_first=self.scoring == "first_token",
         )
 
-    def bind_prompt(self, backbone: Any, rendered: RenderedPrompt) -> None:
-        """Use ``rendered`` around every text; resets the shared-prefix cache."""
-        self.backbone = backbone
-        self.rendered = rendered
-        self.encoder = PromptEncoder(backbone.tokenizer, rendered, self.max_length)
-        # Shared-prefix reuse: the prompt head's keys/values are computed once (see SharedPrefix). Set to False to
-        # run every row in full; it turns itself off, with a debug log line, for models whose cache cannot be reused.
-        # A re-bind (new few-shot examples) keeps that choice: the model is the same.
-        self.reuse_prefix = getattr(self, "reuse_prefix", True)
-        self._prefix: tuple[Any, SharedPrefix] | None = None
-        self._prefix_checked = False
+    def bind_prompt(self, rendered: RenderedPrompt) -> None:
+        """Use ``rendered`` around every text (new prefix cache). A re-bind (new few-shot examples) keeps the reuse
+        setting: the model is the same."""
+        previous = getattr(self, "lm", None)
+        reuse = previous.reuse_prefix if previous is not None else True
+        self.lm = PromptedLM(self.backbone, rendered, self.max_length, reuse_prefix=reuse)
 
+    # The prompt parts callers read; they live in the PromptedLM.
+    @property
+    def rendered(self) -> RenderedPrompt:
+        return self.lm.rendered
+
+    @property
+    def encoder(self) -> PromptEncoder:
+        return self.lm.encoder
+
+    @encoder.setter
+    def encoder(self, encoder: PromptEncoder) -> None:
+        self.lm.encoder = encoder
+
+    @property
+    def reuse_prefix(self) -> bool:
+        return self.lm.reuse_prefix
+
+    @reuse_prefix.setter
+    def reuse_prefix(self, value: bool) -> None:
+        self.lm.reuse_prefix = value
+
+    # -- training (trains_backbone) -------------------------------------------------------------------------------
     def trainable_module(self) -> Any:
         """What the Trainer optimises: the parameters of this module that require grad (the LoRA adapters)."""
         return self.backbone.model
 
-    def _prefix_usable(self) -> bool:
-        """Reuse is on and there is a head to reuse; an empty tail could leave a row (an empty text) with no token
-        after the prefix, so it needs one too."""
-        return self.reuse_prefix and bool(self.encoder.head_ids) and bool(self.encoder.tail_ids)
+    def training_rows(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.encoder.encode(list(texts)).ids
 
-    def _shared_prefix(self) -> SharedPrefix | None:
-        """The prompt head's keys/values for the current weights, or None where reuse is off or unsupported."""
-        if not self._prefix_usable():
-            return None
-        bb = self.backbone
-        key = (weights_version(bb.model), tuple(self.encoder.head_ids))
-        if self._prefix is None or self._prefix[0] != key:
-            try:
-                # Scoring only: no autograd graph kept alive by the cache (the weights may require grad after fit).
-                with torch.inference_mode():
-                    prefix = SharedPrefix(bb.model, self.encoder.head_ids, bb.device)
-                if not self._prefix_checked:
-                    self._check_prefix(prefix)
-                    self._prefix_checked = True
-                self._prefix = (key, prefix)
-            except PrefixUnsupported as exc:
-                # Warning, not debug: scoring stays exact but runs the whole prompt per row (about half the speed).
-                log.warning("prompt-prefix reuse is off for %s: %s", type(bb.model).__name__, exc)
-                self.reuse_prefix, self._prefix = False, None
-                return None
-        return self._prefix[1]
+    def prepare_training(self) -> None:
+        self.lm.check_before_training()
 
-    def _check_prefix(self, prefix: SharedPrefix) -> None:
-        """Once per method: the prompt with an empty text must give the same last hidden state both ways.
+    def class_token_ids(self) -> list[int]:
+        return list(self.tokens.first_ids)
 
-        Catches architectures whose attention the prefix kernel does not reproduce (a model that skips the
-        attention interface, or bends scores in ways it does not know of) before they return wrong probabilities.
-        """
-        prompt = [[*self.encoder.head_ids, *self.encoder.tail_ids]]
-        with torch.inference_mode():
-            plain = self._hidden(prompt, None).float()
-            try:
-                reused = self._hidden(prompt, prefix).float()
-            except (TypeError, ValueError, AttributeError, NotImplementedError) as exc:
-                # Only here, on the one-time check: an attention path the prefix kernel cannot take.
-                raise PrefixUnsupported(f"the prefix path does not run on this model ({exc})") from exc
-        # fp32 agrees to ~1e-5 of the activations' scale; bf16 rounds at ~1e-2. A model whose attention ignored the
-        # prefix is off by the scale itself.
-        tol = (1e-3 if prefix.layers[0][0].dtype == torch.float32 else 5e-2) * float(plain.abs().max())
-        err = float((plain - reused).abs().max())
-        if not err <= tol:
-            raise PrefixUnsupported(f"prefix reuse changes the hidden state by {err:.3g} (tolerance {tol:.3g})")
-
-    def last_hidden(self, rows: list[list[int]]) -> torch.Tensor:
-        """Hidden state at each row's last real token, reusing the shared prompt head when possible."""
-        return self._hidden(rows, self._shared_prefix())
-
-    def _hidden(self, rows: list[list[int]], prefix: SharedPrefix | None) -> torch.Tensor:
-        """Full prompt rows in; with ``prefix``, only the tokens after it run."""
-        bb = self.backbone
-        if prefix is not None:
-            rows = [r[prefix.length :] for r in rows]
-        return last_token_hidden(bb.model, rows, bb.tokenizer.pad_token_id, bb.device, prefix)
-
+    # -- scoring ----------------------------------------------------------------------------------------------------
     def score(
         self,
         texts: Sequence[str],
@@ -145,30 +102,28 @@ class LabelTokensMethod(Method):
         progress: bool = False,
     ) -> Scores:
         encoded = self.encoder.encode(texts)
-        # The token budget counts the tokens that run: without the shared prefix when it is reused.
-        prefix = self._shared_prefix() if self.scoring == "first_token" else None
-        skip = prefix.length if prefix is not None else 0
-        k = len(self.labels)
-        logits = np.zeros((len(texts), k), dtype=np.float32)
+        prefix = self.lm.shared_prefix() if self.scoring == "first_token" else None
+        logits = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         mass = np.zeros(len(texts), dtype=np.float32) if class_mass else None
-        bar = tqdm(total=len(texts), desc="scoring", unit="text", disable=not progress, leave=False)
-        with torch.inference_mode():
-            for idx in length_sorted_batches([len(r) - skip for r in encoded.ids], batch_size, batch_tokens):
-                rows = [encoded.ids[i] for i in idx]
-                m: torch.Tensor | None
-                if self.scoring == "exact":
-                    z, m = self._exact(rows, batch_size)
-                else:
-                    z, m = self._first_token(rows, class_mass)
-                logits[idx] = z.cpu().numpy()
-                if mass is not None and m is not None:
-                    mass[idx] = m.cpu().numpy()
-                bar.update(len(idx))
-        bar.close()
+
+        def step(idx: np.ndarray, rows: list[list[int]]) -> None:
+            m: torch.Tensor | None
+            if self.scoring == "exact":
+                z, m = self._exact(rows, batch_size)
+            else:
+                z, m = self._first_token(rows, prefix, class_mass)
+            logits[idx] = z.cpu().numpy()
+            if mass is not None and m is not None:
+                mass[idx] = m.cpu().numpy()
+
+        self.lm.run_batches(encoded.ids, step, batch_size=batch_size, batch_tokens=batch_tokens, prefix=prefix,
+                            progress=progress)  # fmt: skip
         return Scores(logits, mass, encoded.truncated)
 
-    def _first_token(self, rows: list[list[int]], class_mass: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        z, full = self._head(self.last_hidden(rows), full_vocab=class_mass)
+    def _first_token(
+        self, rows: list[list[int]], prefix: SharedPrefix | None, class_mass: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        z, full = self._head(self.lm.hidden(rows, prefix), full_vocab=class_mass)
         if full is None:
             return z, None
         return z, torch.exp(torch.logsumexp(z, -1) - torch.logsumexp(full, -1))
@@ -197,19 +152,13 @@ class LabelTokensMethod(Method):
         self, rows: list[list[int]], *, full_vocab: bool = False, reuse_prefix: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Class logits with gradients, for training. With ``reuse_prefix`` the prompt head runs once for the batch
-        (with gradients: LoRA changes its keys and values) instead of once per row; the loss and gradients are the
-        same. (With LoRA dropout > 0 the head's rows then share one dropout mask per batch instead of one per row:
-        the same in expectation, not draw for draw.)"""
+        instead of once per row (see PromptedLM.train_hidden)."""
         if self.scoring != "first_token":
             raise ConfigError(
                 f"training reads the class tokens' first-token logits; scoring={self.scoring!r} is for zero-shot "
                 "use. Train with scoring='first_token' (make the first tokens distinct with verbalizers or letters)"
             )
-        bb = self.backbone
-        # A fresh prefix per batch, built with gradients: the cached one of scoring is for the weights it saw.
-        usable = reuse_prefix and self._prefix_usable()
-        prefix = SharedPrefix(bb.model, self.encoder.head_ids, bb.device) if usable else None
-        return self._head(self._hidden(rows, prefix), full_vocab)
+        return self._head(self.lm.train_hidden(rows, reuse_prefix), full_vocab)
 
     def _exact(self, rows: list[list[int]], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Sum of log p(token_j | prompt, tokens_<j) over each class's answer tokens, teacher-forced."""
@@ -243,22 +192,13 @@ class LabelTokensMethod(Method):
         # Class mass here: the probability of generating any class's full answer.
         return z, torch.exp(torch.logsumexp(z, -1))
 
-    def describe(self) -> dict[str, Any]:
-        tok = self.backbone.tokenizer
-        return {
-            "method": self.name,
-            "scoring": self.scoring,
-            "answers": list(self.tokens.strings),
-            "token_ids": [list(s) for s in self.tokens.sequences],
-            "tokens": [tok.convert_ids_to_tokens(list(s)) for s in self.tokens.sequences],
-            "prompt_head": self.rendered.head,
-            "prompt_tail": self.rendered.tail,
-            "prompt_head_ids": list(self.encoder.head_ids),
-            "prompt_tail_ids": list(self.encoder.tail_ids),
-            "chat_template": self.rendered.chat,
-            "prompt_tokens": len(self.encoder.head_ids) + len(self.encoder.tail_ids),
-            "text_budget": self.encoder.text_budget,
-        }
+    def info(self) -> MethodInfo:
+        return MethodInfo(
+            self.name,
+            scoring=self.scoring,
+            class_tokens=class_token_info(self.tokens, self.backbone.tokenizer),
+            prompt=self.lm.prompt_info(),
+        )
 
 
 @register("letters")

@@ -8,13 +8,44 @@ embedding, times a scale; zero-shot, with only the temperature fitted on held-ou
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from classlm.config import EmbeddingOptions, SimilarityOptions
-from classlm.methods import Method, register
-from classlm.scores import Scores
+from classlm.config import DEFAULT_ENCODER, check_model_name, check_positive
+from classlm.errors import NotFittedError
+from classlm.heads import HeadOptions
+from classlm.methods.base import Method, register
+from classlm.scores import MethodInfo, Scores
+
+
+@dataclass(frozen=True)
+class EmbeddingOptions(HeadOptions):
+    """``embedding``: a sentence-transformers encoder (a built-in alias, a local folder or a hub id) + a head."""
+
+    encoder: str = DEFAULT_ENCODER
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive(self, "batch_size", integer=True)
+        check_model_name(self, "encoder")
+
+
+@dataclass(frozen=True)
+class SimilarityOptions:
+    """``similarity``: cosine between the text's and each class description's embedding, times ``scale``
+    (the temperature fitted on held-out data refines it; ``scale`` only sets the zero-shot starting point)."""
+
+    encoder: str = DEFAULT_ENCODER
+    scale: float = 20.0
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        check_positive(self, "scale")
+        check_positive(self, "batch_size", integer=True)
+        check_model_name(self, "encoder")
 
 
 class _SentenceMethod(Method):
@@ -32,10 +63,9 @@ class _SentenceMethod(Method):
         return self.encoder.identity()
 
 
-@register("embedding")
+@register("embedding", options=EmbeddingOptions)
 class EmbeddingMethod(_SentenceMethod):
     learns_from_data = True
-    options_class = EmbeddingOptions
 
     def prepare(self, backbone: Any) -> None:
         super().prepare(backbone)
@@ -63,11 +93,11 @@ class EmbeddingMethod(_SentenceMethod):
         from classlm.heads import head_logits
 
         if not self.fitted:
-            raise RuntimeError("embedding: the head is not trained (fit_data was not called)")
+            raise NotFittedError("embedding: the head is not trained (fit_data was not called)")
         return Scores(head_logits(self.head, self.embed(texts, progress)), truncated=self.encoder.overlong(texts))
 
-    def describe(self) -> dict[str, Any]:
-        return {"method": self.name, "encoder": self.encoder.identity(), "options": self.options_dict()}
+    def info(self) -> MethodInfo:
+        return MethodInfo(self.name, extra={"encoder": self.encoder.identity(), "options": self.options_dict()})
 
     def state(self) -> tuple[dict[str, Any], dict[str, Any]]:
         from classlm.heads import head_state
@@ -81,10 +111,8 @@ class EmbeddingMethod(_SentenceMethod):
         self.fitted = True
 
 
-@register("similarity")
+@register("similarity", options=SimilarityOptions)
 class SimilarityMethod(_SentenceMethod):
-    options_class = SimilarityOptions
-
     def prepare(self, backbone: Any) -> None:
         super().prepare(backbone)
         # A class without a description is described by its name.
@@ -103,10 +131,12 @@ class SimilarityMethod(_SentenceMethod):
         cosine = self.embed(texts, progress) @ self.class_embeddings.T  # embeddings are L2-normalised
         return Scores((self.options.scale * cosine).astype(np.float32), truncated=self.encoder.overlong(texts))
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "method": self.name,
-            "encoder": self.encoder.identity(),
-            "class_texts": list(self.class_texts),
-            "options": self.options_dict(),
-        }
+    def info(self) -> MethodInfo:
+        return MethodInfo(
+            self.name,
+            extra={
+                "encoder": self.encoder.identity(),
+                "class_texts": list(self.class_texts),
+                "options": self.options_dict(),
+            },
+        )

@@ -9,24 +9,45 @@ classifier gives the fitted one's logits.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from classlm.config import TfidfOptions
-from classlm.errors import DataError
-from classlm.methods import Method, register
-from classlm.scores import Scores
+from classlm.config import check_ngram_range, check_positive
+from classlm.errors import ConfigError, DataError, NotFittedError
+from classlm.methods.base import Method, register
+from classlm.scores import MethodInfo, Scores
+
+
+@dataclass(frozen=True)
+class TfidfOptions:
+    """``tfidf``: word and character n-gram TF-IDF (sublinear tf, L2-normalised) + logistic regression (inverse L2
+    strength ``C``). Either n-gram range may be ``None`` to leave that part out; ``min_df`` applies to both."""
+
+    word_ngrams: tuple[int, int] | None = (1, 2)
+    char_ngrams: tuple[int, int] | None = (2, 5)
+    min_df: int = 2
+    C: float = 10.0
+    max_iter: int = 2000
+
+    def __post_init__(self) -> None:
+        check_ngram_range(self, "word_ngrams")
+        check_ngram_range(self, "char_ngrams")
+        if self.word_ngrams is None and self.char_ngrams is None:
+            raise ConfigError("tfidf needs word_ngrams or char_ngrams (or both); both are None")
+        check_positive(self, "min_df", "max_iter", integer=True)
+        check_positive(self, "C")
+
 
 # The two feature blocks: (name, analyzer, which option holds its n-gram range).
 BLOCKS = (("word", "word", "word_ngrams"), ("char", "char_wb", "char_ngrams"))
 
 
-@register("tfidf")
+@register("tfidf", options=TfidfOptions)
 class TfidfMethod(Method):
     needs_lm = False
     learns_from_data = True
-    options_class = TfidfOptions
 
     def prepare(self, backbone: Any) -> None:
         self.vocabularies: dict[str, dict[str, int]] = {}
@@ -98,17 +119,14 @@ class TfidfMethod(Method):
         progress: bool = False,
     ) -> Scores:
         if self.coef is None or self.intercept is None:
-            raise RuntimeError("tfidf: fit_data was not called")
+            raise NotFittedError("tfidf: fit_data was not called")
         z = self._features(texts) @ self.coef.T + self.intercept
         # Every word of every text is counted: nothing is ever cut.
         return Scores(np.asarray(z, dtype=np.float32), truncated=np.zeros(len(texts), dtype=bool))
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "method": self.name,
-            "features": {n: len(v) for n, v in self.vocabularies.items()},
-            "options": self.options_dict(),
-        }
+    def info(self) -> MethodInfo:
+        features = {n: len(v) for n, v in self.vocabularies.items()}
+        return MethodInfo(self.name, extra={"features": features, "options": self.options_dict()})
 
     def state(self) -> tuple[dict[str, Any], dict[str, Any]]:
         if self.coef is None or self.intercept is None:

@@ -24,7 +24,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive
 
-from classlm.metrics import softmax
 from classlm.serving.batcher import MicroBatcher, QueueFull, ShuttingDown
 from classlm.serving.docs import docs_page
 from classlm.serving.guard import START_KEY, Guard, error_response
@@ -61,34 +60,23 @@ class ServedModel:
         self.classifier = classifier
         self.classes = [str(c) for c in classifier.classes_]
         self.labels = np.asarray(classifier.classes_).tolist()  # JSON values of their own type: ints stay ints
-        method = getattr(classifier, "method_", None)
-        # LMClassifier's raw scores carry the class mass; anything else is asked for probabilities only.
-        self._scores = classifier.predict_scores if method is not None else None
-        self.class_mass_available = hasattr(method, "tokens")
+        # classlm's estimators (their shared core) give raw scores, with the class mass and truncation flags, and
+        # turn them into probabilities; anything else with classes_ and predict_proba is asked for probabilities.
+        self._core = hasattr(classifier, "probabilities")
+        self.class_mass_available = bool(getattr(classifier, "class_mass_available", False))
 
     def score(self, texts: list[str], class_mass: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Per text: probabilities, class mass (if asked for and available), truncated (if the classifier says)."""
-        if self._scores is None:
+        if not self._core:
             return np.asarray(self.classifier.predict_proba(texts)), None, None
-        scores = self._scores(texts, class_mass=class_mass and self.class_mass_available)
-        return softmax(self.classifier.calibrator_.transform(scores.logits)), scores.class_mass, scores.truncated
+        wanted = class_mass and self.class_mass_available
+        scores = self.classifier.predict_scores(texts, class_mass=wanted)
+        return self.classifier.probabilities(scores.logits), scores.class_mass if wanted else None, scores.truncated
 
     def describe(self) -> dict[str, Any]:
-        clf = self.classifier
-        info: dict[str, Any] = {"classes": self.classes, "kind": type(clf).__name__}
-        label_set = getattr(clf, "label_set_", None)
-        if label_set is not None:
-            info["descriptions"] = dict(zip(self.classes, label_set.descriptions))
-        method = getattr(clf, "method_", None)
-        if method is not None:
-            info["method"] = clf.method
-            backbone = getattr(clf, "backbone_", None)
-            info["base_model"] = backbone.identity() if backbone is not None else None
-            info["adapter"] = backbone is not None and hasattr(backbone.model, "peft_config")
-            info["calibration"] = {"temperature": clf.temperature_, **clf.calibration_info_}
-        else:
-            info["members"] = [getattr(m, "method", type(m).__name__) for m in getattr(clf, "_members_", [])]
-            info["calibration"] = {"temperature": float(getattr(clf, "temperature_", 1.0))}
+        info: dict[str, Any] = {"classes": self.classes, "kind": type(self.classifier).__name__}
+        if self._core:
+            info.update(self.classifier.model_info())
         info["class_mass_available"] = self.class_mass_available
         return info
 
@@ -206,8 +194,8 @@ def create_app(load: Callable[[], Any] | Any, settings: ServeSettings | None = N
             raise ApiError(
                 422,
                 "invalid_request",
-                "class_mass is only available for methods with class tokens (label_tokens, "
-                "letters, few_shot); this classifier has none",
+                "class_mass is only available for methods with class tokens (their logits are LM-head rows); "
+                "this classifier has none",
             )
         try:
             future = state["batcher"].submit(texts, body.class_mass)
