@@ -14,6 +14,11 @@ PURE_MODULES = [
     "classlm.reports",
     "classlm.config",
     "classlm.data",
+    "classlm.scores",
+    "classlm.io",
+    # The method contract and registry: a method's description is data (the shipped methods load on first lookup).
+    "classlm.methods",
+    "classlm.methods.base",
     # A remote-model client and the HTTP layer need no local model: they must not pull torch in either.
     "classlm.backends.openai",
     "classlm.serving",

@@ -13,7 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from classlm.backends.openai import OpenAIClient, RemoteClassifier, class_probabilities, top_entries
+from classlm import RemoteClassifier
+from classlm.backends.openai import OpenAIClient, class_probabilities, top_entries
 from classlm.errors import ConfigError, DataError, RemoteError
 
 

@@ -112,7 +112,7 @@ def _assert_agrees(remote_proba, local_proba):
 
 
 def _remote(url, **kwargs):
-    from classlm.backends.openai import RemoteClassifier
+    from classlm import RemoteClassifier
 
     return RemoteClassifier(
         url,

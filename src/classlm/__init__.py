@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "LMClassifier": "classlm.classifier",
     "Ensemble": "classlm.ensemble",
+    "RemoteClassifier": "classlm.backends.remote",
     "LabelSet": "classlm.labels",
     "PromptTemplate": "classlm.prompts",
     "ModelConfig": "classlm.config",
@@ -44,6 +45,7 @@ __all__ = [
     "ModelLoadError",
     "NotFittedError",
     "PromptTemplate",
+    "RemoteClassifier",
     "TemperatureScaler",
     "evaluate",
     "load",
@@ -51,6 +53,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from classlm.backends.remote import RemoteClassifier
     from classlm.calibration import TemperatureScaler
     from classlm.classifier import LMClassifier
     from classlm.classifier import load_classifier as load

@@ -268,7 +268,7 @@ def classify(
                 "--scoring exact needs every answer token's log-probability; the openai backend "
                 "reads the next token's top-k only, so it scores the first token"
             )
-        from classlm.backends.openai import RemoteClassifier
+        from classlm import RemoteClassifier
 
         remote = RemoteClassifier(
             base_url,

@@ -1,6 +1,6 @@
 """Zero-shot classification against an OpenAI-compatible server that returns logprobs: reading the answer (this
-module), the HTTP client (:mod:`classlm.backends.client`) and the estimator (:class:`RemoteClassifier`, in
-:mod:`classlm.backends.remote`, re-exported here without importing scikit-learn until it is used).
+module), the HTTP client (:mod:`classlm.backends.client`) and the estimator (``classlm.RemoteClassifier``, in
+:mod:`classlm.backends.remote`: a scikit-learn estimator, so this module stays free of scikit-learn).
 
 One request per text with ``max_tokens=1`` and ``top_logprobs``: the server's top-k next tokens and their
 log-probabilities. Each class is matched **by text** to a top-k token, as the local ``first_token`` scoring reads the
@@ -146,13 +146,3 @@ def class_probabilities(
         out[absent] = share
         missing = share * len(absent)
     return np.maximum(out, _FLOOR), missing, len(absent)
-
-
-def __getattr__(name: str) -> Any:
-    # RemoteClassifier is a scikit-learn estimator, so it lives in backends/remote.py: importing this module (the
-    # response parsing and the client) must not pull scikit-learn in (tests/test_pure_layer.py).
-    if name == "RemoteClassifier":
-        from classlm.backends.remote import RemoteClassifier
-
-        return RemoteClassifier
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
