@@ -58,13 +58,22 @@ def test_cache_root_precedence(monkeypatch, tmp_path):
     assert cache_root().name == "classlm"
 
 
-@pytest.mark.parametrize(
-    "kwargs, match",
-    [({"device": "tpu"}, "device must be"), ({"dtype": "int4"}, "dtype must be"), ({"max_length": 4}, "max_length")],
-)
+@pytest.mark.parametrize("kwargs, match", [({"device": "tpu"}, "device must be"), ({"dtype": "int4"}, "dtype must be")])
 def test_model_config_validation(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         ModelConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"max_length": 4}, "max_length"), ({"batch_size": 0}, "batch_size"), ({"batch_tokens": -1}, "batch_tokens")],
+)
+def test_run_options_are_checked_before_anything_loads(kwargs, match):
+    from classlm import LMClassifier
+
+    # "no-such/model" is never reached: the run options are checked first.
+    with pytest.raises(ConfigError, match=match):
+        LMClassifier(model="no-such/model", labels=["a", "b"], **kwargs).fit(["x"])
 
 
 def test_local_folder_loads_and_is_shared(tiny_model_dir):

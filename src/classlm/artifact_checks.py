@@ -13,7 +13,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from classlm.config import SCORING, CalibrationConfig, LoraConfig, ModelConfig, TrainConfig, config_from_dict
+from classlm.config import (
+    SCORING,
+    CalibrationConfig,
+    LoraConfig,
+    ModelConfig,
+    TrainConfig,
+    check_run_options,
+    config_from_dict,
+)
 from classlm.errors import ArtifactError, ConfigError
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -46,6 +54,11 @@ def check_settings(
     try:
         get_method(method).parse_options(method_options)
         ModelConfig(name=options["model"], **{k: options[k] for k in ModelConfig.__dataclass_fields__ if k in options})
+        check_run_options(
+            max_length=options.get("max_length", 512),
+            batch_size=options.get("batch_size", 64),
+            batch_tokens=options.get("batch_tokens"),
+        )
         if options.get("scoring", SCORING[0]) not in SCORING:
             raise ConfigError(f"scoring must be one of {SCORING}, got {options['scoring']!r}")
         CalibrationConfig(method=options.get("calibration", "temperature"))

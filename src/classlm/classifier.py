@@ -17,10 +17,12 @@ from classlm.config import (
     LoraConfig,
     ModelConfig,
     TrainConfig,
-    config_from_dict,
+    as_config,
+    check_run_options,
+    options_arg,
 )
 from classlm.data import as_texts, stratified_split, validate_labels
-from classlm.errors import ArtifactError, ConfigError, DataError
+from classlm.errors import ConfigError, DataError
 from classlm.estimator import (
     CalibratedClassifier,
     NotFittedError,
@@ -29,23 +31,8 @@ from classlm.estimator import (
 )
 from classlm.labels import LabelSet
 from classlm.methods import Method, available_methods, get_method
-from classlm.metrics import softmax
 from classlm.prompts import PromptTemplate
 from classlm.scores import Scores
-
-
-def _as_config(cls: Any, value: Any, name: str) -> Any:
-    """``None``, an instance of the config class, or a dict of its options."""
-    if value is None or isinstance(value, cls):
-        return value
-    if isinstance(value, Mapping):
-        return config_from_dict(cls, dict(value))
-    raise ConfigError(f"{name} must be a {cls.__name__} or a dict of its options, got {type(value).__name__}")
-
-
-def _options_arg(value: Any) -> Any:
-    """``method_options`` as ``Method.parse_options`` takes it: a dict copy of a mapping, else as given."""
-    return dict(value) if isinstance(value, Mapping) else value
 
 
 class LMClassifier(CalibratedClassifier):
@@ -66,10 +53,9 @@ class LMClassifier(CalibratedClassifier):
         ``"embedding"`` (sentence embedding + head), ``"similarity"`` (cosine to the class descriptions) or
         ``"tfidf"`` (TF-IDF + logistic regression). See DESIGN.md §2.
     method_options:
-        The method's own options, a dict (or the dataclass): :class:`~classlm.config.HiddenHeadOptions`,
-        :class:`~classlm.config.EmbeddingOptions`, :class:`~classlm.config.SimilarityOptions`,
-        :class:`~classlm.config.TfidfOptions`, :class:`~classlm.config.FewShotOptions`,
-        :class:`~classlm.config.GenerateOptions`.
+        The method's own options, a dict (or the dataclass registered with the method, in its module:
+        ``classlm.methods.hidden_head.HiddenHeadOptions``, ``…sentence.EmbeddingOptions``/``SimilarityOptions``,
+        ``…tfidf.TfidfOptions``, ``…few_shot.FewShotOptions``, ``…generate.GenerateOptions``).
     labels:
         Class names (list), ``{name: description}``, ``{name: {"description": …, "verbalizer": …}}`` or a
         :class:`~classlm.LabelSet`. ``None``: the sorted distinct values of ``y`` in ``fit``.
@@ -95,7 +81,7 @@ class LMClassifier(CalibratedClassifier):
         A forward pass takes at most ``batch_size`` texts and ``batch_tokens`` padded tokens (``None``: no token
         budget). Texts are length-sorted first, so short texts share big batches and long ones small.
     max_length, device, dtype, cache_dir:
-        Run settings; see :class:`~classlm.config.ModelConfig`.
+        Token limit per prompt (texts are cut inside their slot); the rest: see :class:`~classlm.config.ModelConfig`.
     progress:
         Show progress bars while scoring.
     """
@@ -147,15 +133,7 @@ class LMClassifier(CalibratedClassifier):
 
     # -- configuration ------------------------------------------------------------------------------------------
     def _model_config(self) -> ModelConfig:
-        return ModelConfig(
-            name=self.model,
-            device=self.device,
-            dtype=self.dtype,
-            max_length=self.max_length,
-            batch_size=self.batch_size,
-            batch_tokens=self.batch_tokens,
-            cache_dir=self.cache_dir,
-        )
+        return ModelConfig(name=self.model, device=self.device, dtype=self.dtype, cache_dir=self.cache_dir)
 
     def _prompt_template(self) -> PromptTemplate:
         return PromptTemplate.resolve(self.prompt, self.instruction)
@@ -163,17 +141,17 @@ class LMClassifier(CalibratedClassifier):
     def _method_setup(self) -> tuple[type[Method], Any]:
         """The method class and its validated options."""
         method_cls = get_method(self.method)
-        return method_cls, method_cls.parse_options(_options_arg(self.method_options))
+        return method_cls, method_cls.parse_options(options_arg(self.method_options))
 
     def trains_backbone(self) -> bool:
         """Whether ``fit`` trains backbone weights through the Trainer: LoRA, or hidden_head's unfrozen top blocks."""
         return self.lora_config() is not None or getattr(self._method_setup()[1], "top_k", 0) > 0
 
     def lora_config(self) -> LoraConfig | None:
-        return _as_config(LoraConfig, self.lora, "lora")
+        return as_config(LoraConfig, self.lora, "lora")
 
     def train_config(self) -> TrainConfig:
-        return _as_config(TrainConfig, self.train, "train") or TrainConfig()
+        return as_config(TrainConfig, self.train, "train") or TrainConfig()
 
     def _build(self, label_set: LabelSet, adapter: str | Path | None = None, classes: np.ndarray | None = None) -> None:
         """Load the backbone (for methods that need the causal LM) and bind the method; shared by ``fit`` and
@@ -185,6 +163,7 @@ class LMClassifier(CalibratedClassifier):
         if self.scoring not in SCORING:
             raise ConfigError(f"scoring must be one of {SCORING}, got {self.scoring!r}")
         CalibrationConfig(method=self.calibration)
+        check_run_options(max_length=self.max_length, batch_size=self.batch_size, batch_tokens=self.batch_tokens)
         method_cls, options = self._method_setup()
         label_set = LabelSet.from_spec(label_set, letters=method_cls.letters)
         lora = self.lora_config()
@@ -210,20 +189,13 @@ class LMClassifier(CalibratedClassifier):
             # classifiers share one in-process copy.
             private = adapter is not None or self.trains_backbone()
             backbone = load_backbone(self._model_config(), shared=not private)
-            if adapter is not None:
-                from peft import PeftModel
+            if adapter is not None or lora is not None:
+                from classlm.training import add_lora, load_adapter
 
-                try:
-                    backbone.model = PeftModel.from_pretrained(backbone.model, str(adapter)).eval()
-                except (ValueError, KeyError, RuntimeError) as exc:  # e.g. weights shaped for another base model
-                    raise ArtifactError(
-                        f"{adapter}: peft cannot put this adapter on {self.model!r} ({type(exc).__name__}: "
-                        f"{str(exc)[:300]}); load the run with the base model it was trained on"
-                    ) from exc
-            elif lora is not None:
-                from classlm.training import add_lora
-
-                backbone.model = add_lora(backbone.model, lora, self.train_config().seed)
+                if adapter is not None:
+                    backbone.model = load_adapter(backbone.model, Path(adapter), self.model)
+                elif lora is not None:
+                    backbone.model = add_lora(backbone.model, lora, self.train_config().seed)
         method.prepare(backbone)
         self.backbone_ = backbone
         self.method_: Method = method
@@ -261,23 +233,7 @@ class LMClassifier(CalibratedClassifier):
             raise DataError(f"X has {len(texts)} texts but y has {len(y_list)} labels; they must match")
         if spec is None:
             raise ConfigError("no classes: pass labels=[...] to LMClassifier, or labelled data as fit(X, y)")
-        lora = self.lora_config()
-        train_cfg = self.train_config()  # validates ``train`` even when zero-shot
-        backbone_training = self.trains_backbone()
-        learns = backbone_training or get_method(self.method).learns_from_data
-        if not backbone_training and (eval_set is not None or run_dir is not None or resume):
-            raise ConfigError(
-                "eval_set, run_dir and resume are for training the backbone; pass lora={...} to LMClassifier to "
-                "fine-tune (zero-shot, fit(X, y) fits the temperature on (X, y) directly)"
-            )
-        if not learns and calib_set is not None:
-            raise ConfigError(
-                f"calib_set: method {self.method!r} without lora learns nothing but the temperature, so fit(X, y) "
-                "fits it on (X, y) directly; pass the calibration data as X, y"
-            )
-        if learns and (y_list is None or not texts):
-            what = "training (lora=...)" if lora is not None else f"method {self.method!r}"
-            raise ConfigError(f"{what} needs labelled examples: fit(texts, labels)")
+        learns, backbone_training = self._learning(texts, y_list, eval_set, calib_set, run_dir, resume)
         self._build(LabelSet.from_spec(spec), classes=classes)
         if y_list is not None:
             validate_labels(y_list, self.label_set_.names)
@@ -290,19 +246,7 @@ class LMClassifier(CalibratedClassifier):
                 )
             return self
         assert y_list is not None
-        calib: tuple[list[str], list[str]] | None = None
-        train_texts, train_y = texts, y_list
-        if calib_set is not None:
-            calib = self._labelled(calib_set, "calib_set")
-            source = "calib_set"
-        elif self.calibration == "temperature":
-            keep, held = stratified_split(y_list, train_cfg.calib_fraction, seed=train_cfg.seed)
-            train_texts, train_y = [texts[i] for i in keep], [y_list[i] for i in keep]
-            calib = ([texts[i] for i in held], [y_list[i] for i in held])
-            source = (
-                f"held out from fit(X, y): stratified {train_cfg.calib_fraction:.0%} (seed {train_cfg.seed}), "
-                "disjoint from training"
-            )
+        train_texts, train_y, calib, source = self._hold_out(texts, y_list, calib_set)
         if backbone_training:
             self._train_backbone(train_texts, train_y, eval_set, calib, run_dir, resume, callback)
         else:
@@ -319,6 +263,47 @@ class LMClassifier(CalibratedClassifier):
             self.calibrate(calib[0], calib[1], source=source)
         return self
 
+    def _learning(
+        self, texts: list[str], y: list[str] | None, eval_set: Any, calib_set: Any, run_dir: Any, resume: bool
+    ) -> tuple[bool, bool]:
+        """(whether fit learns from (X, y), whether it trains the backbone); refuses arguments that do not apply."""
+        train_cfg = self.train_config()  # validates ``train`` even when zero-shot
+        backbone_training = self.trains_backbone()
+        learns = backbone_training or get_method(self.method).learns_from_data
+        if not backbone_training and (eval_set is not None or run_dir is not None or resume):
+            raise ConfigError(
+                "eval_set, run_dir and resume are for training the backbone; pass lora={...} to LMClassifier to "
+                "fine-tune (zero-shot, fit(X, y) fits the temperature on (X, y) directly)"
+            )
+        if not learns and calib_set is not None:
+            raise ConfigError(
+                f"calib_set: method {self.method!r} without lora learns nothing but the temperature, so fit(X, y) "
+                "fits it on (X, y) directly; pass the calibration data as X, y"
+            )
+        if learns and (y is None or not texts):
+            what = "training (lora=...)" if self.lora_config() is not None else f"method {self.method!r}"
+            raise ConfigError(f"{what} needs labelled examples: fit(texts, labels)")
+        if backbone_training and train_cfg.loss == "vocab_ce" and not get_method(self.method).has_class_tokens:
+            raise ConfigError(f"loss='vocab_ce' needs class tokens; method {self.method!r} trains with 'class_ce'")
+        return learns, backbone_training
+
+    def _hold_out(
+        self, texts: list[str], y: list[str], calib_set: Any
+    ) -> tuple[list[str], list[str], tuple[list[str], list[str]] | None, str]:
+        """(training texts, training labels, calibration rows, where they come from): ``calib_set``, or a
+        stratified slice of (X, y) held out from training (DESIGN §5 rule 5)."""
+        train_cfg = self.train_config()
+        if calib_set is not None:
+            return texts, y, self._labelled(calib_set, "calib_set"), "calib_set"
+        if self.calibration != "temperature":
+            return texts, y, None, ""
+        keep, held = stratified_split(y, train_cfg.calib_fraction, seed=train_cfg.seed)
+        source = (
+            f"held out from fit(X, y): stratified {train_cfg.calib_fraction:.0%} (seed {train_cfg.seed}), "
+            "disjoint from training"
+        )
+        return [texts[i] for i in keep], [y[i] for i in keep], ([texts[i] for i in held], [y[i] for i in held]), source
+
     def _train_backbone(
         self,
         train_texts: list[str],
@@ -329,46 +314,23 @@ class LMClassifier(CalibratedClassifier):
         resume: bool,
         callback: Any,
     ) -> None:
-        from classlm.training import Trainer
+        from classlm.training import train_method
 
-        train_cfg = self.train_config()
-        if train_cfg.loss == "vocab_ce" and not self.method_.has_class_tokens:
-            raise ConfigError(f"loss='vocab_ce' needs class tokens; method {self.method!r} trains with 'class_ce'")
         evaluation = self._labelled(eval_set, "eval_set") if eval_set is not None else calib
-        # Also on resume: the checkpoint restores a head's weights, but its feature standardisation (buffers, not
-        # parameters) comes from the warm start, which is deterministic.
-        self.method_.warm_start(train_texts, self._indices(train_y), train_cfg.seed)
-        module = self.method_.trainable_module()
-        trainer = Trainer(
+        summary = train_method(
             self.method_,
-            module,
-            train_cfg,
+            self.train_config(),
+            (train_texts, self._indices(train_y)),
+            None if evaluation is None else (evaluation[0], self._indices(evaluation[1])),
             run_dir=run_dir,
+            resume=resume,
             progress=self.progress,
             callback=callback,
             eval_batch_size=self.batch_size,
             eval_batch_tokens=self.batch_tokens,
         )
-        state = trainer.fit(
-            train_texts,
-            self._indices(train_y),
-            evaluation[0] if evaluation else None,
-            self._indices(evaluation[1]) if evaluation else None,
-            resume=resume,
-        )
-        self.training_ = {
-            "n_train": len(train_texts),
-            "steps": state.step,
-            "examples_seen": state.examples_seen,
-            "seconds": round(state.seconds, 2),
-            "examples_per_second": state.examples_seen / state.seconds if state.seconds else None,
-            "best_step": state.best_step,
-            "best_" + train_cfg.early_stopping: state.best_value,
-            "stopped_early": state.stopped_early,
-            "eval_set": "eval_set" if eval_set is not None else ("calibration split" if calib else None),
-            "trainable_parameters": int(sum(p.numel() for p in module.parameters() if p.requires_grad)),
-            "history": state.history,
-        }
+        eval_name = "eval_set" if eval_set is not None else ("calibration split" if calib else None)
+        self.training_ = {**summary, "eval_set": eval_name}
 
     def _labelled(self, pair: Any, name: str) -> tuple[list[str], list[str]]:
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
@@ -382,26 +344,11 @@ class LMClassifier(CalibratedClassifier):
     def calibrate(self, X: Any, y: Any, *, source: str = "calibrate(X, y)") -> LMClassifier:
         """Refit the temperature on held-out ``(X, y)`` (never data the weights were trained on); the metrics
         before and after are kept in ``calibration_info_`` and saved with the classifier. Returns ``self``."""
-        from classlm.metrics import classification_metrics
-
         self._check_fitted()
         if self.calibration != "temperature":
             raise ConfigError(f"calibration={self.calibration!r}: set calibration='temperature' to fit one")
         texts, labels = self._labelled((X, y), "calibration data")
-        logits = self.predict_scores(texts).logits
-        y = self._indices(labels)
-        self.calibrator_.fit(logits, y)
-        keys = ("accuracy", "macro_f1", "nll", "ece", "calibration_ratio_min", "calibration_ratio_max")
-        names = list(self.label_set_.names)
-        before = classification_metrics(y, softmax(logits), names)
-        after = classification_metrics(y, softmax(self.calibrator_.transform(logits)), names)
-        self.calibration_info_ = {
-            "fitted": True,
-            "n": len(texts),
-            "source": source,
-            "before": {k: before[k] for k in keys},
-            "after": {k: after[k] for k in keys},
-        }
+        self.fit_temperature(self.predict_scores(texts).logits, self._indices(labels), source)
         return self
 
     def _check_fitted(self) -> None:

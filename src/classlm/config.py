@@ -7,6 +7,7 @@ is written, not deep inside a forward pass. ``to_dict``/``from_dict`` give the p
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -52,9 +53,6 @@ class ModelConfig:
     name: str = DEFAULT_MODEL
     device: str = "auto"
     dtype: str = "auto"
-    max_length: int = 512
-    batch_size: int = 64
-    batch_tokens: int | None = DEFAULT_BATCH_TOKENS
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
@@ -64,14 +62,18 @@ class ModelConfig:
             raise ConfigError(f"device must be one of {DEVICES} or 'cuda:N', got {self.device!r}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
-        if not isinstance(self.max_length, int) or self.max_length < 16:
-            raise ConfigError(f"max_length must be an int >= 16 (tokens), got {self.max_length!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive int, got {self.batch_size!r}")
-        if self.batch_tokens is not None and (not isinstance(self.batch_tokens, int) or self.batch_tokens < 1):
-            raise ConfigError(f"batch_tokens must be a positive int or None (no budget), got {self.batch_tokens!r}")
         if self.cache_dir is not None:
             object.__setattr__(self, "cache_dir", str(Path(self.cache_dir).expanduser()))
+
+
+def check_run_options(*, max_length: Any, batch_size: Any, batch_tokens: Any) -> None:
+    """How a classifier runs (``LMClassifier(max_length=…, batch_size=…, batch_tokens=…)``), checked at fit/load."""
+    if not isinstance(max_length, int) or max_length < 16:
+        raise ConfigError(f"max_length must be an int >= 16 (tokens), got {max_length!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
+    if batch_tokens is not None and (not isinstance(batch_tokens, int) or batch_tokens < 1):
+        raise ConfigError(f"batch_tokens must be a positive int or None (no budget), got {batch_tokens!r}")
 
 
 @dataclass(frozen=True)
@@ -82,13 +84,10 @@ class CalibrationConfig:
     """
 
     method: str = "temperature"
-    n_bins: int = 15
 
     def __post_init__(self) -> None:
         if self.method not in ("temperature", "none"):
             raise ConfigError(f"calibration must be 'temperature' or 'none', got {self.method!r}")
-        if not isinstance(self.n_bins, int) or self.n_bins < 2:
-            raise ConfigError(f"n_bins must be an int >= 2, got {self.n_bins!r}")
 
 
 LOSSES = ("class_ce", "vocab_ce")
@@ -248,3 +247,17 @@ def check_ngram_range(obj: Any, name: str) -> None:
 @dataclass(frozen=True)
 class NoOptions:
     """Methods without options (``label_tokens``, ``letters``)."""
+
+
+def as_config(cls: Any, value: Any, name: str) -> Any:
+    """``None``, an instance of the config class, or a dict of its options."""
+    if value is None or isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        return config_from_dict(cls, dict(value))
+    raise ConfigError(f"{name} must be a {cls.__name__} or a dict of its options, got {type(value).__name__}")
+
+
+def options_arg(value: Any) -> Any:
+    """``method_options`` as ``Method.parse_options`` takes it: a dict copy of a mapping, else as given."""
+    return dict(value) if isinstance(value, Mapping) else value

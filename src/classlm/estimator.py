@@ -85,6 +85,24 @@ class CalibratedClassifier(ClassifierMixin, BaseEstimator):
         self._check_fitted()
         return float(self.calibrator_.temperature)
 
+    def fit_temperature(self, logits: np.ndarray, y: np.ndarray, source: str) -> None:
+        """Fit ``calibrator_`` on held-out raw logits and column indices ``y``; ``calibration_info_`` keeps where
+        they came from and the metrics before and after (saved with the classifier)."""
+        from classlm.metrics import classification_metrics
+
+        self.calibrator_.fit(logits, y)
+        keys = ("accuracy", "macro_f1", "nll", "ece", "calibration_ratio_min", "calibration_ratio_max")
+        names = [str(c) for c in self.classes_]
+        before = classification_metrics(y, softmax(logits), names)
+        after = classification_metrics(y, softmax(self.calibrator_.transform(logits)), names)
+        self.calibration_info_ = {
+            "fitted": True,
+            "n": len(y),
+            "source": source,
+            "before": {k: before[k] for k in keys},
+            "after": {k: after[k] for k in keys},
+        }
+
     def model_info(self) -> dict[str, Any]:
         """What the fitted classifier is, as JSON (the server's ``GET /v1/model``); subclasses add their parts."""
         self._check_fitted()

@@ -70,6 +70,19 @@ def add_lora(model: Any, config: LoraConfig, seed: int) -> Any:
     return get_peft_model(model, peft_config).eval()
 
 
+def load_adapter(model: Any, folder: Path, base_name: str) -> Any:
+    """A saved peft adapter on ``model``, in eval mode; refused clearly when it does not fit this base model."""
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, str(folder)).eval()
+    except (ValueError, KeyError, RuntimeError) as exc:  # e.g. weights shaped for another base model
+        raise ArtifactError(
+            f"{folder}: peft cannot put this adapter on {base_name!r} ({type(exc).__name__}: {str(exc)[:300]}); "
+            "load the run with the base model it was trained on"
+        ) from exc
+
+
 def trainable_state(model: Any) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -450,3 +463,38 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """The evaluation rows of a run's ``metrics.jsonl`` (one per evaluation, in step order)."""
     path = Path(run_dir) / METRICS_FILE
     return _read_jsonl(path) if path.is_file() else []
+
+
+def train_method(
+    method: Method,
+    config: TrainConfig,
+    train: tuple[Sequence[str], np.ndarray],
+    evaluation: tuple[Sequence[str], np.ndarray] | None,
+    **trainer: Any,
+) -> dict[str, Any]:
+    """Train ``method``'s trainable module on ``train`` (texts, column indices), evaluating on ``evaluation``;
+    ``trainer``: the Trainer's options and ``resume``. Returns the training summary the artifact records."""
+    resume = trainer.pop("resume", False)
+    # Also on resume: the checkpoint restores a head's weights, but its feature standardisation (buffers, not
+    # parameters) comes from the warm start, which is deterministic.
+    method.warm_start(train[0], train[1], config.seed)
+    module = method.trainable_module()
+    state = Trainer(method, module, config, **trainer).fit(
+        train[0],
+        train[1],
+        evaluation[0] if evaluation else None,
+        evaluation[1] if evaluation else None,
+        resume=resume,
+    )
+    return {
+        "n_train": len(train[0]),
+        "steps": state.step,
+        "examples_seen": state.examples_seen,
+        "seconds": round(state.seconds, 2),
+        "examples_per_second": state.examples_seen / state.seconds if state.seconds else None,
+        "best_step": state.best_step,
+        "best_" + config.early_stopping: state.best_value,
+        "stopped_early": state.stopped_early,
+        "trainable_parameters": int(sum(p.numel() for p in module.parameters() if p.requires_grad)),
+        "history": state.history,
+    }

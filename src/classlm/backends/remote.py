@@ -189,7 +189,8 @@ class RemoteClassifier(CalibratedClassifier):
                 raise DataError(f"X has {len(texts)} texts but y has {len(y_list)} labels; they must match")
             validate_labels(y_list, list(label_set.names))
             index = {n: i for i, n in enumerate(label_set.names)}
-            self.calibrator_.fit(self.predict_scores(texts).logits, np.array([index[v] for v in y_list]))
+            y_idx = np.array([index[v] for v in y_list])
+            self.fit_temperature(self.predict_scores(texts).logits, y_idx, "fit(X, y): zero-shot, all held out")
         return self
 
     def _payload(self, text: str) -> tuple[str, dict[str, Any]]:
