@@ -111,6 +111,51 @@ def create_app(load: Callable[[], Any] | Any, settings: ServeSettings | None = N
     settings = settings or ServeSettings()
     metrics = ServiceMetrics()
     state: dict[str, Any] = {}
+    app = FastAPI(
+        title="classlm",
+        summary="Text classification with a calibrated probability for every class.",
+        lifespan=_lifespan(load, settings, metrics, state),
+        responses={status: {"model": ErrorResponse} for status in (400, 401, 408, 413, 415, 422, 503, 504)},
+        docs_url=None,  # served below, with a summary that works offline
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.serving = state
+    # The key is checked in the Guard; this dependency only shows the scheme (and an Authorize button) in /docs.
+    security = [Depends(HTTPBearer(auto_error=False))] if settings.api_key is not None else []
+    _add_error_handlers(app)
+
+    @app.post("/v1/classify", response_model=ClassifyResponse, response_model_exclude_none=True, dependencies=security)
+    async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
+        """Classify one text or several: the label and every class's calibrated probability for each."""
+        texts = body.all_texts()
+        _check_limits(texts, settings)
+        model: ServedModel = state["model"]
+        if body.class_mass and not model.class_mass_available:
+            raise ApiError(
+                422,
+                "invalid_request",
+                "class_mass is only available for methods with class tokens (their logits are LM-head rows); "
+                "this classifier has none",
+            )
+        try:
+            future = state["batcher"].submit(texts, body.class_mass)
+        except (QueueFull, ShuttingDown) as exc:
+            reason = "queue_full" if isinstance(exc, QueueFull) else "shutting_down"
+            metrics.rejected.inc(reason=reason)
+            raise ApiError(503, reason, str(exc), {"Retry-After": str(settings.retry_after_s)}) from None
+        proba, mass, truncated = await _answer(future, request, settings)
+        if truncated is not None:
+            metrics.truncated.inc(int(np.count_nonzero(truncated)))
+        return {"results": _rows(model, proba, mass if body.class_mass else None, truncated)}
+
+    _add_info_routes(app, state, settings, metrics, security)
+    app.add_middleware(Guard, settings=settings, metrics=metrics)
+    return app
+
+
+def _lifespan(load: Any, settings: ServeSettings, metrics: ServiceMetrics, state: dict[str, Any]) -> Any:
+    """Load the model and start the micro-batcher at start-up; at shutdown, answer what is queued, then stop."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -139,28 +184,27 @@ def create_app(load: Callable[[], Any] | Any, settings: ServeSettings | None = N
             # still queued before the worker stops.
             await run_in_threadpool(batcher.close, settings.shutdown_timeout_s)
 
-    app = FastAPI(
-        title="classlm",
-        summary="Text classification with a calibrated probability for every class.",
-        lifespan=lifespan,
-        responses={
-            400: {"model": ErrorResponse},
-            401: {"model": ErrorResponse},
-            408: {"model": ErrorResponse},
-            413: {"model": ErrorResponse},
-            415: {"model": ErrorResponse},
-            422: {"model": ErrorResponse},
-            503: {"model": ErrorResponse},
-            504: {"model": ErrorResponse},
-        },
-        docs_url=None,  # served below, with a summary that works offline
-    )
-    app.state.settings = settings
-    app.state.metrics = metrics
-    app.state.serving = state
+    return lifespan
 
-    # The key is checked in the Guard; this dependency only shows the scheme (and an Authorize button) in /docs.
-    security = [Depends(HTTPBearer(auto_error=False))] if settings.api_key is not None else []
+
+def _rows(model: ServedModel, proba: Any, mass: Any, truncated: Any) -> list[dict[str, Any]]:
+    """One answer per text, in request order: the label and every class's probability (and what was asked)."""
+    results = []
+    for i in range(len(proba)):
+        row: dict[str, Any] = {
+            "label": model.labels[int(np.argmax(proba[i]))],
+            "probabilities": {c: float(p) for c, p in zip(model.classes, proba[i])},
+        }
+        if mass is not None:
+            row["class_mass"] = float(mass[i])
+        if truncated is not None:
+            row["truncated"] = bool(truncated[i])
+        results.append(row)
+    return results
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error answers ``{"error": {"type", "message"}}``, saying what to fix."""
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -180,45 +224,15 @@ def create_app(load: Callable[[], Any] | Any, settings: ServeSettings | None = N
         headers = dict(exc.headers) if exc.headers else None
         return error_response(exc.status_code, kinds.get(exc.status_code, "http_error"), str(exc.detail), headers)
 
+
+def _add_info_routes(
+    app: FastAPI, state: dict[str, Any], settings: ServeSettings, metrics: ServiceMetrics, security: list[Any]
+) -> None:
+    """/docs, /v1/model, /health and /metrics."""
+
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
         return HTMLResponse(docs_page(app.openapi(), app.openapi_url or "/openapi.json"))
-
-    @app.post("/v1/classify", response_model=ClassifyResponse, response_model_exclude_none=True, dependencies=security)
-    async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
-        """Classify one text or several: the label and every class's calibrated probability for each."""
-        texts = body.all_texts()
-        _check_limits(texts, settings)
-        model: ServedModel = state["model"]
-        if body.class_mass and not model.class_mass_available:
-            raise ApiError(
-                422,
-                "invalid_request",
-                "class_mass is only available for methods with class tokens (their logits are LM-head rows); "
-                "this classifier has none",
-            )
-        try:
-            future = state["batcher"].submit(texts, body.class_mass)
-        except (QueueFull, ShuttingDown) as exc:
-            reason = "queue_full" if isinstance(exc, QueueFull) else "shutting_down"
-            metrics.rejected.inc(reason=reason)
-            raise ApiError(503, reason, str(exc), {"Retry-After": str(settings.retry_after_s)}) from None
-        proba, mass, truncated = await _answer(future, request, settings)
-        classes = model.classes
-        results = []
-        for i in range(len(texts)):
-            row: dict[str, Any] = {
-                "label": model.labels[int(np.argmax(proba[i]))],
-                "probabilities": {c: float(p) for c, p in zip(classes, proba[i])},
-            }
-            if body.class_mass and mass is not None:
-                row["class_mass"] = float(mass[i])
-            if truncated is not None:
-                row["truncated"] = bool(truncated[i])
-            results.append(row)
-        if truncated is not None:
-            metrics.truncated.inc(int(np.count_nonzero(truncated)))
-        return {"results": results}
 
     @app.get("/v1/model", dependencies=security)
     async def model_info() -> dict[str, Any]:
@@ -249,9 +263,6 @@ def create_app(load: Callable[[], Any] | Any, settings: ServeSettings | None = N
         batcher = state.get("batcher")
         metrics.queue.set(batcher.pending_texts if batcher is not None else 0)
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
-
-    app.add_middleware(Guard, settings=settings, metrics=metrics)
-    return app
 
 
 def _parse_error(exc: StarletteHTTPException) -> str | None:
