@@ -38,9 +38,10 @@ class LengthMethod(Method):
     def fit_data(self, texts, y, *, progress=False):
         lengths = np.array([len(t) for t in texts], dtype=np.float32)
         self.means = np.array([lengths[y == c].mean() if (y == c).any() else 0.0 for c in range(len(self.labels))])
+        self.fitted = True
         return {"trainable_parameters": len(self.labels)}
 
-    def score(self, texts, *, batch_size, batch_tokens=None, class_mass=False, progress=False):
+    def scores(self, texts, run):
         lengths = np.array([[len(t)] for t in texts], dtype=np.float32)
         return Scores(-self.options.scale * np.abs(lengths - self.means[None, :]).astype(np.float32), None)
 
@@ -49,6 +50,7 @@ class LengthMethod(Method):
 
     def load_state(self, tensors, info):
         self.means = np.asarray(tensors["means"])
+        self.fitted = True
 
     def info(self):
         return MethodInfo(self.name, extra={"options": self.options_dict()})

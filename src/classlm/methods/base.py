@@ -23,15 +23,26 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
 from classlm.config import NoOptions, config_from_dict, config_to_dict
-from classlm.errors import ConfigError
+from classlm.errors import ConfigError, NotFittedError
 from classlm.labels import LabelSet
 from classlm.prompts import PromptTemplate
 from classlm.scores import MethodInfo, Scores
+
+
+@dataclass(frozen=True)
+class ScoringRun:
+    """How one ``score`` call runs: rows and padded tokens per forward pass, class mass wanted, a progress bar."""
+
+    batch_size: int
+    batch_tokens: int | None = None
+    class_mass: bool = False
+    progress: bool = False
 
 
 class Method(ABC):
@@ -44,6 +55,8 @@ class Method(ABC):
     learns_from_data: ClassVar[bool] = False
     trains_backbone: ClassVar[bool] = False
     has_class_tokens: ClassVar[bool] = False
+    # A method that learns from data sets this once fit_data (or load_state) gave it what scoring needs.
+    fitted: bool = False
 
     def __init__(
         self,
@@ -91,7 +104,6 @@ class Method(ABC):
         """Bind to a loaded backbone (``None`` when not ``needs_lm``): render the prompt, resolve class tokens, load
         an encoder."""
 
-    @abstractmethod
     def score(
         self,
         texts: Sequence[str],
@@ -102,7 +114,14 @@ class Method(ABC):
         progress: bool = False,
     ) -> Scores:
         """Class logits for ``texts`` in input order; batches of at most ``batch_size`` rows and ``batch_tokens``
-        padded tokens."""
+        padded tokens; with ``class_mass``, the class-token mass too (methods with class tokens)."""
+        if self.learns_from_data and not self.fitted:
+            raise NotFittedError(f"{self.name}: nothing learned yet (fit_data was not called, and no state loaded)")
+        return self.scores(list(texts), ScoringRun(batch_size, batch_tokens, class_mass, progress))
+
+    @abstractmethod
+    def scores(self, texts: Sequence[str], run: ScoringRun) -> Scores:
+        """What ``score`` returns; a method implements this (``score`` checked that it learned what it needs)."""
 
     @abstractmethod
     def info(self) -> MethodInfo:

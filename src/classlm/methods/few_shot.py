@@ -36,7 +36,7 @@ from classlm.errors import ArtifactError, ConfigError, NotFittedError
 from classlm.methods.base import register
 from classlm.methods.label_tokens import LabelTokensMethod
 from classlm.prompts import RenderedPrompt
-from classlm.scores import MethodInfo, Scores
+from classlm.scores import MethodInfo
 from classlm.scoring import MIN_TEXT_TOKENS, EncodedTexts, PromptEncoder
 
 log = logging.getLogger(__name__)
@@ -276,21 +276,6 @@ class FewShotMethod(LabelTokensMethod):
         self.pool_embeddings = self._embed([texts[i] for i in keep], progress)
         self.fitted = True
         return {"selection": "nearest", "pool": len(self.pool), "examples_per_text": min(self.options.k, len(keep))}
-
-    def score(
-        self,
-        texts: Sequence[str],
-        *,
-        batch_size: int,
-        batch_tokens: int | None = None,
-        class_mass: bool = False,
-        progress: bool = False,
-    ) -> Scores:
-        if not self.fitted:
-            raise NotFittedError("few_shot: no training examples (fit_data was not called)")
-        return super().score(
-            texts, batch_size=batch_size, batch_tokens=batch_tokens, class_mass=class_mass, progress=progress
-        )
 
     def state(self) -> tuple[dict[str, Any], dict[str, Any]]:
         if not self.fitted:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from classlm.config import check_positive
 from classlm.labels import ClassTokens, resolve_class_tokens
-from classlm.methods.base import Method, register
+from classlm.methods.base import Method, ScoringRun, register
 from classlm.methods.prompted import class_token_info, prompt_info
 from classlm.prompts import RenderedPrompt
 from classlm.scores import MethodInfo, Scores
@@ -163,24 +163,16 @@ class GenerateMethod(Method):
             )
         return [str(s) for s in tok.batch_decode(out[:, width:].tolist(), skip_special_tokens=True)]
 
-    def score(
-        self,
-        texts: Sequence[str],
-        *,
-        batch_size: int,
-        batch_tokens: int | None = None,
-        class_mass: bool = False,
-        progress: bool = False,
-    ) -> Scores:
+    def scores(self, texts: Sequence[str], run: ScoringRun) -> Scores:
         encoded = self.encoder.encode(texts)
         k = len(self.labels)
         logits = np.zeros((len(texts), k), dtype=np.float32)
         outputs = [""] * len(texts)
         unparsed = 0
         new = self.max_new_tokens
-        bar = tqdm(total=len(texts), desc="generating", unit="text", disable=not progress, leave=False)
+        bar = tqdm(total=len(texts), desc="generating", unit="text", disable=not run.progress, leave=False)
         # The token budget counts the generated tokens too: each row grows by up to max_new_tokens.
-        for idx in length_sorted_batches([len(r) + new for r in encoded.ids], batch_size, batch_tokens):
+        for idx in length_sorted_batches([len(r) + new for r in encoded.ids], run.batch_size, run.batch_tokens):
             generated = self._generate_texts([encoded.ids[i] for i in idx])
             for i, text in zip(idx, generated):
                 outputs[i] = text

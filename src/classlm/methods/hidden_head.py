@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from classlm.errors import ConfigError, NotFittedError
+from classlm.errors import ConfigError
 from classlm.heads import HeadOptions
-from classlm.methods.base import Method, register
+from classlm.methods.base import Method, ScoringRun, register
 from classlm.methods.prompted import PromptedLM
 from classlm.prompts import RenderedPrompt
 from classlm.scores import MethodInfo, Scores
@@ -152,17 +152,7 @@ class HiddenHeadMethod(Method):
         with torch.autocast(device_type=h.device.type, enabled=False):
             return self.head(h.float()), None
 
-    def score(
-        self,
-        texts: Sequence[str],
-        *,
-        batch_size: int,
-        batch_tokens: int | None = None,
-        class_mass: bool = False,
-        progress: bool = False,
-    ) -> Scores:
-        if not self.fitted:
-            raise NotFittedError("hidden_head: the head is not trained (fit_data was not called)")
+    def scores(self, texts: Sequence[str], run: ScoringRun) -> Scores:
         encoded = self.lm.encoder.encode(texts)
         prefix = self.lm.shared_prefix()
         logits = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
@@ -170,8 +160,8 @@ class HiddenHeadMethod(Method):
         def step(idx: np.ndarray, rows: list[list[int]]) -> None:
             logits[idx] = self._head(self.lm.hidden(rows, prefix), False)[0].cpu().numpy()
 
-        self.lm.run_batches(encoded.ids, step, batch_size=batch_size, batch_tokens=batch_tokens, prefix=prefix,
-                            progress=progress)  # fmt: skip
+        self.lm.run_batches(encoded.ids, step, batch_size=run.batch_size, batch_tokens=run.batch_tokens, prefix=prefix,
+                            progress=run.progress)  # fmt: skip
         # No class mass: the head's logits are not vocabulary logits.
         return Scores(logits, None, encoded.truncated)
 

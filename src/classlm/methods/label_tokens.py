@@ -16,7 +16,7 @@ import torch
 
 from classlm.errors import ConfigError
 from classlm.labels import ClassTokens, resolve_class_tokens
-from classlm.methods.base import Method, register
+from classlm.methods.base import Method, ScoringRun, register
 from classlm.methods.prompted import PromptedLM, class_token_info
 from classlm.prompts import RenderedPrompt
 from classlm.scores import MethodInfo, Scores
@@ -92,32 +92,24 @@ class LabelTokensMethod(Method):
         return list(self.tokens.first_ids)
 
     # -- scoring ----------------------------------------------------------------------------------------------------
-    def score(
-        self,
-        texts: Sequence[str],
-        *,
-        batch_size: int,
-        batch_tokens: int | None = None,
-        class_mass: bool = False,
-        progress: bool = False,
-    ) -> Scores:
+    def scores(self, texts: Sequence[str], run: ScoringRun) -> Scores:
         encoded = self.encoder.encode(texts)
         prefix = self.lm.shared_prefix() if self.scoring == "first_token" else None
         logits = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
-        mass = np.zeros(len(texts), dtype=np.float32) if class_mass else None
+        mass = np.zeros(len(texts), dtype=np.float32) if run.class_mass else None
 
         def step(idx: np.ndarray, rows: list[list[int]]) -> None:
             m: torch.Tensor | None
             if self.scoring == "exact":
-                z, m = self._exact(rows, batch_size)
+                z, m = self._exact(rows, run.batch_size)
             else:
-                z, m = self._first_token(rows, prefix, class_mass)
+                z, m = self._first_token(rows, prefix, run.class_mass)
             logits[idx] = z.cpu().numpy()
             if mass is not None and m is not None:
                 mass[idx] = m.cpu().numpy()
 
-        self.lm.run_batches(encoded.ids, step, batch_size=batch_size, batch_tokens=batch_tokens, prefix=prefix,
-                            progress=progress)  # fmt: skip
+        self.lm.run_batches(encoded.ids, step, batch_size=run.batch_size, batch_tokens=run.batch_tokens, prefix=prefix,
+                            progress=run.progress)  # fmt: skip
         return Scores(logits, mass, encoded.truncated)
 
     def _first_token(

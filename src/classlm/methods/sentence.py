@@ -14,9 +14,8 @@ from typing import Any
 import numpy as np
 
 from classlm.config import DEFAULT_ENCODER, check_model_name, check_positive
-from classlm.errors import NotFittedError
 from classlm.heads import HeadOptions
-from classlm.methods.base import Method, register
+from classlm.methods.base import Method, ScoringRun, register
 from classlm.scores import MethodInfo, Scores
 
 
@@ -81,20 +80,10 @@ class EmbeddingMethod(_SentenceMethod):
         self.fitted = True
         return {"trainable_parameters": int(sum(p.numel() for p in self.head.parameters()))}
 
-    def score(
-        self,
-        texts: Sequence[str],
-        *,
-        batch_size: int,
-        batch_tokens: int | None = None,
-        class_mass: bool = False,
-        progress: bool = False,
-    ) -> Scores:
+    def scores(self, texts: Sequence[str], run: ScoringRun) -> Scores:
         from classlm.heads import head_logits
 
-        if not self.fitted:
-            raise NotFittedError("embedding: the head is not trained (fit_data was not called)")
-        return Scores(head_logits(self.head, self.embed(texts, progress)), truncated=self.encoder.overlong(texts))
+        return Scores(head_logits(self.head, self.embed(texts, run.progress)), truncated=self.encoder.overlong(texts))
 
     def info(self) -> MethodInfo:
         return MethodInfo(self.name, extra={"encoder": self.encoder.identity(), "options": self.options_dict()})
@@ -119,16 +108,8 @@ class SimilarityMethod(_SentenceMethod):
         self.class_texts = [d or n for n, d in zip(self.labels.names, self.labels.descriptions)]
         self.class_embeddings = self.embed(self.class_texts)
 
-    def score(
-        self,
-        texts: Sequence[str],
-        *,
-        batch_size: int,
-        batch_tokens: int | None = None,
-        class_mass: bool = False,
-        progress: bool = False,
-    ) -> Scores:
-        cosine = self.embed(texts, progress) @ self.class_embeddings.T  # embeddings are L2-normalised
+    def scores(self, texts: Sequence[str], run: ScoringRun) -> Scores:
+        cosine = self.embed(texts, run.progress) @ self.class_embeddings.T  # embeddings are L2-normalised
         return Scores((self.options.scale * cosine).astype(np.float32), truncated=self.encoder.overlong(texts))
 
     def info(self) -> MethodInfo:

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from classlm.config import check_ngram_range, check_positive
-from classlm.errors import ConfigError, DataError, NotFittedError
-from classlm.methods.base import Method, register
+from classlm.errors import ConfigError, DataError
+from classlm.methods.base import Method, ScoringRun, register
 from classlm.scores import MethodInfo, Scores
 
 
@@ -88,6 +88,7 @@ class TfidfMethod(Method):
         else:
             coef[present], intercept[present] = lr.coef_, lr.intercept_
         self.coef, self.intercept = coef, intercept
+        self.fitted = True
         return {
             "features": int(coef.shape[1]),
             "iterations": int(np.max(lr.n_iter_)),
@@ -109,17 +110,8 @@ class TfidfMethod(Method):
             blocks.append(normalize(counts.multiply(self.idf[name]).tocsr()))
         return hstack(blocks).tocsr()
 
-    def score(
-        self,
-        texts: Sequence[str],
-        *,
-        batch_size: int,
-        batch_tokens: int | None = None,
-        class_mass: bool = False,
-        progress: bool = False,
-    ) -> Scores:
-        if self.coef is None or self.intercept is None:
-            raise NotFittedError("tfidf: fit_data was not called")
+    def scores(self, texts: Sequence[str], run: ScoringRun) -> Scores:
+        assert self.coef is not None and self.intercept is not None  # score() checked fitted
         z = self._features(texts) @ self.coef.T + self.intercept
         # Every word of every text is counted: nothing is ever cut.
         return Scores(np.asarray(z, dtype=np.float32), truncated=np.zeros(len(texts), dtype=bool))
@@ -140,3 +132,4 @@ class TfidfMethod(Method):
         self.idf = {n: np.asarray(tensors[f"idf.{n}"], dtype=np.float64) for n in self.vocabularies}
         self.coef = np.asarray(tensors["coef"], dtype=np.float64)
         self.intercept = np.asarray(tensors["intercept"], dtype=np.float64)
+        self.fitted = True
