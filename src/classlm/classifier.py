@@ -124,13 +124,6 @@ class LMClassifier(CalibratedClassifier):
         self.train = train
         self.method_options = method_options
 
-    def __sklearn_tags__(self) -> Any:
-        tags = super().__sklearn_tags__()
-        tags.input_tags.string = True
-        tags.input_tags.two_d_array = False
-        tags.input_tags.one_d_array = True
-        return tags
-
     # -- configuration ------------------------------------------------------------------------------------------
     def _model_config(self) -> ModelConfig:
         return ModelConfig(name=self.model, device=self.device, dtype=self.dtype, cache_dir=self.cache_dir)

@@ -83,16 +83,6 @@ class Ensemble(CalibratedClassifier):
         self.weights = weights
         self.calibration = calibration
 
-    def __sklearn_tags__(self) -> Any:
-        tags = super().__sklearn_tags__()
-        tags.input_tags.string = True
-        tags.input_tags.two_d_array = False
-        tags.input_tags.one_d_array = True
-        return tags
-
-    def __sklearn_is_fitted__(self) -> bool:
-        return hasattr(self, "weights_")
-
     # -- validation ---------------------------------------------------------------------------------------------
     def _members(self) -> list[Any]:
         if isinstance(self.estimators, (str, bytes)) or not isinstance(self.estimators, Sequence):

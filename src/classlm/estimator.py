@@ -46,6 +46,21 @@ class CalibratedClassifier(ClassifierMixin, BaseEstimator):
     # Whether predict_scores(X, class_mass=True) gives the class-token mass (methods with class tokens).
     class_mass_available: bool = False
 
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        # The input is a 1-D collection of texts, not a feature matrix.
+        tags.input_tags.string = True
+        tags.input_tags.two_d_array = False
+        tags.input_tags.one_d_array = True
+        return tags
+
+    def __sklearn_is_fitted__(self) -> bool:
+        try:
+            self._check_fitted()
+        except NotFittedError:
+            return False
+        return True
+
     def predict_scores(self, X: Any, *, class_mass: bool = False) -> Any:
         raise NotImplementedError
 

@@ -95,16 +95,6 @@ class RemoteClassifier(CalibratedClassifier):
         self.calibration = calibration
         self.progress = progress
 
-    def __sklearn_tags__(self) -> Any:
-        tags = super().__sklearn_tags__()
-        tags.input_tags.string = True
-        tags.input_tags.two_d_array = False
-        tags.input_tags.one_d_array = True
-        return tags
-
-    def __sklearn_is_fitted__(self) -> bool:
-        return hasattr(self, "client_")
-
     def __repr__(self, N_CHAR_MAX: int = 700) -> str:
         # scikit-learn's repr prints every parameter set away from its default: the API key must not reach logs.
         if self.api_key is None:
