@@ -14,6 +14,8 @@ PURE_MODULES = [
     "classlm.reports",
     "classlm.config",
     "classlm.data",
+    "classlm.readers",
+    "classlm.label_files",
     # A remote-model client and the HTTP layer need no local model: they must not pull torch in either.
     "classlm.backends.openai",
     "classlm.serving",
