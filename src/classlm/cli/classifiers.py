@@ -70,14 +70,15 @@ def load_target(target: str, **build: Any) -> Any:
     """``classlm serve``'s TARGET: a saved run, a saved ensemble, or a model name (zero-shot, with --labels)."""
     from classlm.targets import load_ensemble, target_kind
 
-    kind = target_kind(target)
+    path = Path(target)
+    kind = target_kind(path)
     if kind == "ensemble":
         quiet_transformers()
-        with err.status(f"loading the ensemble {target}…"):
+        with err.status(f"loading the ensemble {path}…"):
             return load_ensemble(
-                target,
+                path,
                 batch_size=build["batch_size"],
                 batch_tokens=build["batch_tokens"] or None,
                 device=build["device"],
             )
-    return build_classifier(run=Path(target) if kind == "run" else None, model=target, **build)
+    return build_classifier(run=path if kind == "run" else None, model=target, **build)
