@@ -408,6 +408,7 @@ main()
 """
 
 
+@pytest.mark.slow
 def test_cli_train_killed_after_a_checkpoint_resumes_to_the_uninterrupted_adapter(tiny_model_dir, dataset, tmp_path):
     from safetensors.torch import load_file
 
