@@ -19,6 +19,9 @@ PURE_MODULES = [
     # A remote-model client and the HTTP layer need no local model: they must not pull torch in either.
     "classlm.backends.openai",
     "classlm.serving",
+    # Nor the command line before a verb runs (`classlm --help` answers at once), nor what decides a verb's target.
+    "classlm.cli",
+    "classlm.targets",
 ]
 HEAVY = ["torch", "transformers", "sklearn", "scipy", "pandas"]
 
