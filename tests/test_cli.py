@@ -235,6 +235,24 @@ def test_cli_errors_name_flags_not_python_arguments():
     )
 
 
+def test_train_options_are_generated_from_the_config_dataclasses():
+    # One source for a training option's default and help: the TrainConfig/LoraConfig field, under today's flag.
+    import dataclasses
+
+    from typer.main import get_command
+
+    from classlm.cli import app
+    from classlm.cli.train import LORA_OPTIONS, TRAIN_OPTIONS
+
+    options = {p.name: p for p in get_command(app).commands["train"].params}  # what click parses
+    assert {"training", "lora"}.isdisjoint(options)  # the verb's placeholders are replaced by the options
+    for group in (TRAIN_OPTIONS, LORA_OPTIONS):
+        for field in (f for f in dataclasses.fields(group.config) if f.name in group.params):
+            option = options[group.params[field.name]]
+            assert option.default == field.default and option.help == field.metadata["help"]
+    assert options["train_batch"].opts == ["--train-batch"] and options["lora_r"].opts == ["--lora-r"]
+
+
 def test_collisions_and_prompt_length_are_reported_before_the_weights_load(monkeypatch, capsys, tiny_model_dir):
     import classlm.models
 
@@ -408,6 +426,7 @@ main()
 """
 
 
+@pytest.mark.slow
 def test_cli_train_killed_after_a_checkpoint_resumes_to_the_uninterrupted_adapter(tiny_model_dir, dataset, tmp_path):
     from safetensors.torch import load_file
 

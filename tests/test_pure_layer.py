@@ -19,9 +19,14 @@ PURE_MODULES = [
     # The method contract and registry: a method's description is data (the shipped methods load on first lookup).
     "classlm.methods",
     "classlm.methods.base",
+    "classlm.readers",
+    "classlm.label_files",
     # A remote-model client and the HTTP layer need no local model: they must not pull torch in either.
     "classlm.backends.openai",
     "classlm.serving",
+    # Nor the command line before a verb runs (`classlm --help` answers at once), nor what decides a verb's target.
+    "classlm.cli",
+    "classlm.targets",
 ]
 HEAVY = ["torch", "transformers", "sklearn", "scipy", "pandas"]
 

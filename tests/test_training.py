@@ -205,6 +205,7 @@ def metrics_rows(run: Path) -> list[dict]:
     return [rounded({k: v for k, v in r.items() if k != "seconds"}) for r in rows]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kill_at, checkpoint",
     [

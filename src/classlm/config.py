@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -103,17 +103,22 @@ class LoraConfig:
     style models) or is ``"all-linear"`` (peft's shorthand, which excludes the LM head).
     """
 
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] | str = (
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "o_proj",
-        "gate_proj",
-        "up_proj",
-        "down_proj",
+    # ``help`` metadata: the one-line description that the command line's options generated from these fields show
+    # (classlm.cli.config_options).
+    r: int = field(default=16, metadata={"help": "LoRA rank."})
+    alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA adapters' input."})
+    target_modules: tuple[str, ...] | str = field(
+        default=(
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ),
+        metadata={"help": "The linear layers that get adapters, or 'all-linear'."},
     )
 
     def __post_init__(self) -> None:
@@ -146,27 +151,36 @@ class TrainConfig:
     ``"balanced"`` (inverse class frequency) or ``{class: weight}``.
     """
 
-    loss: str = "class_ce"
-    lr: float = 5e-4
-    batch_size: int = 16
-    grad_accum: int = 1
-    epochs: float = 1.0
-    max_steps: int | None = None
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.0
-    max_grad_norm: float | None = 1.0
-    seed: int = 0
-    eval_every: int = 50
-    eval_limit: int | None = 500
+    loss: str = field(default="class_ce", metadata={"help": "class_ce (over the k class logits) or vocab_ce (SFT)."})
+    lr: float = field(default=5e-4, metadata={"help": "Peak learning rate."})
+    batch_size: int = field(default=16, metadata={"help": "Examples per optimiser step."})
+    grad_accum: int = field(default=1, metadata={"help": "Micro-batches per step."})
+    epochs: float = field(default=1.0, metadata={"help": "Passes over the training data."})
+    max_steps: int | None = field(default=None, metadata={"help": "Stop after N steps."})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "Fraction of the steps the learning rate warms up."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float | None = field(default=1.0, metadata={"help": "Clip the gradient norm here (None: no)."})
+    seed: int = field(default=0, metadata={"help": "Seed for LoRA init, data order and held-out splits."})
+    eval_every: int = field(default=50, metadata={"help": "Evaluate every N steps (0: at the end)."})
+    eval_limit: int | None = field(default=500, metadata={"help": "Rows evaluated during training."})
     # NLL, a proper scoring rule: on a few hundred eval rows macro-F1 moves by noise between evaluations, and picking
     # its maximum kept adapters whose per-class calibration ratios were off (ag_news: 0.73-1.45 at the macro-F1 pick,
     # 0.90-1.11 at the NLL pick two evaluations later).
-    early_stopping: str = "nll"
-    patience: int | None = None
-    checkpoint_every: int | None = None
-    class_weights: str | dict[str, float] | None = None
-    calib_fraction: float = 0.1
-    reuse_prefix: bool = True
+    early_stopping: str = field(default="nll", metadata={"help": "The metric early stopping watches."})
+    patience: int | None = field(default=None, metadata={"help": "Early stop after N evals w/o gain."})
+    checkpoint_every: int | None = field(
+        default=None, metadata={"help": "Checkpoint every N steps (default: every eval_every steps)."}
+    )
+    class_weights: str | dict[str, float] | None = field(
+        default=None, metadata={"help": "None, 'balanced' (inverse class frequency) or {class: weight}."}
+    )
+    calib_fraction: float = field(
+        default=0.1, metadata={"help": "Stratified fraction of the training rows held out for the temperature."}
+    )
+    reuse_prefix: bool = field(
+        default=True,
+        metadata={"help": "Reuse the KV cache of the prompt's shared prefix (checked against the plain path)."},
+    )
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:

@@ -240,7 +240,7 @@ class Ensemble(CalibratedClassifier):
         calibrator = TemperatureScaler()
         if self.calibration == "temperature":
             calibrator.fit(z, y_idx)
-        self._members_ = members
+        self.members_ = members
         self._orders_ = orders
         self.classes_ = classes
         self.weights_ = w
@@ -258,12 +258,12 @@ class Ensemble(CalibratedClassifier):
     def predict_scores(self, X: Any, *, class_mass: bool = False) -> Scores:
         """The combined member logits ``z = sum_i w_i log p_i`` (before the ensemble's temperature), ``(n, k)``."""
         self._check_fitted()
-        log_p = self._member_log_probs(self._members_, self._orders_, as_texts(X))
+        log_p = self._member_log_probs(self.members_, self._orders_, as_texts(X))
         return Scores(self._combine(log_p, self.weights_))
 
     def model_info(self) -> dict[str, Any]:
         info = super().model_info()
-        info["members"] = [getattr(m, "method", type(m).__name__) for m in self._members_]
+        info["members"] = [getattr(m, "method", type(m).__name__) for m in self.members_]
         return info
 
     # -- persistence --------------------------------------------------------------------------------------------
@@ -275,7 +275,7 @@ class Ensemble(CalibratedClassifier):
         members. Leftover ``member-<n>`` folders of a larger earlier ensemble are removed after.
         """
         self._check_fitted()
-        for i, m in enumerate(self._members_):
+        for i, m in enumerate(self.members_):
             if not callable(getattr(m, "save", None)):
                 raise ConfigError(f"member {i} ({type(m).__name__}) has no save(path) method; it cannot be saved")
         target = Path(path)
@@ -292,8 +292,8 @@ class Ensemble(CalibratedClassifier):
                 )
         target.mkdir(parents=True, exist_ok=True)
         manifest.unlink(missing_ok=True)
-        folders = [_member_dir(i) for i in range(len(self._members_))]
-        for member, name in zip(self._members_, folders):
+        folders = [_member_dir(i) for i in range(len(self.members_))]
+        for member, name in zip(self.members_, folders):
             member.save(target / name)
         doc = {
             "schema_version": ENSEMBLE_SCHEMA_VERSION,
@@ -335,7 +335,7 @@ class Ensemble(CalibratedClassifier):
         orders = cls._column_orders(members, classes, ArtifactError)
         params = doc["params"]
         ens = cls(estimators=members, weights=params["weights"], calibration=params["calibration"])
-        ens._members_ = members
+        ens.members_ = members
         ens._orders_ = orders
         ens.classes_ = classes
         ens.weights_ = np.asarray(doc["weights"], dtype=np.float64)

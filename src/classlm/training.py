@@ -17,9 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,16 +27,21 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from classlm.checkpoints import (
+    METRICS_FILE,
+    load_trainable_state,
+    read_checkpoint,
+    start_run,
+    trainable_state,
+    write_checkpoint,
+)
+from classlm.checkpoints import read_metrics as read_metrics  # re-exported: callers have imported it from here
 from classlm.config import STOP_METRICS, LoraConfig, TrainConfig
 from classlm.errors import ArtifactError, ConfigError
-from classlm.io import write_text_atomic
 from classlm.methods.base import Method
 from classlm.metrics import classification_metrics, softmax
 
 log = logging.getLogger(__name__)
-
-METRICS_FILE = "metrics.jsonl"
-CHECKPOINTS = "checkpoints"
 
 # callback(event, info): events "backward" (after each micro-batch's backward) and "step" (after each optimiser step).
 Callback = Callable[[str, dict[str, Any]], None]
@@ -81,22 +83,6 @@ def load_adapter(model: Any, folder: Path, base_name: str) -> Any:
             f"{folder}: peft cannot put this adapter on {base_name!r} ({type(exc).__name__}: {str(exc)[:300]}); "
             "load the run with the base model it was trained on"
         ) from exc
-
-
-def trainable_state(model: Any) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def load_trainable_state(model: Any, state: dict[str, torch.Tensor]) -> None:
-    params = dict(model.named_parameters())
-    missing = [n for n, p in params.items() if p.requires_grad and n not in state]
-    if missing:
-        raise ArtifactError(
-            f"checkpoint lacks {len(missing)} trainable tensors (e.g. {missing[0]}); it is not this run's"
-        )
-    with torch.no_grad():
-        for name, value in state.items():
-            params[name].copy_(value)
 
 
 def class_weight_vector(config: TrainConfig, y: np.ndarray, names: Sequence[str]) -> torch.Tensor | None:
@@ -323,146 +309,21 @@ class Trainer:
                 state.stopped_early = True
         return row
 
-    # -- checkpoints --------------------------------------------------------------------------------------------------
+    # -- checkpoints: classlm.checkpoints does the I/O; these stay methods, the kill-and-resume tests wrap them ----
     def _start_fresh(self) -> None:
         assert self.run_dir is not None
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if has_checkpoints(self.run_dir):
-            raise ConfigError(
-                f"{self.run_dir} already holds a training run's checkpoints; pass resume=True (--resume) to continue "
-                "it, or choose a new output folder"
-            )
-        _remove_leftovers(self.run_dir)
-        (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
+        start_run(self.run_dir)
 
     def _checkpoint(self, state: TrainState, optimizer: torch.optim.Optimizer) -> None:
-        from safetensors.torch import save_file
-
         assert self.run_dir is not None
-        root = self.run_dir / CHECKPOINTS
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".step-tmp-", dir=root))
-        try:
-            save_file(trainable_state(self.model), str(tmp / "adapter.safetensors"))
-            if self._best is not None:
-                save_file(self._best, str(tmp / "best.safetensors"))
-            opt_tensors, opt_meta = _optimizer_to_flat(optimizer)
-            save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-            save_file(_rng_states(), str(tmp / "rng.safetensors"))
-            counters = {k: v for k, v in vars(state).items() if k != "history"}
-            (tmp / "state.json").write_text(json.dumps({"state": counters, "optimizer": opt_meta}, indent=1))
-            for f in tmp.iterdir():  # the rename below publishes the folder: its files must be on disk first
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-            os.rename(tmp, root / f"step-{state.step:08d}")
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        for old in _checkpoint_dirs(root)[:-1]:
-            shutil.rmtree(old, ignore_errors=True)
+        counters = {k: v for k, v in vars(state).items() if k != "history"}
+        write_checkpoint(self.run_dir, counters, self.model, self._best, optimizer)
 
     def _resume(self, optimizer: torch.optim.Optimizer) -> TrainState:
-        from safetensors.torch import load_file
-
         if self.run_dir is None:
             raise ConfigError("resume needs the run folder of the interrupted run")
-        dirs = _checkpoint_dirs(self.run_dir / CHECKPOINTS)
-        if not dirs:
-            raise ConfigError(
-                f"nothing to resume in {self.run_dir}: no checkpoint was written yet (they are written every "
-                "checkpoint_every steps); start the run again without resume"
-            )
-        ckpt = dirs[-1]
-        meta = json.loads((ckpt / "state.json").read_text())
-        load_trainable_state(self.model, load_file(str(ckpt / "adapter.safetensors")))
-        _optimizer_from_flat(optimizer, load_file(str(ckpt / "optimizer.safetensors")), meta["optimizer"])
-        _set_rng_states(load_file(str(ckpt / "rng.safetensors")))
-        state = TrainState(**meta["state"])
-        _remove_leftovers(self.run_dir)
-        # Evaluations logged after the checkpoint will be redone: drop them so each step appears once.
-        log = self.run_dir / METRICS_FILE
-        if log.is_file():
-            kept = [r for r in _read_jsonl(log) if r["step"] <= state.step]
-            write_text_atomic(log, "".join(json.dumps(r) + "\n" for r in kept))
-            state.history = kept
-        # The best adapter as of the checkpoint: evaluations after it are redone.
-        best = ckpt / "best.safetensors"
-        self._best = load_file(str(best)) if best.is_file() else None
-        return state
-
-
-def has_checkpoints(run_dir: str | Path) -> bool:
-    """Whether ``run_dir`` holds a finished checkpoint, i.e. a run that ``resume`` can continue."""
-    return bool(_checkpoint_dirs(Path(run_dir) / CHECKPOINTS))
-
-
-def _checkpoint_dirs(root: Path) -> list[Path]:
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
-
-
-def _remove_leftovers(run_dir: Path) -> None:
-    """Temp files and folders of writes that a kill interrupted (dot-names: never a finished checkpoint)."""
-    for folder in (run_dir, run_dir / CHECKPOINTS):
-        if folder.is_dir():
-            for p in folder.glob(".*tmp*"):
-                if p.is_dir():
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    p.unlink(missing_ok=True)
-
-
-def _rng_states() -> dict[str, torch.Tensor]:
-    """Every generator LoRA dropout may draw from: the CPU one and, where present, each CUDA device's."""
-    states = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    return states
-
-
-def _set_rng_states(states: dict[str, torch.Tensor]) -> None:
-    torch.set_rng_state(states["cpu"])
-    cuda = [states[f"cuda{i}"] for i in range(len(states) - 1)]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            break  # a line cut by a kill mid-write ends the usable log
-    return out
-
-
-def _optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """AdamW state as named tensors (safetensors) plus the JSON-able rest: no pickle in checkpoints."""
-    sd = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    for idx, entry in sd["state"].items():
-        for name, value in entry.items():
-            tensors[f"{idx}.{name}"] = torch.as_tensor(value).detach().clone().contiguous()
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
-    return tensors, {"param_groups": groups}
-
-
-def _optimizer_from_flat(
-    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
-) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = value
-    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
-
-
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The evaluation rows of a run's ``metrics.jsonl`` (one per evaluation, in step order)."""
-    path = Path(run_dir) / METRICS_FILE
-    return _read_jsonl(path) if path.is_file() else []
+        counters, history, self._best = read_checkpoint(self.run_dir, self.model, optimizer)
+        return TrainState(**counters, history=history)
 
 
 def train_method(

@@ -1,0 +1,73 @@
+"""How ``classify`` prints its results: one JSON object per text, or a table."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.table import Table
+
+from classlm.cli.common import err, out
+
+
+def show_classifications(clf: Any, items: list[str], scores: Any, missing: Any, *, fmt: str, class_mass: bool) -> None:
+    """The calibrated probabilities of ``scores`` as JSON lines (``fmt="jsonl"``) or a table; then a note on stderr
+    when texts were truncated. ``missing``: the openai backend's estimate of the mass outside its top-k, or None."""
+    proba = clf.probabilities(scores.logits)
+    mass = scores.class_mass if class_mass else None
+    if fmt == "jsonl":
+        _print_jsonl(clf, items, proba, mass, missing, scores.truncated)
+    else:
+        _print_table([str(c) for c in clf.classes_], items, proba, mass, missing)
+    if scores.n_truncated:
+        err.print(
+            f"{scores.n_truncated} text(s) were longer than the classifier reads and were truncated (raise "
+            "--max-length for the prompt methods; a sentence encoder reads a fixed number of tokens)"
+        )
+
+
+def _print_jsonl(clf: Any, items: list[str], proba: Any, mass: Any, missing: Any, truncated: Any) -> None:
+    classes = [str(c) for c in clf.classes_]
+    values = clf.classes_.tolist()  # the labels as JSON values of their own type: integer classes stay integers
+    for i, text in enumerate(items):
+        row: dict[str, Any] = {
+            "text": text,
+            "label": values[int(proba[i].argmax())],
+            "probabilities": {c: round(float(p), 6) for c, p in zip(classes, proba[i])},
+        }
+        if mass is not None:
+            row["class_mass"] = round(float(mass[i]), 6)
+        if missing is not None:
+            # Probability given to classes absent from the server's top-k: an upper-bound estimate, not a reading.
+            row["missing_mass"] = round(float(missing[i]), 6)
+        if truncated is not None:
+            row["truncated"] = bool(truncated[i])
+        print(json.dumps(row, ensure_ascii=False))
+
+
+def _print_table(classes: list[str], items: list[str], proba: Any, mass: Any, missing: Any) -> None:
+    table = Table(show_lines=False)
+    table.add_column("text", overflow="ellipsis", max_width=48, no_wrap=True)
+    table.add_column("label", style="bold")
+    shown = classes if len(classes) <= 8 else []
+    for c in shown:
+        table.add_column(c, justify="right")
+    if not shown:
+        table.add_column("top classes")
+    if mass is not None:
+        table.add_column("class mass", justify="right")
+    if missing is not None:
+        table.add_column("missing", justify="right")
+    for i, text in enumerate(items):
+        cells = [text.replace("\n", " "), classes[int(proba[i].argmax())]]
+        if shown:
+            cells += [f"{p:.3f}" for p in proba[i]]
+        else:
+            top = proba[i].argsort()[::-1][:3]
+            cells.append(", ".join(f"{classes[j]} {proba[i, j]:.3f}" for j in top))
+        if mass is not None:
+            cells.append(f"{mass[i]:.3f}")
+        if missing is not None:
+            cells.append(f"{missing[i]:.3f}")
+        table.add_row(*cells)
+    out.print(table)

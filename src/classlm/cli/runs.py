@@ -1,0 +1,132 @@
+"""The run folder ``classlm train --out`` writes: refusing what is not a run, --resume and --overwrite, the options
+file (``train_args.json``), and the files written when training ends."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from classlm.cli.common import err, out, quiet_transformers
+from classlm.errors import ConfigError
+
+ARGS_FILE = "train_args.json"
+# What a run's options leave out when --resume compares them with the interrupted run's: how it runs, not what.
+RESUME_IGNORES = ("resume", "overwrite", "device", "batch_size", "batch_tokens")
+
+
+def run_args(options: dict[str, Any]) -> dict[str, Any]:
+    """What defines the run (a resumed run must be given the same), keyed by parameter name (``--lr``: ``lr``).
+
+    Through JSON, as train_args.json holds them: a tuple or Path would never equal what was read back.
+    """
+    return json.loads(json.dumps({k: v for k, v in options.items() if k not in RESUME_IGNORES}, default=str))
+
+
+def prepare_run_folder(out_dir: Path, args: dict[str, Any], *, resume: bool, overwrite: bool) -> None:
+    """Refuse an --out holding other files; with --resume, options that differ from the interrupted run's; without
+    it, an existing run unless --overwrite (which deletes its run files)."""
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in --out and --overwrite deletes it: pass one of them")
+    args_file = out_dir / ARGS_FILE
+    existing = _run_entries(out_dir)
+    if resume:
+        if not args_file.is_file():
+            raise ConfigError(f"nothing to resume: {args_file} not found (was {out_dir} made by `classlm train`?)")
+        saved = json.loads(args_file.read_text())
+        changed = {k: (saved.get(k), v) for k, v in args.items() if saved.get(k) != v}
+        if changed:
+            shown = ", ".join(
+                f"--{k.replace('_', '-')}: {was!r} then, {now!r} now" for k, (was, now) in changed.items()
+            )
+            raise ConfigError(f"--resume needs the options of the interrupted run; these differ: {shown}")
+    elif existing:
+        if not overwrite:
+            raise ConfigError(
+                f"{out_dir} already holds a run; pass --resume to continue it, --overwrite to replace it, or "
+                "choose a new --out"
+            )
+        _clear_run(existing)
+
+
+def _write_run_args(out_dir: Path, args: dict[str, Any]) -> None:
+    from classlm.io import write_text_atomic
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_dir / ARGS_FILE, json.dumps(args, indent=2))
+
+
+def _run_entries(folder: Path) -> list[Path]:
+    """What a run (``classlm train`` and the classifier's save) left in ``folder``; refuses a folder that holds
+    anything else, before any training: the save at the end would refuse it, after the work was done."""
+    from classlm.artifacts import is_run_entry
+
+    if not folder.is_dir():
+        return []
+    entries = sorted(folder.iterdir())
+    foreign = [p.name for p in entries if not is_run_entry(p.name)]
+    if foreign:
+        raise ConfigError(
+            f"--out {folder} holds files that are not a classlm run's ({', '.join(foreign[:3])}); choose a new "
+            "or empty --out"
+        )
+    return entries
+
+
+def _clear_run(entries: list[Path]) -> None:
+    for path in entries:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def fit_run(
+    clf: Any, method: str, out_dir: Path, args: dict[str, Any], rows: tuple[Any, Any, Any], *, resume: bool
+) -> None:
+    """Fit ``clf`` on the training rows; backbone training runs through the Trainer into ``out_dir``: evaluated on
+    the evaluation rows as it goes, checkpointed, resumable."""
+    dataset, evaluation, calibration = rows
+    backbone_training = clf.trains_backbone()
+    if resume and not backbone_training:
+        raise ConfigError(f"--resume continues backbone training; method {method!r} here trains in one go: rerun it")
+    if not resume:
+        _write_run_args(out_dir, args)
+    quiet_transformers()
+    loop: dict[str, Any] = {"eval_set": None, "run_dir": out_dir, "resume": resume} if backbone_training else {}
+    if backbone_training:
+        loop["eval_set"] = (list(evaluation.texts), list(evaluation.labels or []))
+    calib_set = (list(calibration.texts), list(calibration.labels or [])) if calibration is not None else None
+    clf.fit(list(dataset.texts), list(dataset.labels), calib_set=calib_set, **loop)
+
+
+def finish_run(clf: Any, out_dir: Path, evaluation: Any, eval_source: str | None) -> None:
+    """Save the trained classifier, its training curves, the summary line, and its evaluation (eval.json, the
+    reliability plot and the markdown report on stdout)."""
+    from classlm.checkpoints import read_metrics
+    from classlm.evaluation import evaluate
+    from classlm.reports import plot_reliability, plot_training_curves
+
+    clf.save(out_dir)
+    metric_rows = read_metrics(out_dir)
+    if metric_rows:
+        plot_training_curves(metric_rows, out_dir / "training_curves.png")
+    err.print(training_summary(clf.training_, clf.temperature_))
+    report = evaluate(
+        clf, list(evaluation.texts), list(evaluation.labels or []), info={"data": eval_source or evaluation.source}
+    )
+    report.to_json(out_dir / "eval.json")
+    plot_reliability(report, out_dir / "reliability.png")
+    out.print(report.to_markdown(), soft_wrap=True, markup=False, highlight=False)
+    err.print(f"classifier saved to {out_dir}")
+
+
+def training_summary(t: dict[str, Any], temperature: float) -> str:
+    """One line: steps, examples seen (not the rows there were to see), time, throughput, temperature."""
+    if "steps" in t:
+        what = f"trained {t['steps']} steps, {t['examples_seen']} examples seen of {t['n_train']} training rows"
+    else:
+        what = f"trained on {t['n_train']} examples"
+    speed = f"{t['examples_per_second'] or 0:.2f} examples/s"
+    return f"{what} in {t['seconds']:.0f} s ({speed}); temperature {temperature:.3f}"
