@@ -197,14 +197,7 @@ class Trainer:
                 "" if cfg.checkpoint_every else ", and no checkpoint is written",
             )
         weights = class_weight_vector(cfg, y, self.names)
-        if (
-            eval_texts is not None
-            and eval_y is not None
-            and cfg.eval_limit is not None
-            and len(eval_texts) > cfg.eval_limit
-        ):
-            keep = np.sort(np.random.default_rng(cfg.seed).permutation(len(eval_texts))[: cfg.eval_limit])
-            eval_texts, eval_y = [eval_texts[i] for i in keep], eval_y[keep]
+        evaluation = self._eval_rows(eval_texts, eval_y)
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ConfigError(
@@ -222,26 +215,16 @@ class Trainer:
             self.method.prepare_training()  # e.g. the one-time prefix-reuse check, the same fresh or resumed
         checkpoint_every = cfg.checkpoint_every or cfg.eval_every or 50
         self.model.train()
-        evaluation = (eval_texts, eval_y) if eval_texts is not None and eval_y is not None else None
         if evaluation is not None and not resume and cfg.eval_every:
             # Step 0: the untrained model (LoRA's B matrices start at zero), where the curves and class mass start.
             self._evaluate(state, *evaluation, 0.0)
         bar = tqdm(total=total, initial=state.step, desc="training", unit="step", disable=not self.progress)
-        micro = cfg.batch_size // cfg.grad_accum
         while state.step < total and not state.stopped_early:
             t0 = time.perf_counter()
             idx = self._batch_indices(state.step, n, per_epoch)
             # Similar lengths in a micro-batch waste less compute on padding; the step's gradient is the same.
             idx = idx[np.argsort([-len(rows[i]) for i in idx], kind="stable")]
-            total_w = float(len(idx)) if weights is None else float(weights[y[idx]].sum())
-            step_loss = 0.0
-            for start in range(0, len(idx), micro):
-                chunk = idx[start : start + micro]
-                loss = self.loss_sum([rows[i] for i in chunk], torch.as_tensor(y[chunk], device=self.device), weights)
-                (loss / total_w).backward()
-                step_loss += float(loss.detach()) / total_w
-                if self.callback:
-                    self.callback("backward", {"step": state.step, "micro_batch": start // micro})
+            step_loss = self._backward(rows, y, idx, weights, state.step)
             if cfg.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             lr = cfg.lr * lr_factor(state.step, total, warmup)
@@ -269,6 +252,33 @@ class Trainer:
         if self._best is not None:
             load_trainable_state(self.model, self._best)
         return state
+
+    def _eval_rows(self, texts: Sequence[str] | None, y: np.ndarray | None) -> tuple[Sequence[str], np.ndarray] | None:
+        """The eval set, a seeded sample of ``eval_limit`` rows when it is larger."""
+        if texts is None or y is None:
+            return None
+        limit = self.config.eval_limit
+        if limit is not None and len(texts) > limit:
+            keep = np.sort(np.random.default_rng(self.config.seed).permutation(len(texts))[:limit])
+            return [texts[i] for i in keep], y[keep]
+        return texts, y
+
+    def _backward(
+        self, rows: list[list[int]], y: np.ndarray, idx: np.ndarray, weights: torch.Tensor | None, step: int
+    ) -> float:
+        """Gradients of one step's (class-weighted) mean loss over the rows ``idx``, micro-batch by micro-batch;
+        returns that loss."""
+        micro = self.config.batch_size // self.config.grad_accum
+        total_w = float(len(idx)) if weights is None else float(weights[y[idx]].sum())
+        step_loss = 0.0
+        for start in range(0, len(idx), micro):
+            chunk = idx[start : start + micro]
+            loss = self.loss_sum([rows[i] for i in chunk], torch.as_tensor(y[chunk], device=self.device), weights)
+            (loss / total_w).backward()
+            step_loss += float(loss.detach()) / total_w
+            if self.callback:
+                self.callback("backward", {"step": step, "micro_batch": start // micro})
+        return step_loss
 
     def _batch_indices(self, step: int, n: int, per_epoch: int) -> np.ndarray:
         epoch, within = divmod(step, per_epoch)
