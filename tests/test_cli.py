@@ -263,8 +263,10 @@ def test_collisions_and_prompt_length_are_reported_before_the_weights_load(monke
     code, _, err = run_cli(monkeypatch, capsys, "classify", "-m", tiny_model_dir, "-l", "World,World_Sports", "x")
     assert code == 2 and "share their first token" in err
     assert "--method letters" in err and "--scoring exact" in err and "method='letters'" not in err
-    code, _, err = run_cli(monkeypatch, capsys, "classify", "-m", tiny_model_dir, "-l", "a,b", "--max-length", 8, "x")
+    code, _, err = run_cli(monkeypatch, capsys, "classify", "-m", tiny_model_dir, "-l", "a,b", "--max-length", 20, "x")
     assert code == 2 and "raise --max-length" in err
+    code, _, err = run_cli(monkeypatch, capsys, "classify", "-m", tiny_model_dir, "-l", "a,b", "--max-length", 8, "x")
+    assert code == 2 and "--max-length must be an int >= 16" in err
     code, _, err = run_cli(monkeypatch, capsys, "classify", "-m", tiny_model_dir, "hello")
     assert code == 2 and "--labels" in err
 

@@ -55,10 +55,16 @@ class FakeServer:
                     outer.paths.append(self.path)
                     outer.in_flight += 1
                     outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
+                done = False
                 try:
                     status, body, headers, delay = outer.script(n, payload)
                     time.sleep(delay)
                     data = body if isinstance(body, bytes) else json.dumps(body).encode()
+                    # Out of flight before the answer leaves: once the client has it, it may send its next
+                    # request at once, before a decrement after the write would have run (the count read 3 of 2).
+                    with lock:
+                        outer.in_flight -= 1
+                        done = True
                     self.send_response(status)
                     for k, v in headers.items():
                         self.send_header(k, v)
@@ -69,8 +75,9 @@ class FakeServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
                 finally:
-                    with lock:
-                        outer.in_flight -= 1
+                    if not done:
+                        with lock:
+                            outer.in_flight -= 1
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"

@@ -55,6 +55,7 @@ _CLI_TERMS: tuple[tuple[str, Any], ...] = (
     (r"\b(split|text_col|label_col)=(?:'\.\.\.'|\.\.\.|'([^']*)')", _flag),
     (r"\b(method|scoring|loss|device|max_length|eval_every)=(?:'([^']*)'|(\d+))", _flag),
     (r"\b(raise|lower) (max_length|eval_every)\b", lambda m: f"{m.group(1)} --{m.group(2).replace('_', '-')}"),
+    (r"^(max_length|batch_size|batch_tokens) must be", lambda m: f"--{m.group(1).replace('_', '-')} must be"),
     (r"\bload with drop_invalid=True\b", "pass --drop-invalid"),
     (r", or pass label_col=None, require_labels=False for unlabelled data", ""),
     (r" and pass the Dataset\b", ", save it with Dataset.to_json('data.jsonl') and pass that file"),
