@@ -73,7 +73,7 @@ def clone(clf: LMClassifier) -> LMClassifier:
     out.backbone_.model = copy.deepcopy(clf.backbone_.model)
     out.method_ = copy.copy(clf.method_)
     out.method_.backbone = out.backbone_
-    out.method_._prefix, out.method_._prefix_checked = None, False
+    out.method_.bind_prompt(clf.method_.rendered)  # a PromptedLM of its own, on the copied model, nothing cached
     out.calibrator_ = copy.deepcopy(clf.calibrator_)
     return out
 

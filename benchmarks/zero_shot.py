@@ -92,7 +92,7 @@ def throughput(texts: list[str], batch_size: int, rounds: int) -> dict[str, Any]
     pad = bb.tokenizer.pad_token_id
 
     def sliced() -> list[torch.Tensor]:
-        return [method._first_token(b, class_mass=False)[0] for b in batches]
+        return [method._first_token(b, None, class_mass=False)[0] for b in batches]
 
     def full_logits() -> list[torch.Tensor]:
         outs = []

@@ -351,6 +351,12 @@ def test_train_refuses_an_existing_run_unless_overwrite(monkeypatch, capsys, tin
     assert code == 2 and "notes.txt" in err and "training:" not in err
     assert (run / "metrics.jsonl").is_file() and (run / "notes.txt").read_text() == "mine"
     (run / "notes.txt").unlink()
+    # A command that fails on its own options deletes nothing, --overwrite or not.
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--overwrite", "--options", "{not json")
+    assert code == 2 and "--options must be a JSON object" in err
+    assert (run / "metrics.jsonl").read_text() == '{"step": 0}\n'
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--overwrite", "--eval-split", "train")
+    assert code == 2 and "is the training split" in err and (run / "metrics.jsonl").is_file()
     code, _, err = run_cli(monkeypatch, capsys, *args, "--overwrite")
     assert code == 0, err
     assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [0, 2, 4]

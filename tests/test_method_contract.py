@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from classlm import LMClassifier
-from classlm.methods import Method, register
+from classlm.methods import Method, get_method, register
 from classlm.scores import MethodInfo, Scores
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -75,6 +75,16 @@ def test_a_method_registered_here_fits_saves_and_loads(tmp_path):
     np.testing.assert_allclose(loaded.predict_proba(TEXTS), clf.predict_proba(TEXTS))
     assert loaded.method_.options == LengthOptions(scale=0.5)
     assert loaded.method_.describe() == {"method": "toy_length", "options": {"scale": 0.5}}
+
+
+def test_a_second_method_under_a_taken_name_is_a_clear_error():
+    from classlm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="registered already"):
+        register("toy_length")(LengthMethod)
+    get_method("label_tokens")  # the shipped methods are registered on the first lookup
+    with pytest.raises(ConfigError, match="registered already"):
+        register("label_tokens")(LengthMethod)
 
 
 def test_the_cli_and_bench_take_it_by_name(tmp_path, monkeypatch, capsys):

@@ -267,6 +267,32 @@ def test_a_long_request_does_not_starve_a_short_one():
     assert "short 99" in calls[1]
 
 
+def test_a_split_request_beside_one_that_wants_class_mass_is_answered_and_the_worker_lives():
+    # The class mass is computed for a whole call when any request in it asks: a long request split over calls
+    # then had parts with and without that column, which failed the join and, with it, the worker thread.
+    release = threading.Event()
+
+    def score(texts, class_mass):
+        release.wait(5)
+        mass = np.full(len(texts), 0.5) if class_mass else None
+        return np.array([[int(t.split()[-1])] for t in texts], dtype=float), mass
+
+    batcher = MicroBatcher(score, max_batch_texts=4, max_wait_s=0.0)
+    first = batcher.submit(["first 0"])  # holds the worker until release, so the next two queue together
+    wait_until(lambda: batcher.pending_texts == 0, what="the worker to take the first request")
+    with_mass = batcher.submit(["mass 7"], class_mass=True)
+    long = batcher.submit([f"long {i}" for i in range(8)])
+    release.set()
+    first.result(5)
+    # The next call shares 4 texts out: "mass 7" and 3 of the long request, scored with the class mass; the long
+    # request's other parts come from calls without it.
+    proba, mass = long.result(5)
+    assert proba[:, 0].tolist() == list(range(8)) and mass is None  # not asked for: left out, not half present
+    assert with_mass.result(5)[1].tolist() == [0.5]
+    assert batcher.alive and batcher.submit(["after 3"]).result(5)[0].tolist() == [[3.0]]
+    batcher.close()
+
+
 def test_both_content_length_and_chunked_is_refused():
     with serve(Gate(released=True)) as (port, _):
         body = b'{"text": "a"}'

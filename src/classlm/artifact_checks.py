@@ -2,7 +2,7 @@
 
 A damaged or hand-edited run folder must fail as an :class:`~classlm.errors.ArtifactError` that names the file,
 says what was expected and how to fix it — not as the KeyError / SafetensorError / TypeError that peft,
-safetensors or a constructor would raise further in. Also the file modes of folders built under a temp name.
+safetensors or a constructor would raise further in.
 """
 
 from __future__ import annotations

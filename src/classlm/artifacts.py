@@ -241,7 +241,7 @@ def read_classifier(path: str | Path, overrides: Mapping[str, Any]) -> SavedClas
     note_leftovers(root, (f".{ADAPTER}.tmp-", f".{STATE}-", f".{MANIFEST}."))
     if adapter is not None:
         # A folder name inside the run, never a path: a manifest must not point the loader elsewhere.
-        if not _inside(root, adapter, ADAPTER) or not (root / adapter / "adapter_config.json").is_file():
+        if not _inside(adapter, ADAPTER) or not (root / adapter / "adapter_config.json").is_file():
             raise ArtifactError(
                 f"{path}: the manifest names adapter folder {adapter!r}, which is not a peft adapter folder in {path}"
             )
@@ -249,7 +249,7 @@ def read_classifier(path: str | Path, overrides: Mapping[str, Any]) -> SavedClas
         options["lora"] = doc.get("lora")
         options["train"] = doc.get("train")
     if state_file is not None:
-        if not _inside(root, state_file, STATE) or not (root / state_file).is_file():
+        if not _inside(state_file, STATE) or not (root / state_file).is_file():
             raise ArtifactError(
                 f"{path}: the manifest names method state {state_file!r}, which is not a file in {path}"
             )
@@ -261,7 +261,8 @@ def read_classifier(path: str | Path, overrides: Mapping[str, Any]) -> SavedClas
     )  # fmt: skip
 
 
-def _inside(root: Path, name: Any, prefix: str) -> bool:
+def _inside(name: Any, prefix: str) -> bool:
+    """A file name of the run's own kind (``prefix-…``), never a path that could point elsewhere."""
     return isinstance(name, str) and name.startswith(f"{prefix}-") and Path(name).name == name
 
 

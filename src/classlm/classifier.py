@@ -337,14 +337,14 @@ class LMClassifier(CalibratedClassifier):
     def calibrate(self, X: Any, y: Any, *, source: str = "calibrate(X, y)") -> LMClassifier:
         """Refit the temperature on held-out ``(X, y)`` (never data the weights were trained on); the metrics
         before and after are kept in ``calibration_info_`` and saved with the classifier. Returns ``self``."""
-        self._check_fitted()
+        self.check_fitted()
         if self.calibration != "temperature":
             raise ConfigError(f"calibration={self.calibration!r}: set calibration='temperature' to fit one")
         texts, labels = self._labelled((X, y), "calibration data")
         self.fit_temperature(self.predict_scores(texts).logits, self._indices(labels), source)
         return self
 
-    def _check_fitted(self) -> None:
+    def check_fitted(self) -> None:
         if not hasattr(self, "method_"):
             raise NotFittedError(
                 "this LMClassifier is not fitted yet; call fit(X) (zero-shot needs only labels=...) or "
@@ -373,7 +373,7 @@ class LMClassifier(CalibratedClassifier):
 
     def predict_scores(self, X: Any, *, class_mass: bool = False) -> Scores:
         """Raw (uncalibrated) class logits, plus the class mass and truncation count."""
-        self._check_fitted()
+        self.check_fitted()
         texts = as_texts(X)
         if not texts:
             return Scores(np.zeros((0, len(self.classes_)), dtype=np.float32), np.zeros(0) if class_mass else None)

@@ -186,7 +186,7 @@ def _without_invalid(table: Table, text_col: str, label_col: str | None) -> tupl
         if not isinstance(texts[i], str) or not texts[i].strip():
             return False
         v = labels[i] if labels is not None else "x"
-        return not (_is_missing(v) or (isinstance(v, str) and not v.strip()))
+        return not (is_missing(v) or (isinstance(v, str) and not v.strip()))
 
     keep = [i for i in range(table.n_rows) if ok(i)]
     if not keep:
@@ -199,7 +199,7 @@ def _without_invalid(table: Table, text_col: str, label_col: str | None) -> tupl
 
 def _labels(table: Table, label_col: str) -> tuple[str, ...]:
     raw = table.columns[label_col]
-    missing = [i for i, v in enumerate(raw) if _is_missing(v) or (isinstance(v, str) and not v.strip())]
+    missing = [i for i, v in enumerate(raw) if is_missing(v) or (isinstance(v, str) and not v.strip())]
     nonscalar = [i for i, v in enumerate(raw) if isinstance(v, (Mapping, list, tuple, set))]
     if missing or nonscalar:
         what, rows = ("missing or empty", missing) if missing else ("non-scalar", nonscalar)
@@ -228,7 +228,8 @@ def _labels(table: Table, label_col: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _is_missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
+    """None, the field absent, NaN or pandas' NA/NaT: a value that is not there."""
     if value is None or value is ABSENT:
         return True
     if isinstance(value, (float, np.floating)) and math.isnan(value):

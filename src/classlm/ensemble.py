@@ -137,7 +137,7 @@ class Ensemble(CalibratedClassifier):
             raise ConfigError("weights are all zero; at least one member needs a positive weight")
         return w / w.sum()
 
-    def _check_fitted(self) -> None:
+    def check_fitted(self) -> None:
         if not hasattr(self, "weights_"):
             raise NotFittedError(
                 "this Ensemble is not fitted yet; call fit(X_heldout, y_heldout) or Ensemble.load(path)"
@@ -257,7 +257,7 @@ class Ensemble(CalibratedClassifier):
 
     def predict_scores(self, X: Any, *, class_mass: bool = False) -> Scores:
         """The combined member logits ``z = sum_i w_i log p_i`` (before the ensemble's temperature), ``(n, k)``."""
-        self._check_fitted()
+        self.check_fitted()
         log_p = self._member_log_probs(self.members_, self._orders_, as_texts(X))
         return Scores(self._combine(log_p, self.weights_))
 
@@ -274,7 +274,7 @@ class Ensemble(CalibratedClassifier):
         first, so an interrupted save leaves a folder that refuses to load rather than old weights paired with new
         members. Leftover ``member-<n>`` folders of a larger earlier ensemble are removed after.
         """
-        self._check_fitted()
+        self.check_fitted()
         for i, m in enumerate(self.members_):
             if not callable(getattr(m, "save", None)):
                 raise ConfigError(f"member {i} ({type(m).__name__}) has no save(path) method; it cannot be saved")

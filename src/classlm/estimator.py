@@ -10,7 +10,6 @@ the manifest stores, and how labels read from text files (always strings) find t
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +19,7 @@ from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 from sklearn.utils.multiclass import type_of_target
 
 from classlm import errors
+from classlm.data import is_missing
 from classlm.errors import DataError
 from classlm.labels import LabelSet
 from classlm.metrics import softmax
@@ -39,7 +39,7 @@ class CalibratedClassifier(ClassifierMixin, BaseEstimator):
     """The estimator core of ``LMClassifier``, ``RemoteClassifier`` and ``Ensemble``, written once: raw class logits
     from ``predict_scores``, the fitted ``calibrator_`` on them, then ``decision_function`` / ``predict_proba`` /
     ``predict``. A subclass provides ``predict_scores(X, class_mass=...)`` (Scores-like: ``logits`` ``(n, k)`` with
-    columns in ``classes_`` order, ``class_mass``, ``truncated``), ``_check_fitted()``, and after ``fit`` the
+    columns in ``classes_`` order, ``class_mass``, ``truncated``), ``check_fitted()``, and after ``fit`` the
     attributes ``classes_`` and ``calibrator_``. The CLI, the server and ``evaluate`` turn scores into probabilities
     with :meth:`probabilities`, the same step ``predict_proba`` takes."""
 
@@ -56,7 +56,7 @@ class CalibratedClassifier(ClassifierMixin, BaseEstimator):
 
     def __sklearn_is_fitted__(self) -> bool:
         try:
-            self._check_fitted()
+            self.check_fitted()
         except NotFittedError:
             return False
         return True
@@ -64,12 +64,13 @@ class CalibratedClassifier(ClassifierMixin, BaseEstimator):
     def predict_scores(self, X: Any, *, class_mass: bool = False) -> Any:
         raise NotImplementedError
 
-    def _check_fitted(self) -> None:
+    def check_fitted(self) -> None:
+        """Raise NotFittedError (saying how to fit) unless the classifier is fitted."""
         raise NotImplementedError
 
     def calibrated_logits(self, logits: np.ndarray) -> np.ndarray:
         """Raw logits ``(n, k)`` → calibrated logits (float64)."""
-        self._check_fitted()
+        self.check_fitted()
         return np.asarray(self.calibrator_.transform(logits))
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
@@ -77,7 +78,7 @@ class CalibratedClassifier(ClassifierMixin, BaseEstimator):
         return softmax(self.calibrated_logits(logits))
 
     def _calibrated(self, X: Any) -> np.ndarray:
-        self._check_fitted()  # first: a fitted attribute below would fail with a bare AttributeError
+        self.check_fitted()  # first: a fitted attribute below would fail with a bare AttributeError
         return self.calibrated_logits(self.predict_scores(X).logits)
 
     def decision_function(self, X: Any) -> np.ndarray:
@@ -97,7 +98,7 @@ class CalibratedClassifier(ClassifierMixin, BaseEstimator):
     @property
     def temperature_(self) -> float:
         """The fitted temperature (1.0 with ``calibration="none"``)."""
-        self._check_fitted()
+        self.check_fitted()
         return float(self.calibrator_.temperature)
 
     def fit_temperature(self, logits: np.ndarray, y: np.ndarray, source: str) -> None:
@@ -120,7 +121,7 @@ class CalibratedClassifier(ClassifierMixin, BaseEstimator):
 
     def model_info(self) -> dict[str, Any]:
         """What the fitted classifier is, as JSON (the server's ``GET /v1/model``); subclasses add their parts."""
-        self._check_fitted()
+        self.check_fitted()
         return {"kind": type(self).__name__, "calibration": {"temperature": self.temperature_}}
 
 
@@ -139,7 +140,7 @@ def check_targets(y: Any, what: str = "y") -> np.ndarray:
     names = getattr(getattr(y, "features", None), "names", None)  # datasets.Column of a ClassLabel feature
     if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
         values = _class_label_names(values, names, what)
-    missing = [i for i, v in enumerate(values) if _is_missing(v)]
+    missing = [i for i, v in enumerate(values) if is_missing(v)]
     if missing:
         raise DataError(
             f"Unknown label type: {_show(values, missing)} in {what}; expected a class label (a string or an "
@@ -205,7 +206,7 @@ def classes_from_spec(spec: Any) -> tuple[Any, np.ndarray | None]:
         keys = list(spec)
     else:
         return spec, None
-    if not keys or not all(isinstance(k, (str, *_NUMBER)) and not _is_missing(k) for k in keys):
+    if not keys or not all(isinstance(k, (str, *_NUMBER)) and not is_missing(k) for k in keys):
         return spec, None
     if isinstance(spec, Mapping) or all(isinstance(k, str) for k in keys):
         return spec, as_classes(keys)  # from_spec names a mapping's classes by str(key) itself
@@ -250,14 +251,6 @@ def _class_label_names(values: list[Any], names: list[str], what: str) -> list[A
             "of them (Hugging Face test splits often use -1 for 'unlabelled'): use a labelled split"
         )
     return [names[int(v)] for v in values]
-
-
-def _is_missing(value: Any) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, (float, np.floating)) and math.isnan(value):
-        return True
-    return type(value).__name__ in ("NAType", "NaTType")  # pandas.NA / NaT without importing pandas
 
 
 def _show(values: list[Any], rows: list[int]) -> str:

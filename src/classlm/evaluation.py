@@ -21,6 +21,7 @@ def evaluate(
     info: Mapping[str, Any] | None = None,
 ) -> EvalReport:
     """Metrics of ``clf`` on ``(X, y)``: accuracy, F1, NLL, Brier, ECE, calibration ratio, class mass, throughput."""
+    clf.check_fitted()
     texts = as_texts(X)
     # Matched by name, str(class): labels read from a file are strings, a classifier fit on integers has int classes.
     labels = [str(v) for v in y]

@@ -211,8 +211,7 @@ class Trainer:
             if self.run_dir is not None:
                 self._start_fresh()
             torch.manual_seed(cfg.seed)
-        if cfg.reuse_prefix:
-            self.method.prepare_training()  # e.g. the one-time prefix-reuse check, the same fresh or resumed
+        self.method.prepare_training()  # e.g. the one-time prefix-reuse check: the same fresh or resumed
         checkpoint_every = cfg.checkpoint_every or cfg.eval_every or 50
         self.model.train()
         if evaluation is not None and not resume and cfg.eval_every:

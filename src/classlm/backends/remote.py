@@ -215,14 +215,14 @@ class RemoteClassifier(CalibratedClassifier):
         if client is not None:
             client.close()
 
-    def _check_fitted(self) -> None:
+    def check_fitted(self) -> None:
         if not hasattr(self, "client_"):
             raise NotFittedError("this RemoteClassifier is not fitted yet; call fit() (labels=... is enough)")
 
     def predict_scores(self, X: Any, *, class_mass: bool = False) -> RemoteScores:
         """Class logits (log-probability estimates), class mass (always: the top-k gives it for free), and the
         estimate given to absent classes."""
-        self._check_fitted()
+        self.check_fitted()
         texts = as_texts(X)
         k = len(self.classes_)
         if not texts:

@@ -1,8 +1,9 @@
 """The ``classlm`` command line: classify, evaluate, train, calibrate, export, bench, serve and inspect.
 
-One module per verb; the options several verbs share are in :mod:`classlm.cli.options`, the consoles, error terms and
-loaders in :mod:`classlm.cli.common`. User errors (bad labels, missing columns, unknown model, …) print one line and
-exit with status 2; no traceback.
+One module per verb; the options several verbs share are in :mod:`classlm.cli.options`, the consoles and error
+terms in :mod:`classlm.cli.common`, data rows in :mod:`classlm.cli.rows`, classifier loading in
+:mod:`classlm.cli.classifiers`, the run folder in :mod:`classlm.cli.runs`. User errors (bad labels, missing columns,
+unknown model, …) print one line and exit with status 2; no traceback.
 """
 
 from __future__ import annotations

@@ -56,6 +56,11 @@ _CLI_TERMS: tuple[tuple[str, Any], ...] = (
     (r"\b(method|scoring|loss|device|max_length|eval_every)=(?:'([^']*)'|(\d+))", _flag),
     (r"\b(raise|lower) (max_length|eval_every)\b", lambda m: f"{m.group(1)} --{m.group(2).replace('_', '-')}"),
     (r"^(max_length|batch_size|batch_tokens) must be", lambda m: f"--{m.group(1).replace('_', '-')} must be"),
+    # TrainConfig's own batch: --train-batch on the command line (--batch-size is the scoring batch).
+    (
+        r"^batch_size \((\d+)\) must be a multiple of grad_accum \((\d+)\)",
+        r"--train-batch (\1) must be a multiple of --grad-accum (\2)",
+    ),
     (r"\bload with drop_invalid=True\b", "pass --drop-invalid"),
     (r", or pass label_col=None, require_labels=False for unlabelled data", ""),
     (r" and pass the Dataset\b", ", save it with Dataset.to_json('data.jsonl') and pass that file"),

@@ -64,6 +64,8 @@ def held_out_rows(
     split, eval_split, calib_split = splits
     evaluation = calibration = None
     eval_source = None
+    if eval_split is not None and eval_split == split:
+        raise ConfigError(f"--eval-split {eval_split!r} is the training split; evaluation rows must be held out")
     if eval_split is not None and not has_split(data, eval_split):
         raise ConfigError(f"--eval-split {eval_split!r}: {data} has no such split (a folder with {eval_split}.jsonl)")
     if eval_split is None and has_split(data, "validation") and "validation" not in (split, calib_split):

@@ -34,7 +34,13 @@ def prepare_run_folder(out_dir: Path, args: dict[str, Any], *, resume: bool, ove
     if resume:
         if not args_file.is_file():
             raise ConfigError(f"nothing to resume: {args_file} not found (was {out_dir} made by `classlm train`?)")
-        saved = json.loads(args_file.read_text())
+        try:
+            saved = json.loads(args_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"{args_file} is unreadable ({exc}); it records the interrupted run's options, so --resume cannot "
+                "check them: start a new run (--overwrite or a new --out)"
+            ) from exc
         changed = {k: (saved.get(k), v) for k, v in args.items() if saved.get(k) != v}
         if changed:
             shown = ", ".join(

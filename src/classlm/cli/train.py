@@ -107,7 +107,6 @@ def train(
     from classlm.methods import get_method
 
     method_cls = get_method(method)
-    prepare_run_folder(out_dir, args, resume=resume, overwrite=overwrite)
     method_options = _method_options(options, method, method_cls, use_lora=use_lora)
     seed = training["seed"]
     rows: dict[str, Any] = dict(
@@ -133,6 +132,8 @@ def train(
         lora=lora if use_lora and method_cls.trains_backbone else None,
         train=training,
     )
+    # Only now, with every option and the data checked: --overwrite must not delete a run for a command that fails.
+    prepare_run_folder(out_dir, args, resume=resume, overwrite=overwrite)
     fit_run(clf, method, out_dir, args, (dataset, evaluation, calibration), resume=resume)
     finish_run(clf, out_dir, evaluation, eval_source)
 

@@ -210,7 +210,7 @@ def register(name: str, *, options: type[Any] = NoOptions) -> Callable[[M], M]:
 
     def decorate(cls: M) -> M:
         if name in _REGISTRY:
-            raise RuntimeError(f"method {name!r} registered twice")
+            raise ConfigError(f"a method named {name!r} is registered already; register yours under another name")
         cls.name = name
         cls.options_class = options
         _REGISTRY[name] = cls

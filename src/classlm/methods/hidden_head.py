@@ -131,6 +131,15 @@ class HiddenHeadMethod(Method):
         keep = np.sort(np.random.default_rng(seed).permutation(len(texts))[:WARM_START_TEXTS])
         self.fit_data([texts[i] for i in keep], y[keep])
 
+    @property
+    def reuse_prefix(self) -> bool:
+        """Prompt-prefix reuse (with ``prompt=True``); False runs every row in full."""
+        return self.lm.reuse_prefix
+
+    @reuse_prefix.setter
+    def reuse_prefix(self, value: bool) -> None:
+        self.lm.reuse_prefix = value
+
     def trainable_module(self) -> Any:
         return torch.nn.ModuleDict({"backbone": self.backbone.model, "head": self.head})
 

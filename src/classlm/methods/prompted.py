@@ -1,9 +1,9 @@
-"""A causal LM read at the last real token of a rendered prompt: what every prompted method holds (composition).
+"""A causal LM read at the last real token of a rendered prompt: what the prompted methods hold (composition).
 
 ``label_tokens`` / ``letters`` / ``few_shot`` put the class tokens' LM-head rows on the hidden state, ``hidden_head``
-a trained head; ``generate`` only encodes prompts. :class:`PromptedLM` owns the prompt encoding (the text cut inside
-its slot) and prompt-prefix reuse: the prompt head's keys and values are computed once per model and weights and
-every batch runs only its texts' own tokens.
+a trained head (``generate`` generates, so it uses a prompt encoder and ``prompt_info`` only). :class:`PromptedLM`
+owns the prompt encoding (the text cut inside its slot) and prompt-prefix reuse: the prompt head's keys and values
+are computed once per model and weights and every batch runs only its texts' own tokens.
 """
 
 from __future__ import annotations

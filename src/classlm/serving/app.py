@@ -52,8 +52,8 @@ class ApiError(Exception):
 class ServedModel:
     """What the service needs of a classifier: its classes, calibrated probabilities, and a description.
 
-    Takes an :class:`~classlm.LMClassifier` (the class mass is available for methods with class tokens) or
-    anything with ``classes_`` and ``predict_proba`` (an :class:`~classlm.Ensemble`).
+    Takes a classlm estimator (LMClassifier, Ensemble: raw scores turned into probabilities by their shared core;
+    the class mass for methods with class tokens) or anything else with ``classes_`` and ``predict_proba``.
     """
 
     def __init__(self, classifier: Any) -> None:

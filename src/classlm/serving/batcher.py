@@ -209,7 +209,11 @@ class MicroBatcher:
             item.parts.append(tuple(None if c is None else c[offset : offset + n] for c in columns))
             offset += n
             if stop == len(item.texts) and item.future.set_running_or_notify_cancel():
-                item.future.set_result(_join(item.parts))
+                try:
+                    item.future.set_result(_join(item.parts))
+                except Exception as exc:  # the future is RUNNING now: _fail would raise on it, and kill the worker
+                    log.exception("joining the parts of a request failed")
+                    item.future.set_exception(exc)
         if self._on_batch is not None:
             try:
                 self._on_batch(len(texts), len(plan))
@@ -218,7 +222,9 @@ class MicroBatcher:
 
 
 def _join(parts: list[tuple[Any, ...]]) -> tuple[Any, ...]:
-    """A request's columns from its parts, in order (a column the scorer left out stays ``None``)."""
+    """A request's columns from its parts, in order. A column left out of any part is ``None``: the parts of a
+    request split over calls may come from calls that computed different columns (the class mass is computed for
+    a whole call when any request in it asks for it)."""
     if len(parts) == 1:
         return parts[0]
-    return tuple(None if col[0] is None else np.concatenate(col) for col in zip(*parts))
+    return tuple(None if any(c is None for c in col) else np.concatenate(col) for col in zip(*parts))
