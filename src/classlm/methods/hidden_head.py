@@ -18,7 +18,7 @@ import torch
 from classlm.errors import ConfigError
 from classlm.heads import HeadOptions
 from classlm.methods.base import Method, ScoringRun, register
-from classlm.methods.prompted import PromptedLM
+from classlm.methods.prompted import PromptedLM, UsesPromptedLM
 from classlm.prompts import RenderedPrompt
 from classlm.scores import MethodInfo, Scores
 from classlm.scoring import PromptEncoder, decoder_of
@@ -50,7 +50,7 @@ WARM_START_TEXTS = 512
 
 
 @register("hidden_head", options=HiddenHeadOptions)
-class HiddenHeadMethod(Method):
+class HiddenHeadMethod(UsesPromptedLM, Method):
     """A head on the last-token hidden state of the prompted (or raw) text, read through a PromptedLM."""
 
     learns_from_data = True
@@ -131,23 +131,8 @@ class HiddenHeadMethod(Method):
         keep = np.sort(np.random.default_rng(seed).permutation(len(texts))[:WARM_START_TEXTS])
         self.fit_data([texts[i] for i in keep], y[keep])
 
-    @property
-    def reuse_prefix(self) -> bool:
-        """Prompt-prefix reuse (with ``prompt=True``); False runs every row in full."""
-        return self.lm.reuse_prefix
-
-    @reuse_prefix.setter
-    def reuse_prefix(self, value: bool) -> None:
-        self.lm.reuse_prefix = value
-
     def trainable_module(self) -> Any:
         return torch.nn.ModuleDict({"backbone": self.backbone.model, "head": self.head})
-
-    def training_rows(self, texts: Sequence[str]) -> list[list[int]]:
-        return self.lm.encoder.encode(list(texts)).ids
-
-    def prepare_training(self) -> None:
-        self.lm.check_before_training()
 
     def train_logits(
         self, rows: list[list[int]], *, full_vocab: bool = False, reuse_prefix: bool = True

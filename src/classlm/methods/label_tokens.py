@@ -17,14 +17,14 @@ import torch
 from classlm.errors import ConfigError
 from classlm.labels import ClassTokens, resolve_class_tokens
 from classlm.methods.base import Method, ScoringRun, register
-from classlm.methods.prompted import PromptedLM, class_token_info
+from classlm.methods.prompted import PromptedLM, UsesPromptedLM, class_token_info
 from classlm.prompts import RenderedPrompt
 from classlm.scores import MethodInfo, Scores
 from classlm.scoring import PromptEncoder, SharedPrefix, hidden_states, output_head, pad_right
 
 
 @register("label_tokens")
-class LabelTokensMethod(Method):
+class LabelTokensMethod(UsesPromptedLM, Method):
     """Zero-shot (and LoRA-tuned) classification by the logits of each class's answer token."""
 
     trains_backbone = True
@@ -56,37 +56,10 @@ class LabelTokensMethod(Method):
         reuse = previous.reuse_prefix if previous is not None else True
         self.lm = PromptedLM(self.backbone, rendered, self.max_length, reuse_prefix=reuse)
 
-    # The prompt parts callers read; they live in the PromptedLM.
-    @property
-    def rendered(self) -> RenderedPrompt:
-        return self.lm.rendered
-
-    @property
-    def encoder(self) -> PromptEncoder:
-        return self.lm.encoder
-
-    @encoder.setter
-    def encoder(self, encoder: PromptEncoder) -> None:
-        self.lm.encoder = encoder
-
-    @property
-    def reuse_prefix(self) -> bool:
-        return self.lm.reuse_prefix
-
-    @reuse_prefix.setter
-    def reuse_prefix(self, value: bool) -> None:
-        self.lm.reuse_prefix = value
-
     # -- training (trains_backbone) -------------------------------------------------------------------------------
     def trainable_module(self) -> Any:
         """What the Trainer optimises: the parameters of this module that require grad (the LoRA adapters)."""
         return self.backbone.model
-
-    def training_rows(self, texts: Sequence[str]) -> list[list[int]]:
-        return self.encoder.encode(list(texts)).ids
-
-    def prepare_training(self) -> None:
-        self.lm.check_before_training()
 
     def class_token_ids(self) -> list[int]:
         return list(self.tokens.first_ids)

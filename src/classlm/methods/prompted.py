@@ -9,7 +9,7 @@ are computed once per model and weights and every batch runs only its texts' own
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -146,6 +146,41 @@ class PromptedLM:
 
     def prompt_info(self) -> PromptInfo:
         return prompt_info(self.encoder, self.rendered)
+
+
+class UsesPromptedLM:
+    """What a method holding a :class:`PromptedLM` as ``self.lm`` shows callers (mix in before ``Method``): the
+    rendered prompt, its encoder, the prefix-reuse switch, and the training rows and one-time check the Trainer
+    asks for."""
+
+    lm: PromptedLM
+
+    @property
+    def rendered(self) -> RenderedPrompt:
+        return self.lm.rendered
+
+    @property
+    def encoder(self) -> PromptEncoder:
+        return self.lm.encoder
+
+    @encoder.setter
+    def encoder(self, encoder: PromptEncoder) -> None:
+        self.lm.encoder = encoder
+
+    @property
+    def reuse_prefix(self) -> bool:
+        """Prompt-prefix reuse; False runs every row in full."""
+        return self.lm.reuse_prefix
+
+    @reuse_prefix.setter
+    def reuse_prefix(self, value: bool) -> None:
+        self.lm.reuse_prefix = value
+
+    def training_rows(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.lm.encoder.encode(list(texts)).ids
+
+    def prepare_training(self) -> None:
+        self.lm.check_before_training()
 
 
 def class_token_info(tokens: ClassTokens, tokenizer: Any) -> ClassTokenInfo:
