@@ -127,6 +127,8 @@ def test_gguf_cache_is_rebuilt_when_corrupt(tmp_path):
         fh.seek(weights.stat().st_size // 2)
         fh.write(b"\x00" * 64)
     assert "checksum" in models._cache_problem(folder, file_hash)
+    # Reading the tokenizer alone (before the weights load) checks the weights by size; loading them, by checksum.
+    assert models._cache_problem(folder, file_hash, weights=False) is None
     backbone = models.load_backbone(ModelConfig(cache_dir=str(tmp_path)), shared=False)
     assert backbone.info["vocab_size"] == 49152
     assert models._cache_problem(folder, file_hash) is None

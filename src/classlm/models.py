@@ -250,7 +250,8 @@ def _gguf_cache_folder(gguf: Path, root: Path, *, build: bool = True) -> Path | 
     file_hash = _sha256(gguf)
     folder = root / "gguf" / f"{gguf.stem}-{file_hash[:16]}"
     if folder.exists():
-        problem = _cache_problem(folder, file_hash)
+        # Without build, only the tokenizer is read from here (a classifier's pre-load check).
+        problem = _cache_problem(folder, file_hash, weights=build)
         if problem is None or not build:
             return folder if problem is None else None
         log.warning("rebuilding the model cache %s: %s", folder, problem)
@@ -261,8 +262,10 @@ def _gguf_cache_folder(gguf: Path, root: Path, *, build: bool = True) -> Path | 
     return folder
 
 
-def _cache_problem(folder: Path, file_hash: str) -> str | None:
-    """Why a cache folder cannot be trusted, or None when every file matches the marker written last."""
+def _cache_problem(folder: Path, file_hash: str, *, weights: bool = True) -> str | None:
+    """Why a cache folder cannot be trusted, or None when every file matches the marker written last. With
+    ``weights=False`` (the tokenizer alone is read) the weights are checked by size only: their checksum (hashing
+    ~540 MB) is checked when they load."""
     try:
         marker = json.loads((folder / _CACHE_MARKER).read_text())
     except (OSError, ValueError) as exc:
@@ -273,7 +276,7 @@ def _cache_problem(folder: Path, file_hash: str) -> str | None:
         path = folder / name
         if not path.is_file() or path.stat().st_size != expected["size"]:
             return f"{name} is missing or has the wrong size"
-        if name.endswith(".safetensors") and _sha256(path) != expected["sha256"]:
+        if weights and name.endswith(".safetensors") and _sha256(path) != expected["sha256"]:
             return f"{name} does not match its checksum"
     return None
 
