@@ -315,8 +315,8 @@ class LMClassifier(CalibratedClassifier):
             self.train_config(),
             (train_texts, self._indices(train_y)),
             None if evaluation is None else (evaluation[0], self._indices(evaluation[1])),
-            run_dir=run_dir,
             resume=resume,
+            run_dir=run_dir,
             progress=self.progress,
             callback=callback,
             eval_batch_size=self.batch_size,
@@ -365,7 +365,7 @@ class LMClassifier(CalibratedClassifier):
         info.update(
             method=self.method,
             descriptions=dict(zip(map(str, self.classes_), self.label_set_.descriptions)),
-            base_model=backbone.identity() if backbone is not None else self.method_.base_identity(),
+            base_model=self.method_.base_identity(),
             adapter=backbone is not None and hasattr(backbone.model, "peft_config"),
             calibration={"temperature": self.temperature_, **self.calibration_info_},
         )

@@ -78,7 +78,7 @@ class CalibratedClassifier(ClassifierMixin, BaseEstimator):
         return softmax(self.calibrated_logits(logits))
 
     def _calibrated(self, X: Any) -> np.ndarray:
-        self.check_fitted()  # first: a fitted attribute below would fail with a bare AttributeError
+        # predict_scores checks that the classifier is fitted, before any fitted attribute is read.
         return self.calibrated_logits(self.predict_scores(X).logits)
 
     def decision_function(self, X: Any) -> np.ndarray:

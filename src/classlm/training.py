@@ -340,11 +340,12 @@ def train_method(
     config: TrainConfig,
     train: tuple[Sequence[str], np.ndarray],
     evaluation: tuple[Sequence[str], np.ndarray] | None,
+    *,
+    resume: bool = False,
     **trainer: Any,
 ) -> dict[str, Any]:
     """Train ``method``'s trainable module on ``train`` (texts, column indices), evaluating on ``evaluation``;
-    ``trainer``: the Trainer's options and ``resume``. Returns the training summary the artifact records."""
-    resume = trainer.pop("resume", False)
+    ``trainer``: the Trainer's options. Returns the training summary the artifact records."""
     # Also on resume: the checkpoint restores a head's weights, but its feature standardisation (buffers, not
     # parameters) comes from the warm start, which is deterministic.
     method.warm_start(train[0], train[1], config.seed)
