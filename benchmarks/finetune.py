@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from classlm import LMClassifier  # noqa: E402
-from classlm.bench import KEEP, machine  # noqa: E402
+from classlm.bench import KEEP, machine, machine_line  # noqa: E402
 from classlm.data import load_dataset, stratified_split  # noqa: E402
 from classlm.metrics import classification_metrics, softmax  # noqa: E402
 from classlm.reports import plot_reliability, plot_training_curves, write_text_atomic  # noqa: E402
@@ -190,7 +190,7 @@ def to_markdown(doc: dict[str, Any]) -> str:
         "",
         f"Last command: `{doc['command']}` (each section names the command that produced it)",
         "",
-        f"{doc['machine']['device']}, torch {doc['machine']['torch']}. Model smollm2-135m (SmolLM2-135M-Instruct), "
+        f"{machine_line(doc['machine'])}. Model smollm2-135m (SmolLM2-135M-Instruct), "
         f"LoRA r=16 alpha=32 on every attention and MLP projection (embeddings and LM head frozen), lr {doc['lr']}, "
         f"batch {doc['batch_size']}, {doc['epochs']} epoch(s) over the training subsample, chat-template prompt with "
         "the classes and one-line descriptions. Temperature fitted on 500 train rows disjoint from the training "

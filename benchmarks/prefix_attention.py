@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from classlm.machine import machine_block
 from classlm.reports import write_text_atomic
 from classlm.scoring import _FUSED_CPU, _fused_cpu
 
@@ -83,7 +84,7 @@ def main() -> None:
     doc = {
         "benchmark": "prefix_attention",
         "command": "python benchmarks/prefix_attention.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "machine": {"cpu_count": os.cpu_count(), **machine_block("cpu", "float32")},
         "shape": {
             "rows": b,
             "text_tokens": s,

@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from classlm.bench import machine
+from classlm.bench import machine, machine_line
 from classlm.reports import write_text_atomic
 
 HERE = Path(__file__).resolve().parent
@@ -164,7 +164,7 @@ def to_markdown(doc: dict[str, Any]) -> str:
         "",
         f"Reproduce: `{doc['command']}`",
         "",
-        f"{doc['machine']['device']}, torch {doc['machine']['torch']}; model {doc['model']}, zero-shot, the ag_news "
+        f"{machine_line(doc['machine'])}; model {doc['model']}, zero-shot, the ag_news "
         f"prompt of the accuracy benchmarks; one ag_news test text per request; clients and server on loopback on "
         f"the same machine, the clients at lower CPU priority (nice 10). Server: max batch {doc['max_batch']} texts, "
         f"max wait {doc['max_wait_ms']} ms.",

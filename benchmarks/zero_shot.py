@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 
 from classlm import LMClassifier
 from classlm.data import load_dataset
+from classlm.machine import machine_block
 from classlm.metrics import classification_metrics, softmax
 from classlm.reports import write_text_atomic
 from classlm.scoring import length_sorted_batches, pad_right
@@ -136,7 +136,8 @@ def to_markdown(doc: dict[str, Any]) -> str:
         f"Reproduce: `{doc['command']}`",
         "",
         f"Model `{doc['model']}`, {doc['machine']['cpu_count']} CPU cores, torch {doc['machine']['torch']} "
-        f"({doc['machine']['threads']} threads), fp32. Test: first {doc['n_test']} rows of ag_news test; temperature "
+        f"({doc['machine']['threads']} threads), {doc['machine']['dtype']['dtype']}. Test: first {doc['n_test']} "
+        "rows of ag_news test; temperature "
         f"fitted on the first {doc['n_calib']} rows of ag_news train (disjoint). Prompt: chat template, "
         f"instruction {INSTRUCTION!r}, the 4 classes with one-line descriptions.",
         "",
@@ -210,12 +211,7 @@ def main() -> None:
         "n_calib": len(calib),
         "instruction": INSTRUCTION,
         "labels": NEWS_LABELS,
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "platform": platform.platform(),
-        },
+        "machine": {"cpu_count": os.cpu_count(), **machine_block("cpu")},
     }
     print("throughput: sliced head vs full logits…", file=sys.stderr)
     doc["throughput"] = throughput(list(test.texts[: args.throughput_texts]), args.batch_size, args.rounds)

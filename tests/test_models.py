@@ -4,6 +4,7 @@ import torch
 from classlm import models
 from classlm.config import ModelConfig
 from classlm.errors import ConfigError, ModelLoadError
+from classlm import machine
 from classlm.models import cache_root, choose_dtype, load_backbone, resolve_source
 
 
@@ -38,10 +39,16 @@ def test_hub_id_offline_says_so_and_names_the_alias(monkeypatch):
     assert "offline" in msg and "smollm2-135m" in msg
 
 
-def test_dtype_choice():
+def test_dtype_choice(monkeypatch):
+    monkeypatch.delenv("CLASSLM_DTYPE")
+    plain = machine.CPU("old CPU", ("avx512f", "avx2"), "test")
+    monkeypatch.setattr(machine, "_CPU", plain)
     assert choose_dtype("auto", torch.device("cpu")) == torch.float32
     assert choose_dtype("auto", torch.device("cuda")) == torch.bfloat16
     assert choose_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    monkeypatch.setattr(machine, "_CPU", machine.CPU("AMX CPU", ("amx_bf16", "amx_tile"), "test"))
+    assert choose_dtype("auto", torch.device("cpu")) == torch.bfloat16
+    assert choose_dtype("auto", torch.device("cpu"), training=True) == torch.float32
 
 
 def test_cuda_requested_without_cuda(monkeypatch):
@@ -79,7 +86,7 @@ def test_run_options_are_checked_before_anything_loads(kwargs, match):
 def test_local_folder_loads_and_is_shared(tiny_model_dir):
     cfg = ModelConfig(name=str(tiny_model_dir))
     a = load_backbone(cfg)
-    assert a is load_backbone(cfg)
-    assert load_backbone(cfg, shared=False) is not a
+    assert a.model is load_backbone(cfg).model  # the same weights in memory
+    assert load_backbone(cfg, shared=False).model is not a.model
     assert a.dtype == torch.float32 and a.tokenizer.pad_token_id is not None
     assert a.identity()["kind"] == "folder"

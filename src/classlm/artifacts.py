@@ -111,6 +111,8 @@ def manifest(
         "training": {k: v for k, v in getattr(clf, "training_", {}).items() if k != "history"} or None,
         "adapter": adapter,
         "metrics": dict(metrics or {}),
+        # How the saving process ran (dtype chosen and why, CPU, versions): a record, never read back as an option.
+        "run": clf.run_info() if callable(getattr(clf, "run_info", None)) else None,
     }
 
 

@@ -9,7 +9,6 @@ from the training subsample; their temperature is fitted on the calibration spli
 from __future__ import annotations
 
 import json
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -185,6 +184,7 @@ def run_bench(
     instruction: str | None,
     model: str = "smollm2-135m",
     device: str = "auto",
+    dtype: str = "auto",
     seed: int = 0,
     ensemble: Sequence[str] = (),
     progress: bool = False,
@@ -195,7 +195,8 @@ def run_bench(
     rows: dict[str, dict[str, Any]] = {}
     fitted: dict[str, Any] = {}
     for name in methods:
-        common = {"model": model, "labels": labels, "instruction": instruction, "device": device, "seed": seed}
+        common = {"model": model, "labels": labels, "instruction": instruction, "device": device, "dtype": dtype}
+        common["seed"] = seed
         fitted[name], rows[name] = _bench_row(entry_for(name), splits, progress=progress, **common)
         if on_row is not None:
             on_row(name, rows[name])
@@ -226,14 +227,22 @@ def run_bench(
     return rows
 
 
-def machine(device: str = "auto") -> dict[str, Any]:
-    import os
+def machine(device: str = "auto", dtype: str = "auto") -> dict[str, Any]:
+    """The results' machine block (:func:`classlm.machine.machine_block`)."""
+    from classlm.machine import machine_block
 
-    import torch
+    return machine_block(device, dtype)
 
-    gpu = torch.cuda.is_available() and device != "cpu"
-    device = torch.cuda.get_device_name() if gpu else f"CPU, {os.cpu_count()} cores"
-    return {"device": device, "torch": torch.__version__, "platform": platform.platform()}
+
+def machine_line(m: dict[str, Any]) -> str:
+    """``CPU (…), 2 cores, flags amx_bf16 …; torch 2.13 (2 threads), bfloat16 (auto)`` from a machine block (older
+    results files have only device and torch)."""
+    line = f"{m['device']}, torch {m['torch']}"
+    if "cpu" in m:
+        line += f" ({m['threads']} threads); CPU flags: {', '.join(m['cpu']['flags']) or 'none of note'}"
+    if m.get("dtype"):
+        line += f"; dtype {m['dtype']['dtype']} ({m['dtype']['source']})"
+    return line
 
 
 def _f(x: Any, spec: str = ".3f") -> str:
@@ -247,7 +256,7 @@ def to_markdown(doc: dict[str, Any]) -> str:
         "",
         f"Reproduce: `{doc['command']}`",
         "",
-        f"{doc['machine']['device']}, torch {doc['machine']['torch']}; model {doc['model']}; seed {doc['seed']}. "
+        f"{machine_line(doc['machine'])}; model {doc['model']}; seed {doc['seed']}. "
         f"Training budget: the same {s['train']} training examples for every method that learns; temperatures on "
         f"{s['calib']} calibration rows and ensemble weights / LoRA evaluation on {s['eval']} eval rows, all "
         f"from the train split and disjoint; figures on {s['test']} test rows, after temperature. Ratio = "

@@ -180,8 +180,9 @@ class LMClassifier(CalibratedClassifier):
             method.check(load_tokenizer(self.model, cache_dir=self.cache_dir, build_cache=False))
             # A backbone whose weights change or differ from the base model's is a private copy; zero-shot
             # classifiers share one in-process copy.
-            private = adapter is not None or self.trains_backbone()
-            backbone = load_backbone(self._model_config(), shared=not private)
+            training = adapter is None and self.trains_backbone()
+            private = adapter is not None or training
+            backbone = load_backbone(self._model_config(), shared=not private, training=training)
             if adapter is not None or lora is not None:
                 from classlm.training import add_lora, load_adapter
 
@@ -368,6 +369,7 @@ class LMClassifier(CalibratedClassifier):
             base_model=self.method_.base_identity(),
             adapter=backbone is not None and hasattr(backbone.model, "peft_config"),
             calibration={"temperature": self.temperature_, **self.calibration_info_},
+            run=self.run_info(),
         )
         return info
 

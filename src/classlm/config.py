@@ -46,8 +46,9 @@ class ModelConfig:
     """Which backbone to load and how to run it.
 
     ``name`` is a built-in alias (default ``"smollm2-135m"``), a local Hugging Face folder, a hub id or a ``.gguf``
-    path. ``device="auto"`` picks CUDA when present, else CPU; ``dtype="auto"`` is float32 on CPU (bf16 was measured
-    7x slower on CPU) and bfloat16 on CUDA.
+    path. ``device="auto"`` picks CUDA when present, else CPU; ``dtype="auto"`` is bfloat16 on CUDA and on a CPU that
+    reports AMX-BF16, float32 on other CPUs and for training on CPU; ``$CLASSLM_DTYPE`` overrides ``auto``
+    (:func:`classlm.machine.choose_dtype`).
     """
 
     name: str = DEFAULT_MODEL

@@ -124,6 +124,13 @@ class CalibratedClassifier(ClassifierMixin, BaseEstimator):
         self.check_fitted()
         return {"kind": type(self).__name__, "calibration": {"temperature": self.temperature_}}
 
+    def run_info(self) -> dict[str, Any]:
+        """How this classifier runs here (:func:`classlm.machine.run_info`): the dtype of its backbone (``backbone_``,
+        where it has one) and why, the CPU and its flags, torch threads, library versions."""
+        from classlm.models import run_info
+
+        return run_info(getattr(self, "backbone_", None))
+
 
 def check_targets(y: Any, what: str = "y") -> np.ndarray:
     """``y`` as a 1-D array of class labels of y's own type: strings (an object array) or numbers.

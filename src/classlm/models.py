@@ -7,6 +7,7 @@ model, which takes 15-30 s; the result is cached as a safetensors folder so late
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -21,6 +22,7 @@ from typing import Any
 
 import torch
 
+from classlm import machine
 from classlm.config import ModelConfig
 from classlm.errors import ModelLoadError
 
@@ -58,6 +60,7 @@ class Backbone:
     device: torch.device
     dtype: torch.dtype
     info: dict[str, Any] = field(default_factory=dict)
+    dtype_choice: machine.DtypeChoice | None = None  # how ``dtype`` was chosen (None: built by hand)
 
     def identity(self) -> dict[str, Any]:
         """What an artifact records about the base model (checked again at load time through the token ids)."""
@@ -129,19 +132,21 @@ def choose_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def choose_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        # bf16 matmuls ran 7x slower than fp32 on the 2-core CPU we measured; on CUDA bf16 is the fast path.
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def choose_dtype(dtype: str, device: torch.device, *, training: bool = False) -> torch.dtype:
+    """The torch dtype ``dtype`` resolves to on ``device`` (see :func:`classlm.machine.choose_dtype`)."""
+    return TORCH_DTYPES[machine.choose_dtype(dtype, device.type, training=training).dtype]
 
 
 _LOADED: dict[tuple[str, str, str, str], Backbone] = {}
 _MAX_LOADED = 2
 
 
-def load_backbone(config: ModelConfig, *, shared: bool = True) -> Backbone:
-    """Load the model and tokenizer of ``config``.
+def load_backbone(config: ModelConfig, *, shared: bool = True, training: bool = False) -> Backbone:
+    """Load the model and tokenizer of ``config``, in the dtype its ``dtype`` resolves to (``training``: for a
+    backbone whose weights will be trained, see :func:`classlm.machine.choose_dtype`).
 
     With ``shared=True`` the same in-memory backbone is returned for the same source, device and dtype (zero-shot
     scoring never changes weights, so classifiers and their clones can share it). Pass ``shared=False`` when the
@@ -149,10 +154,13 @@ def load_backbone(config: ModelConfig, *, shared: bool = True) -> Backbone:
     """
     source = resolve_source(config.name)
     device = choose_device(config.device)
-    dtype = choose_dtype(config.dtype, device)
+    choice = machine.choose_dtype(config.dtype, device.type, training=training)
+    dtype = TORCH_DTYPES[choice.dtype]
     key = (source.location, str(device), str(dtype), str(cache_root(config)))
     if shared and key in _LOADED:
-        return _LOADED[key]
+        # The same weights, with this request's record of how its dtype was chosen (an explicit float32 and an
+        # auto float32 share one model).
+        return dataclasses.replace(_LOADED[key], dtype_choice=choice)
     location, local_only = _local_location(source, cache_root(config))
     model, tokenizer = _load_folder(location, dtype, local_only=local_only, hub=source.kind == "hub")
     model.to(device)
@@ -165,12 +173,17 @@ def load_backbone(config: ModelConfig, *, shared: bool = True) -> Backbone:
         "vocab_size": int(model.get_output_embeddings().weight.shape[0]),
         "n_parameters": int(sum(p.numel() for p in model.parameters())),
     }
-    backbone = Backbone(model, tokenizer, source, device, dtype, info)
+    backbone = Backbone(model, tokenizer, source, device, dtype, info, choice)
     if shared:
         while len(_LOADED) >= _MAX_LOADED:
             _LOADED.pop(next(iter(_LOADED)))
         _LOADED[key] = backbone
     return backbone
+
+
+def run_info(backbone: Backbone | None) -> dict[str, Any]:
+    """:func:`classlm.machine.run_info` for a backbone (None: a method without one): dtype choice, CPU, threads."""
+    return machine.run_info(None if backbone is None else backbone.dtype_choice, torch.get_num_threads())
 
 
 def load_tokenizer(name: str, *, cache_dir: str | None = None, build_cache: bool = True) -> Any:

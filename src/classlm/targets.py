@@ -37,21 +37,32 @@ def load_run(
     batch_size: int = 64,
     batch_tokens: int | None = DEFAULT_BATCH_TOKENS,
     device: str = "auto",
+    dtype: str | None = None,
     progress: bool = True,
 ) -> LMClassifier:
-    """A saved classifier, with the run options given (they are how it runs, not what it learnt)."""
+    """A saved classifier, with the run options given (they are how it runs, not what it learnt); ``dtype=None``
+    keeps the saved one (usually ``auto``)."""
     from classlm.classifier import LMClassifier
 
-    return LMClassifier.load(run, batch_size=batch_size, batch_tokens=batch_tokens, device=device, progress=progress)
+    run_options = {"dtype": dtype} if dtype is not None else {}
+    return LMClassifier.load(
+        run, batch_size=batch_size, batch_tokens=batch_tokens, device=device, progress=progress, **run_options
+    )
 
 
 def load_ensemble(
-    path: str | Path, *, batch_size: int = 64, batch_tokens: int | None = DEFAULT_BATCH_TOKENS, device: str = "auto"
+    path: str | Path,
+    *,
+    batch_size: int = 64,
+    batch_tokens: int | None = DEFAULT_BATCH_TOKENS,
+    device: str = "auto",
+    dtype: str | None = None,
 ) -> Ensemble:
-    """A saved ensemble, every member with the run options given."""
+    """A saved ensemble, every member with the run options given (``dtype=None``: each member's saved one)."""
     from classlm.ensemble import Ensemble
 
-    return Ensemble.load(path, batch_size=batch_size, batch_tokens=batch_tokens, device=device)
+    run_options = {"dtype": dtype} if dtype is not None else {}
+    return Ensemble.load(path, batch_size=batch_size, batch_tokens=batch_tokens, device=device, **run_options)
 
 
 def zero_shot(
@@ -65,6 +76,7 @@ def zero_shot(
     batch_tokens: int | None = DEFAULT_BATCH_TOKENS,
     max_length: int = 512,
     device: str = "auto",
+    dtype: str = "auto",
     progress: bool = True,
     fit_texts: Sequence[str] | None = None,
     fit_labels: Sequence[Any] | None = None,
@@ -83,6 +95,7 @@ def zero_shot(
         batch_tokens=batch_tokens,
         max_length=max_length,
         device=device,
+        dtype=dtype,
         progress=progress,
     )
     return clf.fit(fit_texts or [], fit_labels)

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from classlm.cli.common import err, out, parse_labels, quiet_transformers
-from classlm.cli.options import DeviceOpt, InstructionOpt, LabelsOpt, ModelOpt
+from classlm.cli.options import DeviceOpt, DtypeOpt, InstructionOpt, LabelsOpt, ModelOpt
 from classlm.errors import ConfigError
 
 # The rows `classlm bench` runs by default (classlm.bench.ENTRIES names them all); here to keep the CLI import light.
@@ -46,6 +46,7 @@ def bench(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the splits and of LoRA / backbone training.")] = 0,
     output: Annotated[Path, typer.Option("--out", "-o", help="Folder for bench_<dataset>.json and .md.")] = Path("."),
     device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
 ) -> None:
     """Compare methods side by side on one dataset: same splits, same seed, same training budget."""
     from classlm.bench import check_methods, make_splits, run_bench, write_results
@@ -72,7 +73,7 @@ def bench(
         seed=seed,
     )
     dataset = Path(data).resolve().name
-    doc = _results_doc(dataset, model=model, device=device, seed=seed, budget=budget, splits=splits)
+    doc = _results_doc(dataset, model=model, device=device, dtype=dtype, seed=seed, budget=budget, splits=splits)
 
     def on_row(name: str, row: dict[str, Any]) -> None:
         doc["rows"][name] = row  # written after every row: a long run keeps what it finished
@@ -87,6 +88,7 @@ def bench(
         instruction=instruction,
         model=model,
         device=device,
+        dtype=dtype,
         seed=seed,
         ensemble=members,
         progress=True,
@@ -113,7 +115,9 @@ def _prompt(labels: str | None, instruction: str | None, prompt_file: Path | Non
     return label_spec, instruction
 
 
-def _results_doc(dataset: str, *, model: str, device: str, seed: int, budget: int, splits: Any) -> dict[str, Any]:
+def _results_doc(
+    dataset: str, *, model: str, device: str, dtype: str, seed: int, budget: int, splits: Any
+) -> dict[str, Any]:
     """The results file before any row: the command that reproduces it, the machine, the model and the splits."""
     from classlm.bench import machine
 
@@ -121,7 +125,7 @@ def _results_doc(dataset: str, *, model: str, device: str, seed: int, budget: in
         "benchmark": "bench",
         "dataset": dataset,
         "command": shlex.join(["classlm", "bench", *sys.argv[2:]]),
-        "machine": machine(device),
+        "machine": machine(device, dtype),
         "model": model,
         "seed": seed,
         "budget": budget,

@@ -9,7 +9,16 @@ import typer
 
 from classlm.cli.classifiers import load_run
 from classlm.cli.common import out
-from classlm.cli.options import BatchOpt, DeviceOpt, DropInvalidOpt, LabelColOpt, LimitOpt, SeedOpt, TextColOpt
+from classlm.cli.options import (
+    BatchOpt,
+    DeviceOpt,
+    DropInvalidOpt,
+    DtypeOpt,
+    LabelColOpt,
+    LimitOpt,
+    SeedOpt,
+    TextColOpt,
+)
 from classlm.cli.rows import load_rows
 
 
@@ -26,6 +35,7 @@ def calibrate(
     label_col: LabelColOpt = "label",
     batch_size: BatchOpt = 64,
     device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
 ) -> None:
     """Refit a saved classifier's temperature on held-out data and save it (metrics before/after are recorded)."""
     dataset = load_rows(
@@ -38,7 +48,7 @@ def calibrate(
         labels_given=True,
         drop_invalid=drop_invalid,
     )
-    clf = load_run(run, batch_size=batch_size, device=device)
+    clf = load_run(run, batch_size=batch_size, device=device, dtype=dtype)
     clf.calibrate(list(dataset.texts), list(dataset.labels or []), source=f"classlm calibrate: {dataset.source}")
     clf.save(run)
     info = clf.calibration_info_

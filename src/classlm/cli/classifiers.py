@@ -11,13 +11,21 @@ from classlm.config import DEFAULT_BATCH_TOKENS
 from classlm.errors import ConfigError
 
 
-def load_run(run: Path, *, batch_size: int = 64, batch_tokens: int = DEFAULT_BATCH_TOKENS, device: str = "auto") -> Any:
-    """A saved classifier, with the run options of this command (``--batch-tokens 0``: no limit)."""
+def load_run(
+    run: Path,
+    *,
+    batch_size: int = 64,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    device: str = "auto",
+    dtype: str = "auto",
+) -> Any:
+    """A saved classifier, with the run options of this command (``--batch-tokens 0``: no limit; ``--dtype auto``
+    resolves on this machine whatever the saving one had)."""
     from classlm.targets import load_run as load_saved_run
 
     quiet_transformers()
     with err.status(f"loading {run}…"):
-        return load_saved_run(run, batch_size=batch_size, batch_tokens=batch_tokens or None, device=device)
+        return load_saved_run(run, batch_size=batch_size, batch_tokens=batch_tokens or None, device=device, dtype=dtype)
 
 
 def build_classifier(
@@ -31,6 +39,7 @@ def build_classifier(
     batch_size: int,
     max_length: int,
     device: str,
+    dtype: str = "auto",
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     fit_texts: list[str] | None = None,
     fit_labels: list[str] | None = None,
@@ -38,7 +47,7 @@ def build_classifier(
     """A ready classifier: loaded from ``run``, or zero-shot from the options (labels required); with
     ``fit_texts``/``fit_labels`` the zero-shot classifier's temperature is fitted on them."""
     if run is not None:
-        return load_run(run, batch_size=batch_size, batch_tokens=batch_tokens, device=device)
+        return load_run(run, batch_size=batch_size, batch_tokens=batch_tokens, device=device, dtype=dtype)
     from classlm.methods import get_method
     from classlm.targets import zero_shot
 
@@ -61,6 +70,7 @@ def build_classifier(
             batch_tokens=batch_tokens or None,
             max_length=max_length,
             device=device,
+            dtype=dtype,
             fit_texts=fit_texts,
             fit_labels=fit_labels,
         )
@@ -80,5 +90,6 @@ def load_target(target: str, **build: Any) -> Any:
                 batch_size=build["batch_size"],
                 batch_tokens=build["batch_tokens"] or None,
                 device=build["device"],
+                dtype=build.get("dtype", "auto"),
             )
     return build_classifier(run=path if kind == "run" else None, model=target, **build)

@@ -15,6 +15,7 @@ from classlm.cli.options import (
     BatchOpt,
     BatchTokensOpt,
     DeviceOpt,
+    DtypeOpt,
     InstructionOpt,
     LabelsOpt,
     MaxLenOpt,
@@ -47,6 +48,7 @@ def classify(
     batch_tokens: BatchTokensOpt = DEFAULT_BATCH_TOKENS,
     max_length: MaxLenOpt = 512,
     device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
     backend: Annotated[
         str, typer.Option("--backend", help="local (the model runs here) or openai (a server with logprobs).")
     ] = "local",
@@ -97,6 +99,7 @@ def classify(
             batch_tokens=batch_tokens,
             max_length=max_length,
             device=device,
+            dtype=dtype,
         )
         scores = clf.predict_scores(items, class_mass=class_mass)
     else:

@@ -14,6 +14,7 @@ from classlm.cli.options import (
     BatchTokensOpt,
     DeviceOpt,
     DropInvalidOpt,
+    DtypeOpt,
     InstructionOpt,
     LabelColOpt,
     LabelsOpt,
@@ -63,6 +64,7 @@ def evaluate(
     batch_tokens: BatchTokensOpt = DEFAULT_BATCH_TOKENS,
     max_length: MaxLenOpt = 512,
     device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
 ) -> None:
     """Evaluate on a labelled dataset: accuracy, F1, NLL, Brier, ECE, per-class calibration ratio."""
     from classlm.evaluation import evaluate as run_evaluation
@@ -90,6 +92,7 @@ def evaluate(
         batch_tokens=batch_tokens,
         max_length=max_length,
         device=device,
+        dtype=dtype,
         fit_texts=list(calib.texts) if calib is not None else None,
         fit_labels=list(calib.labels or []) if calib is not None else None,
     )

@@ -10,7 +10,18 @@ from rich.table import Table
 
 from classlm.cli.classifiers import build_classifier
 from classlm.cli.common import out, parse_labels
-from classlm.cli.options import InstructionOpt, LabelsOpt, MaxLenOpt, MethodOpt, ModelOpt, RunOpt, ScoringOpt
+from classlm.cli.options import (
+    DeviceOpt,
+    DtypeOpt,
+    InstructionOpt,
+    LabelsOpt,
+    MaxLenOpt,
+    MethodOpt,
+    ModelOpt,
+    RunOpt,
+    ScoringOpt,
+)
+from classlm.machine import MATRIX_FLAGS
 
 
 def inspect(
@@ -22,6 +33,8 @@ def inspect(
     scoring: ScoringOpt = "first_token",
     text: Annotated[str, typer.Option("--text", help="Example text shown in the rendered prompt.")] = "<text>",
     max_length: MaxLenOpt = 512,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
     """Show how the labels map to tokens and the exact prompt the model reads."""
@@ -34,11 +47,14 @@ def inspect(
         scoring=scoring,
         batch_size=1,
         max_length=max_length,
-        device="auto",
+        device=device,
+        dtype=dtype,
     )
     desc = clf.method_.describe()
+    run_info = clf.run_info()
     if as_json or "token_ids" not in desc:  # methods without class tokens: their description as it is
-        print(json.dumps({**desc, "classes": list(map(str, clf.classes_))}, indent=2, ensure_ascii=False))
+        doc = {**desc, "classes": list(map(str, clf.classes_)), "run": run_info}
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
         return
     table = Table(title=f"classes → tokens ({desc['scoring']} scoring)")
     for col in ("class", "answer", "tokens", "ids"):
@@ -46,6 +62,7 @@ def inspect(
     for name, answer, toks, ids in zip(clf.classes_, desc["answers"], desc["tokens"], desc["token_ids"]):
         table.add_row(str(name), repr(answer), " ".join(toks), " ".join(map(str, ids)))
     out.print(table)
+    out.print(dtype_line(run_info), markup=False, highlight=False)
     out.print(
         f"prompt: {desc['prompt_tokens']} tokens around the text (chat template: {desc['chat_template']}); "
         f"room for {desc['text_budget']} text tokens"
@@ -53,3 +70,15 @@ def inspect(
     out.rule("rendered prompt")
     out.print(desc["prompt_head"] + text + desc["prompt_tail"], markup=False, highlight=False)
     out.rule()
+
+
+def dtype_line(run_info: dict) -> str:
+    """``dtype: bfloat16 (auto: the CPU reports amx_bf16 …; CPU flags …)``, from a classifier's ``run_info()``."""
+    choice, cpu = run_info["dtype"], run_info["cpu"]
+    flags = ", ".join(cpu["flags"]) or "none of " + ", ".join(MATRIX_FLAGS)
+    if choice is None:
+        return f"dtype: – (this method runs no language model); CPU {cpu['model']} ({flags})"
+    return (
+        f"dtype: {choice['dtype']} ({choice['source']}: {choice['reason']}) on {choice['device']}; "
+        f"CPU {cpu['model']}, flags: {flags}; {run_info['threads']} torch threads"
+    )

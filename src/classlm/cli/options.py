@@ -34,6 +34,14 @@ BatchTokensOpt = Annotated[
 ]
 MaxLenOpt = Annotated[int, typer.Option("--max-length", help="Token limit per prompt; texts are cut inside.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+DtypeOpt = Annotated[
+    str,
+    typer.Option(
+        "--dtype",
+        help="auto (bfloat16 on CUDA and on CPUs with AMX-BF16, else float32; $CLASSLM_DTYPE overrides it), "
+        "float32, bfloat16 or float16.",
+    ),
+]
 
 # The labelled-data verbs (evaluate, train, calibrate).
 LimitOpt = Annotated[

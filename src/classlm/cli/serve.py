@@ -8,7 +8,16 @@ import typer
 
 from classlm.cli.classifiers import load_target
 from classlm.cli.common import err, parse_labels
-from classlm.cli.options import BatchTokensOpt, DeviceOpt, InstructionOpt, LabelsOpt, MaxLenOpt, MethodOpt, ScoringOpt
+from classlm.cli.options import (
+    BatchTokensOpt,
+    DeviceOpt,
+    DtypeOpt,
+    InstructionOpt,
+    LabelsOpt,
+    MaxLenOpt,
+    MethodOpt,
+    ScoringOpt,
+)
 from classlm.config import DEFAULT_BATCH_TOKENS
 
 # The options that are ServeSettings fields: flag's parameter name → field.
@@ -84,6 +93,7 @@ def serve(
     batch_tokens: BatchTokensOpt = DEFAULT_BATCH_TOKENS,
     max_length: MaxLenOpt = 512,
     device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve a classifier over HTTP: POST /v1/classify, GET /v1/model, /health, /metrics; docs at /docs."""
@@ -102,6 +112,7 @@ def serve(
         batch_tokens=batch_tokens,
         max_length=max_length,
         device=device,
+        dtype=dtype,
     )
     for member in getattr(classifier, "members_", [classifier]):
         member.progress = False  # a progress bar per micro-batch would flood the log

@@ -14,6 +14,7 @@ from classlm.cli.options import (
     BatchTokensOpt,
     DeviceOpt,
     DropInvalidOpt,
+    DtypeOpt,
     InstructionOpt,
     LabelColOpt,
     LabelsOpt,
@@ -97,6 +98,7 @@ def train(
     batch_tokens: BatchTokensOpt = DEFAULT_BATCH_TOKENS,
     max_length: MaxLenOpt = 512,
     device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
 ) -> None:
     """Train a classifier: LoRA adapters (label_tokens, letters; with hidden_head also its head), or what another
     method learns (a head, TF-IDF, few-shot examples: use --no-lora or a method without a backbone)."""
@@ -127,6 +129,7 @@ def train(
         batch_tokens=batch_tokens or None,
         max_length=max_length,
         device=device,
+        dtype=dtype,
         progress=True,
         method_options=method_options,
         lora=lora if use_lora and method_cls.trains_backbone else None,

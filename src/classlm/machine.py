@@ -1,0 +1,161 @@
+"""The machine a run is on, and the dtype chosen for it: what ``dtype="auto"`` resolves to, why, and the CPU flags
+and library versions behind the choice (for ``classlm inspect``, ``GET /v1/model``, a saved manifest's ``run``
+section and every benchmark's machine block).
+
+Pure: /proc/cpuinfo is read as text; torch is imported only where a CPU's own capability is asked (no /proc).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from classlm.config import DTYPES
+from classlm.errors import ConfigError
+
+DTYPE_ENV = "CLASSLM_DTYPE"
+# The flags that decide (amx_bf16) or explain (the rest) a CPU's fast paths for bf16 and int8 matmuls.
+MATRIX_FLAGS = ("amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_vnni", "avx512f", "avx_vnni", "avx2")
+CPUINFO = Path("/proc/cpuinfo")
+VERSIONED = ("classlm", "torch", "transformers", "peft", "numpy")
+
+
+@dataclass(frozen=True)
+class CPU:
+    """A CPU's model name and the :data:`MATRIX_FLAGS` it reports."""
+
+    model: str
+    flags: tuple[str, ...]
+    source: str  # "/proc/cpuinfo" or "torch" (no /proc: torch's own capability checks)
+
+    @property
+    def bf16_matmul(self) -> bool:
+        """AMX-BF16: oneDNN runs bf16 matmuls on the tile engine (measured 3.2x fp32 on SmolLM2-135M's backbone).
+        avx512_bf16 alone only converts; without AMX bf16 matmuls ran 7x *slower* than fp32 on a CPU we measured."""
+        return "amx_bf16" in self.flags
+
+
+def parse_cpuinfo(text: str) -> CPU:
+    """The first processor's model name and matrix flags from the text of /proc/cpuinfo."""
+    model, flags = "", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and not model:
+            model = value.strip()
+        elif key in ("flags", "Features") and not flags:
+            flags = set(value.split())
+    return CPU(
+        model or platform.processor() or platform.machine(), tuple(f for f in MATRIX_FLAGS if f in flags), str(CPUINFO)
+    )
+
+
+def _torch_cpu() -> CPU:
+    import torch
+
+    checks = {"amx_tile": "_is_amx_tile_supported", "avx512_bf16": "_is_avx512_bf16_supported"}
+    found = [flag for flag, fn in checks.items() if getattr(torch.cpu, fn, lambda: False)()]
+    if "amx_tile" in found and "avx512_bf16" in found:  # torch has no amx_bf16 check; AMX with bf16 support implies it
+        found.insert(0, "amx_bf16")
+    return CPU(platform.processor() or platform.machine(), tuple(f for f in MATRIX_FLAGS if f in found), "torch")
+
+
+_CPU: CPU | None = None
+
+
+def this_cpu() -> CPU:
+    """The running CPU (read once per process): /proc/cpuinfo, else torch's own checks."""
+    global _CPU
+    if _CPU is None:
+        try:
+            _CPU = parse_cpuinfo(CPUINFO.read_text())
+        except OSError:
+            _CPU = _torch_cpu()
+    return _CPU
+
+
+@dataclass(frozen=True)
+class DtypeChoice:
+    """The dtype a backbone runs in, and how it was chosen."""
+
+    dtype: str  # float32, bfloat16 or float16
+    requested: str  # what the caller passed (auto, or a dtype)
+    source: str  # "argument", "CLASSLM_DTYPE" or "auto"
+    reason: str
+    device: str  # cpu, cuda, …
+    cpu: str
+    cpu_flags: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "cpu_flags": list(self.cpu_flags)}
+
+
+def choose_dtype(requested: str, device_type: str, *, training: bool = False, cpu: CPU | None = None) -> DtypeChoice:
+    """Resolve ``requested`` for a backbone on ``device_type``.
+
+    An explicit dtype wins; ``"auto"`` takes ``$CLASSLM_DTYPE`` when set, else bf16 on CUDA, bf16 on a CPU with
+    AMX-BF16 and float32 on other CPUs. ``training=True`` keeps a CPU's ``auto`` at float32: the LoRA training step
+    has not been measured or made exact in bf16 on CPU yet (scoring a trained classifier later still picks bf16).
+    """
+    cpu = cpu or this_cpu()
+
+    def choice(dtype: str, source: str, reason: str) -> DtypeChoice:
+        return DtypeChoice(dtype, requested, source, reason, device_type, cpu.model, cpu.flags)
+
+    if requested not in DTYPES:
+        raise ConfigError(f"dtype must be one of {DTYPES}, got {requested!r}")
+    if requested != "auto":
+        return choice(requested, "argument", "asked for")
+    env = os.environ.get(DTYPE_ENV, "").strip()
+    if env and env != "auto":
+        if env not in DTYPES:
+            raise ConfigError(f"${DTYPE_ENV} must be one of {DTYPES}, got {env!r}; unset it or fix its value")
+        return choice(env, DTYPE_ENV, f"${DTYPE_ENV}={env}")
+    if device_type == "cuda":
+        return choice("bfloat16", "auto", "CUDA: bf16 is the GPU's fast path")
+    if device_type != "cpu":
+        return choice("float32", "auto", f"{device_type}: float32 (bf16 not measured there)")
+    if training:
+        return choice("float32", "auto", "training on CPU runs in float32 (bf16 training is not supported there yet)")
+    if cpu.bf16_matmul:
+        return choice("bfloat16", "auto", "the CPU reports amx_bf16: bf16 matmuls run on its AMX tiles")
+    return choice("float32", "auto", "the CPU has no amx_bf16: bf16 matmuls would be slower than float32")
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of the libraries a result depends on (None: not installed)."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def run_info(choice: DtypeChoice | None, threads: int | None = None) -> dict[str, Any]:
+    """What a manifest, /v1/model and a benchmark record about how a run ran: dtype choice, CPU, threads, versions."""
+    cpu = this_cpu()
+    return {
+        "dtype": choice.as_dict() if choice is not None else None,
+        "cpu": {"model": cpu.model, "flags": list(cpu.flags), "cores": os.cpu_count(), "source": cpu.source},
+        "threads": threads,
+        "platform": platform.platform(),
+        "versions": versions(),
+    }
+
+
+def machine_block(device: str = "cpu", dtype: str = "auto", threads: int | None = None) -> dict[str, Any]:
+    """A benchmark's machine block: device, CPU model and matrix flags, cores, torch threads, the dtype ``dtype``
+    resolves to on this device and why, library versions."""
+    import torch
+
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    threads = torch.get_num_threads() if threads is None else threads
+    info = run_info(choose_dtype(dtype, "cuda" if cuda else "cpu"), threads)
+    name = torch.cuda.get_device_name() if cuda else f"CPU ({info['cpu']['model']}), {os.cpu_count()} cores"
+    return {"device": name, "torch": torch.__version__, **info}
