@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # so `python benchmark
 from zero_shot import INSTRUCTION, NEWS_LABELS  # noqa: E402  (the accuracy benchmarks' default prompt)
 
 from classlm import LMClassifier  # noqa: E402
+from classlm.config import token_budget  # noqa: E402
 from classlm.data import load_dataset  # noqa: E402
 from classlm.metrics import softmax  # noqa: E402
 from classlm.scoring import decoder_of, length_sorted_batches, output_head, pad_right  # noqa: E402
@@ -51,6 +52,11 @@ CANDIDATES = {
 # it would take the whole benchmark with it. bf16 runs at least this many threads, and its note says so.
 OV_BF16_MIN_THREADS = 2
 Fn = Callable[[list[str]], np.ndarray]
+
+
+def budget(clf: LMClassifier) -> int | None:
+    """The padded tokens per pass ``clf`` scores with (its batch_tokens, "auto" resolved for its dtype)."""
+    return token_budget(clf.batch_tokens, clf.backbone_)
 
 
 class CandidateUnavailable(Exception):
@@ -142,7 +148,7 @@ def torchao_candidate(clf: LMClassifier) -> tuple[Fn, str]:
         "float32 copy, each linear torch.compile(dynamic=True) (inductor: fused per-token quantise + aten._int_mm "
         "(oneDNN s8s8s32) + fused rescale; attention, norms and SiLU eager); LM head fp32; LMClassifier."
         f"predict_scores as shipped (prompt-head KV reuse, length-sorted batches of <= {clf.batch_size} texts and "
-        f"<= {clf.batch_tokens} tokens); {_threads_note()}; prefix vs full-prompt hidden state of the empty text "
+        f"<= {budget(clf)} tokens); {_threads_note()}; prefix vs full-prompt hidden state of the empty text "
         f"differ by {gap:.3g} relative (int8 rounding on both paths)"
     )
 
@@ -241,7 +247,7 @@ def openvino_candidate(clf: LMClassifier, name: str) -> tuple[Fn, str]:
     def run(texts: list[str]) -> np.ndarray:
         ids = encoder.encode(texts).ids
         out = np.zeros((len(texts), rows.shape[0]), dtype=np.float32)
-        for idx in length_sorted_batches([len(r) for r in ids], clf.batch_size, clf.batch_tokens):
+        for idx in length_sorted_batches([len(r) for r in ids], clf.batch_size, budget(clf)):
             batch = [ids[i] for i in idx]
             input_ids, mask = pad_right(batch, pad, cpu)
             h = request.infer({"input_ids": input_ids.numpy(), "attention_mask": mask.numpy()})[0]
@@ -258,7 +264,7 @@ def openvino_candidate(clf: LMClassifier, name: str) -> tuple[Fn, str]:
             else ""
         )
         + f"; full prompts (no prefix reuse), length-sorted batches of <= {clf.batch_size} texts and <= "
-        f"{clf.batch_tokens} padded tokens, right padding, hidden state at the last real token times the k class "
+        f"{budget(clf)} padded tokens, right padding, hidden state at the last real token times the k class "
         f"rows of the LM head in float32 numpy; kernels: {_kernels(compiled)}"
     )
 

@@ -20,6 +20,7 @@ from classlm.config import (
     as_config,
     check_run_options,
     options_arg,
+    token_budget,
 )
 from classlm.data import as_texts, stratified_split, validate_labels
 from classlm.errors import ConfigError, DataError
@@ -78,8 +79,8 @@ class LMClassifier(CalibratedClassifier):
         A :class:`~classlm.config.TrainConfig` or dict of its options (loss, lr, batch_size, epochs, max_steps,
         eval_every, early_stopping, …); used with ``lora``.
     batch_size, batch_tokens:
-        A forward pass takes at most ``batch_size`` texts and ``batch_tokens`` padded tokens (``None``: no token
-        budget). Texts are length-sorted first, so short texts share big batches and long ones small.
+        A forward pass takes at most ``batch_size`` texts and ``batch_tokens`` padded tokens (``None``: no budget;
+        ``"auto"``: 512 in float32, 1536 in bf16 on CPU, measured fastest); texts are length-sorted first.
     max_length, device, dtype, cache_dir:
         Token limit per prompt (texts are cut inside their slot); the rest: see :class:`~classlm.config.ModelConfig`.
     progress:
@@ -96,7 +97,7 @@ class LMClassifier(CalibratedClassifier):
         scoring: str = "first_token",
         calibration: str = "temperature",
         batch_size: int = 64,
-        batch_tokens: int | None = DEFAULT_BATCH_TOKENS,
+        batch_tokens: int | str | None = DEFAULT_BATCH_TOKENS,
         max_length: int = 512,
         device: str = "auto",
         dtype: str = "auto",
@@ -321,7 +322,7 @@ class LMClassifier(CalibratedClassifier):
             progress=self.progress,
             callback=callback,
             eval_batch_size=self.batch_size,
-            eval_batch_tokens=self.batch_tokens,
+            eval_batch_tokens=token_budget(self.batch_tokens, self.backbone_),
         )
         eval_name = "eval_set" if eval_set is not None else ("calibration split" if calib else None)
         self.training_ = {**summary, "eval_set": eval_name}
@@ -382,7 +383,7 @@ class LMClassifier(CalibratedClassifier):
         return self.method_.score(
             texts,
             batch_size=self.batch_size,
-            batch_tokens=self.batch_tokens,
+            batch_tokens=token_budget(self.batch_tokens, self.backbone_),
             class_mass=class_mass,
             progress=self.progress,
         )

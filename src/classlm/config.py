@@ -18,9 +18,13 @@ DEFAULT_MODEL = "smollm2-135m"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCORING = ("first_token", "exact")
-# Padded tokens per forward pass. Measured on the 2-core CPU (benchmarks/throughput.py): throughput peaks at a few
-# hundred tokens per pass and falls at larger batches, whose activations no longer stay in cache.
-DEFAULT_BATCH_TOKENS = 512
+# Padded tokens per forward pass under batch_tokens="auto", by the dtype the backbone runs in on CPU. Measured on
+# the 2-core AMX CPU (zero-shot ag_news, 256 texts): float32 peaks at a few hundred tokens per pass and falls at
+# larger batches, whose activations no longer stay in cache (512: 16.0 texts/s, 1536: 14.0); bf16's AMX matmuls
+# are fast enough that per-pass overheads dominate small batches (512: 41.8 texts/s, 1536: 53.3, 3072: 48.3).
+# On CUDA: 512, as before (not re-measured).
+CPU_BATCH_TOKENS = {"float32": 512, "bfloat16": 1536, "float16": 1536}
+DEFAULT_BATCH_TOKENS = "auto"
 
 T = TypeVar("T")
 
@@ -67,14 +71,24 @@ class ModelConfig:
             object.__setattr__(self, "cache_dir", str(Path(self.cache_dir).expanduser()))
 
 
+def token_budget(batch_tokens: int | str | None, backbone: Any = None) -> int | None:
+    """Padded tokens per forward pass: ``batch_tokens`` itself, or for ``"auto"`` the measured best for the dtype
+    ``backbone`` runs in (:data:`CPU_BATCH_TOKENS` on CPU, 512 on other devices and without a backbone)."""
+    if batch_tokens != "auto":
+        return batch_tokens  # type: ignore[return-value]  # an int or None, as check_run_options made sure
+    if backbone is None or backbone.device.type != "cpu":
+        return 512
+    return CPU_BATCH_TOKENS.get(str(backbone.dtype).removeprefix("torch."), 512)
+
+
 def check_run_options(*, max_length: Any, batch_size: Any, batch_tokens: Any) -> None:
     """How a classifier runs (``LMClassifier(max_length=…, batch_size=…, batch_tokens=…)``), checked at fit/load."""
     if not isinstance(max_length, int) or max_length < 16:
         raise ConfigError(f"max_length must be an int >= 16 (tokens), got {max_length!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
-    if batch_tokens is not None and (not isinstance(batch_tokens, int) or batch_tokens < 1):
-        raise ConfigError(f"batch_tokens must be a positive int or None (no budget), got {batch_tokens!r}")
+    if batch_tokens not in (None, "auto") and (not isinstance(batch_tokens, int) or batch_tokens < 1):
+        raise ConfigError(f"batch_tokens must be 'auto', a positive int or None (no budget), got {batch_tokens!r}")
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ class CPU:
 
 def parse_cpuinfo(text: str) -> CPU:
     """The first processor's model name and matrix flags from the text of /proc/cpuinfo."""
-    model, flags = "", set()
+    model, flags = "", set[str]()
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip()

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from classlm.cli.common import err, quiet_transformers
-from classlm.config import DEFAULT_BATCH_TOKENS
+from classlm.cli.options import token_budget_arg
 from classlm.errors import ConfigError
 
 
@@ -15,7 +15,7 @@ def load_run(
     run: Path,
     *,
     batch_size: int = 64,
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    batch_tokens: int | None = None,
     device: str = "auto",
     dtype: str = "auto",
 ) -> Any:
@@ -25,7 +25,9 @@ def load_run(
 
     quiet_transformers()
     with err.status(f"loading {run}…"):
-        return load_saved_run(run, batch_size=batch_size, batch_tokens=batch_tokens or None, device=device, dtype=dtype)
+        return load_saved_run(
+            run, batch_size=batch_size, batch_tokens=token_budget_arg(batch_tokens), device=device, dtype=dtype
+        )
 
 
 def build_classifier(
@@ -40,7 +42,7 @@ def build_classifier(
     max_length: int,
     device: str,
     dtype: str = "auto",
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    batch_tokens: int | None = None,
     fit_texts: list[str] | None = None,
     fit_labels: list[str] | None = None,
 ) -> Any:
@@ -67,7 +69,7 @@ def build_classifier(
             instruction=instruction,
             scoring=scoring,
             batch_size=batch_size,
-            batch_tokens=batch_tokens or None,
+            batch_tokens=token_budget_arg(batch_tokens),
             max_length=max_length,
             device=device,
             dtype=dtype,
@@ -88,7 +90,7 @@ def load_target(target: str, **build: Any) -> Any:
             return load_ensemble(
                 path,
                 batch_size=build["batch_size"],
-                batch_tokens=build["batch_tokens"] or None,
+                batch_tokens=token_budget_arg(build["batch_tokens"]),
                 device=build["device"],
                 dtype=build.get("dtype", "auto"),
             )

@@ -24,7 +24,6 @@ from classlm.cli.options import (
     RunOpt,
     ScoringOpt,
 )
-from classlm.config import DEFAULT_BATCH_TOKENS
 from classlm.errors import ConfigError
 
 
@@ -45,7 +44,7 @@ def classify(
     text_col: Annotated[str, typer.Option("--text-col", help="Text column of a data file.")] = "text",
     class_mass: Annotated[bool, typer.Option("--class-mass", help="Also report the class-token mass.")] = False,
     batch_size: BatchOpt = 64,
-    batch_tokens: BatchTokensOpt = DEFAULT_BATCH_TOKENS,
+    batch_tokens: BatchTokensOpt = None,
     max_length: MaxLenOpt = 512,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",

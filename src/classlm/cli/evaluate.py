@@ -28,7 +28,6 @@ from classlm.cli.options import (
     TextColOpt,
 )
 from classlm.cli.rows import label_spec_for, load_rows
-from classlm.config import DEFAULT_BATCH_TOKENS
 from classlm.errors import ConfigError
 
 
@@ -61,7 +60,7 @@ def evaluate(
     output: Annotated[Path | None, typer.Option("--out", "-o", help="Write the report as JSON here.")] = None,
     markdown: Annotated[Path | None, typer.Option("--markdown", help="Write the report as markdown here.")] = None,
     batch_size: BatchOpt = 64,
-    batch_tokens: BatchTokensOpt = DEFAULT_BATCH_TOKENS,
+    batch_tokens: BatchTokensOpt = None,
     max_length: MaxLenOpt = 512,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",

@@ -30,8 +30,21 @@ InstructionOpt = Annotated[str | None, typer.Option("--instruction", "-i", help=
 ScoringOpt = Annotated[str, typer.Option("--scoring", help="first_token (fast) or exact (all answer tokens).")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="At most this many texts per forward pass.")]
 BatchTokensOpt = Annotated[
-    int, typer.Option("--batch-tokens", min=0, help="At most this many padded tokens per forward pass (0: no limit).")
+    int | None,
+    typer.Option(
+        "--batch-tokens",
+        min=0,
+        help="At most this many padded tokens per forward pass (0: no limit; default: 512 in float32, 1536 in "
+        "bf16 on CPU).",
+    ),
 ]
+
+
+def token_budget_arg(batch_tokens: int | None) -> int | str | None:
+    """--batch-tokens as LMClassifier takes it: not given -> "auto", 0 -> None (no limit)."""
+    return "auto" if batch_tokens is None else (batch_tokens or None)
+
+
 MaxLenOpt = Annotated[int, typer.Option("--max-length", help="Token limit per prompt; texts are cut inside.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 DtypeOpt = Annotated[

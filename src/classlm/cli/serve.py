@@ -18,7 +18,6 @@ from classlm.cli.options import (
     MethodOpt,
     ScoringOpt,
 )
-from classlm.config import DEFAULT_BATCH_TOKENS
 
 # The options that are ServeSettings fields: flag's parameter name → field.
 SETTINGS = {
@@ -90,7 +89,7 @@ def serve(
     max_connections: Annotated[
         int, typer.Option("--max-connections", min=1, help="Open connections at most; beyond it requests get 503.")
     ] = 1000,
-    batch_tokens: BatchTokensOpt = DEFAULT_BATCH_TOKENS,
+    batch_tokens: BatchTokensOpt = None,
     max_length: MaxLenOpt = 512,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",

@@ -23,10 +23,11 @@ from classlm.cli.options import (
     ModelOpt,
     ScoringOpt,
     TextColOpt,
+    token_budget_arg,
 )
 from classlm.cli.rows import held_out_rows, label_spec_for, load_rows
 from classlm.cli.runs import finish_run, fit_run, prepare_run_folder, run_args
-from classlm.config import DEFAULT_BATCH_TOKENS, LoraConfig, TrainConfig
+from classlm.config import LoraConfig, TrainConfig
 from classlm.errors import ConfigError
 
 # The TrainConfig and LoraConfig fields that `train` exposes, in --help order, under the flags they have always had.
@@ -95,7 +96,7 @@ def train(
     text_col: TextColOpt = "text",
     label_col: LabelColOpt = "label",
     batch_size: BatchOpt = 64,
-    batch_tokens: BatchTokensOpt = DEFAULT_BATCH_TOKENS,
+    batch_tokens: BatchTokensOpt = None,
     max_length: MaxLenOpt = 512,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -126,7 +127,7 @@ def train(
         instruction=instruction,
         scoring=scoring,
         batch_size=batch_size,
-        batch_tokens=batch_tokens or None,
+        batch_tokens=token_budget_arg(batch_tokens),
         max_length=max_length,
         device=device,
         dtype=dtype,
