@@ -603,9 +603,7 @@ def finish_run(run: dict[str, Any], args: argparse.Namespace, location: str) -> 
     """Ratios to shipped, the checks between variants' class logits, and the sweeps and training speed."""
     variants = run["variants"]
     results = {v: np.asarray(r.pop("result")) for v, r in variants.items() if "result" in r}
-    base = variants.get("shipped", {}).get("texts_per_second")
-    for r in variants.values():
-        r["ratio_to_shipped"] = r["texts_per_second"] / base if base and "texts_per_second" in r else None
+    ratios(run)
 
     def diff(a: str, b: str, probs: bool = False) -> float | None:
         if a not in results or b not in results:
@@ -628,17 +626,24 @@ def finish_run(run: dict[str, Any], args: argparse.Namespace, location: str) -> 
         ),
         "generate_examples": variants.get("generate", {}).pop("examples", None),
     }
-    shipped_info = variants.get("shipped", {})
-    run["prompt_tokens"] = shipped_info.get("prompt_tokens")
-    for floor in ("floor_fp32", "floor_bf16"):
-        tps = variants.get(floor, {}).get("texts_per_second")
-        run[f"shipped_time_per_text_over_{floor}"] = tps / base if tps and base else None
+    run["prompt_tokens"] = variants.get("shipped", {}).get("prompt_tokens")
     if "sweeps" in args.sections:
         run["sweeps"] = {"classes": class_sweep(args, location), "length": length_sweep(args, location)}
     if "training" in args.sections and args.train_steps:
         print(f"[{run['model']}] LoRA training speed…", file=sys.stderr)
         run["training"] = training_speed(args, location)
     return run
+
+
+def ratios(run: dict[str, Any]) -> None:
+    """Each variant's texts/s over shipped's, and shipped's time per text over each floor's (in place)."""
+    variants = run["variants"]
+    base = variants.get("shipped", {}).get("texts_per_second")
+    for r in variants.values():
+        r["ratio_to_shipped"] = r["texts_per_second"] / base if base and "texts_per_second" in r else None
+    for floor in ("floor_fp32", "floor_bf16"):
+        tps = variants.get(floor, {}).get("texts_per_second")
+        run[f"shipped_time_per_text_over_{floor}"] = tps / base if tps and base else None
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -674,11 +679,11 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
         "sample": f"TextDataset.sample({args.quality_rows}, seed=0): seeded, stratified by class",
         "fp32": {k: v for k, v in base.items() if k != "_p"},
     }
-    candidates: dict[str, Callable[[], Fn]] = {
-        "bf16": lambda: LMClassifier.load(args.quality_classifier, dtype="bfloat16").predict_scores,
-    }
-    for name in INT8:
-        if name in args.variants or name in args.quality_candidates:
+    candidates: dict[str, Callable[[], Fn]] = {}
+    for name in args.quality_candidates:
+        if name == "bf16":
+            candidates[name] = lambda: LMClassifier.load(args.quality_classifier, dtype="bfloat16").predict_scores
+        else:
             candidates[name] = lambda name=name: make_candidate(name, ref)[0]  # type: ignore[misc]
     for name, make in candidates.items():
         print(f"quality: {name}…", file=sys.stderr)
@@ -994,8 +999,11 @@ def merged(old: dict[str, Any], new: dict[str, Any], args: argparse.Namespace) -
     runs = []
     for i, run in enumerate(new["runs"]):
         before = old.get("runs", [])[i] if i < len(old.get("runs", [])) else {"variants": {}}
-        combined = {**before, **{k: v for k, v in run.items() if k != "variants"}}
+        combined = {**before, **{k: v for k, v in run.items() if k not in ("variants", "checks") and v is not None}}
         combined["variants"] = {**before.get("variants", {}), **run["variants"]}
+        # A check between two variants is replaced only when this run measured both (a None here: it did not).
+        combined["checks"] = {**before.get("checks", {}), **{k: v for k, v in run.get("checks", {}).items() if v}}
+        ratios(combined)
         runs.append(combined)
     out["runs"] = runs
     out["merged"] = [
@@ -1017,7 +1025,9 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=8, help="timed LoRA steps per variant (0: skip)")
     parser.add_argument("--quality-classifier", type=Path, help="a trained classifier folder for the quality section")
     parser.add_argument("--quality-rows", type=int, default=1000)
-    parser.add_argument("--quality-candidates", default="", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--quality-candidates", default=",".join(["bf16", *INT8]), help="comma-separated, scored against float32"
+    )
     parser.add_argument("--llama-server", help="the llama-server binary (default: the venv's, from make llama-server)")
     parser.add_argument("--merge", action="store_true", help="lay these results over the existing JSON")
     parser.add_argument("--out", type=Path, default=HERE / "results")
@@ -1028,8 +1038,12 @@ def main() -> None:
     args.sections = [x for x in args.sections.split(",") if x]
     args.quality_candidates = [x for x in args.quality_candidates.split(",") if x]
     unknown = sorted(set(args.variants) - set(VARIANTS)) + sorted(set(args.sections) - set(SECTIONS))
+    unknown += sorted(set(args.quality_candidates) - {"bf16", *INT8})
     if unknown:
-        sys.exit(f"unknown variants/sections {unknown}; variants: {list(VARIANTS)}; sections: {list(SECTIONS)}")
+        sys.exit(
+            f"unknown variants/sections/quality candidates {unknown}; variants: {list(VARIANTS)}; sections: "
+            f"{list(SECTIONS)}; quality candidates: bf16, {', '.join(INT8)}"
+        )
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit(f"--device cuda: CUDA is not available here (torch {torch.__version__}); use --device cpu")
     if not (DATA / "ag_news").is_dir():
@@ -1041,7 +1055,7 @@ def main() -> None:
         args.sections.remove("quality")
         print("no --quality-classifier: skipping the quality section", file=sys.stderr)
     if "variants" not in args.sections:
-        args.variants = ["shipped"]  # the sweeps and ratios need it
+        args.variants = []  # e.g. --sections quality --merge: the variants already in the JSON stay as they are
     root = Path(tempfile.mkdtemp(prefix="classlm-throughput-"))
     try:
         models = [(args.model, args.model)] if args.device == "cpu" else cuda_models(args, root)

@@ -76,13 +76,31 @@ def test_target_rows_say_met_or_not_and_the_floors_ceiling():
 def test_merge_replaces_only_what_was_run():
     old = {
         "command": "first",
-        "runs": [{"model": "m", "variants": {"shipped": {"texts_per_second": 1.0}, "generate": {"x": 1}}}],
+        "runs": [
+            {
+                "model": "m",
+                "variants": {"shipped": {"texts_per_second": 1.0}, "generate": {"texts_per_second": 0.5}},
+                "checks": {"shipped_vs_no_reuse_max_abs_diff": 1e-6},
+            }
+        ],
         "quality": {"bf16": {"macro_f1_delta": 0.0}},
     }
-    new = {"command": "second", "runs": [{"model": "m", "variants": {"shipped": {"texts_per_second": 2.0}}}]}
+    new = {
+        "command": "second",
+        "runs": [
+            {
+                "model": "m",
+                "variants": {"shipped": {"texts_per_second": 2.0}},
+                "checks": {"shipped_vs_no_reuse_max_abs_diff": None},  # no_reuse was not re-run
+            }
+        ],
+    }
     args = type("Args", (), {"sections": ["variants"], "variants": ["shipped"]})()
     doc = throughput.merged(old, new, args)
-    assert doc["runs"][0]["variants"] == {"shipped": {"texts_per_second": 2.0}, "generate": {"x": 1}}
+    run = doc["runs"][0]
+    assert run["variants"]["shipped"]["texts_per_second"] == 2.0  # re-run: replaced
+    assert run["variants"]["generate"] == {"texts_per_second": 0.5, "ratio_to_shipped": 0.25}  # kept, ratio anew
+    assert run["checks"] == {"shipped_vs_no_reuse_max_abs_diff": 1e-6}  # not measured again: kept
     assert doc["quality"] == old["quality"] and doc["command"] == "second"
     assert doc["merged"] == [{"command": "second", "sections": ["variants"], "variants": ["shipped"]}]
 
