@@ -173,7 +173,8 @@ def lora_run(name: str, data: dict[str, Any], loss: str, args: argparse.Namespac
 def zero_shot(name: str, data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     instruction, labels = PROMPTS[name]
     print(f"[{name}] zero-shot…", file=sys.stderr)
-    clf = LMClassifier(labels=labels, instruction=instruction, device=args.device, progress=True)
+    # float32 like the LoRA rows (see lora_run()), so zero-shot vs fine-tuned compares training, not dtypes.
+    clf = LMClassifier(labels=labels, instruction=instruction, device=args.device, dtype="float32", progress=True)
     clf.fit(list(data["calib"].texts), list(data["calib"].labels))
     result = scored(clf, data["test"])
     result.pop("_report")
@@ -271,7 +272,7 @@ def main() -> None:
     doc: dict[str, Any] = {
         "benchmark": stem,
         "command": "python benchmarks/finetune.py " + " ".join(sys.argv[1:]),
-        "machine": machine(args.device),
+        "machine": machine(args.device, "float32"),
         "lr": args.lr,
         "batch_size": args.batch_size,
         "epochs": args.epochs,

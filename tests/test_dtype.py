@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from classlm import LMClassifier, machine
 from classlm.errors import ConfigError
 from test_cli import run_cli

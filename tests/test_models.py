@@ -1,10 +1,9 @@
 import pytest
 import torch
 
-from classlm import models
+from classlm import machine, models
 from classlm.config import ModelConfig
 from classlm.errors import ConfigError, ModelLoadError
-from classlm import machine
 from classlm.models import cache_root, choose_dtype, load_backbone, resolve_source
 
 

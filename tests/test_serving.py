@@ -146,6 +146,9 @@ def test_model_health_docs(client):
     assert info["calibration"]["temperature"] == 1.0
     assert info["base_model"]["model_type"] == "llama"
     assert info["limits"]["max_texts"] == 3
+    # How it runs: the dtype chosen and why (conftest pins float32 through $CLASSLM_DTYPE), CPU, versions.
+    assert info["run"]["dtype"]["dtype"] == "float32" and info["run"]["dtype"]["source"] == "CLASSLM_DTYPE"
+    assert info["run"]["cpu"]["model"] and info["run"]["versions"]["torch"]
     assert client.get("/health").json()["status"] == "ok"
     assert client.get("/docs").status_code == 200
     assert "/v1/classify" in client.get("/openapi.json").json()["paths"]

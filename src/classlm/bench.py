@@ -168,6 +168,9 @@ def _bench_row(entry: Entry, splits: BenchSplits, *, seed: int, progress: bool, 
             "fit_seconds": fit_seconds,
             "trainable_parameters": training.get("trainable_parameters", 0),
             "temperature": float(clf.temperature_),
+            # The dtype its test rows were scored in (None: no language model); trained rows stay in float32 on
+            # CPU, zero-shot ones follow dtype="auto".
+            "dtype": (clf.run_info()["dtype"] or {}).get("dtype"),
         }
     )
     stats = clf.method_.scoring_stats()
@@ -273,6 +276,8 @@ def to_markdown(doc: dict[str, Any]) -> str:
             note += f"; unparsed {r['unparsed_share']:.1%}"
         if "weights" in r:
             note += "; weights " + ", ".join(f"{w:.2f}" for w in r["weights"])
+        if r.get("dtype"):
+            note += f"; {r['dtype']}"
         lines.append(
             f"| {name} | {note} | {r['accuracy']:.3f} | {r['macro_f1']:.3f} | {r['weighted_f1']:.3f} | "
             f"{r['nll']:.3f} | {r['ece']:.3f} | {_f(r['calibration_ratio_min'], '.2f')}–"
