@@ -214,7 +214,7 @@ def main() -> None:
     doc = {
         "benchmark": "cpu_options",
         "command": "python benchmarks/cpu_options.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpu_count": os.cpu_count(), **machine_block("cpu", "float32")},
+        "machine": machine_block("cpu", "float32"),
         "n_texts": len(texts),
         "n_test": len(test),
         "n_calib": len(calib),

@@ -54,11 +54,6 @@ OV_BF16_MIN_THREADS = 2
 Fn = Callable[[list[str]], np.ndarray]
 
 
-def budget(clf: LMClassifier) -> int | None:
-    """The padded tokens per pass ``clf`` scores with (its batch_tokens, "auto" resolved for its dtype)."""
-    return token_budget(clf.batch_tokens, clf.backbone_)
-
-
 class CandidateUnavailable(Exception):
     """A candidate's package is missing (or too old to have what the candidate uses)."""
 
@@ -119,6 +114,7 @@ def _compiled_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
 
 def torchao_candidate(clf: LMClassifier) -> tuple[Fn, str]:
+    tokens = token_budget(clf.batch_tokens, clf.backbone_)  # "auto" resolved for its dtype
     config = _int8_config()
     quant = _require("torchao.quantization", "int8_torchao")
     model = plain_model_copy(clf)
@@ -148,7 +144,7 @@ def torchao_candidate(clf: LMClassifier) -> tuple[Fn, str]:
         "float32 copy, each linear torch.compile(dynamic=True) (inductor: fused per-token quantise + aten._int_mm "
         "(oneDNN s8s8s32) + fused rescale; attention, norms and SiLU eager); LM head fp32; LMClassifier."
         f"predict_scores as shipped (prompt-head KV reuse, length-sorted batches of <= {clf.batch_size} texts and "
-        f"<= {budget(clf)} tokens); {_threads_note()}; prefix vs full-prompt hidden state of the empty text "
+        f"<= {tokens} tokens); {_threads_note()}; prefix vs full-prompt hidden state of the empty text "
         f"differ by {gap:.3g} relative (int8 rounding on both paths)"
     )
 
@@ -217,6 +213,7 @@ def _kernels(compiled: Any) -> str:
 
 
 def openvino_candidate(clf: LMClassifier, name: str) -> tuple[Fn, str]:
+    tokens = token_budget(clf.batch_tokens, clf.backbone_)  # "auto" resolved for its dtype
     ov = _require("openvino", name)
     converted, rows, bias = openvino_model(clf)
     threads = torch.get_num_threads()
@@ -247,7 +244,7 @@ def openvino_candidate(clf: LMClassifier, name: str) -> tuple[Fn, str]:
     def run(texts: list[str]) -> np.ndarray:
         ids = encoder.encode(texts).ids
         out = np.zeros((len(texts), rows.shape[0]), dtype=np.float32)
-        for idx in length_sorted_batches([len(r) for r in ids], clf.batch_size, budget(clf)):
+        for idx in length_sorted_batches([len(r) for r in ids], clf.batch_size, tokens):
             batch = [ids[i] for i in idx]
             input_ids, mask = pad_right(batch, pad, cpu)
             h = request.infer({"input_ids": input_ids.numpy(), "attention_mask": mask.numpy()})[0]
@@ -264,7 +261,7 @@ def openvino_candidate(clf: LMClassifier, name: str) -> tuple[Fn, str]:
             else ""
         )
         + f"; full prompts (no prefix reuse), length-sorted batches of <= {clf.batch_size} texts and <= "
-        f"{budget(clf)} padded tokens, right padding, hidden state at the last real token times the k class "
+        f"{tokens} padded tokens, right padding, hidden state at the last real token times the k class "
         f"rows of the LM head in float32 numpy; kernels: {_kernels(compiled)}"
     )
 

@@ -84,7 +84,7 @@ def main() -> None:
     doc = {
         "benchmark": "prefix_attention",
         "command": "python benchmarks/prefix_attention.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpu_count": os.cpu_count(), **machine_block("cpu", "float32")},
+        "machine": machine_block("cpu", "float32"),
         "shape": {
             "rows": b,
             "text_tokens": s,

@@ -25,8 +25,6 @@ import contextlib
 import copy
 import gc
 import json
-import os
-import platform
 import re
 import resource
 import shutil
@@ -51,6 +49,7 @@ from classlm.config import CPU_BATCH_TOKENS, token_budget  # noqa: E402
 from classlm.data import load_dataset  # noqa: E402
 from classlm.errors import ConfigError  # noqa: E402
 from classlm.machine import machine_block  # noqa: E402
+from classlm.metrics import softmax  # noqa: E402
 from classlm.reports import write_text_atomic  # noqa: E402
 from classlm.scoring import SharedPrefix, decoder_of, length_sorted_batches, pad_right  # noqa: E402
 
@@ -513,7 +512,7 @@ def training_speed(args: argparse.Namespace, model: str) -> dict[str, Any]:
             lora={},
             train={"max_steps": steps + 1, "batch_size": batch, "eval_every": 0, "reuse_prefix": reuse},
         )
-        clf._build(LabelSet.from_spec(NEWS_LABELS))
+        clf._build(LabelSet.from_spec(NEWS_LABELS), training=True)
         stamps: list[float] = []
 
         def on_step(event: str, info: dict[str, Any], stamps: list[float] = stamps) -> None:
@@ -646,11 +645,6 @@ def ratios(run: dict[str, Any]) -> None:
         run[f"shipped_time_per_text_over_{floor}"] = tps / base if tps and base else None
 
 
-def softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
 # -- quality: bf16 and int8 against float32 on one trained classifier --------------------------------------------------
 def quality(args: argparse.Namespace) -> dict[str, Any]:
     """Macro-F1 and ECE (after the classifier's own temperature) of bf16 and each int8 candidate, as candidate -
@@ -737,19 +731,12 @@ def cuda_models(args: argparse.Namespace, root: Path) -> list[tuple[str, str]]:
 
 
 # -- report ------------------------------------------------------------------------------------------------------------
-def cpu_name() -> str:
-    try:
-        names = [x.split(":", 1)[1].strip() for x in open("/proc/cpuinfo") if x.startswith("model name")]
-    except OSError:
-        names = []
-    return names[0] if names else platform.processor() or platform.machine()
-
-
 def fmt(x: float | None, spec: str = ".2f") -> str:
     return "–" if x is None else format(x, spec)
 
 
-# The speed issues' targets. shipped >= this many times the variant's texts/s (the variants in the same dtype):
+# The speed issues' targets: shipped >= this many times the variant's texts/s (the alternatives run in shipped's
+# dtype; floor_fp32 is the float32 floor, llama_server llama.cpp's own quantised model):
 SPEEDUP_TARGETS = {
     "seqcls_raw": 1.3,
     "seqcls_prompt": 2.5,
@@ -828,8 +815,8 @@ def machine_text(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     choice = m.get("dtype") or {}
     return (
-        f"{m['device_name']}, {m['cpu_count']} CPU cores, CPU flags {', '.join(m.get('cpu', {}).get('flags', []))}; "
-        f"torch {m['torch']} ({m['torch_threads']} threads); dtype auto resolves to **{choice.get('dtype', '?')}** "
+        f"{m['device']}, CPU flags {', '.join(m['cpu']['flags'])}; "
+        f"torch {m['torch']} ({m['threads']} threads); dtype auto resolves to **{choice.get('dtype', '?')}** "
         f"here ({choice.get('reason', '')})."
     )
 
@@ -870,13 +857,15 @@ def variant_lines(doc: dict[str, Any], run: dict[str, Any]) -> list[str]:
         f"the prompt change); a pass over these texts that pays it runs at "
         f"{fmt(shipped.get('cold_texts_per_second'))} texts/s.",
         "",
-        f"Checks: shipped vs no_reuse class logits max abs diff {fmt(c['shipped_vs_no_reuse_max_abs_diff'], '.1e')}; "
-        f"vs full_logits {fmt(c['shipped_vs_full_logits_max_abs_diff'], '.1e')}; probabilities vs shipped_fp32 max "
-        f"abs diff {fmt(c['shipped_vs_shipped_fp32_max_abs_prob_diff'], '.3f')}, vs llama_server_1 "
-        f"{fmt(c['shipped_vs_llama_server_1_max_abs_prob_diff'], '.3f')}; generate: "
-        f"{fmt(c['generate_unparseable_share'], '.1%')} unparseable, "
-        f"{fmt(c['generate_agrees_with_shipped_share'], '.1%')} of the parsed answers equal shipped's argmax; first "
-        f"continuations: {', '.join(repr(x) for x in c['generate_examples'] or [])}.",
+        "Checks: shipped vs no_reuse class logits max abs diff "
+        f"{fmt(c.get('shipped_vs_no_reuse_max_abs_diff'), '.1e')}; "
+        f"vs full_logits {fmt(c.get('shipped_vs_full_logits_max_abs_diff'), '.1e')}; probabilities vs shipped_fp32 max "
+        f"abs diff {fmt(c.get('shipped_vs_shipped_fp32_max_abs_prob_diff'), '.3f')}, vs llama_server_1 "
+        f"{fmt(c.get('shipped_vs_llama_server_1_max_abs_prob_diff'), '.3f')}; generate: "
+        f"{fmt(c.get('generate_unparseable_share'), '.1%')} unparseable, "
+        f"{fmt(c.get('generate_agrees_with_shipped_share'), '.1%')} of the parsed answers equal shipped's argmax; "
+        "first "
+        f"continuations: {', '.join(repr(x) for x in c.get('generate_examples') or [])}.",
         "",
         "Targets (from the speed issues), this run: the last column is the floor's texts/s (bf16 where measured) over "
         "the variant's, the most that any exact method, which must run at least the floor's tokens, reaches here.",
@@ -1002,7 +991,8 @@ def merged(old: dict[str, Any], new: dict[str, Any], args: argparse.Namespace) -
         combined = {**before, **{k: v for k, v in run.items() if k not in ("variants", "checks") and v is not None}}
         combined["variants"] = {**before.get("variants", {}), **run["variants"]}
         # A check between two variants is replaced only when this run measured both (a None here: it did not).
-        combined["checks"] = {**before.get("checks", {}), **{k: v for k, v in run.get("checks", {}).items() if v}}
+        old_checks = before.get("checks", {})
+        combined["checks"] = {k: old_checks.get(k) if v is None else v for k, v in run.get("checks", {}).items()}
         ratios(combined)
         runs.append(combined)
     out["runs"] = runs
@@ -1065,12 +1055,8 @@ def main() -> None:
     doc: dict[str, Any] = {
         "benchmark": "throughput",
         "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:]),
-        "machine": {
-            "device_name": torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({cpu_name()})",
-            "cpu_count": os.cpu_count(),
-            "torch_threads": runs[0]["variants"].get("shipped", {}).get("torch_threads", torch.get_num_threads()),
-            **machine_block(args.device, "auto"),
-        },
+        # The threads the variants ran with (each in its own process, with torch's default).
+        "machine": machine_block(args.device, "auto", runs[0]["variants"].get("shipped", {}).get("torch_threads")),
         "device": args.device,
         "model": args.model,
         "dataset": "ag_news",

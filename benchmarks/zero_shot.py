@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -135,7 +134,7 @@ def to_markdown(doc: dict[str, Any]) -> str:
         "",
         f"Reproduce: `{doc['command']}`",
         "",
-        f"Model `{doc['model']}`, {doc['machine']['cpu_count']} CPU cores, torch {doc['machine']['torch']} "
+        f"Model `{doc['model']}`, {doc['machine']['cpu']['cores']} CPU cores, torch {doc['machine']['torch']} "
         f"({doc['machine']['threads']} threads), {doc['machine']['dtype']['dtype']}. Test: first {doc['n_test']} "
         "rows of ag_news test; temperature "
         f"fitted on the first {doc['n_calib']} rows of ag_news train (disjoint). Prompt: chat template, "
@@ -211,7 +210,7 @@ def main() -> None:
         "n_calib": len(calib),
         "instruction": INSTRUCTION,
         "labels": NEWS_LABELS,
-        "machine": {"cpu_count": os.cpu_count(), **machine_block("cpu")},
+        "machine": machine_block("cpu"),
     }
     print("throughput: sliced head vs full logits…", file=sys.stderr)
     doc["throughput"] = throughput(list(test.texts[: args.throughput_texts]), args.batch_size, args.rounds)

@@ -18,8 +18,8 @@ vendor_id	: GenuineIntel
 model name	: Intel(R) Xeon(R) Platinum 8480+
 flags		: fpu sse2 avx avx2 avx512f avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8
 processor	: 1
-model name	: Intel(R) Xeon(R) Platinum 8480+
-flags		: fpu sse2 avx avx2 avx512f avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8
+model name	: Some Other CPU
+flags		: fpu sse2
 """
 NO_AMX = """processor	: 0
 model name	: Intel(R) Xeon(R) CPU E5-2690 v4
@@ -74,6 +74,10 @@ def test_explicit_dtype_then_the_environment_override_auto(auto_env, monkeypatch
     choice = machine.choose_dtype("auto", "cpu")
     assert (choice.dtype, choice.source) == ("float32", "CLASSLM_DTYPE")
     assert machine.choose_dtype("bfloat16", "cpu").dtype == "bfloat16"  # an explicit dtype still wins
+    # Training on CPU stays float32 whatever the environment says (a resumed run must not switch with it).
+    monkeypatch.setenv(machine.DTYPE_ENV, "bfloat16")
+    assert machine.choose_dtype("auto", "cpu").dtype == "bfloat16"
+    assert machine.choose_dtype("auto", "cpu", training=True).dtype == "float32"
     monkeypatch.setenv(machine.DTYPE_ENV, "fp8")
     with pytest.raises(ConfigError, match=r"\$CLASSLM_DTYPE must be one of .*got 'fp8'"):
         machine.choose_dtype("auto", "cpu")
@@ -104,6 +108,7 @@ def test_bf16_scores_stay_within_the_stated_tolerance(tiny_model_dir):
     assert p16.dtype == np.float64 and np.allclose(p16.sum(1), 1.0)  # softmax and calibration stay in float
     assert np.abs(p32 - p16).max() <= BF16_PROB_TOL
     reused = bf16.predict_proba(TEXTS)
+    assert bf16.method_.lm.cached_prefix is not None  # the reuse path ran in bf16 (it passed its own check)
     bf16.method_.reuse_prefix = False
     assert np.abs(bf16.predict_proba(TEXTS) - reused).max() <= BF16_PREFIX_TOL
 
@@ -129,3 +134,48 @@ def test_cli_dtype_flag_reaches_the_model_and_inspect_shows_why(auto_env, tiny_m
     assert code == 0 and (choice["dtype"], choice["source"]) == ("float32", "argument")
     code, out, err = run_cli(monkeypatch, capsys, *labels, "--dtype", "fp8")
     assert code != 0 and "--dtype must be one of" in err and "Traceback" not in err
+
+
+def test_auto_token_budget_follows_the_dtype(tiny_model_dir):
+    from classlm.cli.options import token_budget_arg
+    from classlm.config import token_budget
+
+    fp32 = LMClassifier(model=str(tiny_model_dir), labels=["World", "Sports"], dtype="float32").fit([])
+    bf16 = LMClassifier(model=str(tiny_model_dir), labels=["World", "Sports"], dtype="bfloat16").fit([])
+    assert fp32.batch_tokens == "auto"
+    assert token_budget("auto", fp32.backbone_) == 512 and token_budget("auto", bf16.backbone_) == 1536
+    assert token_budget("auto", None) == 512 and token_budget(300, bf16.backbone_) == 300
+    assert token_budget(None, bf16.backbone_) is None
+    cuda = type("Backbone", (), {"device": torch.device("cuda"), "dtype": torch.bfloat16})()
+    assert token_budget("auto", cuda) == 512  # the GPU path as it was
+    assert [token_budget_arg(x) for x in (None, 0, 700)] == ["auto", None, 700]  # --batch-tokens unset / 0 / N
+
+
+def test_a_saved_runs_dtype_is_kept_unless_the_cli_says_otherwise(
+    auto_env, tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    auto_env(AMX)
+    LMClassifier(model=str(tiny_model_dir), labels=["World", "Sports"], dtype="float32").fit([]).save(tmp_path / "r")
+    code, out, err = run_cli(monkeypatch, capsys, "inspect", "--run", tmp_path / "r", "--json")
+    assert code == 0, err
+    assert json.loads(out)["run"]["dtype"]["dtype"] == "float32"  # the run's own explicit float32, not auto's bf16
+    code, out, err = run_cli(monkeypatch, capsys, "inspect", "--run", tmp_path / "r", "--json", "--dtype", "auto")
+    assert json.loads(out)["run"]["dtype"]["dtype"] == "bfloat16"
+    code, out, err = run_cli(monkeypatch, capsys, "classify", "--run", tmp_path / "r", "--dtype", "bfloat16",
+                             "--format", "jsonl", "Stocks fell.")  # fmt: skip
+    assert code == 0, err
+    assert set(json.loads(out.splitlines()[0])["probabilities"]) == {"World", "Sports"}
+
+
+def test_top_k_training_needs_float32_but_its_classifier_scores_in_bf16(auto_env, tiny_model_dir, tmp_path):
+    auto_env(AMX)
+    texts, y = ["The team won.", "Stocks fell.", "A great match.", "Shares rose."] * 2, ["S", "B", "S", "B"] * 2
+    common = dict(model=str(tiny_model_dir), method="hidden_head", labels=["S", "B"], train={"max_steps": 1})
+    with pytest.raises(ConfigError, match="top_k trains the top blocks' weights in place, which needs float32"):
+        LMClassifier(**common, method_options={"top_k": 1}, dtype="bfloat16").fit(texts, y)
+    trained = LMClassifier(**common, method_options={"top_k": 1}).fit(texts, y)  # auto: float32 to train on CPU
+    assert trained.backbone_.dtype == torch.float32
+    trained.save(tmp_path / "top")
+    loaded = LMClassifier.load(tmp_path / "top")  # auto again: bf16 on this (faked) AMX CPU, to score
+    assert loaded.backbone_.dtype == torch.bfloat16
+    assert np.abs(loaded.predict_proba(texts) - trained.predict_proba(texts)).max() <= BF16_PROB_TOL

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from classlm import machine, models
+from classlm import models
 from classlm.config import ModelConfig
 from classlm.errors import ConfigError, ModelLoadError
-from classlm.models import cache_root, choose_dtype, load_backbone, resolve_source
+from classlm.models import cache_root, load_backbone, resolve_source
 
 
 def test_alias_missing_package_names_the_install_command(monkeypatch):
@@ -36,18 +36,6 @@ def test_hub_id_offline_says_so_and_names_the_alias(monkeypatch):
         load_backbone(ModelConfig(name="someorg/definitely-not-cached-model"), shared=False)
     msg = str(info.value)
     assert "offline" in msg and "smollm2-135m" in msg
-
-
-def test_dtype_choice(monkeypatch):
-    monkeypatch.delenv("CLASSLM_DTYPE")
-    plain = machine.CPU("old CPU", ("avx512f", "avx2"), "test")
-    monkeypatch.setattr(machine, "_CPU", plain)
-    assert choose_dtype("auto", torch.device("cpu")) == torch.float32
-    assert choose_dtype("auto", torch.device("cuda")) == torch.bfloat16
-    assert choose_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
-    monkeypatch.setattr(machine, "_CPU", machine.CPU("AMX CPU", ("amx_bf16", "amx_tile"), "test"))
-    assert choose_dtype("auto", torch.device("cpu")) == torch.bfloat16
-    assert choose_dtype("auto", torch.device("cpu"), training=True) == torch.float32
 
 
 def test_cuda_requested_without_cuda(monkeypatch):

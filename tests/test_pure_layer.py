@@ -16,6 +16,8 @@ PURE_MODULES = [
     "classlm.data",
     "classlm.scores",
     "classlm.io",
+    # What machine this is and the dtype it picks: read from /proc, torch asked only without it.
+    "classlm.machine",
     # The method contract and registry: a method's description is data (the shipped methods load on first lookup).
     "classlm.methods",
     "classlm.methods.base",

@@ -168,8 +168,8 @@ def _bench_row(entry: Entry, splits: BenchSplits, *, seed: int, progress: bool, 
             "fit_seconds": fit_seconds,
             "trainable_parameters": training.get("trainable_parameters", 0),
             "temperature": float(clf.temperature_),
-            # The dtype its test rows were scored in (None: no language model); trained rows stay in float32 on
-            # CPU, zero-shot ones follow dtype="auto".
+            # The dtype its test rows were scored in (None: no language model): rows that train the backbone
+            # (LoRA, top_k) stay in float32 on CPU, the others follow dtype="auto".
             "dtype": (clf.run_info()["dtype"] or {}).get("dtype"),
         }
     )
@@ -198,8 +198,7 @@ def run_bench(
     rows: dict[str, dict[str, Any]] = {}
     fitted: dict[str, Any] = {}
     for name in methods:
-        common = {"model": model, "labels": labels, "instruction": instruction, "device": device, "dtype": dtype}
-        common["seed"] = seed
+        common = dict(model=model, labels=labels, instruction=instruction, device=device, dtype=dtype, seed=seed)
         fitted[name], rows[name] = _bench_row(entry_for(name), splits, progress=progress, **common)
         if on_row is not None:
             on_row(name, rows[name])
@@ -238,8 +237,8 @@ def machine(device: str = "auto", dtype: str = "auto") -> dict[str, Any]:
 
 
 def machine_line(m: dict[str, Any]) -> str:
-    """``CPU (…), 2 cores, flags amx_bf16 …; torch 2.13 (2 threads), bfloat16 (auto)`` from a machine block (older
-    results files have only device and torch)."""
+    """``CPU (…), 2 cores, torch 2.13 (2 threads); CPU flags: amx_bf16, …; dtype bfloat16 (auto)`` from a machine
+    block (older results files have only device and torch)."""
     line = f"{m['device']}, torch {m['torch']}"
     if "cpu" in m:
         line += f" ({m['threads']} threads); CPU flags: {', '.join(m['cpu']['flags']) or 'none of note'}"

@@ -147,10 +147,10 @@ class LMClassifier(CalibratedClassifier):
     def train_config(self) -> TrainConfig:
         return as_config(TrainConfig, self.train, "train") or TrainConfig()
 
-    def _build(self, label_set: LabelSet, adapter: str | Path | None = None, classes: np.ndarray | None = None) -> None:
+    def _build(self, label_set: LabelSet, adapter: Any = None, classes: Any = None, *, training: bool = False) -> None:
         """Load the backbone (for methods that need the causal LM) and bind the method; shared by ``fit`` and
         artifact loading. ``classes``: the typed ``classes_`` whose ``str()`` are the label set's names (default:
-        the names)."""
+        the names). ``training``: its weights are about to be trained (dtype ``auto`` stays float32 on CPU)."""
         # The model layer (torch + transformers) loads only when needed.
         from classlm.models import load_backbone, load_tokenizer
 
@@ -181,8 +181,7 @@ class LMClassifier(CalibratedClassifier):
             method.check(load_tokenizer(self.model, cache_dir=self.cache_dir, build_cache=False))
             # A backbone whose weights change or differ from the base model's is a private copy; zero-shot
             # classifiers share one in-process copy.
-            training = adapter is None and self.trains_backbone()
-            private = adapter is not None or training
+            private = adapter is not None or training or self.trains_backbone()  # a loaded top_k changed weights
             backbone = load_backbone(self._model_config(), shared=not private, training=training)
             if adapter is not None or lora is not None:
                 from classlm.training import add_lora, load_adapter
@@ -229,7 +228,7 @@ class LMClassifier(CalibratedClassifier):
         if spec is None:
             raise ConfigError("no classes: pass labels=[...] to LMClassifier, or labelled data as fit(X, y)")
         learns, backbone_training = self._learning(texts, y_list, eval_set, calib_set, run_dir, resume)
-        self._build(LabelSet.from_spec(spec), classes=classes)
+        self._build(LabelSet.from_spec(spec), classes=classes, training=backbone_training)
         if y_list is not None:
             validate_labels(y_list, self.label_set_.names)
         if not learns:

@@ -22,7 +22,7 @@ SCORING = ("first_token", "exact")
 # the 2-core AMX CPU (zero-shot ag_news, 256 texts): float32 peaks at a few hundred tokens per pass and falls at
 # larger batches, whose activations no longer stay in cache (512: 16.0 texts/s, 1536: 14.0); bf16's AMX matmuls
 # are fast enough that per-pass overheads dominate small batches (512: 41.8 texts/s, 1536: 53.3, 3072: 48.3).
-# On CUDA: 512, as before (not re-measured).
+# float16 is taken to behave as bf16 (not measured); on CUDA: 512, as before (not re-measured).
 CPU_BATCH_TOKENS = {"float32": 512, "bfloat16": 1536, "float16": 1536}
 DEFAULT_BATCH_TOKENS = "auto"
 

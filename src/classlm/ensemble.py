@@ -264,6 +264,7 @@ class Ensemble(CalibratedClassifier):
     def model_info(self) -> dict[str, Any]:
         info = super().model_info()
         info["members"] = [getattr(m, "method", type(m).__name__) for m in self.members_]
+        info["run"] = self.run_info()  # the process: CPU, versions; each member's dtype in member_runs
         info["member_runs"] = [m.run_info() if callable(getattr(m, "run_info", None)) else None for m in self.members_]
         return info
 

@@ -127,9 +127,14 @@ class CalibratedClassifier(ClassifierMixin, BaseEstimator):
     def run_info(self) -> dict[str, Any]:
         """How this classifier runs here (:func:`classlm.machine.run_info`): the dtype of its backbone (``backbone_``,
         where it has one) and why, the CPU and its flags, torch threads, library versions."""
-        from classlm.models import run_info
+        backbone = getattr(self, "backbone_", None)
+        if backbone is None:  # no local model (remote, TF-IDF, sentence encoders): nothing to import torch for
+            from classlm.machine import run_info
 
-        return run_info(getattr(self, "backbone_", None))
+            return run_info(None)
+        from classlm.models import run_info as backbone_run_info
+
+        return backbone_run_info(backbone)
 
 
 def check_targets(y: Any, what: str = "y") -> np.ndarray:

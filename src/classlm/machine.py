@@ -7,6 +7,7 @@ Pure: /proc/cpuinfo is read as text; torch is imported only where a CPU's own ca
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from dataclasses import asdict, dataclass
@@ -98,8 +99,9 @@ def choose_dtype(requested: str, device_type: str, *, training: bool = False, cp
     """Resolve ``requested`` for a backbone on ``device_type``.
 
     An explicit dtype wins; ``"auto"`` takes ``$CLASSLM_DTYPE`` when set, else bf16 on CUDA, bf16 on a CPU with
-    AMX-BF16 and float32 on other CPUs. ``training=True`` keeps a CPU's ``auto`` at float32: the LoRA training step
-    has not been measured or made exact in bf16 on CPU yet (scoring a trained classifier later still picks bf16).
+    AMX-BF16 and float32 on other CPUs. ``training=True`` keeps a CPU's ``auto`` at float32, whatever
+    ``$CLASSLM_DTYPE`` says: the LoRA training step has not been measured or made exact in bf16 on CPU yet, and a
+    resumed run must not change dtype with the environment (scoring the trained classifier later still picks bf16).
     """
     cpu = cpu or this_cpu()
 
@@ -110,6 +112,8 @@ def choose_dtype(requested: str, device_type: str, *, training: bool = False, cp
         raise ConfigError(f"dtype must be one of {DTYPES}, got {requested!r}")
     if requested != "auto":
         return choice(requested, "argument", "asked for")
+    if training and device_type == "cpu":
+        return choice("float32", "auto", "training on CPU runs in float32 (bf16 training is not supported there yet)")
     env = os.environ.get(DTYPE_ENV, "").strip()
     if env and env != "auto":
         if env not in DTYPES:
@@ -119,13 +123,12 @@ def choose_dtype(requested: str, device_type: str, *, training: bool = False, cp
         return choice("bfloat16", "auto", "CUDA: bf16 is the GPU's fast path")
     if device_type != "cpu":
         return choice("float32", "auto", f"{device_type}: float32 (bf16 not measured there)")
-    if training:
-        return choice("float32", "auto", "training on CPU runs in float32 (bf16 training is not supported there yet)")
     if cpu.bf16_matmul:
         return choice("bfloat16", "auto", "the CPU reports amx_bf16: bf16 matmuls run on its AMX tiles")
     return choice("float32", "auto", "the CPU has no amx_bf16: bf16 matmuls would be slower than float32")
 
 
+@functools.cache  # /v1/model asks on every request; installed versions do not change under a running process
 def versions() -> dict[str, str | None]:
     """Installed versions of the libraries a result depends on (None: not installed)."""
     out: dict[str, str | None] = {"python": platform.python_version()}

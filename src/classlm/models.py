@@ -135,11 +135,6 @@ def choose_device(device: str) -> torch.device:
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def choose_dtype(dtype: str, device: torch.device, *, training: bool = False) -> torch.dtype:
-    """The torch dtype ``dtype`` resolves to on ``device`` (see :func:`classlm.machine.choose_dtype`)."""
-    return TORCH_DTYPES[machine.choose_dtype(dtype, device.type, training=training).dtype]
-
-
 _LOADED: dict[tuple[str, str, str, str], Backbone] = {}
 _MAX_LOADED = 2
 
@@ -148,8 +143,9 @@ def load_backbone(config: ModelConfig, *, shared: bool = True, training: bool = 
     """Load the model and tokenizer of ``config``, in the dtype its ``dtype`` resolves to (``training``: for a
     backbone whose weights will be trained, see :func:`classlm.machine.choose_dtype`).
 
-    With ``shared=True`` the same in-memory backbone is returned for the same source, device and dtype (zero-shot
-    scoring never changes weights, so classifiers and their clones can share it). Pass ``shared=False`` when the
+    With ``shared=True`` the same in-memory model is shared by every load of the same source, device and dtype
+    (zero-shot scoring never changes weights, so classifiers and their clones can share it); each load gets its own
+    :class:`Backbone` record of how its dtype was chosen. Pass ``shared=False`` when the
     weights will be modified.
     """
     source = resolve_source(config.name)
@@ -181,9 +177,9 @@ def load_backbone(config: ModelConfig, *, shared: bool = True, training: bool = 
     return backbone
 
 
-def run_info(backbone: Backbone | None) -> dict[str, Any]:
-    """:func:`classlm.machine.run_info` for a backbone (None: a method without one): dtype choice, CPU, threads."""
-    return machine.run_info(None if backbone is None else backbone.dtype_choice, torch.get_num_threads())
+def run_info(backbone: Backbone) -> dict[str, Any]:
+    """:func:`classlm.machine.run_info` for a loaded backbone: how its dtype was chosen, CPU, torch threads."""
+    return machine.run_info(backbone.dtype_choice, torch.get_num_threads())
 
 
 def load_tokenizer(name: str, *, cache_dir: str | None = None, build_cache: bool = True) -> Any:

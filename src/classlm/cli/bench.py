@@ -46,7 +46,7 @@ def bench(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the splits and of LoRA / backbone training.")] = 0,
     output: Annotated[Path, typer.Option("--out", "-o", help="Folder for bench_<dataset>.json and .md.")] = Path("."),
     device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    dtype: DtypeOpt = None,
 ) -> None:
     """Compare methods side by side on one dataset: same splits, same seed, same training budget."""
     from classlm.bench import check_methods, make_splits, run_bench, write_results
@@ -73,6 +73,7 @@ def bench(
         seed=seed,
     )
     dataset = Path(data).resolve().name
+    dtype = dtype or "auto"
     doc = _results_doc(dataset, model=model, device=device, dtype=dtype, seed=seed, budget=budget, splits=splits)
 
     def on_row(name: str, row: dict[str, Any]) -> None:

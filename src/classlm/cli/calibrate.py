@@ -35,7 +35,7 @@ def calibrate(
     label_col: LabelColOpt = "label",
     batch_size: BatchOpt = 64,
     device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    dtype: DtypeOpt = None,
 ) -> None:
     """Refit a saved classifier's temperature on held-out data and save it (metrics before/after are recorded)."""
     dataset = load_rows(

@@ -17,10 +17,10 @@ def load_run(
     batch_size: int = 64,
     batch_tokens: int | None = None,
     device: str = "auto",
-    dtype: str = "auto",
+    dtype: str | None = None,
 ) -> Any:
-    """A saved classifier, with the run options of this command (``--batch-tokens 0``: no limit; ``--dtype auto``
-    resolves on this machine whatever the saving one had)."""
+    """A saved classifier, with the run options of this command (``--batch-tokens 0``: no limit; ``dtype=None``: the
+    run's own, usually ``auto``, which resolves on this machine)."""
     from classlm.targets import load_run as load_saved_run
 
     quiet_transformers()
@@ -41,7 +41,7 @@ def build_classifier(
     batch_size: int,
     max_length: int,
     device: str,
-    dtype: str = "auto",
+    dtype: str | None = None,
     batch_tokens: int | None = None,
     fit_texts: list[str] | None = None,
     fit_labels: list[str] | None = None,
@@ -72,7 +72,7 @@ def build_classifier(
             batch_tokens=token_budget_arg(batch_tokens),
             max_length=max_length,
             device=device,
-            dtype=dtype,
+            dtype=dtype or "auto",
             fit_texts=fit_texts,
             fit_labels=fit_labels,
         )
@@ -92,6 +92,6 @@ def load_target(target: str, **build: Any) -> Any:
                 batch_size=build["batch_size"],
                 batch_tokens=token_budget_arg(build["batch_tokens"]),
                 device=build["device"],
-                dtype=build.get("dtype", "auto"),
+                dtype=build.get("dtype"),
             )
     return build_classifier(run=path if kind == "run" else None, model=target, **build)

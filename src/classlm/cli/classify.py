@@ -47,7 +47,7 @@ def classify(
     batch_tokens: BatchTokensOpt = None,
     max_length: MaxLenOpt = 512,
     device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    dtype: DtypeOpt = None,
     backend: Annotated[
         str, typer.Option("--backend", help="local (the model runs here) or openai (a server with logprobs).")
     ] = "local",

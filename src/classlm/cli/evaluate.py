@@ -63,7 +63,7 @@ def evaluate(
     batch_tokens: BatchTokensOpt = None,
     max_length: MaxLenOpt = 512,
     device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    dtype: DtypeOpt = None,
 ) -> None:
     """Evaluate on a labelled dataset: accuracy, F1, NLL, Brier, ECE, per-class calibration ratio."""
     from classlm.evaluation import evaluate as run_evaluation

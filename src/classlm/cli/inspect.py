@@ -34,7 +34,7 @@ def inspect(
     text: Annotated[str, typer.Option("--text", help="Example text shown in the rendered prompt.")] = "<text>",
     max_length: MaxLenOpt = 512,
     device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    dtype: DtypeOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
     """Show how the labels map to tokens and the exact prompt the model reads."""
@@ -76,8 +76,6 @@ def dtype_line(run_info: dict) -> str:
     """``dtype: bfloat16 (auto: the CPU reports amx_bf16 …; CPU flags …)``, from a classifier's ``run_info()``."""
     choice, cpu = run_info["dtype"], run_info["cpu"]
     flags = ", ".join(cpu["flags"]) or "none of " + ", ".join(MATRIX_FLAGS)
-    if choice is None:
-        return f"dtype: – (this method runs no language model); CPU {cpu['model']} ({flags})"
     return (
         f"dtype: {choice['dtype']} ({choice['source']}: {choice['reason']}) on {choice['device']}; "
         f"CPU {cpu['model']}, flags: {flags}; {run_info['threads']} torch threads"

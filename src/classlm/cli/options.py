@@ -48,11 +48,11 @@ def token_budget_arg(batch_tokens: int | None) -> int | str | None:
 MaxLenOpt = Annotated[int, typer.Option("--max-length", help="Token limit per prompt; texts are cut inside.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 DtypeOpt = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--dtype",
-        help="auto (bfloat16 on CUDA and on CPUs with AMX-BF16, else float32; $CLASSLM_DTYPE overrides it), "
-        "float32, bfloat16 or float16.",
+        help="auto (bfloat16 on CUDA and on CPUs with AMX-BF16, else float32, and float32 for training on CPU; "
+        "$CLASSLM_DTYPE overrides auto), float32, bfloat16 or float16. Default: a saved run's own, else auto.",
     ),
 ]
 

@@ -41,7 +41,9 @@ def prepare_run_folder(out_dir: Path, args: dict[str, Any], *, resume: bool, ove
                 f"{args_file} is unreadable ({exc}); it records the interrupted run's options, so --resume cannot "
                 "check them: start a new run (--overwrite or a new --out)"
             ) from exc
-        changed = {k: (saved.get(k), v) for k, v in args.items() if saved.get(k) != v}
+        # An option the interrupted run did not record (made by an older classlm, e.g. before --dtype) counts as
+        # unchanged: refusing would strand every run interrupted before an upgrade.
+        changed = {k: (saved[k], v) for k, v in args.items() if k in saved and saved[k] != v}
         if changed:
             shown = ", ".join(
                 f"--{k.replace('_', '-')}: {was!r} then, {now!r} now" for k, (was, now) in changed.items()

@@ -92,7 +92,7 @@ def serve(
     batch_tokens: BatchTokensOpt = None,
     max_length: MaxLenOpt = 512,
     device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    dtype: DtypeOpt = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve a classifier over HTTP: POST /v1/classify, GET /v1/model, /health, /metrics; docs at /docs."""

@@ -99,7 +99,7 @@ def train(
     batch_tokens: BatchTokensOpt = None,
     max_length: MaxLenOpt = 512,
     device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    dtype: DtypeOpt = None,
 ) -> None:
     """Train a classifier: LoRA adapters (label_tokens, letters; with hidden_head also its head), or what another
     method learns (a head, TF-IDF, few-shot examples: use --no-lora or a method without a backbone)."""
@@ -130,7 +130,7 @@ def train(
         batch_tokens=token_budget_arg(batch_tokens),
         max_length=max_length,
         device=device,
-        dtype=dtype,
+        dtype=dtype or "auto",
         progress=True,
         method_options=method_options,
         lora=lora if use_lora and method_cls.trains_backbone else None,

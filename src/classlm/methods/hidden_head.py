@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from classlm.config import token_budget
 from classlm.errors import ConfigError
 from classlm.heads import HeadOptions
 from classlm.methods.base import Method, ScoringRun, register
@@ -77,12 +78,6 @@ class HiddenHeadMethod(UsesPromptedLM, Method):
         self.head = build_head(dim, len(self.labels), self.options).to(backbone.device).eval()
         self.fitted = False
         if self.options.top_k:
-            if backbone.dtype != torch.float32:
-                raise ConfigError(
-                    f"top_k trains the top blocks' weights in place, which needs float32 weights (got "
-                    f"{backbone.dtype}); pass dtype='float32' (on CUDA the training forward still runs in bf16 "
-                    "autocast)"
-                )
             # A model loads with every weight trainable; only the top blocks, the final norm (and LoRA) may train.
             for name, p in backbone.model.named_parameters():
                 p.requires_grad_("lora_" in name)
@@ -104,8 +99,19 @@ class HiddenHeadMethod(UsesPromptedLM, Method):
                 params[name] = p
         return params
 
-    def features(self, texts: Sequence[str], *, progress: bool = False, batch_tokens: int | None = 512) -> torch.Tensor:
-        """Last-token hidden states ``(n, d)`` in float32, input order."""
+    def prepare_training(self) -> None:
+        # Checked here, not at load: a trained top_k classifier scores in bf16 like any other.
+        if self.options.top_k and self.backbone.dtype != torch.float32:
+            raise ConfigError(
+                f"top_k trains the top blocks' weights in place, which needs float32 weights (got "
+                f"{self.backbone.dtype}); pass dtype='float32' (on CUDA the training forward still runs in bf16 "
+                "autocast)"
+            )
+        super().prepare_training()
+
+    def features(self, texts: Sequence[str], *, progress: bool = False, batch_tokens: Any = "auto") -> torch.Tensor:
+        """Last-token hidden states ``(n, d)`` in float32, input order (``"auto"``: the dtype's token budget)."""
+        batch_tokens = token_budget(batch_tokens, self.backbone)
         prefix = self.lm.shared_prefix()
         out = torch.zeros(len(texts), int(self.backbone.model.config.hidden_size))
 
