@@ -26,10 +26,12 @@ model name	: Intel(R) Xeon(R) CPU E5-2690 v4
 flags		: fpu sse2 avx avx2 fma
 """
 TEXTS = ["Stocks fell sharply on Monday.", "The team won the match.", "A new phone was released today.", "Great!"]
-# bf16 keeps 8 bits of mantissa: its class probabilities are held to this of float32's (SmolLM2-135M on 96 ag_news
-# texts: 0.035 at most, argmax equal on 99%), the prefix-reuse path to this of bf16's own plain path.
-BF16_PROB_TOL = 0.05
-BF16_PREFIX_TOL = 0.02
+# bf16 keeps 8 bits of mantissa: each bf16 path (prefix reuse and plain) is held to this of float32's class
+# probabilities, at most per class and on average. Measured on SmolLM2-135M, 48 ag_news texts: max 0.034 (reuse) and
+# 0.036 (plain), mean 0.005 and 0.006; a trained LoRA classifier on 1,000 rows: max 0.055. A wrong prompt or token
+# moves probabilities by far more (a missing leading space took the class mass from 0.75 to 0.000).
+BF16_PROB_TOL = 0.1
+BF16_MEAN_TOL = 0.02
 
 
 @pytest.fixture()
@@ -104,13 +106,13 @@ def test_bf16_scores_stay_within_the_stated_tolerance(tiny_model_dir):
     fp32 = LMClassifier(model=str(tiny_model_dir), labels=["World", "Sports", "Business"], dtype="float32").fit([])
     bf16 = LMClassifier(model=str(tiny_model_dir), labels=["World", "Sports", "Business"], dtype="bfloat16").fit([])
     assert bf16.backbone_.dtype == torch.bfloat16
-    p32, p16 = fp32.predict_proba(TEXTS), bf16.predict_proba(TEXTS)
-    assert p16.dtype == np.float64 and np.allclose(p16.sum(1), 1.0)  # softmax and calibration stay in float
-    assert np.abs(p32 - p16).max() <= BF16_PROB_TOL
-    reused = bf16.predict_proba(TEXTS)
+    p32, reused = fp32.predict_proba(TEXTS), bf16.predict_proba(TEXTS)
+    assert reused.dtype == np.float64 and np.allclose(reused.sum(1), 1.0)  # softmax and calibration stay in float
     assert bf16.method_.lm.cached_prefix is not None  # the reuse path ran in bf16 (it passed its own check)
     bf16.method_.reuse_prefix = False
-    assert np.abs(bf16.predict_proba(TEXTS) - reused).max() <= BF16_PREFIX_TOL
+    for p16 in (reused, bf16.predict_proba(TEXTS)):
+        assert np.abs(p32 - p16).max() <= BF16_PROB_TOL and np.abs(p32 - p16).mean() <= BF16_MEAN_TOL
+    assert not np.array_equal(p32, reused)  # bf16 really ran: its rounding shows
 
 
 VERBS = ["classify", "evaluate", "train", "calibrate", "serve", "bench", "inspect", "export"]
