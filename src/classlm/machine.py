@@ -36,7 +36,7 @@ class CPU:
     @property
     def bf16_matmul(self) -> bool:
         """AMX-BF16: oneDNN runs bf16 matmuls on the tile engine (measured 3.2x fp32 on SmolLM2-135M's backbone).
-        avx512_bf16 alone only converts; without AMX bf16 matmuls ran 7x *slower* than fp32 on a CPU we measured."""
+        Without AMX, bf16 matmuls ran 7x *slower* than fp32 on a CPU we measured earlier, so nothing less counts."""
         return "amx_bf16" in self.flags
 
 
@@ -148,7 +148,7 @@ def run_info(choice: DtypeChoice | None, threads: int | None = None) -> dict[str
         "cpu": {"model": cpu.model, "flags": list(cpu.flags), "cores": os.cpu_count(), "source": cpu.source},
         "threads": threads,
         "platform": platform.platform(),
-        "versions": versions(),
+        "versions": dict(versions()),  # a copy: the cached dict is shared
     }
 
 
