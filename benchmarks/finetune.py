@@ -29,8 +29,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from classlm import LMClassifier  # noqa: E402
-from classlm.bench import KEEP, machine, machine_line  # noqa: E402
+from classlm.bench import KEEP  # noqa: E402
 from classlm.data import load_dataset, stratified_split  # noqa: E402
+from classlm.machine import machine_block, machine_line  # noqa: E402
 from classlm.metrics import classification_metrics, softmax  # noqa: E402
 from classlm.reports import plot_reliability, plot_training_curves, write_text_atomic  # noqa: E402
 from classlm.training import read_metrics  # noqa: E402
@@ -272,7 +273,7 @@ def main() -> None:
     doc: dict[str, Any] = {
         "benchmark": stem,
         "command": "python benchmarks/finetune.py " + " ".join(sys.argv[1:]),
-        "machine": machine(args.device, "float32"),
+        "machine": machine_block(args.device, "float32"),
         "lr": args.lr,
         "batch_size": args.batch_size,
         "epochs": args.epochs,

@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from classlm.bench import machine, machine_line
+from classlm.machine import machine_block, machine_line
 from classlm.reports import write_text_atomic
 
 HERE = Path(__file__).resolve().parent
@@ -223,7 +223,7 @@ def main() -> None:
     }
     doc = {
         "command": command,
-        "machine": machine("cpu"),
+        "machine": machine_block("cpu"),
         "model": args.model,
         "max_batch": args.max_batch,
         "max_wait_ms": args.max_wait_ms,

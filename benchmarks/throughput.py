@@ -48,7 +48,7 @@ from classlm import LMClassifier  # noqa: E402
 from classlm.config import CPU_BATCH_TOKENS, token_budget  # noqa: E402
 from classlm.data import load_dataset  # noqa: E402
 from classlm.errors import ConfigError  # noqa: E402
-from classlm.machine import machine_block  # noqa: E402
+from classlm.machine import machine_block, machine_line  # noqa: E402
 from classlm.metrics import softmax  # noqa: E402
 from classlm.reports import write_text_atomic  # noqa: E402
 from classlm.scoring import SharedPrefix, decoder_of, length_sorted_batches, pad_right  # noqa: E402
@@ -85,7 +85,7 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "llama_server_4": (f"{LLAMA_SERVER}, 4 requests in flight", "gguf"),
 }
 # The variants whose class logits are kept for the checks (same texts, same order).
-KEEP_RESULT = ("shipped", "shipped_fp32", "no_reuse", "full_logits", "generate", *INT8)
+KEEP_RESULT = ("shipped", "shipped_fp32", "no_reuse", "full_logits", "generate", "llama_server_1", *INT8)
 CLASS_SWEEP = ("sms_spam", "ag_news", "emotion", "trec_fine", "clinc150")
 SWEEP_MAX_LENGTH = 4096  # the 151-class prompt of clinc150 does not fit in the default 512
 Fn = Callable[[list[str]], np.ndarray]
@@ -365,7 +365,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     if clf is not None:
         out["prompt_tokens"] = clf.method_.describe()["prompt_tokens"]
         out["dtype_choice"] = clf.run_info()["dtype"]
-    if name in KEEP_RESULT or name.startswith("llama_server"):
+    if name in KEEP_RESULT:
         out["result"] = result.tolist()
     if hasattr(fn, "examples"):
         out["examples"] = fn.examples[:5]
@@ -812,13 +812,8 @@ def quality_lines(q: dict[str, Any]) -> list[str]:
 
 
 def machine_text(doc: dict[str, Any]) -> str:
-    m = doc["machine"]
-    choice = m.get("dtype") or {}
-    return (
-        f"{m['device']}, CPU flags {', '.join(m['cpu']['flags'])}; "
-        f"torch {m['torch']} ({m['threads']} threads); dtype auto resolves to **{choice.get('dtype', '?')}** "
-        f"here ({choice.get('reason', '')})."
-    )
+    """The machine block's line, and why dtype auto resolved as it did here."""
+    return f"{machine_line(doc['machine'])}: {doc['machine']['dtype']['reason']}."
 
 
 def variant_lines(doc: dict[str, Any], run: dict[str, Any]) -> list[str]:

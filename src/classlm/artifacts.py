@@ -112,7 +112,7 @@ def manifest(
         "adapter": adapter,
         "metrics": dict(metrics or {}),
         # How the saving process ran (dtype chosen and why, CPU, versions): a record, never read back as an option.
-        "run": clf.run_info() if callable(getattr(clf, "run_info", None)) else None,
+        "run": clf.run_info(),
     }
 
 

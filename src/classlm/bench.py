@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from classlm.errors import ConfigError
+from classlm.machine import machine_line
 
 KEEP = ("accuracy", "macro_f1", "weighted_f1", "nll", "ece", "calibration_ratio_min", "calibration_ratio_max")
 
@@ -227,24 +228,6 @@ def run_bench(
         if on_row is not None:
             on_row(name, row)
     return rows
-
-
-def machine(device: str = "auto", dtype: str = "auto") -> dict[str, Any]:
-    """The results' machine block (:func:`classlm.machine.machine_block`)."""
-    from classlm.machine import machine_block
-
-    return machine_block(device, dtype)
-
-
-def machine_line(m: dict[str, Any]) -> str:
-    """``CPU (…), 2 cores, torch 2.13 (2 threads); CPU flags: amx_bf16, …; dtype bfloat16 (auto)`` from a machine
-    block (older results files have only device and torch)."""
-    line = f"{m['device']}, torch {m['torch']}"
-    if "cpu" in m:
-        line += f" ({m['threads']} threads); CPU flags: {', '.join(m['cpu']['flags']) or 'none of note'}"
-    if m.get("dtype"):
-        line += f"; dtype {m['dtype']['dtype']} ({m['dtype']['source']})"
-    return line
 
 
 def _f(x: Any, spec: str = ".3f") -> str:

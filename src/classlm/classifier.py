@@ -181,7 +181,7 @@ class LMClassifier(CalibratedClassifier):
             method.check(load_tokenizer(self.model, cache_dir=self.cache_dir, build_cache=False))
             # A backbone whose weights change or differ from the base model's is a private copy; zero-shot
             # classifiers share one in-process copy.
-            private = adapter is not None or training or self.trains_backbone()  # a loaded top_k changed weights
+            private = adapter is not None or self.trains_backbone()  # training, or a loaded top_k's own weights
             backbone = load_backbone(self._model_config(), shared=not private, training=training)
             if adapter is not None or lora is not None:
                 from classlm.training import add_lora, load_adapter

@@ -127,14 +127,9 @@ class CalibratedClassifier(ClassifierMixin, BaseEstimator):
     def run_info(self) -> dict[str, Any]:
         """How this classifier runs here (:func:`classlm.machine.run_info`): the dtype of its backbone (``backbone_``,
         where it has one) and why, the CPU and its flags, torch threads, library versions."""
-        backbone = getattr(self, "backbone_", None)
-        if backbone is None:  # no local model (remote, TF-IDF, sentence encoders): nothing to import torch for
-            from classlm.machine import run_info
+        from classlm.machine import run_info
 
-            return run_info(None)
-        from classlm.models import run_info as backbone_run_info
-
-        return backbone_run_info(backbone)
+        return run_info(getattr(getattr(self, "backbone_", None), "dtype_choice", None))
 
 
 def check_targets(y: Any, what: str = "y") -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import sys
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -141,8 +142,12 @@ def versions() -> dict[str, str | None]:
 
 
 def run_info(choice: DtypeChoice | None, threads: int | None = None) -> dict[str, Any]:
-    """What a manifest, /v1/model and a benchmark record about how a run ran: dtype choice, CPU, threads, versions."""
+    """What a manifest, /v1/model and a benchmark record about how a run ran: dtype choice, CPU, threads, versions.
+    ``threads`` defaults to torch's, when torch is loaded (importing it here would break the pure layer's rule)."""
     cpu = this_cpu()
+    torch = sys.modules.get("torch")
+    if threads is None and torch is not None:
+        threads = torch.get_num_threads()
     return {
         "dtype": choice.as_dict() if choice is not None else None,
         "cpu": {"model": cpu.model, "flags": list(cpu.flags), "cores": os.cpu_count(), "source": cpu.source},
@@ -158,7 +163,17 @@ def machine_block(device: str = "cpu", dtype: str = "auto", threads: int | None 
     import torch
 
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    threads = torch.get_num_threads() if threads is None else threads
     info = run_info(choose_dtype(dtype, "cuda" if cuda else "cpu"), threads)
     name = torch.cuda.get_device_name() if cuda else f"CPU ({info['cpu']['model']}), {os.cpu_count()} cores"
     return {"device": name, "torch": torch.__version__, **info}
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    """``CPU (…), 2 cores, torch 2.13 (2 threads); CPU flags: amx_bf16, …; dtype bfloat16 (auto)`` from a machine
+    block (older results files have only device and torch)."""
+    line = f"{m['device']}, torch {m['torch']}"
+    if "cpu" in m:
+        line += f" ({m['threads']} threads); CPU flags: {', '.join(m['cpu']['flags']) or 'none of note'}"
+    if m.get("dtype"):
+        line += f"; dtype {m['dtype']['dtype']} ({m['dtype']['source']})"
+    return line

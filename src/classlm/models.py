@@ -177,11 +177,6 @@ def load_backbone(config: ModelConfig, *, shared: bool = True, training: bool = 
     return backbone
 
 
-def run_info(backbone: Backbone) -> dict[str, Any]:
-    """:func:`classlm.machine.run_info` for a loaded backbone: how its dtype was chosen, CPU, torch threads."""
-    return machine.run_info(backbone.dtype_choice, torch.get_num_threads())
-
-
 def load_tokenizer(name: str, *, cache_dir: str | None = None, build_cache: bool = True) -> Any:
     """Only the tokenizer of a model (alias, ``.gguf``, folder or hub id): what a remote backend needs to render the
     same chat template as the local model. A ``.gguf`` is dequantised into the cache once, as for the model; with

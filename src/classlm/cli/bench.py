@@ -120,13 +120,13 @@ def _results_doc(
     dataset: str, *, model: str, device: str, dtype: str, seed: int, budget: int, splits: Any
 ) -> dict[str, Any]:
     """The results file before any row: the command that reproduces it, the machine, the model and the splits."""
-    from classlm.bench import machine
+    from classlm.machine import machine_block
 
     return {
         "benchmark": "bench",
         "dataset": dataset,
         "command": shlex.join(["classlm", "bench", *sys.argv[2:]]),
-        "machine": machine(device, dtype),
+        "machine": machine_block(device, dtype),
         "model": model,
         "seed": seed,
         "budget": budget,
