@@ -13,7 +13,10 @@ classification over the raw text (``seqcls_raw``) and the full prompt (``seqcls_
 own tokens only), ``floor_bare_text``, the int8 candidates of ``int8.py`` and llama.cpp's ``llama-server`` through
 the remote backend (``llama_server_1``: one request at a time, ``llama_server_4``: 4 concurrent). Each variant runs
 in a fresh subprocess so its peak memory is its own. ``quality``: bf16 and each int8 candidate against float32 on the
-same trained classifier (``--quality-classifier``). Two sweeps compare shipped, no_reuse and floor_fp32 across
+same trained classifier (``--quality-classifier``). ``training``: the LoRA recipe of ``finetune.py`` on ag_news
+trained in float32 and in bf16 (``recipe_speed.py``: examples/s, peak RSS, and ``quality.bf16_trained``, the
+bf16-trained adapter's test macro-F1 minus the float32-trained one's, both scored in float32), plus training speed
+with and without prompt-prefix reuse. Two sweeps compare shipped, no_reuse and floor_fp32 across
 numbers of classes and text lengths. ``--merge`` re-runs only the ``--variants``/``--sections`` given and keeps the
 rest of the existing JSON. ``--device cuda`` runs the same on random-weight bf16 models of real shapes.
 """
@@ -42,6 +45,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # so `python benchmarks/throughput.py` finds zero_shot
 
+from finetune import N_CALIB, N_EVAL, RECIPE  # noqa: E402
 from zero_shot import INSTRUCTION, NEWS_LABELS  # noqa: E402  (the accuracy benchmarks' default prompt)
 
 from classlm import LMClassifier  # noqa: E402
@@ -524,6 +528,7 @@ def training_speed(args: argparse.Namespace, model: str) -> dict[str, Any]:
             list(data.texts), y
         )
         out["with_prefix_reuse" if reuse else "without_prefix_reuse"] = steps * batch / (stamps[-1] - stamps[0])
+        out["dtype"] = str(clf.backbone_.dtype).removeprefix("torch.")  # auto, as a user's run would get
         del clf
         gc.collect()
     out["speedup"] = out["with_prefix_reuse"] / out["without_prefix_reuse"]
@@ -643,6 +648,74 @@ def ratios(run: dict[str, Any]) -> None:
     for floor in ("floor_fp32", "floor_bf16"):
         tps = variants.get(floor, {}).get("texts_per_second")
         run[f"shipped_time_per_text_over_{floor}"] = tps / base if tps and base else None
+
+
+# -- training: the finetune.py recipe in float32 and in bf16 -----------------------------------------------------------
+# ag_news rows of the recipe runs: finetune.py's ag_news size when it trained in float32 (its bf16 default trains on
+# more in the same time), so both dtypes take minutes, not an hour.
+RECIPE_ROWS = 1800
+
+
+def recipe_training(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``training`` (examples/s and peak RSS per dtype, same rows and steps) and ``quality.bf16_trained``
+    (bf16-trained − float32-trained, both adapters scored in float32 on the same test rows)."""
+    import recipe_speed
+
+    out: dict[str, Any] = {
+        "recipe": f"benchmarks/finetune.py on ag_news: LoRA r 16, alpha 32, dropout 0, every projection; batch "
+        f"{RECIPE['batch_size']}, lr {RECIPE['lr']}, {RECIPE['epochs']} epoch, eval every {RECIPE['eval_every']} "
+        f"steps on {N_EVAL} rows, temperature on {N_CALIB}",
+        "n_train": args.recipe_rows,
+        "peak_rss": "ru_maxrss of the run's own process right after fit (loading, training, evaluations, temperature)",
+    }
+    for key, dtype in (("fp32", "float32"), ("bf16", "bfloat16")):
+        print(f"training: the recipe in {dtype} ({args.recipe_rows} rows)…", file=sys.stderr)
+        out[key] = recipe_speed.run(dtype, args.recipe_rows, args.quality_rows, seed=0)
+    fp32, bf16 = out["fp32"], out["bf16"]
+    if "error" in fp32 or "error" in bf16:
+        return out, {"error": "a recipe run failed: see training"}
+    out["bf16_over_fp32_examples_per_second"] = bf16["examples_per_second"] / fp32["examples_per_second"]
+    a, b = fp32["test_after_temperature"], bf16["test_after_temperature"]
+    quality_row = {
+        "what": "bf16-trained − float32-trained adapters, same recipe and rows, both scored in float32",
+        "n_test": bf16["n_test"],
+        "macro_f1_fp32_trained": a["macro_f1"],
+        "macro_f1_bf16_trained": b["macro_f1"],
+        "macro_f1_delta": b["macro_f1"] - a["macro_f1"],
+        "ece_delta": b["ece"] - a["ece"],
+        "nll_delta": b["nll"] - a["nll"],
+    }
+    return out, quality_row
+
+
+def recipe_lines(t: dict[str, Any], q: dict[str, Any] | None) -> list[str]:
+    lines = [
+        "",
+        f"## LoRA training in float32 and bf16: {t['recipe']}; {t['n_train']} training rows",
+        "",
+        f"Peak RSS: {t['peak_rss']}.",
+        "",
+        "| dtype | examples/s | train s | steps | peak RSS MiB | test macro-F1 (scored in float32) | test ECE |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key in ("fp32", "bf16"):
+        r = t[key]
+        if "error" in r:
+            lines.append(f"| {key} | failed: {r['error'][:200]} | | | | | |")
+            continue
+        m = r["test_after_temperature"]
+        lines.append(
+            f"| {r['dtype']} | {r['examples_per_second']:.2f} | {r['train_seconds']:.0f} | {r['steps']} | "
+            f"{r['peak_rss_mib'] or float('nan'):.0f} | {m['macro_f1']:.4f} | {m['ece']:.4f} |"
+        )
+    if "bf16_over_fp32_examples_per_second" in t and q:
+        lines += [
+            "",
+            f"bf16 / float32 examples/s: {t['bf16_over_fp32_examples_per_second']:.2f}x; bf16-trained − "
+            f"float32-trained macro-F1 {q['macro_f1_delta']:+.4f}, ECE {q['ece_delta']:+.4f} ({q['n_test']} test "
+            "rows).",
+        ]
+    return lines
 
 
 # -- quality: bf16 and int8 against float32 on one trained classifier --------------------------------------------------
@@ -798,7 +871,7 @@ def quality_lines(q: dict[str, Any]) -> list[str]:
         f"| float32 | {q['fp32']['macro_f1']:.4f} | {q['fp32']['ece']:.4f} | – | – | – | – | – |",
     ]
     for name, r in q.items():
-        if not isinstance(r, dict) or name in ("fp32", "training"):
+        if not isinstance(r, dict) or name in ("fp32", "training", "bf16_trained"):
             continue
         if "error" in r:
             lines.append(f"| {name} | failed: {r['error'][:200]} | | | | | | |")
@@ -915,7 +988,7 @@ def training_lines(t: dict[str, Any]) -> list[str]:
     return [
         "",
         f"### LoRA training (ag_news train, batch {t['batch_size']}, {t['lora']}, {t['steps_timed']} timed steps, "
-        "float32)",
+        f"{t.get('dtype', 'float32')})",
         "",
         "| prefix reuse | training examples/s |",
         "|---|---|",
@@ -967,8 +1040,10 @@ def to_markdown(doc: dict[str, Any]) -> str:
             lines += training_lines(run["training"])
         if "sweeps" in run:
             lines += sweep_lines(doc, run)
-    if "quality" in doc:
+    if "fp32" in doc.get("quality", {}):
         lines += quality_lines(doc["quality"])
+    if "training" in doc:
+        lines += recipe_lines(doc["training"], doc.get("quality", {}).get("bf16_trained"))
     return "\n".join(lines) + "\n"
 
 
@@ -978,8 +1053,9 @@ SECTIONS = ("variants", "sweeps", "training", "quality")
 def merged(old: dict[str, Any], new: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """``new`` laid over ``old``: the variants and sections run now replace theirs, the rest is kept."""
     out = {**old, **{k: v for k, v in new.items() if k not in ("runs", "quality")}}
-    if "quality" in new:
-        out["quality"] = new["quality"]
+    if "quality" in new:  # the quality section replaces the scoring rows; the training section adds bf16_trained
+        keep = {"bf16_trained": old["quality"]["bf16_trained"]} if "bf16_trained" in old.get("quality", {}) else {}
+        out["quality"] = {**(old.get("quality", {}) if "fp32" not in new["quality"] else keep), **new["quality"]}
     runs = []
     for i, run in enumerate(new["runs"]):
         before = old.get("runs", [])[i] if i < len(old.get("runs", [])) else {"variants": {}}
@@ -1008,6 +1084,9 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated variants to run")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {SECTIONS}")
     parser.add_argument("--train-steps", type=int, default=8, help="timed LoRA steps per variant (0: skip)")
+    parser.add_argument(
+        "--recipe-rows", type=int, default=RECIPE_ROWS, help="training rows of the recipe runs (0: skip them)"
+    )
     parser.add_argument("--quality-classifier", type=Path, help="a trained classifier folder for the quality section")
     parser.add_argument("--quality-rows", type=int, default=1000)
     parser.add_argument(
@@ -1069,6 +1148,9 @@ def main() -> None:
     }
     if "quality" in args.sections:
         doc["quality"] = quality(args)
+    if "training" in args.sections and args.recipe_rows:
+        doc["training"], bf16_trained = recipe_training(args)
+        doc.setdefault("quality", {})["bf16_trained"] = bf16_trained
     path = args.out / "throughput.json"
     if args.merge and path.is_file():
         doc = merged(json.loads(path.read_text()), doc, args)

@@ -183,6 +183,7 @@ def callback(event, info):
 X, y = toy_data()
 clf = make({model!r}, max_steps=9, eval_every=3, checkpoint_every=2, grad_accum=2)
 clf.lora = {{"r": 8, "alpha": 16, "dropout": 0.1}}  # dropout draws random numbers: the RNG state must resume too
+clf.dtype = sys.argv[4]  # bf16: frozen weights in bf16, adapters and optimizer in float32
 clf.fit(X, y, eval_set=toy_data(1, seed=2), calib_set=toy_data(1, seed=1), run_dir=sys.argv[1],
         resume=sys.argv[3] == "resume", callback=callback if kill_at >= 0 else None)
 clf.save(sys.argv[1])
@@ -207,13 +208,14 @@ def metrics_rows(run: Path) -> list[dict]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "kill_at, checkpoint",
+    "kill_at, checkpoint, dtype",
     [
-        (5, "step-00000004"),  # mid-step 6, after the step-4 checkpoint
-        (3, "step-00000002"),  # mid-step 4: the step-3 evaluation (and its best adapter) came after the checkpoint
+        (5, "step-00000004", "float32"),  # mid-step 6, after the step-4 checkpoint
+        (3, "step-00000002", "float32"),  # mid-step 4: the step-3 evaluation (and its best adapter) came after it
+        (5, "step-00000004", "bfloat16"),  # bf16 training resumes exactly too (the same kernels, the same order)
     ],
 )
-def test_resume_after_sigkill_ends_with_the_uninterrupted_weights(tiny_model_dir, tmp_path, kill_at, checkpoint):
+def test_resume_after_sigkill_ends_with_the_uninterrupted_weights(tiny_model_dir, tmp_path, kill_at, checkpoint, dtype):
     from safetensors.torch import load_file
 
     script = tmp_path / "run.py"
@@ -221,7 +223,7 @@ def test_resume_after_sigkill_ends_with_the_uninterrupted_weights(tiny_model_dir
     env = {**os.environ, "PYTHONHASHSEED": "0"}
 
     def run(folder: Path, kill_at: int, mode: str) -> int:
-        cmd = [sys.executable, str(script), str(folder), str(kill_at), mode]
+        cmd = [sys.executable, str(script), str(folder), str(kill_at), mode, dtype]
         return subprocess.run(cmd, env=env, capture_output=True, timeout=300).returncode
 
     assert run(tmp_path / "full", -1, "fresh") == 0
@@ -233,11 +235,60 @@ def test_resume_after_sigkill_ends_with_the_uninterrupted_weights(tiny_model_dir
     resumed = load_file(str(adapter_dir(tmp_path / "killed") / "adapter_model.safetensors"))
     assert full.keys() == resumed.keys()
     for name in full:
+        assert full[name].dtype == torch.float32
         torch.testing.assert_close(resumed[name], full[name], atol=1e-6, rtol=1e-5, msg=name)
     # Every evaluation, before and after the kill, saw the same weights as in the uninterrupted run (the saved
     # adapter is the best one, which could predate the kill: these rows cover the steps after it too).
     assert [r["step"] for r in metrics_rows(tmp_path / "killed")] == [0, 3, 6, 9]
     assert metrics_rows(tmp_path / "killed") == metrics_rows(tmp_path / "full")
+
+
+def test_a_resume_in_another_dtype_is_refused(tiny_model_dir, tmp_path):
+    X, y = toy_data(2)
+    clf = make(tiny_model_dir, max_steps=2, checkpoint_every=1)
+    clf.dtype = "bfloat16"
+    clf.fit(X, y, calib_set=toy_data(1, seed=1), run_dir=tmp_path)
+    assert clf.training_["dtype"] == "bfloat16"
+    again = make(tiny_model_dir, max_steps=3, checkpoint_every=1)  # float32 ($CLASSLM_DTYPE in the tests)
+    with pytest.raises(ConfigError, match=r"trained in bfloat16 and would resume in float32.*--dtype bfloat16"):
+        again.fit(X, y, calib_set=toy_data(1, seed=1), run_dir=tmp_path, resume=True)
+    # A checkpoint from before the dtype was recorded trained in float32 on CPU: a bf16 resume is refused too.
+    state_files = list((tmp_path / "checkpoints").glob("*/state.json"))
+    assert state_files, sorted(p.name for p in (tmp_path / "checkpoints").rglob("*"))
+    for f in state_files:  # as an older classlm wrote it: no dtype, no micro-batch budget among the counters
+        meta = json.loads(f.read_text())
+        meta["state"] = {k: v for k, v in meta["state"].items() if k not in ("dtype", "micro_batch_tokens")}
+        f.write_text(json.dumps(meta))
+    old = make(tiny_model_dir, max_steps=3, checkpoint_every=1)
+    old.dtype = "bfloat16"
+    with pytest.raises(ConfigError, match=r"trained in float32 and would resume in bfloat16"):
+        old.fit(X, y, calib_set=toy_data(1, seed=1), run_dir=tmp_path, resume=True)
+
+
+def test_long_texts_run_in_micro_batches_under_the_token_budget(tiny_model_dir, monkeypatch):
+    """The memory a step keeps grows with its padded tokens: micro_batch_tokens caps them, the step is the same."""
+    from classlm.training import Trainer
+
+    short, y = toy_data(4)
+    texts = [t if i % 2 else " ".join([t] * 3) for i, t in enumerate(short)]  # long and short rows mixed
+    passes: list[tuple[int, int]] = []  # (rows, padded tokens after the shared prefix) of every forward pass
+    plain_loss = Trainer.loss_sum
+
+    def loss_sum(self, rows, y, weights):
+        prefix = len(self.method.encoder.head_ids)
+        passes.append((len(rows), len(rows) * max(len(r) - prefix for r in rows)))
+        return plain_loss(self, rows, y, weights)
+
+    monkeypatch.setattr(Trainer, "loss_sum", loss_sum)
+    a = make(tiny_model_dir, max_steps=2, micro_batch_tokens=300).fit(texts, y)
+    capped, passes[:] = list(passes), []
+    b = make(tiny_model_dir, max_steps=2, micro_batch_tokens=100_000).fit(texts, y)
+    assert [n for n, _ in passes] == [8, 4]  # uncapped: one pass per step (12 rows after the calibration split)
+    assert len(capped) > 2 and sum(n for n, _ in capped) == 12  # the same rows, in more passes
+    assert all(tokens <= 300 or n == 1 for n, tokens in capped), capped
+    wa, wb = trainable(a), trainable(b)
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_a_second_fresh_run_into_a_run_folder_is_refused(tiny_model_dir, tmp_path):
@@ -293,3 +344,36 @@ def test_learning_rate_warms_up_then_decays_to_zero():
     factors = [lr_factor(s, total=10, warmup=2) for s in range(10)]
     assert factors[:2] == [0.5, 1.0]
     assert all(a >= b for a, b in zip(factors[1:], factors[2:])) and factors[-1] == pytest.approx(1 / 8)
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads RSS from /proc (Linux)")
+def test_memory_does_not_grow_step_after_step(tmp_path, tiny_tokenizer):
+    """A step that kept anything of the last one (a graph in the loss history, prefix keys, eval activations)
+    would grow RSS by its activations, ~10 MB a step at this scale; after the first steps, growth stays flat."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tiny_tokenizer), hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, pad_token_id=2,
+    )  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "model")
+    tiny_tokenizer.save_pretrained(tmp_path / "model")
+    X, y = toy_data(8)
+    X = [" ".join([t] * 4) for t in X]  # ~50 tokens a row
+    samples: list[float] = []
+
+    def callback(event, info):
+        if event == "step":
+            samples.append(rss_mib())
+
+    clf = make(tmp_path / "model", max_steps=24, eval_every=6)
+    clf.fit(X, y, eval_set=toy_data(4, seed=3), calib_set=toy_data(1, seed=1), callback=callback)
+    assert len(samples) == 24
+    growth = (samples[-1] - samples[5]) / (len(samples) - 6)
+    assert growth < 1.0, f"RSS grew {growth:.2f} MiB a step over steps 6-24: {[round(s) for s in samples]}"

@@ -25,6 +25,15 @@ SCORING = ("first_token", "exact")
 # float16 is taken to behave as bf16 (not measured); on CUDA: 512, as before (not re-measured).
 CPU_BATCH_TOKENS = {"float32": 512, "bfloat16": 1536, "float16": 1536}
 DEFAULT_BATCH_TOKENS = "auto"
+# Padded tokens per training micro-batch (TrainConfig.micro_batch_tokens=None), by dtype on CPU: what a backward pass
+# keeps grows with them (SmolLM2-135M, LoRA r 16: ~0.65 MB a token in bf16, ~1.3 MB in float32, plus what the
+# allocator cannot hand back between a step's temporaries), so this caps a step's memory whatever the texts' length.
+# Measured on the 2-core AMX CPU, 8 steps of 16 ag_news rows with the finetune.py prompt (examples/s, peak RSS):
+# float32 256: 2.96, 2.0 GB; 384: 3.41, 2.35 GB; 512: 3.52, 2.9 GB; no cap: 2.86, 6.3 GB (small passes are also
+# faster in float32: their activations stay in cache). bf16 512: 4.18, 2.3 GB; 768: 4.73, 2.4 GB; 1024: 4.68,
+# 2.8 GB; 1536: 5.10, 3.2 GB; no cap: 5.30, 3.6 GB. The budgets keep those 8 steps under 2.5 GB at most of the
+# speed; a whole run peaks higher (the finetune.py recipe: 3.0 GB in float32), as glibc's heap fragments.
+TRAIN_BATCH_TOKENS = {"float32": 384, "bfloat16": 768, "float16": 768}
 
 T = TypeVar("T")
 
@@ -81,6 +90,14 @@ def token_budget(batch_tokens: int | str | None, backbone: Any = None) -> int | 
     return CPU_BATCH_TOKENS.get(str(backbone.dtype).removeprefix("torch."), 512)
 
 
+def train_token_budget(micro_batch_tokens: int | None, device_type: str, dtype: str) -> int | None:
+    """Padded tokens per training micro-batch: ``micro_batch_tokens``, else the CPU's budget for ``dtype``
+    (:data:`TRAIN_BATCH_TOKENS`); no budget on other devices, where batch_size / grad_accum decide alone."""
+    if micro_batch_tokens is not None:
+        return micro_batch_tokens
+    return TRAIN_BATCH_TOKENS.get(dtype, TRAIN_BATCH_TOKENS["float32"]) if device_type == "cpu" else None
+
+
 def check_run_options(*, max_length: Any, batch_size: Any, batch_tokens: Any) -> None:
     """How a classifier runs (``LMClassifier(max_length=…, batch_size=…, batch_tokens=…)``), checked at fit/load."""
     if not isinstance(max_length, int) or max_length < 16:
@@ -122,7 +139,10 @@ class LoraConfig:
     # (classlm.cli.config_options).
     r: int = field(default=16, metadata={"help": "LoRA rank."})
     alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
-    dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA adapters' input."})
+    # 0 by default: on CPU drawing the dropout masks took 40% of a float32 LoRA step and half a bf16 one
+    # (torch.profiler, SmolLM2-135M, r 16 on every projection: bernoulli_ plus its multiply), for a regulariser that
+    # one epoch with early stopping on NLL has little use for (Unsloth's fast path defaults to 0 too).
+    dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA adapters' input."})
     target_modules: tuple[str, ...] | str = field(
         default=(
             "q_proj",
@@ -158,12 +178,13 @@ class LoraConfig:
 class TrainConfig:
     """The fine-tuning loop: loss, optimiser, schedule, evaluation, early stopping and checkpoints.
 
-    ``batch_size`` examples per optimiser step, run as ``grad_accum`` micro-batches. Training stops after
-    ``max_steps`` optimiser steps when set, else after ``epochs`` passes over the training data. The learning rate
-    warms up linearly over ``warmup_ratio`` of the steps, then decays linearly to 0. ``eval_every`` steps (0: only
-    at the end) the eval set is scored; ``early_stopping`` names the metric to watch and ``patience`` how many
-    evaluations without improvement end training; the best adapter is kept. ``class_weights``: ``None``,
-    ``"balanced"`` (inverse class frequency) or ``{class: weight}``.
+    ``batch_size`` examples per optimiser step, run in micro-batches of at most ``batch_size / grad_accum`` rows
+    and ``micro_batch_tokens`` padded tokens (default: :data:`TRAIN_BATCH_TOKENS` for the dtype on CPU). Training
+    stops after ``max_steps`` optimiser steps when set, else after ``epochs`` passes over the training data. The
+    learning rate warms up linearly over ``warmup_ratio`` of the steps, then decays linearly to 0. ``eval_every``
+    steps (0: only at the end) the eval set is scored; ``early_stopping`` names the metric to watch and
+    ``patience`` how many evaluations without improvement end training; the best adapter is kept.
+    ``class_weights``: ``None``, ``"balanced"`` (inverse class frequency) or ``{class: weight}``.
     """
 
     loss: str = field(default="class_ce", metadata={"help": "class_ce (over the k class logits) or vocab_ce (SFT)."})
@@ -196,6 +217,10 @@ class TrainConfig:
         default=True,
         metadata={"help": "Reuse the KV cache of the prompt's shared prefix (checked against the plain path)."},
     )
+    micro_batch_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Padded tokens per training micro-batch (default: the measured budget for the dtype)."},
+    )
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -211,9 +236,9 @@ class TrainConfig:
         if self.batch_size % self.grad_accum:
             raise ConfigError(
                 f"batch_size ({self.batch_size}) must be a multiple of grad_accum ({self.grad_accum}): each step runs "
-                "batch_size / grad_accum examples per micro-batch"
+                "at most batch_size / grad_accum examples per micro-batch"
             )
-        for name in ("max_steps", "eval_limit", "patience", "checkpoint_every"):
+        for name in ("max_steps", "eval_limit", "patience", "checkpoint_every", "micro_batch_tokens"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{name} must be a positive int or None, got {value!r}")

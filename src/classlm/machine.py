@@ -101,8 +101,9 @@ def choose_dtype(requested: str, device_type: str, *, training: bool = False, cp
 
     An explicit dtype wins; ``"auto"`` takes ``$CLASSLM_DTYPE`` when set, else bf16 on CUDA, bf16 on a CPU with
     AMX-BF16 and float32 on other CPUs. ``training=True`` keeps a CPU's ``auto`` at float32, whatever
-    ``$CLASSLM_DTYPE`` says: the LoRA training step has not been measured or made exact in bf16 on CPU yet, and a
-    resumed run must not change dtype with the environment (scoring the trained classifier later still picks bf16).
+    ``$CLASSLM_DTYPE`` says: LoRA training in bf16 works on CPU (``dtype="bfloat16"``: frozen bf16 weights, float32
+    adapters and AdamW state) but measured no faster than float32 over a whole run, with more memory
+    (``benchmarks/results/throughput.json``, ``training``); scoring the trained classifier later still picks bf16.
     """
     cpu = cpu or this_cpu()
 
@@ -114,7 +115,9 @@ def choose_dtype(requested: str, device_type: str, *, training: bool = False, cp
     if requested != "auto":
         return choice(requested, "argument", "asked for")
     if training and device_type == "cpu":
-        return choice("float32", "auto", "training on CPU runs in float32 (bf16 training is not supported there yet)")
+        return choice(
+            "float32", "auto", "training on CPU: bf16 measured no faster than float32 over a run, with more memory"
+        )
     env = os.environ.get(DTYPE_ENV, "").strip()
     if env and env != "auto":
         if env not in DTYPES:
@@ -155,6 +158,16 @@ def run_info(choice: DtypeChoice | None, threads: int | None = None) -> dict[str
         "platform": platform.platform(),
         "versions": dict(versions()),  # a copy: the cached dict is shared
     }
+
+
+def peak_rss_mib() -> float | None:
+    """This process's peak resident memory in MiB (None where the platform does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)  # bytes on macOS, KiB on Linux
 
 
 def machine_block(device: str = "cpu", dtype: str = "auto", threads: int | None = None) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from classlm.errors import ConfigError
+from classlm.kernels import softmax_to
 from classlm.prompts import RenderedPrompt
 
 # The text slot must keep room for at least this many tokens, or the prompt leaves no space for the text at all.
@@ -245,8 +246,9 @@ def _prefix_attention(
     causal = torch.ones(s, s, dtype=torch.bool, device=query.device).tril().repeat(g, 1)
     scores_own = scores_own.masked_fill(~causal, torch.finfo(scores_own.dtype).min)
     scores = torch.cat([scores_prefix, scores_own], dim=-1)
-    # Softmax in float32 even under bf16, as the plain sdpa path does internally.
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    # Softmax in float32 even under bf16, as the plain sdpa path does internally; in training only the bf16
+    # probabilities are kept for backward (autograd's softmax + cast kept the float32 ones as well: 220 MB a step).
+    probs = softmax_to(scores, query.dtype)
     if dropout > 0.0 and module.training:
         probs = torch.nn.functional.dropout(probs, p=dropout)
     out = torch.matmul(probs[..., :p].reshape(h, b * g * s, p), pv[0]).view(h, b, g * s, d)

@@ -36,10 +36,13 @@ from classlm.checkpoints import (
     write_checkpoint,
 )
 from classlm.checkpoints import read_metrics as read_metrics  # re-exported: callers have imported it from here
-from classlm.config import STOP_METRICS, LoraConfig, TrainConfig
+from classlm.config import STOP_METRICS, LoraConfig, TrainConfig, train_token_budget
 from classlm.errors import ArtifactError, ConfigError
+from classlm.kernels import lean_training, use_fast_lora
+from classlm.machine import peak_rss_mib
 from classlm.methods.base import Method
 from classlm.metrics import classification_metrics, softmax
+from classlm.scoring import length_sorted_batches
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +72,7 @@ def add_lora(model: Any, config: LoraConfig, seed: int) -> Any:
     )
     # Eval mode, as every classlm model outside the training loop: get_peft_model leaves LoRA dropout active, which
     # would make scoring random and draw from the RNG that a resumed run must replay exactly.
-    return get_peft_model(model, peft_config).eval()
+    return use_fast_lora(get_peft_model(model, peft_config)).eval()
 
 
 def load_adapter(model: Any, folder: Path, base_name: str) -> Any:
@@ -77,7 +80,7 @@ def load_adapter(model: Any, folder: Path, base_name: str) -> Any:
     from peft import PeftModel
 
     try:
-        return PeftModel.from_pretrained(model, str(folder)).eval()
+        return use_fast_lora(PeftModel.from_pretrained(model, str(folder))).eval()
     except (ValueError, KeyError, RuntimeError) as exc:  # e.g. weights shaped for another base model
         raise ArtifactError(
             f"{folder}: peft cannot put this adapter on {base_name!r} ({type(exc).__name__}: {str(exc)[:300]}); "
@@ -121,6 +124,10 @@ class TrainState:
     stopped_early: bool = False
     loss_sum: float = 0.0
     loss_count: int = 0
+    # The dtype the backbone trained in and the micro-batch token budget it ran with: a resumed run continues with
+    # both (None: a checkpoint from before they were recorded).
+    dtype: str | None = None
+    micro_batch_tokens: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -150,6 +157,10 @@ class Trainer:
         self.eval_batch_tokens = eval_batch_tokens
         self.names = list(method.labels.names)
         self.device = next(model.parameters()).device
+        # The frozen weights' dtype is the one the forward runs in (LoRA parameters stay float32 whatever it is).
+        frozen = [p.dtype for p in model.parameters() if not p.requires_grad and p.is_floating_point()]
+        self.dtype = str(frozen[0] if frozen else next(model.parameters()).dtype).removeprefix("torch.")
+        self.micro_tokens = train_token_budget(config.micro_batch_tokens, self.device.type, self.dtype)
         self._best: dict[str, torch.Tensor] | None = None
 
     # -- the loss ---------------------------------------------------------------------------------------------------
@@ -207,17 +218,41 @@ class Trainer:
         if resume:  # the checkpoint also restores the RNG state that LoRA dropout draws from
             state = self._resume(optimizer)
         else:
-            state = TrainState()
+            state = TrainState(dtype=self.dtype, micro_batch_tokens=self.micro_tokens)
             if self.run_dir is not None:
                 self._start_fresh()
             torch.manual_seed(cfg.seed)
         self.method.prepare_training()  # e.g. the one-time prefix-reuse check: the same fresh or resumed
-        checkpoint_every = cfg.checkpoint_every or cfg.eval_every or 50
         self.model.train()
         if evaluation is not None and not resume and cfg.eval_every:
             # Step 0: the untrained model (LoRA's B matrices start at zero), where the curves and class mass start.
             self._evaluate(state, *evaluation, 0.0)
         bar = tqdm(total=total, initial=state.step, desc="training", unit="step", disable=not self.progress)
+        with lean_training(self.model):
+            self._loop(state, rows, y, weights, params, optimizer, total, warmup, per_epoch, evaluation, bar)
+        bar.close()
+        self.model.eval()
+        if self._best is not None:
+            load_trainable_state(self.model, self._best)
+        return state
+
+    def _loop(
+        self,
+        state: TrainState,
+        rows: list[list[int]],
+        y: np.ndarray,
+        weights: torch.Tensor | None,
+        params: list[torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        total: int,
+        warmup: int,
+        per_epoch: int,
+        evaluation: tuple[Sequence[str], np.ndarray] | None,
+        bar: Any,
+    ) -> None:
+        cfg = self.config
+        n = len(rows)
+        checkpoint_every = cfg.checkpoint_every or cfg.eval_every or 50
         while state.step < total and not state.stopped_early:
             t0 = time.perf_counter()
             idx = self._batch_indices(state.step, n, per_epoch)
@@ -246,11 +281,6 @@ class Trainer:
                 bar.set_postfix(loss=f"{row['train_loss']:.4f}", acc=f"{row['eval']['accuracy']:.3f}")
             if self.run_dir is not None and not last and state.step % checkpoint_every == 0:
                 self._checkpoint(state, optimizer)
-        bar.close()
-        self.model.eval()
-        if self._best is not None:
-            load_trainable_state(self.model, self._best)
-        return state
 
     def _eval_rows(self, texts: Sequence[str] | None, y: np.ndarray | None) -> tuple[Sequence[str], np.ndarray] | None:
         """The eval set, a seeded sample of ``eval_limit`` rows when it is larger."""
@@ -267,17 +297,23 @@ class Trainer:
     ) -> float:
         """Gradients of one step's (class-weighted) mean loss over the rows ``idx``, micro-batch by micro-batch;
         returns that loss."""
-        micro = self.config.batch_size // self.config.grad_accum
         total_w = float(len(idx)) if weights is None else float(weights[y[idx]].sum())
         step_loss = 0.0
-        for start in range(0, len(idx), micro):
-            chunk = idx[start : start + micro]
+        for k, chunk in enumerate(self._micro_batches(rows, idx)):
             loss = self.loss_sum([rows[i] for i in chunk], torch.as_tensor(y[chunk], device=self.device), weights)
             (loss / total_w).backward()
             step_loss += float(loss.detach()) / total_w
             if self.callback:
-                self.callback("backward", {"step": step, "micro_batch": start // micro})
+                self.callback("backward", {"step": step, "micro_batch": k})
         return step_loss
+
+    def _micro_batches(self, rows: list[list[int]], idx: np.ndarray) -> list[np.ndarray]:
+        """``idx`` cut into runs of at most ``batch_size / grad_accum`` rows and the token budget's padded tokens: what
+        a backward pass keeps grows with them (~0.65 MB a token in bf16, ~1.3 MB in float32 for SmolLM2-135M), so
+        long texts get fewer rows per pass. The step's gradient is the same either way."""
+        lengths = [self.method.training_tokens(rows[i], self.config.reuse_prefix) for i in idx]
+        most = self.config.batch_size // self.config.grad_accum
+        return [idx[b] for b in length_sorted_batches(lengths, most, self.micro_tokens)]
 
     def _batch_indices(self, step: int, n: int, per_epoch: int) -> np.ndarray:
         epoch, within = divmod(step, per_epoch)
@@ -332,7 +368,21 @@ class Trainer:
         if self.run_dir is None:
             raise ConfigError("resume needs the run folder of the interrupted run")
         counters, history, self._best = read_checkpoint(self.run_dir, self.model, optimizer)
-        return TrainState(**counters, history=history)
+        state = TrainState(**counters, history=history)
+        # Runs checkpointed before the dtype was recorded trained on CPU in float32 (auto was float32 for training).
+        trained = state.dtype or ("float32" if self.device.type == "cpu" else self.dtype)
+        if trained != self.dtype:
+            raise ConfigError(
+                f"{self.run_dir} trained in {trained} and would resume in {self.dtype}: a run continues exactly "
+                f"only in the dtype it started in; resume with dtype={trained!r} (--dtype {trained}), or start a "
+                "new run"
+            )
+        state.dtype = trained
+        # The budget the run started with (a default may change between versions; the micro-batches must not).
+        if self.config.micro_batch_tokens is None and state.micro_batch_tokens is not None:
+            self.micro_tokens = state.micro_batch_tokens
+        state.micro_batch_tokens = self.micro_tokens
+        return state
 
 
 def train_method(
@@ -367,5 +417,8 @@ def train_method(
         "best_" + config.early_stopping: state.best_value,
         "stopped_early": state.stopped_early,
         "trainable_parameters": int(sum(p.numel() for p in module.parameters() if p.requires_grad)),
+        "dtype": state.dtype,
+        # The process's peak so far: loading, training and its evaluations (and whatever ran before in it).
+        "peak_rss_mib": peak_rss_mib(),
         "history": state.history,
     }

@@ -42,13 +42,24 @@ TRAIN_OPTIONS = ConfigOptions(
         "max_steps": "max_steps",
         "batch_size": "train_batch",
         "grad_accum": "grad_accum",
+        "micro_batch_tokens": "micro_batch_tokens",
         "eval_every": "eval_every",
         "patience": "patience",
         "seed": "seed",  # also seeds the --limit sample and the held-out evaluation rows
     },
-    minimum={"eval_limit": 1, "max_steps": 1, "batch_size": 1, "grad_accum": 1, "eval_every": 0, "patience": 1},
+    minimum={
+        "eval_limit": 1,
+        "max_steps": 1,
+        "batch_size": 1,
+        "grad_accum": 1,
+        "eval_every": 0,
+        "patience": 1,
+        "micro_batch_tokens": 1,
+    },
 )
-LORA_OPTIONS = ConfigOptions(LoraConfig, {"r": "lora_r", "alpha": "lora_alpha"}, minimum={"r": 1, "alpha": 1})
+LORA_OPTIONS = ConfigOptions(
+    LoraConfig, {"r": "lora_r", "alpha": "lora_alpha", "dropout": "lora_dropout"}, minimum={"r": 1, "alpha": 1}
+)
 
 
 @with_config_options(training=TRAIN_OPTIONS, lora=LORA_OPTIONS)

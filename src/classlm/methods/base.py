@@ -172,6 +172,10 @@ class Method(ABC):
         """Token rows of ``texts`` as ``train_logits`` takes them."""
         raise self._no_training()
 
+    def training_tokens(self, row: Sequence[int], reuse_prefix: bool) -> int:
+        """The tokens a training row runs through the backbone (its share of a micro-batch's token budget)."""
+        return len(row)
+
     def prepare_training(self) -> None:
         """One-time work before the first step that a fresh and a resumed run must both do (and that draws no RNG)."""
         return None

@@ -179,6 +179,10 @@ class UsesPromptedLM:
     def training_rows(self, texts: Sequence[str]) -> list[list[int]]:
         return self.lm.encoder.encode(list(texts)).ids
 
+    def training_tokens(self, row: Sequence[int], reuse_prefix: bool) -> int:
+        # With prefix reuse the prompt head runs once per micro-batch, not once per row.
+        return len(row) - (len(self.lm.encoder.head_ids) if reuse_prefix and self.lm.usable() else 0)
+
     def prepare_training(self) -> None:
         self.lm.check_before_training()
 
