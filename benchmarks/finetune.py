@@ -32,7 +32,7 @@ from classlm import LMClassifier  # noqa: E402
 from classlm.bench import KEEP  # noqa: E402
 from classlm.config import DTYPES  # noqa: E402
 from classlm.data import load_dataset, stratified_split  # noqa: E402
-from classlm.machine import machine_block, machine_line  # noqa: E402
+from classlm.machine import choose_dtype, machine_block, machine_line  # noqa: E402
 from classlm.metrics import classification_metrics, softmax  # noqa: E402
 from classlm.reports import plot_reliability, plot_training_curves, write_text_atomic  # noqa: E402
 from classlm.training import read_metrics  # noqa: E402
@@ -188,8 +188,8 @@ def lora_run(name: str, data: dict[str, Any], loss: str, args: argparse.Namespac
 def zero_shot(name: str, data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     instruction, labels = PROMPTS[name]
     print(f"[{name}] zero-shot…", file=sys.stderr)
-    # The LoRA rows' dtype (auto trains in float32), so zero-shot vs fine-tuned compares training, not dtypes.
-    dtype = "float32" if args.dtype == "auto" else args.dtype
+    # The LoRA rows' dtype, so zero-shot vs fine-tuned compares training, not dtypes.
+    dtype = choose_dtype(args.dtype, args.device, training=True).dtype
     clf = LMClassifier(labels=labels, instruction=instruction, device=args.device, dtype=dtype, progress=True)
     clf.fit(list(data["calib"].texts), list(data["calib"].labels))
     result = scored(clf, data["test"])
@@ -294,7 +294,7 @@ def main() -> None:
     doc: dict[str, Any] = {
         "benchmark": stem,
         "command": "python benchmarks/finetune.py " + " ".join(sys.argv[1:]),
-        "machine": machine_block(args.device, args.dtype),
+        "machine": machine_block(args.device, args.dtype, training=True),  # the LoRA rows' dtype
         "lr": args.lr,
         "batch_size": args.batch_size,
         "epochs": args.epochs,

@@ -45,6 +45,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # so `python benchmarks/throughput.py` finds zero_shot
 
+import recipe_speed  # noqa: E402
 from finetune import N_CALIB, N_EVAL, RECIPE  # noqa: E402
 from zero_shot import INSTRUCTION, NEWS_LABELS  # noqa: E402  (the accuracy benchmarks' default prompt)
 
@@ -651,16 +652,9 @@ def ratios(run: dict[str, Any]) -> None:
 
 
 # -- training: the finetune.py recipe in float32 and in bf16 -----------------------------------------------------------
-# ag_news rows of the recipe runs: finetune.py's ag_news size when it trained in float32 (its bf16 default trains on
-# more in the same time), so both dtypes take minutes, not an hour.
-RECIPE_ROWS = 1800
-
-
 def recipe_training(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     """``training`` (examples/s and peak RSS per dtype, same rows and steps) and ``quality.bf16_trained``
     (bf16-trained − float32-trained, both adapters scored in float32 on the same test rows)."""
-    import recipe_speed
-
     out: dict[str, Any] = {
         "recipe": f"benchmarks/finetune.py on ag_news: LoRA r 16, alpha 32, dropout 0, every projection; batch "
         f"{RECIPE['batch_size']}, lr {RECIPE['lr']}, {RECIPE['epochs']} epoch, eval every {RECIPE['eval_every']} "
@@ -1085,7 +1079,10 @@ def main() -> None:
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {SECTIONS}")
     parser.add_argument("--train-steps", type=int, default=8, help="timed LoRA steps per variant (0: skip)")
     parser.add_argument(
-        "--recipe-rows", type=int, default=RECIPE_ROWS, help="training rows of the recipe runs (0: skip them)"
+        "--recipe-rows",
+        type=int,
+        default=recipe_speed.RECIPE_ROWS,
+        help="training rows of the recipe runs (0: skip them)",
     )
     parser.add_argument("--quality-classifier", type=Path, help="a trained classifier folder for the quality section")
     parser.add_argument("--quality-rows", type=int, default=1000)

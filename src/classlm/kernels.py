@@ -22,6 +22,7 @@ biases, merged or disabled adapters and mixed-adapter batches.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,7 +37,10 @@ GATED_MLPS = frozenset({"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP", "SmolL
 
 
 # -- LoRA ------------------------------------------------------------------------------------------------------------
-def _fast_lora_class(base: Any) -> type:
+@functools.cache  # built on first use: importing peft here would slow every import of the scoring path
+def _fast_linear() -> type:
+    from peft.tuners.lora.layer import Linear as base
+
     def forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if args or kwargs or self.disable_adapters or self.merged or self.lora_variant or _has_lora_bias(self):
             # DoRA and other variants, LoRA biases, mixed batches, merged weights: peft's own forward
@@ -53,7 +57,7 @@ def _fast_lora_class(base: Any) -> type:
             result = torch.addmm(result.reshape(-1, shape[-1]), h.reshape(-1, h.shape[-1]), b.t()).view(shape)
         return result
 
-    cls = type(f"Fast{base.__name__}", (base,), {"forward": forward, "__module__": __name__})
+    cls = type("FastLinear", (base,), {"forward": forward, "__module__": __name__})
     globals()[cls.__name__] = cls  # importable by its name, so torch.save / multiprocessing can pickle a model
     return cls
 
@@ -62,20 +66,13 @@ def _has_lora_bias(layer: Any) -> bool:
     return any(getattr(b, "bias", None) is not None for b in layer.lora_B.values())
 
 
-_FAST: dict[type, type] = {}
-
-
 def use_fast_lora(model: Any) -> Any:
     """Switch ``model``'s peft LoRA linear layers in place to a subclass whose forward runs the adapter in the
     activation dtype (same state dict, same save and merge); returns ``model``."""
-    from peft.tuners.lora.layer import Linear
-
+    fast = _fast_linear()
     for module in model.modules():
-        cls = type(module)
-        if cls is Linear:  # exactly peft's: quantised subclasses (bnb, …) keep their own forward
-            if cls not in _FAST:
-                _FAST[cls] = _fast_lora_class(cls)
-            module.__class__ = _FAST[cls]
+        if type(module) is fast.__base__:  # exactly peft's: quantised subclasses (bnb, …) keep their own forward
+            module.__class__ = fast
     return model
 
 

@@ -170,13 +170,15 @@ def peak_rss_mib() -> float | None:
     return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)  # bytes on macOS, KiB on Linux
 
 
-def machine_block(device: str = "cpu", dtype: str = "auto", threads: int | None = None) -> dict[str, Any]:
+def machine_block(
+    device: str = "cpu", dtype: str = "auto", threads: int | None = None, *, training: bool = False
+) -> dict[str, Any]:
     """A benchmark's machine block: device, CPU model and matrix flags, cores, torch threads, the dtype ``dtype``
-    resolves to on this device and why, library versions."""
+    resolves to on this device (for training with ``training``) and why, library versions."""
     import torch
 
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    info = run_info(choose_dtype(dtype, "cuda" if cuda else "cpu"), threads)
+    info = run_info(choose_dtype(dtype, "cuda" if cuda else "cpu", training=training), threads)
     name = torch.cuda.get_device_name() if cuda else f"CPU ({info['cpu']['model']}), {os.cpu_count()} cores"
     return {"device": name, "torch": torch.__version__, **info}
 

@@ -256,8 +256,6 @@ class Trainer:
         while state.step < total and not state.stopped_early:
             t0 = time.perf_counter()
             idx = self._batch_indices(state.step, n, per_epoch)
-            # Similar lengths in a micro-batch waste less compute on padding; the step's gradient is the same.
-            idx = idx[np.argsort([-len(rows[i]) for i in idx], kind="stable")]
             step_loss = self._backward(rows, y, idx, weights, state.step)
             if cfg.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -308,9 +306,10 @@ class Trainer:
         return step_loss
 
     def _micro_batches(self, rows: list[list[int]], idx: np.ndarray) -> list[np.ndarray]:
-        """``idx`` cut into runs of at most ``batch_size / grad_accum`` rows and the token budget's padded tokens: what
-        a backward pass keeps grows with them (~0.65 MB a token in bf16, ~1.3 MB in float32 for SmolLM2-135M), so
-        long texts get fewer rows per pass. The step's gradient is the same either way."""
+        """``idx`` sorted longest first (similar lengths in a micro-batch waste less compute on padding) and cut into
+        runs of at most ``batch_size / grad_accum`` rows and the token budget's padded tokens: what a backward pass
+        keeps grows with them (~0.65 MB a token in bf16, ~1.3 MB in float32 for SmolLM2-135M), so long texts get
+        fewer rows per pass. The step's gradient is the same either way."""
         lengths = [self.method.training_tokens(rows[i], self.config.reuse_prefix) for i in idx]
         most = self.config.batch_size // self.config.grad_accum
         return [idx[b] for b in length_sorted_batches(lengths, most, self.micro_tokens)]
