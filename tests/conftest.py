@@ -19,9 +19,24 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # dtype="auto" picks bf16 on a CPU with AMX-BF16; the exactness tests (prefix reuse vs the plain path, batch
 # invariance, resume) compare at 1e-4 and so run in float32. The bf16 tests ask for it, or unset this.
 os.environ["CLASSLM_DTYPE"] = "float32"
+# `classlm …` subprocesses would re-execute onto tcmalloc where installed, and training's auto dtype follows the
+# allocator (bf16 with AMX on tcmalloc): kept on glibc's malloc like this process, so both train alike.
+# tests/test_allocator.py checks the re-execution itself.
+os.environ["CLASSLM_ALLOCATOR"] = "system"
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+# Screenshots and other files a person may want to look at after a run (CI keeps the folder; git ignores it).
+ARTIFACTS = Path(os.environ.get("CLASSLM_TEST_ARTIFACTS", REPO / "test-artifacts"))
+
+
+def keep_artifact(path: Path, name: str) -> Path:
+    """Copy ``path`` to the test artefacts folder as ``name``; returns the copy."""
+    import shutil
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copyfile(path, ARTIFACTS / name))
+
 
 CHATML = (
     "{% for message in messages %}"

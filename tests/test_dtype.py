@@ -61,11 +61,16 @@ def test_auto_picks_bf16_only_on_a_cpu_with_amx_bf16(auto_env):
     choice = machine.choose_dtype("auto", "cpu")
     assert (choice.dtype, choice.source) == ("bfloat16", "auto")
     assert "amx_bf16" in choice.reason and "amx_bf16" in choice.cpu_flags
-    assert machine.choose_dtype("auto", "cpu", training=True).dtype == "float32"
+    # Training follows the heap allocator too: bf16 on tcmalloc or jemalloc, float32 on glibc's malloc.
+    assert machine.choose_dtype("auto", "cpu", training=True, heap="tcmalloc").dtype == "bfloat16"
+    assert machine.choose_dtype("auto", "cpu", training=True, heap="jemalloc").dtype == "bfloat16"
+    glibc = machine.choose_dtype("auto", "cpu", training=True, heap="system")
+    assert glibc.dtype == "float32" and "glibc's malloc" in glibc.reason and "libtcmalloc-minimal4" in glibc.reason
     auto_env(NO_AMX)
     choice = machine.choose_dtype("auto", "cpu")
     assert (choice.dtype, choice.cpu) == ("float32", "Intel(R) Xeon(R) CPU E5-2690 v4")
     assert "no amx_bf16" in choice.reason
+    assert machine.choose_dtype("auto", "cpu", training=True, heap="tcmalloc").dtype == "float32"
     assert machine.choose_dtype("auto", "cuda").dtype == "bfloat16"
 
 
@@ -76,10 +81,11 @@ def test_explicit_dtype_then_the_environment_override_auto(auto_env, monkeypatch
     choice = machine.choose_dtype("auto", "cpu")
     assert (choice.dtype, choice.source) == ("float32", "CLASSLM_DTYPE")
     assert machine.choose_dtype("bfloat16", "cpu").dtype == "bfloat16"  # an explicit dtype still wins
-    # Training on CPU stays float32 whatever the environment says (a resumed run must not switch with it).
+    # Training on CPU ignores the environment (a resumed run must not switch dtype with it): only the CPU and heap.
     monkeypatch.setenv(machine.DTYPE_ENV, "bfloat16")
     assert machine.choose_dtype("auto", "cpu").dtype == "bfloat16"
-    assert machine.choose_dtype("auto", "cpu", training=True).dtype == "float32"
+    assert machine.choose_dtype("auto", "cpu", training=True, heap="system").dtype == "float32"
+    assert machine.choose_dtype("auto", "cpu", training=True, heap="tcmalloc").dtype == "bfloat16"
     monkeypatch.setenv(machine.DTYPE_ENV, "fp8")
     with pytest.raises(ConfigError, match=r"\$CLASSLM_DTYPE must be one of .*got 'fp8'"):
         machine.choose_dtype("auto", "cpu")

@@ -1,6 +1,6 @@
 """``python -m classlm``: the same command line as the ``classlm`` script."""
 
-from classlm.cli import main
+from classlm.cli import run
 
 if __name__ == "__main__":
-    main()
+    run()

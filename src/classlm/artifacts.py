@@ -38,7 +38,7 @@ ADAPTER = "adapter"
 # What a method learned besides LoRA (a head, TF-IDF weights, few-shot pool embeddings): method-<id>.safetensors.
 STATE = "method"
 # What a training run writes into its folder before the classifier itself is saved there.
-RUN_FILES = ("metrics.jsonl", "checkpoints", "train_args.json", "eval.json")
+RUN_FILES = ("metrics.jsonl", "checkpoints", "train_args.json", "eval.json", "report.html")
 # Options that describe how to run, not what was learned: a loader may override them.
 RUN_OPTIONS = ("batch_size", "batch_tokens", "device", "dtype", "cache_dir", "progress")
 # Everything the manifest's "options" may hold: LMClassifier arguments that are not stored elsewhere in it.

@@ -270,10 +270,21 @@ def to_markdown(doc: dict[str, Any]) -> str:
 
 
 def write_results(doc: dict[str, Any], out: Path, stem: str) -> tuple[Path, Path]:
+    """``stem``.json, .md and .html (the comparison chart) in ``out``; returns the JSON and markdown paths."""
+    from classlm.html_report import write_html
     from classlm.io import write_text_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
     write_text_atomic(json_path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
     write_text_atomic(md_path, to_markdown(doc))
+    s = doc["splits"]
+    write_html(
+        out / f"{stem}.html",
+        f"classlm bench: {doc['dataset']}",
+        subtitle=f"{machine_line(doc['machine'])}; model {doc['model']}; the same {s['train']} training examples "
+        f"for every method that learns; {s['test']} test rows, after temperature",
+        comparison=[{"name": name, **row} for name, row in doc["rows"].items()],
+        command=doc["command"],
+    )
     return json_path, md_path

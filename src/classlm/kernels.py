@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,6 +33,9 @@ import torch.nn.functional as F
 # Norms and MLPs whose code is Llama's (transformers marks them "Copied from"): y = w * rmsnorm(x) computed in
 # float32, and down(silu(gate(x)) * up(x)). Gemma's norm (1 + w) and fused gate_up MLPs (Phi-3) are not.
 # Olmo2's norm multiplies by the weight before rounding: not on the list.
+# peft's PeftModel reads `model.is_gradient_checkpointing`, which transformers 5.2x deprecates with a FutureWarning on
+# every get_peft_model / from_pretrained: peft's business, not the user's, so it stays off their console.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 RMS_NORMS = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "SmolLM3RMSNorm"})
 GATED_MLPS = frozenset({"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP", "SmolLM3MLP"})
 

@@ -16,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from classlm import allocator
 from classlm.config import DTYPES
 from classlm.errors import ConfigError
 
@@ -96,14 +97,18 @@ class DtypeChoice:
         return {**asdict(self), "cpu_flags": list(self.cpu_flags)}
 
 
-def choose_dtype(requested: str, device_type: str, *, training: bool = False, cpu: CPU | None = None) -> DtypeChoice:
+def choose_dtype(
+    requested: str, device_type: str, *, training: bool = False, cpu: CPU | None = None, heap: str | None = None
+) -> DtypeChoice:
     """Resolve ``requested`` for a backbone on ``device_type``.
 
     An explicit dtype wins; ``"auto"`` takes ``$CLASSLM_DTYPE`` when set, else bf16 on CUDA, bf16 on a CPU with
-    AMX-BF16 and float32 on other CPUs. ``training=True`` keeps a CPU's ``auto`` at float32, whatever
-    ``$CLASSLM_DTYPE`` says: LoRA training in bf16 works on CPU (``dtype="bfloat16"``: frozen bf16 weights, float32
-    adapters and AdamW state) but measured no faster than float32 over a whole run, with more memory
-    (``benchmarks/results/throughput.json``, ``training``); scoring the trained classifier later still picks bf16.
+    AMX-BF16 and float32 on other CPUs. ``training=True`` on CPU ignores ``$CLASSLM_DTYPE`` (a resumed run must not
+    switch dtype with it) and picks bf16 (frozen bf16 weights, float32 adapters and AdamW state) only with AMX-BF16
+    *and* tcmalloc or jemalloc as the process's heap allocator (``heap``, default :func:`classlm.allocator.active`;
+    the ``classlm`` command runs on one where installed): on glibc's malloc bf16 training fragments the heap and
+    measured no faster than float32 over a whole run, with 1 GB more (``benchmarks/results/throughput.json``,
+    ``training``).
     """
     cpu = cpu or this_cpu()
 
@@ -115,9 +120,17 @@ def choose_dtype(requested: str, device_type: str, *, training: bool = False, cp
     if requested != "auto":
         return choice(requested, "argument", "asked for")
     if training and device_type == "cpu":
-        return choice(
-            "float32", "auto", "training on CPU: bf16 measured no faster than float32 over a run, with more memory"
-        )
+        if not cpu.bf16_matmul:
+            return choice("float32", "auto", "training on a CPU without amx_bf16: bf16 matmuls would be slower")
+        heap = heap or allocator.active()
+        if heap == "system":
+            return choice(
+                "float32",
+                "auto",
+                "training on CPU on glibc's malloc: bf16 measured no faster than float32 over a run, with more "
+                f"memory; on tcmalloc it is the faster ({allocator.INSTALL_HINT}; the classlm command then uses it)",
+            )
+        return choice("bfloat16", "auto", f"training on CPU with amx_bf16 on {heap}: bf16 trains faster than float32")
     env = os.environ.get(DTYPE_ENV, "").strip()
     if env and env != "auto":
         if env not in DTYPES:
@@ -145,7 +158,8 @@ def versions() -> dict[str, str | None]:
 
 
 def run_info(choice: DtypeChoice | None, threads: int | None = None) -> dict[str, Any]:
-    """What a manifest, /v1/model and a benchmark record about how a run ran: dtype choice, CPU, threads, versions.
+    """What a manifest, /v1/model and a benchmark record about how a run ran: dtype choice, CPU, threads, heap
+    allocator, versions.
     ``threads`` defaults to torch's, when torch is loaded (importing it here would break the pure layer's rule)."""
     cpu = this_cpu()
     torch = sys.modules.get("torch")
@@ -155,6 +169,7 @@ def run_info(choice: DtypeChoice | None, threads: int | None = None) -> dict[str
         "dtype": choice.as_dict() if choice is not None else None,
         "cpu": {"model": cpu.model, "flags": list(cpu.flags), "cores": os.cpu_count(), "source": cpu.source},
         "threads": threads,
+        "allocator": allocator.active(),
         "platform": platform.platform(),
         "versions": dict(versions()),  # a copy: the cached dict is shared
     }

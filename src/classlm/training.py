@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from classlm.allocator import active as active_allocator
 from classlm.checkpoints import (
     METRICS_FILE,
     load_trainable_state,
@@ -419,5 +420,6 @@ def train_method(
         "dtype": state.dtype,
         # The process's peak so far: loading, training and its evaluations (and whatever ran before in it).
         "peak_rss_mib": peak_rss_mib(),
+        "allocator": active_allocator(),  # glibc's malloc trains slower and fatter on CPU: see classlm.allocator
         "history": state.history,
     }

@@ -1,4 +1,4 @@
-"""The ``classlm`` command line: classify, evaluate, train, calibrate, export, bench, serve and inspect.
+"""The ``classlm`` command line: demo, classify, evaluate, train, calibrate, export, bench, serve and inspect.
 
 One module per verb; the options several verbs share are in :mod:`classlm.cli.options`, the consoles and error
 terms in :mod:`classlm.cli.common`, data rows in :mod:`classlm.cli.rows`, classifier loading in
@@ -13,11 +13,12 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from classlm.cli import bench, calibrate, classify, evaluate, export, inspect, serve, train
+from classlm import allocator
+from classlm.cli import bench, calibrate, classify, demo, evaluate, export, inspect, serve, train
 from classlm.cli.common import cli_terms, err, log_warnings
 from classlm.errors import ClasslmError
 
-__all__ = ["app", "cli_terms", "main"]
+__all__ = ["app", "cli_terms", "main", "run"]
 
 app = typer.Typer(
     name="classlm",
@@ -31,6 +32,7 @@ app = typer.Typer(
 )
 # In the order `classlm --help` lists them.
 for verb in (
+    demo.demo,
     classify.classify,
     evaluate.evaluate,
     train.train,
@@ -74,3 +76,11 @@ def main() -> None:
     except ClasslmError as exc:
         err.print(f"[bold red]error:[/] {escape(cli_terms(str(exc)))}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
+
+
+def run() -> None:
+    """The ``classlm`` script and ``python -m classlm``: re-executed once on tcmalloc or jemalloc when one is
+    installed (:mod:`classlm.allocator`: CPU training measured faster and leaner on either), then :func:`main`.
+    Kept apart from :func:`main` so that tests calling ``main()`` in-process are never replaced by a new process."""
+    allocator.reexec()
+    main()

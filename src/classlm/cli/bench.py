@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import shlex
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from classlm.cli.common import err, out, parse_labels, quiet_transformers
+from classlm.cli.common import command_line, err, out, parse_labels, quiet_transformers
 from classlm.cli.options import DeviceOpt, DtypeOpt, InstructionOpt, LabelsOpt, ModelOpt
 from classlm.errors import ConfigError
 
@@ -98,7 +96,7 @@ def bench(
     json_path, md_path = write_results(doc, output, f"bench_{dataset}")
     md = md_path.read_text()
     out.print(md, soft_wrap=True, markup=False, highlight=False)
-    err.print(f"results written to {json_path} and {md_path}")
+    err.print(f"results written to {json_path}, {md_path} and {md_path.with_suffix('.html')} (charts)")
 
 
 def _prompt(labels: str | None, instruction: str | None, prompt_file: Path | None, train_set: Any) -> tuple[Any, Any]:
@@ -125,7 +123,7 @@ def _results_doc(
     return {
         "benchmark": "bench",
         "dataset": dataset,
-        "command": shlex.join(["classlm", "bench", *sys.argv[2:]]),
+        "command": command_line(),
         "machine": machine_block(device, dtype),
         "model": model,
         "seed": seed,

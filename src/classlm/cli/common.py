@@ -17,6 +17,14 @@ out = Console()
 err = Console(stderr=True, soft_wrap=True)  # messages are read whole (and grepped): never cut at 80 columns
 
 
+def command_line() -> str:
+    """The command as typed (``classlm`` and its arguments, shell-quoted), for reports that say what made them."""
+    import shlex
+    import sys
+
+    return shlex.join(["classlm", *sys.argv[1:]])
+
+
 def parse_labels(spec: str | None) -> Any:
     """``--labels``: a comma list, a JSON file, or a dataset folder with labels.json."""
     if spec is None:

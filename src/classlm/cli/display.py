@@ -46,18 +46,20 @@ def _print_jsonl(clf: Any, items: list[str], proba: Any, mass: Any, missing: Any
 
 
 def _print_table(classes: list[str], items: list[str], proba: Any, mass: Any, missing: Any) -> None:
+    # Piped output is 80 columns wide: the text gives way first (cut with an ellipsis: the jsonl format keeps it whole),
+    # class names wrap, and a probability is never cut ("0.…" reads as nothing).
     table = Table(show_lines=False)
-    table.add_column("text", overflow="ellipsis", max_width=48, no_wrap=True)
-    table.add_column("label", style="bold")
+    table.add_column("text", overflow="ellipsis", max_width=48, min_width=12, no_wrap=True, ratio=1)
+    table.add_column("label", style="bold", overflow="fold", min_width=min(10, max(map(len, classes))))
     shown = classes if len(classes) <= 8 else []
     for c in shown:
-        table.add_column(c, justify="right")
+        table.add_column(c, justify="right", overflow="fold", min_width=5)
     if not shown:
-        table.add_column("top classes")
+        table.add_column("top classes", overflow="fold")
     if mass is not None:
-        table.add_column("class mass", justify="right")
+        table.add_column("class mass", justify="right", overflow="fold", min_width=5)
     if missing is not None:
-        table.add_column("missing", justify="right")
+        table.add_column("missing", justify="right", overflow="fold", min_width=5)
     for i, text in enumerate(items):
         cells = [text.replace("\n", " "), classes[int(proba[i].argmax())]]
         if shown:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from classlm.cli.classifiers import build_classifier
-from classlm.cli.common import err, out
+from classlm.cli.common import command_line, err, out
 from classlm.cli.options import (
     BatchOpt,
     BatchTokensOpt,
@@ -59,6 +59,9 @@ def evaluate(
     drop_invalid: DropInvalidOpt = False,
     output: Annotated[Path | None, typer.Option("--out", "-o", help="Write the report as JSON here.")] = None,
     markdown: Annotated[Path | None, typer.Option("--markdown", help="Write the report as markdown here.")] = None,
+    html: Annotated[
+        Path | None, typer.Option("--html", help="Write a self-contained HTML report (charts inline) here.")
+    ] = None,
     batch_size: BatchOpt = 64,
     batch_tokens: BatchTokensOpt = None,
     max_length: MaxLenOpt = 512,
@@ -107,6 +110,12 @@ def evaluate(
         from classlm.io import write_text_atomic
 
         write_text_atomic(markdown, report.to_markdown())
+    if html is not None:
+        from classlm.html_report import classifier_context, write_html
+
+        title = f"classlm evaluate: {dataset.source}"
+        write_html(html, title, [("evaluation", report)], command=command_line(), **classifier_context(clf))
+        err.print(f"HTML report written to {html}")
 
 
 def _check_calibrate_on(calibrate_on: str, *, run: Path | None, data: str, split: str) -> None:

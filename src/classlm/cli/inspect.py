@@ -78,5 +78,6 @@ def dtype_line(run_info: dict) -> str:
     flags = ", ".join(cpu["flags"]) or "none of " + ", ".join(MATRIX_FLAGS)
     return (
         f"dtype: {choice['dtype']} ({choice['source']}: {choice['reason']}) on {choice['device']}; "
-        f"CPU {cpu['model']}, flags: {flags}; {run_info['threads']} torch threads"
+        f"CPU {cpu['model']}, flags: {flags}; {run_info['threads']} torch threads; "
+        f"allocator {run_info['allocator']}"
     )

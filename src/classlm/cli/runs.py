@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from classlm.cli.common import err, out, quiet_transformers
+from classlm.cli.common import command_line, err, out, quiet_transformers
 from classlm.errors import ConfigError
 
 ARGS_FILE = "train_args.json"
@@ -111,9 +111,10 @@ def fit_run(
 
 def finish_run(clf: Any, out_dir: Path, evaluation: Any, eval_source: str | None) -> None:
     """Save the trained classifier, its training curves, the summary line, and its evaluation (eval.json, the
-    reliability plot and the markdown report on stdout)."""
+    reliability plot, report.html and the markdown report on stdout)."""
     from classlm.checkpoints import read_metrics
     from classlm.evaluation import evaluate
+    from classlm.html_report import classifier_context, write_html
     from classlm.reports import plot_reliability, plot_training_curves
 
     clf.save(out_dir)
@@ -126,8 +127,17 @@ def finish_run(clf: Any, out_dir: Path, evaluation: Any, eval_source: str | None
     )
     report.to_json(out_dir / "eval.json")
     plot_reliability(report, out_dir / "reliability.png")
+    write_html(
+        out_dir / "report.html",
+        f"classlm train: {out_dir.name}",
+        [("held-out evaluation, after temperature", report)],
+        subtitle=training_summary(clf.training_, clf.temperature_),
+        training=metric_rows,
+        command=command_line(),
+        **classifier_context(clf),
+    )
     out.print(report.to_markdown(), soft_wrap=True, markup=False, highlight=False)
-    err.print(f"classifier saved to {out_dir}")
+    err.print(f"classifier saved to {out_dir}; report: {out_dir / 'report.html'}")
 
 
 def training_summary(t: dict[str, Any], temperature: float) -> str:

@@ -1,8 +1,10 @@
-"""``classlm serve``: a classifier over HTTP (POST /v1/classify, GET /v1/model, /health, /metrics; docs at /docs)."""
+"""``classlm serve``: a classifier over HTTP (POST /v1/classify, GET /v1/model, /health, /metrics; docs at /docs) and
+a web playground at /."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
@@ -95,7 +97,8 @@ def serve(
     dtype: DtypeOpt = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
 ) -> None:
-    """Serve a classifier over HTTP: POST /v1/classify, GET /v1/model, /health, /metrics; docs at /docs."""
+    """Serve a classifier over HTTP: POST /v1/classify, GET /v1/model, /health, /metrics; docs at /docs; a web
+    playground at /."""
     options = locals()  # first, while it holds the options only
     from classlm.serving import ServeSettings, run
 
@@ -115,5 +118,19 @@ def serve(
     )
     for member in getattr(classifier, "members_", [classifier]):
         member.progress = False  # a progress bar per micro-batch would flood the log
-    err.print(f"serving {len(classifier.classes_)} classes on http://{host}:{port} (docs at /docs)")
-    run(classifier, settings, log_level=log_level)
+    url = f"http://{host}:{port}"
+    err.print(f"serving {len(classifier.classes_)} classes on {url}: playground at {url}/, API docs at {url}/docs")
+    run(classifier, settings, log_level=log_level, evaluation=stored_evaluation(Path(target)))
+
+
+def stored_evaluation(run_dir: Path) -> dict[str, Any] | None:
+    """The headline of a run folder's eval.json (written by `classlm train`), or None where there is none."""
+    import json
+
+    try:
+        doc = json.loads((run_dir / "eval.json").read_text())
+        metrics, info = doc["metrics"], doc.get("info", {})
+    except (OSError, ValueError, KeyError, TypeError):  # not a run folder, or no readable evaluation: none to show
+        return None
+    keep = {k: metrics.get(k) for k in ("n", "accuracy", "macro_f1", "nll", "ece")}
+    return {**keep, "data": info.get("data")}

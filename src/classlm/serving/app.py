@@ -13,6 +13,7 @@ import time
 import unicodedata
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,9 @@ from classlm.serving.schemas import (
     ErrorResponse,
 )
 from classlm.serving.settings import ServeSettings
+
+# The web playground served at /: one static page (its own JS calls /v1/model and /v1/classify).
+PLAYGROUND = (Path(__file__).parent / "playground.html").read_text(encoding="utf-8")
 
 log = logging.getLogger("classlm.serving")
 # Characters that show nothing: a text made only of these (and whitespace) is empty to a reader, and to the model.
@@ -102,15 +106,19 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
     return 422, "invalid_request", "; ".join(messages)
 
 
-def create_app(load: Callable[[], Any] | Any, settings: ServeSettings | None = None) -> FastAPI:
+def create_app(
+    load: Callable[[], Any] | Any, settings: ServeSettings | None = None, *, evaluation: dict[str, Any] | None = None
+) -> FastAPI:
     """The classlm HTTP app.
 
     ``load`` is a classifier (fitted :class:`~classlm.LMClassifier` or :class:`~classlm.Ensemble`), or a
-    callable returning one, which is called at start-up. Run it with uvicorn, or use ``classlm serve``.
+    callable returning one, which is called at start-up. ``evaluation``: the classifier's stored held-out metrics
+    (a run folder's eval.json), shown by ``GET /v1/model`` and the playground at ``/``. Run it with uvicorn, or use
+    ``classlm serve``.
     """
     settings = settings or ServeSettings()
     metrics = ServiceMetrics()
-    state: dict[str, Any] = {}
+    state: dict[str, Any] = {"evaluation": evaluation}
     app = FastAPI(
         title="classlm",
         summary="Text classification with a calibrated probability for every class.",
@@ -230,6 +238,11 @@ def _add_info_routes(
 ) -> None:
     """/docs, /v1/model, /health and /metrics."""
 
+    @app.get("/", include_in_schema=False)
+    async def playground() -> HTMLResponse:
+        # Public like /health: the page holds no data; its calls to /v1/* carry the key the user types.
+        return HTMLResponse(PLAYGROUND)
+
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
         return HTMLResponse(docs_page(app.openapi(), app.openapi_url or "/openapi.json"))
@@ -238,6 +251,7 @@ def _add_info_routes(
     async def model_info() -> dict[str, Any]:
         """The classifier: classes, method, base model, calibration; and the service's limits."""
         info = state["model"].describe()
+        info["evaluation"] = state["evaluation"]
         info["limits"] = {
             "max_texts": settings.max_texts,
             "max_chars": settings.max_chars,
