@@ -1,6 +1,7 @@
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -67,6 +68,27 @@ def test_classify_jsonl_has_every_class_probability(monkeypatch, capsys, tiny_mo
         assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
         assert r["label"] == max(r["probabilities"], key=r["probabilities"].get)
         assert 0.0 < r["class_mass"] <= 1.0
+
+
+@pytest.mark.parametrize("labels", ["World,Sports,Business", "World,Sports,Business,Sci/Tech,Entertainment,Health"])
+def test_the_classify_table_piped_into_80_columns_keeps_every_probability_whole(
+    monkeypatch, capsys, tiny_model_dir, labels
+):
+    texts = ["Stocks fell.", LONG_TEXT]
+    args = ["classify", "--model", tiny_model_dir, "--labels", labels, "--class-mass", *texts]
+    code, out, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0, err
+    assert max(map(len, out.splitlines())) <= 80, out  # what a pipe gets (80 wide when not a terminal)
+    code, jsonl, _ = run_cli(monkeypatch, capsys, *args, "--format", "jsonl")
+    rows = [json.loads(line) for line in jsonl.splitlines()]
+    numbers = re.findall(r"\d\.\d*|\d\.…", out)
+    assert all(re.fullmatch(r"\d\.\d{3}", n) for n in numbers), out  # none cut: no "0.…", no "0.0"
+    k = len(labels.split(","))
+    shown = k if k == 3 else 3  # every class while they fit, else each row's top 3
+    assert len(numbers) == len(texts) * (shown + 1), out  # + the class mass
+    for row in rows:
+        top = sorted(row["probabilities"].items(), key=lambda kv: -kv[1])[:shown]
+        assert all(f"{p:.3f}" in numbers for _, p in top)
 
 
 def test_classify_reads_stdin_and_files(monkeypatch, capsys, tiny_model_dir, tmp_path):

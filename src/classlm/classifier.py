@@ -84,7 +84,7 @@ class LMClassifier(CalibratedClassifier):
     max_length, device, dtype, cache_dir:
         Token limit per prompt (texts are cut inside their slot); the rest: see :class:`~classlm.config.ModelConfig`.
     progress:
-        Show progress bars while scoring.
+        Show progress bars while scoring (a string: the bars' label, e.g. ``"scoring the test rows"``).
     """
 
     def __init__(
@@ -102,7 +102,7 @@ class LMClassifier(CalibratedClassifier):
         device: str = "auto",
         dtype: str = "auto",
         cache_dir: str | None = None,
-        progress: bool = False,
+        progress: bool | str = False,
         lora: LoraConfig | Mapping[str, Any] | None = None,
         train: TrainConfig | Mapping[str, Any] | None = None,
         method_options: Mapping[str, Any] | Any | None = None,
@@ -245,7 +245,7 @@ class LMClassifier(CalibratedClassifier):
             self._train_backbone(train_texts, train_y, eval_set, calib, run_dir, resume, callback)
         else:
             t0 = time.perf_counter()
-            summary = self.method_.fit_data(train_texts, self._indices(train_y), progress=self.progress)
+            summary = self.method_.fit_data(train_texts, self._indices(train_y), progress=bool(self.progress))
             seconds = time.perf_counter() - t0
             self.training_ = {
                 "n_train": len(train_texts),

@@ -124,7 +124,9 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> DemoResu
     # The default recipe; evaluated about 6 times over the run, so the report's training curves have points to show.
     steps = math.ceil(config.epochs * len(fit_x) / TrainConfig().batch_size)
     recipe = {"seed": config.seed, "epochs": config.epochs, "eval_every": max(1, steps // 6), **config.train}
-    trained = LMClassifier(**common, progress=config.progress, lora={}, train=recipe)
+    # The label names the bar of the temperature's scoring after training (the training bar has its own).
+    label = "LoRA-trained: scoring the calibration rows" if config.progress else False
+    trained = LMClassifier(**common, progress=label, lora={}, train=recipe)
     trained.fit(fit_x, fit_y, eval_set=(cal_x, cal_y), calib_set=(cal_x, cal_y), run_dir=run_dir)
     trained.save(run_dir)
     trained.progress = False
@@ -157,10 +159,10 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> DemoResu
 
 def _score(clf: Any, texts: Sequence[str], desc: str, progress: bool, chunk: int = 64) -> np.ndarray:
     """Raw logits of ``texts``, in chunks under one named progress bar with an ETA."""
-    from tqdm.auto import tqdm
+    from classlm.progress import progress_bar
 
     out = []
-    with tqdm(total=len(texts), desc=desc, unit="text", disable=not progress, leave=False) as bar:
+    with progress_bar(total=len(texts), desc=desc, unit="text", disable=not progress, leave=False) as bar:
         for i in range(0, len(texts), chunk):
             out.append(clf.predict_scores(list(texts[i : i + chunk])).logits)
             bar.update(len(texts[i : i + chunk]))

@@ -96,6 +96,8 @@ def zero_shot(
         max_length=max_length,
         device=device,
         dtype=dtype,
-        progress=progress,
+        progress="scoring the calibration rows" if progress and fit_texts else progress,
     )
-    return clf.fit(fit_texts or [], fit_labels)
+    clf.fit(fit_texts or [], fit_labels)
+    clf.progress = progress
+    return clf

@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from classlm.allocator import active as active_allocator
 from classlm.checkpoints import (
@@ -43,6 +42,7 @@ from classlm.kernels import lean_training, use_fast_lora
 from classlm.machine import peak_rss_mib
 from classlm.methods.base import Method
 from classlm.metrics import classification_metrics, softmax
+from classlm.progress import progress_bar
 from classlm.scoring import length_sorted_batches
 
 log = logging.getLogger(__name__)
@@ -228,7 +228,7 @@ class Trainer:
         if evaluation is not None and not resume and cfg.eval_every:
             # Step 0: the untrained model (LoRA's B matrices start at zero), where the curves and class mass start.
             self._evaluate(state, *evaluation, 0.0)
-        bar = tqdm(total=total, initial=state.step, desc="training", unit="step", disable=not self.progress)
+        bar = progress_bar(total=total, initial=state.step, desc="training", unit="step", disable=not self.progress)
         with lean_training(self.model):
             self._loop(state, rows, y, weights, params, optimizer, total, warmup, per_epoch, evaluation, bar)
         bar.close()

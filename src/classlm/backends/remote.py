@@ -232,9 +232,9 @@ class RemoteClassifier(CalibratedClassifier):
         try:
             futures: Any = [pool.submit(self._score_one, t) for t in texts]
             if self.progress:
-                from tqdm.auto import tqdm
+                from classlm.progress import progress_bar
 
-                futures = tqdm(futures, desc="remote", unit="text")
+                futures = progress_bar(futures, desc="remote", unit="text")
             results = [f.result() for f in futures]
         finally:
             # On the first error (or Ctrl-C) the texts not yet sent are dropped instead of each being sent and

@@ -46,27 +46,34 @@ def _print_jsonl(clf: Any, items: list[str], proba: Any, mass: Any, missing: Any
 
 
 def _print_table(classes: list[str], items: list[str], proba: Any, mass: Any, missing: Any) -> None:
-    # Piped output is 80 columns wide: the text gives way first (cut with an ellipsis: the jsonl format keeps it whole),
-    # class names wrap, and a probability is never cut ("0.…" reads as nothing).
-    table = Table(show_lines=False)
-    table.add_column("text", overflow="ellipsis", max_width=48, min_width=12, no_wrap=True, ratio=1)
-    table.add_column("label", style="bold", overflow="fold", min_width=min(10, max(map(len, classes))))
-    shown = classes if len(classes) <= 8 else []
+    # Piped output is 80 columns wide. The text gives way first (cut with an ellipsis: --format jsonl keeps it whole);
+    # a probability is never cut ("0.…" reads as nothing): a column per class only when they all fit, else each
+    # row's top classes, one per line.
+    extra = [name for name, v in (("class mass", mass), ("missing", missing)) if v is not None]
+    label_w = min(12, max(map(len, classes)))
+    widths = {c: min(8, max(5, len(c))) for c in classes}  # longer names fold in the header
+    # Each column costs its width + 3 (padding and border); +1 for the table's last border.
+    others = label_w + 3 + 8 * len(extra) + 3 + 1
+    per_class = sum(w + 3 for w in widths.values())
+    shown = classes if len(classes) <= 8 and 12 + others + per_class <= out.width else []
+    top_w = 6 + min(14, max(map(len, classes)))  # "0.716 Business"
+    text_w = max(12, min(48, out.width - others - (per_class if shown else top_w + 3)))
+    table = Table(show_lines=bool(not shown and len(items) > 1))
+    table.add_column("text", overflow="ellipsis", max_width=text_w, no_wrap=True)
+    table.add_column("label", style="bold", overflow="fold", max_width=label_w)
     for c in shown:
-        table.add_column(c, justify="right", overflow="fold", min_width=5)
+        table.add_column(c, justify="right", overflow="fold", width=widths[c])
     if not shown:
-        table.add_column("top classes", overflow="fold")
-    if mass is not None:
-        table.add_column("class mass", justify="right", overflow="fold", min_width=5)
-    if missing is not None:
-        table.add_column("missing", justify="right", overflow="fold", min_width=5)
+        table.add_column("top classes", overflow="fold", width=top_w)
+    for name in extra:
+        table.add_column(name, justify="right", overflow="fold", width=5)
     for i, text in enumerate(items):
         cells = [text.replace("\n", " "), classes[int(proba[i].argmax())]]
         if shown:
             cells += [f"{p:.3f}" for p in proba[i]]
         else:
             top = proba[i].argsort()[::-1][:3]
-            cells.append(", ".join(f"{classes[j]} {proba[i, j]:.3f}" for j in top))
+            cells.append("\n".join(f"{proba[i, j]:.3f} {classes[j]}" for j in top))
         if mass is not None:
             cells.append(f"{mass[i]:.3f}")
         if missing is not None:

@@ -101,6 +101,8 @@ def evaluate(
     info: dict[str, Any] = {"data": dataset.source, "n": len(dataset)}
     if limit is not None:
         info["sample"] = f"seeded stratified sample of {len(dataset)} rows (--limit {limit}, --seed {seed})"
+    if getattr(clf, "progress", False):  # named apart from the calibration rows' bar before it
+        clf.progress = f"scoring the {len(dataset)} evaluated rows"
     report = run_evaluation(clf, list(dataset.texts), list(dataset.labels), info=info)
     out.print(report.to_markdown(), soft_wrap=True, markup=False, highlight=False)
     if output is not None:

@@ -42,7 +42,7 @@ class ScoringRun:
     batch_size: int
     batch_tokens: int | None = None
     class_mass: bool = False
-    progress: bool = False
+    progress: bool | str = False  # a string: the progress bar's label (e.g. "scoring the test rows")
 
 
 class Method(ABC):
@@ -111,7 +111,7 @@ class Method(ABC):
         batch_size: int,
         batch_tokens: int | None = None,
         class_mass: bool = False,
-        progress: bool = False,
+        progress: bool | str = False,
     ) -> Scores:
         """Class logits for ``texts`` in input order; batches of at most ``batch_size`` rows and ``batch_tokens``
         padded tokens; with ``class_mass``, the class-token mass too (methods with class tokens)."""

@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from classlm.config import check_positive
 from classlm.labels import ClassTokens, resolve_class_tokens
 from classlm.methods.base import Method, ScoringRun, register
 from classlm.methods.prompted import class_token_info, prompt_info
+from classlm.progress import progress_bar
 from classlm.prompts import RenderedPrompt
 from classlm.scores import MethodInfo, Scores
 from classlm.scoring import PromptEncoder, length_sorted_batches
@@ -170,7 +170,8 @@ class GenerateMethod(Method):
         outputs = [""] * len(texts)
         unparsed = 0
         new = self.max_new_tokens
-        bar = tqdm(total=len(texts), desc="generating", unit="text", disable=not run.progress, leave=False)
+        desc = run.progress if isinstance(run.progress, str) else "generating"
+        bar = progress_bar(total=len(texts), desc=desc, unit="text", disable=not run.progress, leave=False)
         # The token budget counts the generated tokens too: each row grows by up to max_new_tokens.
         for idx in length_sorted_batches([len(r) + new for r in encoded.ids], run.batch_size, run.batch_tokens):
             generated = self._generate_texts([encoded.ids[i] for i in idx])

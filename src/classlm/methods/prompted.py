@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from classlm.labels import ClassTokens
+from classlm.progress import progress_bar
 from classlm.prompts import RenderedPrompt
 from classlm.scores import ClassTokenInfo, PromptInfo
 from classlm.scoring import (
@@ -131,13 +131,14 @@ class PromptedLM:
         batch_size: int,
         batch_tokens: int | None,
         prefix: SharedPrefix | None,
-        progress: bool = False,
+        progress: bool | str = False,
         desc: str = "scoring",
     ) -> None:
         """``step(indices, rows)`` over length-sorted batches, without autograd. The token budget counts the tokens
         that run: without the shared prefix when it is reused."""
         skip = prefix.length if prefix is not None else 0
-        bar = tqdm(total=len(rows), desc=desc, unit="text", disable=not progress, leave=False)
+        desc = progress if isinstance(progress, str) else desc  # a caller's label names what is being scored
+        bar = progress_bar(total=len(rows), desc=desc, unit="text", disable=not progress, leave=False)
         with torch.inference_mode():
             for idx in length_sorted_batches([len(r) - skip for r in rows], batch_size, batch_tokens):
                 step(idx, [rows[i] for i in idx])

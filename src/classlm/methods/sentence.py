@@ -55,8 +55,8 @@ class _SentenceMethod(Method):
 
         self.encoder = load_encoder(self.options.encoder, self.torch_device())
 
-    def embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
-        return self.encoder.encode(texts, batch_size=self.options.batch_size, progress=progress)
+    def embed(self, texts: Sequence[str], progress: bool | str = False) -> np.ndarray:
+        return self.encoder.encode(texts, batch_size=self.options.batch_size, progress=bool(progress))
 
     def base_identity(self) -> dict[str, Any]:
         return self.encoder.identity()
