@@ -23,6 +23,16 @@ def test_off_a_terminal_each_refresh_is_a_line_of_its_own(monkeypatch):
     assert lines[0].startswith("training:") and "0/5" in lines[0] and "5/5" in lines[-1]
 
 
+def test_in_a_log_a_postfix_waits_for_the_timed_refresh():
+    log = io.StringIO()
+    with progress.progress_bar(total=50, stream=log, desc="training", unit="step") as bar:
+        for step in range(50):
+            bar.update(1)
+            bar.set_postfix(loss=1.0 / (step + 1))  # every step, as the training loop does
+    # The first line, and the closing one: not a line per step (refreshes are at most one every 10 s).
+    assert len(log.getvalue().splitlines()) <= 3
+
+
 def test_a_closed_transient_bar_leaves_nothing_in_a_log():
     log = io.StringIO()
     with progress.progress_bar(total=3, stream=log, desc="scoring", leave=False) as bar:

@@ -38,4 +38,9 @@ def progress_bar(iterable: Any = None, *, stream: TextIO | None = None, **kwargs
     if kwargs.get("disable") or "notebook" in tqdm.__module__ or getattr(stream, "isatty", lambda: False)():
         return tqdm(iterable, file=stream, **kwargs)
     kwargs = {"mininterval": LOG_INTERVAL_S, "ncols": 80, "ascii": True, **kwargs}
-    return tqdm(iterable, file=_Lines(stream), **kwargs)
+    bar = tqdm(iterable, file=_Lines(stream), **kwargs)
+    # set_postfix redraws at once by default (the training loop sets one every step): in a log that would be a line
+    # per step, so here the postfix waits for the next timed refresh.
+    postfix = bar.set_postfix
+    bar.set_postfix = lambda *a, **kw: postfix(*a, **{**kw, "refresh": False})
+    return bar
