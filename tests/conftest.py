@@ -30,6 +30,13 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 ARTIFACTS = Path(os.environ.get("CLASSLM_TEST_ARTIFACTS", REPO / "test-artifacts"))
 
 
+def find_chromium() -> str | None:
+    """Debian's chromium (or another Chromium-based browser) on PATH, for the browser tests; None where absent."""
+    import shutil
+
+    return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
 def keep_artifact(path: Path, name: str) -> Path:
     """Copy ``path`` to the test artefacts folder as ``name``; returns the copy."""
     import shutil

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 
 import numpy as np
@@ -14,7 +13,7 @@ import pytest
 
 from classlm.html_report import render_html
 from classlm.reports import build_report
-from conftest import keep_artifact
+from conftest import find_chromium, keep_artifact
 from test_cli import dataset, run_cli  # noqa: F401  (dataset: the fixture)
 
 CLASSES = ["weather", "alarm", "<b>&co"]
@@ -108,12 +107,8 @@ def test_evaluate_html_and_train_write_reports(monkeypatch, capsys, tiny_model_d
     assert "Training curves" in page and "trained 2 steps" in page
 
 
-def _chromium() -> str | None:
-    return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-
-
 def test_the_report_renders_in_headless_chromium_without_network(tmp_path):
-    browser = _chromium()
+    browser = find_chromium()
     if browser is None:
         pytest.skip("no Chromium found (Debian: apt-get install chromium); the report's browser check needs one")
     page = tmp_path / "report.html"

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from classlm import LMClassifier  # noqa: E402
 from classlm.serving import ServeSettings, create_app  # noqa: E402
-from conftest import ARTIFACTS, free_port, wait_until  # noqa: E402
+from conftest import ARTIFACTS, find_chromium, free_port, wait_until  # noqa: E402
 
 LABELS = {"World": "world news", "Sports": "sport", "Business": "business", "Sci/Tech": "science and technology"}
 TEXTS = ["Stocks fell sharply on Monday.", "The team won the match 3-1.", "A new <phone> & tablet were released."]
@@ -69,7 +69,7 @@ class _Server:
 
 def _browser():
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
-    browser = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+    browser = find_chromium()
     driver = shutil.which("chromedriver")
     if browser is None or driver is None:
         pytest.skip("no Chromium and chromedriver found (Debian: apt-get install chromium chromium-driver)")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from classlm.io import write_text_atomic
-from classlm.reports import EvalReport
+from classlm.reports import PER_CLASS_HEADER, EvalReport, per_class_rows
 
 __all__ = ["classifier_context", "render_html", "write_html"]
 
@@ -219,20 +219,7 @@ def _evaluation(name: str, report: EvalReport) -> str:
     parts = [f"<h2>{_t(name)}: {m.get('n', '?')} texts, {len(report.classes)} classes</h2>"]
     per_class = m.get("per_class") or {}
     parts.append(
-        _table(
-            ["class", "precision", "recall", "F1", "support", "calibration ratio"],
-            [
-                [
-                    c,
-                    _f(pc.get("precision")),
-                    _f(pc.get("recall")),
-                    _f(pc.get("f1")),
-                    pc.get("support", "–"),
-                    _f(pc.get("calibration_ratio"), ".2f"),
-                ]
-                for c, pc in per_class.items()
-            ],
-        )
+        _table(PER_CLASS_HEADER, per_class_rows(per_class, num=_f))  # _f: NaN and missing read "–"
     )
     charts = []
     confusion = m.get("confusion")

@@ -52,6 +52,25 @@ def _nll(v: Any) -> str:
     return "–" if v is None else format(v, ".2f" if abs(v) >= 0.1 else ".2g")
 
 
+PER_CLASS_HEADER = ("class", "precision", "recall", "F1", "support", "calibration ratio")
+
+
+def per_class_rows(per_class: Mapping[str, Mapping[str, Any]], num: Any = _num) -> list[list[Any]]:
+    """The per-class table's rows (:data:`PER_CLASS_HEADER`), numbers formatted by ``num(value, fmt)``: the
+    markdown report's and the HTML report's."""
+    return [
+        [
+            name,
+            num(pc.get("precision"), ".3f"),
+            num(pc.get("recall"), ".3f"),
+            num(pc.get("f1"), ".3f"),
+            pc.get("support", "–"),
+            num(pc.get("calibration_ratio"), ".2f"),
+        ]
+        for name, pc in per_class.items()
+    ]
+
+
 def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -148,19 +167,8 @@ class EvalReport:
         )
         per_class = m.get("per_class") or {}
         if per_class:
-            rows = [
-                [
-                    name,
-                    _num(pc.get("precision")),
-                    _num(pc.get("recall")),
-                    _num(pc.get("f1")),
-                    pc.get("support", "–"),
-                    _num(pc.get("calibration_ratio"), ".2f"),
-                ]
-                for name, pc in per_class.items()
-            ]
             lines += ["", "### Per class", ""]
-            lines += _table(["class", "precision", "recall", "F1", "support", "calibration ratio"], rows)
+            lines += _table(PER_CLASS_HEADER, per_class_rows(per_class))
         confusion = m.get("confusion")
         if confusion and len(confusion) == len(self.classes):
             lines += ["", "### Confusion matrix (rows: true, columns: predicted)", ""]
