@@ -131,7 +131,7 @@ def test_save_load_round_trip(clf, tmp_path):
     clf.fit(TEXTS, Y)
     path = clf.save(tmp_path / "run", metrics={"accuracy": 0.5})
     doc = json.loads((path / "classlm.json").read_text())
-    assert doc["schema_version"] == 1
+    assert doc["schema_version"] == 2
     assert doc["labels"]["names"] == LABELS
     assert doc["class_tokens"]["sequences"] == [list(s) for s in clf.method_.tokens.sequences]
     assert doc["calibration"]["temperature"] == pytest.approx(clf.temperature_)

@@ -282,11 +282,10 @@ def test_collisions_and_prompt_length_are_reported_before_the_weights_load(monke
         raise AssertionError("the weights were loaded before the labels were checked")
 
     monkeypatch.setattr(classlm.models, "load_backbone", no_weights)
-    code, _, err = run_cli(monkeypatch, capsys, "classify", "-m", tiny_model_dir, "-l", "World,World_Sports", "x")
+    clash = ["classify", "-m", tiny_model_dir, "-l", "World,World_Sports", "--scoring", "first_token", "x"]
+    code, _, err = run_cli(monkeypatch, capsys, *clash)
     assert code == 2 and "share their first token" in err
-    assert "--method letters" in err and "--scoring exact" in err and "method='letters'" not in err
-    code, _, err = run_cli(monkeypatch, capsys, "classify", "-m", tiny_model_dir, "-l", "a,b", "--max-length", 20, "x")
-    assert code == 2 and "raise --max-length" in err
+    assert "--scoring auto" in err and "--method letters" in err and "method='letters'" not in err
     code, _, err = run_cli(monkeypatch, capsys, "classify", "-m", tiny_model_dir, "-l", "a,b", "--max-length", 8, "x")
     assert code == 2 and "--max-length must be an int >= 16" in err
     code, _, err = run_cli(monkeypatch, capsys, "classify", "-m", tiny_model_dir, "hello")
@@ -415,20 +414,21 @@ def test_train_drop_invalid_and_scoring(monkeypatch, capsys, tiny_model_dir, sor
     code, _, err = run_cli(monkeypatch, capsys, *args, "--drop-invalid")
     assert code == 0, err
     assert "left out 2 row(s)" in err
-    # --scoring reaches the classifier: the collision error's advice (--scoring exact) works with `train`.
+    # --scoring reaches the classifier: names sharing a first token are refused with first_token, resolved by auto.
     pairs = tmp_path / "pairs"
     pairs.mkdir()
     rows = [{"text": f"match {i}", "label": "Sports" if i % 2 else "Sports_Business"} for i in range(20)]
     (pairs / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     few_shot = ["train", pairs, "-m", tiny_model_dir, "--method", "few_shot", "--no-lora"]
-    code, _, err = run_cli(monkeypatch, capsys, *few_shot, "--out", tmp_path / "fs1")
-    assert code == 2 and "share their first token" in err and "--scoring exact" in err
-    code, _, err = run_cli(monkeypatch, capsys, *few_shot, "--out", tmp_path / "fs2", "--scoring", "exact")
-    assert code == 0, err
-    assert json.loads((tmp_path / "fs2" / "classlm.json").read_text())["options"]["scoring"] == "exact"
-    # LoRA trains on first tokens: said in flags.
+    code, _, err = run_cli(monkeypatch, capsys, *few_shot, "--out", tmp_path / "fs1", "--scoring", "first_token")
+    assert code == 2 and "share their first token" in err and "--scoring auto" in err
+    for scoring, saved in (("auto", "auto_verbalizer"), ("exact", "exact")):
+        code, _, err = run_cli(monkeypatch, capsys, *few_shot, "--out", tmp_path / scoring, "--scoring", scoring)
+        assert code == 0, err
+        assert json.loads((tmp_path / scoring / "classlm.json").read_text())["options"]["scoring"] == saved
+    # LoRA trains one row per class, never the k rows of exact scoring: said in flags.
     code, _, err = run_cli(monkeypatch, capsys, *args, "--drop-invalid", "--scoring", "exact", "--overwrite")
-    assert code == 2 and "--scoring first_token" in err
+    assert code == 2 and "--scoring auto" in err
 
 
 CLI_KILL = """

@@ -53,12 +53,13 @@ def backbone(tiny_model_dir):
     return load_backbone(ModelConfig(name=str(tiny_model_dir), device="cpu"), shared=False)
 
 
-def make(backbone, max_length=512, prompt=None, **options):
+def make(backbone, max_length=512, prompt=None, max_prompt_length=None, **options):
     m = get_method("few_shot")(
         LabelSet.from_spec(LABELS),
         prompt or PromptTemplate(),
         scoring="first_token",
         max_length=max_length,
+        max_prompt_length=max_prompt_length,
         options=options,
         device="cpu",
     )
@@ -124,7 +125,9 @@ def test_fewer_examples_than_k_uses_all_and_skips_empty_texts(backbone):
 def test_long_examples_are_cut_and_dropped_to_leave_room_for_the_text(backbone):
     x = [" ".join(["stocks fell sharply on monday"] * 40)] * 8
     y = np.arange(8) % 4
-    m = fitted(backbone, x=x, y=y, k=8, max_example_chars=120, max_length=160)
+    # The examples fill the prompt up to its limit (the model's context, here max_prompt_length), not max_length.
+    assert len(fitted(backbone, x=x, y=y, k=8, max_example_chars=120, max_length=160).examples) == 8
+    m = fitted(backbone, x=x, y=y, k=8, max_example_chars=120, max_length=160, max_prompt_length=160)
     assert all(len(t) <= 120 and t.endswith("…") for t, _ in m.examples)
     assert 0 < len(m.examples) < 8
     assert m.encoder.text_budget >= m.min_text_tokens == 160 // 4
@@ -191,7 +194,7 @@ def test_nearest_scores_equal_a_fixed_prompt_with_the_same_examples(backbone, ch
 @needs_minilm
 def test_nearest_rows_fit_max_length(backbone):
     x = [" ".join([t] * 12) for t in TRAIN_X]
-    m = fitted(backbone, x=x, k=4, selection="nearest", max_length=200, max_example_chars=400)
+    m = fitted(backbone, x=x, k=4, selection="nearest", max_length=200, max_prompt_length=200, max_example_chars=400)
     enc = m.encoder.encode(TEXTS + [" ".join(TEXTS * 10)])
     assert all(len(r) <= 200 for r in enc.ids)
     assert enc.truncated.sum() == 1

@@ -102,18 +102,21 @@ def test_truncation_happens_inside_the_text_slot(backbone, tiny_tokenizer):
     enc = encoder.encode([long_text, "short"])
     assert enc.truncated.tolist() == [True, False]
     row = enc.ids[0]
-    assert len(row) == 96
+    assert len(row) == len(encoder.head_ids) + 96 + len(encoder.tail_ids)  # max_length: the text's own tokens
     assert row[: len(encoder.head_ids)] == encoder.head_ids  # instruction intact
     assert row[-len(encoder.tail_ids) :] == encoder.tail_ids  # answer cue intact
     scores = m.score(["short", long_text, "also short"], batch_size=2)
     assert scores.truncated.tolist() == [False, True, False] and scores.n_truncated == 1  # input order
 
 
-def test_prompt_longer_than_max_length_is_a_clear_error(backbone):
+def test_prompt_longer_than_its_limit_is_a_clear_error(backbone):
     from classlm.errors import ConfigError
+    from classlm.methods import get_method
 
-    with pytest.raises(ConfigError, match="raise max_length"):
-        make(backbone, max_length=20)
+    m = get_method("label_tokens")(LabelSet.from_spec(LABELS), PromptTemplate(), scoring="first_token",
+                                   max_length=256, max_prompt_length=20)  # fmt: skip
+    with pytest.raises(ConfigError, match="raise max_prompt_length"):
+        m.prepare(backbone)
 
 
 def test_split_tokenisation_matches_joint(backbone, tiny_tokenizer):

@@ -58,8 +58,9 @@ def check_settings(
             max_length=options.get("max_length", 512),
             batch_size=options.get("batch_size", 64),
             batch_tokens=options.get("batch_tokens"),
+            max_prompt_length=options.get("max_prompt_length"),
         )
-        if options.get("scoring", SCORING[0]) not in SCORING:
+        if options.get("scoring", "first_token") not in SCORING:
             raise ConfigError(f"scoring must be one of {SCORING}, got {options['scoring']!r}")
         CalibrationConfig(method=options.get("calibration", "temperature"))
         if with_lora:

@@ -25,14 +25,17 @@ from typing import Any
 
 from classlm.artifact_checks import FIX, check_adapter, check_safetensors, check_settings, note_leftovers
 from classlm.calibration import TemperatureScaler
-from classlm.config import config_to_dict
+from classlm.config import ONE_TOKEN, config_to_dict
 from classlm.errors import ArtifactError, ConfigError
 from classlm.estimator import NotFittedError
 from classlm.io import umask_modes, write_bytes_atomic, write_text_atomic
 from classlm.labels import LabelSet
 from classlm.prompts import PromptTemplate
 
-SCHEMA_VERSION = 1
+# 2: max_length counts the text's own tokens (in 1 it counted the whole prompt: such manifests load with
+# max_prompt_length set to it, which gives the text the same room as before).
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 MANIFEST = "classlm.json"
 ADAPTER = "adapter"
 # What a method learned besides LoRA (a head, TF-IDF weights, few-shot pool embeddings): method-<id>.safetensors.
@@ -42,7 +45,7 @@ RUN_FILES = ("metrics.jsonl", "checkpoints", "train_args.json", "eval.json", "re
 # Options that describe how to run, not what was learned: a loader may override them.
 RUN_OPTIONS = ("batch_size", "batch_tokens", "device", "dtype", "cache_dir", "progress")
 # Everything the manifest's "options" may hold: LMClassifier arguments that are not stored elsewhere in it.
-SAVED_OPTIONS = ("model", "scoring", "calibration", "max_length", *RUN_OPTIONS)
+SAVED_OPTIONS = ("model", "scoring", "calibration", "max_length", "max_prompt_length", *RUN_OPTIONS)
 
 
 def _version() -> str:
@@ -73,9 +76,10 @@ def manifest(
         "method": clf.method,
         "options": {
             "model": clf.model,
-            "scoring": clf.scoring,
+            "scoring": clf.method_.scoring,  # resolved ("auto" → the head it chose), so a load scores alike
             "calibration": clf.calibration,
             "max_length": clf.max_length,
+            "max_prompt_length": clf.max_prompt_length,
             "batch_size": clf.batch_size,
             "batch_tokens": clf.batch_tokens,
             "dtype": clf.dtype,
@@ -187,10 +191,14 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     except ValueError as exc:
         raise ArtifactError(f"{file} is not valid JSON ({exc}); the folder is corrupt — retrain or restore it") from exc
     version = doc.get("schema_version") if isinstance(doc, dict) else None
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version not in READABLE_SCHEMAS:
         raise ArtifactError(
-            f"{file}: schema_version {version!r} is not supported by this classlm (expects {SCHEMA_VERSION})"
+            f"{file}: schema_version {version!r} is not supported by this classlm (it reads {list(READABLE_SCHEMAS)})"
         )
+    options = doc.get("options")
+    if version == 1 and isinstance(options, dict):
+        # schema 1's max_length bounded prompt + text; the same cap on the whole prompt keeps the text's room.
+        doc["options"] = {**options, "max_prompt_length": options.get("max_length", 512)}
     return doc
 
 
@@ -328,7 +336,7 @@ def export_merged(clf: Any, out: str | Path) -> Path:
     if not hasattr(clf, "method_"):
         raise NotFittedError("only a fitted classifier can be exported; load or fit it first")
     method_info = clf.method_.info()
-    if not clf.method_.has_class_tokens or method_info.prompt is None or clf.scoring != "first_token":
+    if not clf.method_.has_class_tokens or method_info.prompt is None or clf.method_.scoring not in ONE_TOKEN:
         raise ConfigError(
             f"export --merge writes a model whose class probabilities are its LM-head logits of the class tokens "
             f"(e.g. methods label_tokens and letters); method {clf.method!r} is not that — use the saved run folder"

@@ -12,6 +12,7 @@ import numpy as np
 from classlm.calibration import TemperatureScaler
 from classlm.config import (
     DEFAULT_BATCH_TOKENS,
+    RUN_LIMITS,
     SCORING,
     CalibrationConfig,
     LoraConfig,
@@ -22,14 +23,9 @@ from classlm.config import (
     options_arg,
     token_budget,
 )
-from classlm.data import as_texts, stratified_split, validate_labels
+from classlm.data import as_texts, calibration_split, validate_labels
 from classlm.errors import ConfigError, DataError
-from classlm.estimator import (
-    CalibratedClassifier,
-    NotFittedError,
-    check_targets,
-    resolve_classes,
-)
+from classlm.estimator import CalibratedClassifier, NotFittedError, check_targets, resolve_classes
 from classlm.labels import LabelSet
 from classlm.methods import Method, available_methods, get_method
 from classlm.prompts import PromptTemplate
@@ -65,8 +61,9 @@ class LMClassifier(CalibratedClassifier):
     prompt:
         A :class:`~classlm.PromptTemplate` or a dict of its options (system, chat, examples, answer_cue, …).
     scoring:
-        ``"first_token"`` (default, fast: one forward pass, the class's first token only) or ``"exact"`` (sum of the
-        log-probabilities of every token of each class's answer; about k times slower).
+        How class logits come from the LM (see :data:`classlm.config.SCORING`): ``"auto"`` (default) reads each
+        class's first answer token when those differ, and picks a head made for class names that share first tokens
+        when they do; ``"first_token"``, ``"auto_verbalizer"``, ``"name_rows"`` and ``"exact"`` choose one.
     calibration:
         ``"temperature"``: fit a temperature on held-out data. Zero-shot, ``fit(X, y)`` trains no weights, so all of
         ``(X, y)`` is held out for it; a method that learns from ``(X, y)`` (``lora``, or a head, TF-IDF, few-shot
@@ -81,8 +78,9 @@ class LMClassifier(CalibratedClassifier):
     batch_size, batch_tokens:
         A forward pass takes at most ``batch_size`` texts and ``batch_tokens`` padded tokens (``None``: no budget;
         ``"auto"``: 512 in float32, 1536 in bf16 on CPU, measured fastest); texts are length-sorted first.
-    max_length, device, dtype, cache_dir:
-        Token limit per prompt (texts are cut inside their slot); the rest: see :class:`~classlm.config.ModelConfig`.
+    max_length, max_prompt_length, device, dtype, cache_dir:
+        Tokens a text keeps (cut inside its slot; the prompt around it is computed once and does not count); the
+        whole prompt's limit (``None``: the model's context); the rest: see :class:`~classlm.config.ModelConfig`.
     progress:
         Show progress bars while scoring (a string: the bars' label, e.g. ``"scoring the test rows"``).
     """
@@ -94,11 +92,12 @@ class LMClassifier(CalibratedClassifier):
         labels: Any = None,
         instruction: str | None = None,
         prompt: PromptTemplate | Mapping[str, Any] | None = None,
-        scoring: str = "first_token",
+        scoring: str = "auto",
         calibration: str = "temperature",
         batch_size: int = 64,
         batch_tokens: int | str | None = DEFAULT_BATCH_TOKENS,
         max_length: int = 512,
+        max_prompt_length: int | None = None,
         device: str = "auto",
         dtype: str = "auto",
         cache_dir: str | None = None,
@@ -117,6 +116,7 @@ class LMClassifier(CalibratedClassifier):
         self.batch_size = batch_size
         self.batch_tokens = batch_tokens
         self.max_length = max_length
+        self.max_prompt_length = max_prompt_length
         self.device = device
         self.dtype = dtype
         self.cache_dir = cache_dir
@@ -157,7 +157,7 @@ class LMClassifier(CalibratedClassifier):
         if self.scoring not in SCORING:
             raise ConfigError(f"scoring must be one of {SCORING}, got {self.scoring!r}")
         CalibrationConfig(method=self.calibration)
-        check_run_options(max_length=self.max_length, batch_size=self.batch_size, batch_tokens=self.batch_tokens)
+        check_run_options(**{k: getattr(self, k) for k in RUN_LIMITS})
         method_cls, options = self._method_setup()
         label_set = LabelSet.from_spec(label_set, letters=method_cls.letters)
         lora = self.lora_config()
@@ -171,6 +171,7 @@ class LMClassifier(CalibratedClassifier):
             self._prompt_template(),
             scoring=self.scoring,
             max_length=self.max_length,
+            max_prompt_length=self.max_prompt_length,
             options=options,
             device=self.device,
         )
@@ -193,7 +194,7 @@ class LMClassifier(CalibratedClassifier):
         method.prepare(backbone)
         self.backbone_ = backbone
         self.method_: Method = method
-        self.label_set_ = label_set
+        self.label_set_ = method.labels  # as the method resolved them (e.g. auto_verbalizer's answers)
         self.classes_ = np.array(label_set.names, dtype=object) if classes is None else classes
         self.calibrator_ = TemperatureScaler()
         self.calibration_info_: dict[str, Any] = {"fitted": False}
@@ -291,11 +292,7 @@ class LMClassifier(CalibratedClassifier):
             return texts, y, self._labelled(calib_set, "calib_set"), "calib_set"
         if self.calibration != "temperature":
             return texts, y, None, ""
-        keep, held = stratified_split(y, train_cfg.calib_fraction, seed=train_cfg.seed)
-        source = (
-            f"held out from fit(X, y): stratified {train_cfg.calib_fraction:.0%} (seed {train_cfg.seed}), "
-            "disjoint from training"
-        )
+        keep, held, source = calibration_split(y, train_cfg.calib_fraction, seed=train_cfg.seed)
         return [texts[i] for i in keep], [y[i] for i in keep], ([texts[i] for i in held], [y[i] for i in held]), source
 
     def _train_backbone(

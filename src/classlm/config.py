@@ -17,7 +17,12 @@ from classlm.errors import ConfigError
 DEFAULT_MODEL = "smollm2-135m"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-SCORING = ("first_token", "exact")
+# How label_tokens / letters / few_shot turn the LM's output into class logits (methods/label_tokens.py):
+# "auto" resolves to "first_token" when the classes' answers start with distinct tokens, else to COLLISION_SCORING.
+SCORING = ("auto", "first_token", "auto_verbalizer", "name_rows", "exact")
+COLLISION_SCORING = "auto_verbalizer"
+# Scorings whose class logits are single LM-head rows of single tokens (class mass, vocab_ce and export --merge).
+ONE_TOKEN = ("first_token", "auto_verbalizer")
 # Padded tokens per forward pass under batch_tokens="auto", by the dtype the backbone runs in on CPU. Measured on
 # the 2-core AMX CPU (zero-shot ag_news, 256 texts): float32 peaks at a few hundred tokens per pass and falls at
 # larger batches, whose activations no longer stay in cache (512: 16.0 texts/s, 1536: 14.0); bf16's AMX matmuls
@@ -98,10 +103,15 @@ def train_token_budget(micro_batch_tokens: int | None, device_type: str, dtype: 
     return TRAIN_BATCH_TOKENS.get(dtype, TRAIN_BATCH_TOKENS["float32"]) if device_type == "cpu" else None
 
 
-def check_run_options(*, max_length: Any, batch_size: Any, batch_tokens: Any) -> None:
+RUN_LIMITS = ("max_length", "max_prompt_length", "batch_size", "batch_tokens")  # what check_run_options takes
+
+
+def check_run_options(*, max_length: Any, batch_size: Any, batch_tokens: Any, max_prompt_length: Any = None) -> None:
     """How a classifier runs (``LMClassifier(max_length=…, batch_size=…, batch_tokens=…)``), checked at fit/load."""
     if not isinstance(max_length, int) or max_length < 16:
         raise ConfigError(f"max_length must be an int >= 16 (tokens), got {max_length!r}")
+    if max_prompt_length is not None and (not isinstance(max_prompt_length, int) or max_prompt_length < 16):
+        raise ConfigError(f"max_prompt_length must be None or an int >= 16 (tokens), got {max_prompt_length!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
     if batch_tokens not in (None, "auto") and (not isinstance(batch_tokens, int) or batch_tokens < 1):

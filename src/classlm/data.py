@@ -8,6 +8,7 @@ imported when a parquet file is read.
 
 from __future__ import annotations
 
+import collections
 import difflib
 import math
 import os
@@ -342,3 +343,17 @@ def stratified_split(labels: Sequence[str], fraction: float, seed: int = 0) -> t
     held_idx = np.array(sorted(held), dtype=np.int64)
     keep_idx = np.setdiff1d(np.arange(len(labels), dtype=np.int64), held_idx)
     return keep_idx, held_idx
+
+
+def calibration_split(labels: Sequence[str], fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+    """:func:`stratified_split` for the temperature's hold-out, with a note of what was held out: with many classes
+    and few rows (151 classes in 1,000 rows) "at least one row per class" holds out more than ``fraction``."""
+    keep, held = stratified_split(labels, fraction, seed=seed)
+    counts = collections.Counter(labels)
+    single = sum(1 for c in counts.values() if c < 2)
+    note = (
+        f"held out from fit(X, y): stratified {fraction:.0%} (seed {seed}), disjoint from training: {len(held)} of "
+        f"{len(labels)} rows, at least one of every class with two or more"
+        + (f" ({single} class(es) with one row stay in training only)" if single else "")
+    )
+    return keep, held, note

@@ -21,6 +21,12 @@ from classlm.labels import LabelSet, needs_leading_space
 
 # A private-use code point cannot occur in a chat template, so splitting the rendered chat on it is unambiguous.
 _TEXT_SLOT = "\ue000classlm-text\ue000"
+# What the prompt's class list shows: each class with its description (where it has one), its name only, or no list.
+CLASS_LISTS = ("descriptions", "names", "none")
+# show_classes="auto": the fullest list under these sizes (characters of the list, about 4 per token). The prompt
+# head runs once per batch (prefix reuse), but every text token attends to it: 2,000 characters (~500 tokens) with
+# descriptions, 6,000 (~1,500: clinc150's 151 names take ~2,300) with names; past that, no list.
+AUTO_LIST_CHARS = {"descriptions": 2000, "names": 6000}
 
 
 class ChatTokenizerLike(Protocol):
@@ -36,6 +42,7 @@ class RenderedPrompt:
     head: str
     tail: str
     chat: bool
+    class_list: str = "descriptions"  # what the head's class list shows: one of CLASS_LISTS
 
     def format(self, text: str) -> str:
         return self.head + text + self.tail
@@ -59,7 +66,10 @@ class PromptTemplate:
     chat:
         Use the tokenizer's chat template (``None``: when it has one).
     show_classes:
-        List the classes (with descriptions, and letters in letters mode) in the prompt.
+        The class list in the prompt: ``"descriptions"`` (each class with its description where it has one, and
+        its letter in letters mode; ``True`` means this), ``"names"`` (names only), ``"none"`` (no list; ``False``)
+        or ``"auto"`` (default: the fullest of these under :data:`AUTO_LIST_CHARS`, so 150 classes do not make a
+        prompt of thousands of tokens). ``classlm inspect`` shows what was chosen.
     text_header:
         Line printed above the text.
     answer_cue:
@@ -71,7 +81,7 @@ class PromptTemplate:
     instruction: str | None = None
     system: str | None = None
     chat: bool | None = None
-    show_classes: bool = True
+    show_classes: bool | str = "auto"
     answer_hint: bool = True
     text_header: str = "Text:"
     answer_cue: str = "Answer:"
@@ -90,6 +100,8 @@ class PromptTemplate:
                 raise ConfigError(f"each few-shot example must be a (text, label) pair of strings, got {ex!r}")
             examples.append((ex[0], ex[1]))
         object.__setattr__(self, "examples", tuple(examples))
+        if self.show_classes not in (True, False, "auto", *CLASS_LISTS):
+            raise ConfigError(f"show_classes must be one of {['auto', *CLASS_LISTS]}, got {self.show_classes!r}")
 
     def render(self, labels: LabelSet, tokenizer: ChatTokenizerLike | None = None) -> RenderedPrompt:
         """Split the prompt for ``labels`` around its text slot, with the chat template when there is one."""
@@ -115,7 +127,7 @@ class PromptTemplate:
             head = (self.system + "\n\n" if self.system else "") + body
             # The cue ends the prompt with no trailing space: the model's next token carries the space (" World").
             tail = "\n" + self.answer_cue.rstrip()
-        return RenderedPrompt(head=head, tail=tail, chat=chat)
+        return RenderedPrompt(head=head, tail=tail, chat=chat, class_list=self.class_list(labels))
 
     def body(self, labels: LabelSet) -> str:
         """The user message before the text: instruction, class list, examples, text header."""
@@ -125,15 +137,9 @@ class PromptTemplate:
             what = "the letter of the class" if labels.letters else "the class name"
             instruction = instruction.rstrip() + f" Answer with {what} only."
         parts.append(instruction)
-        if self.show_classes:
-            lines = []
-            for i, name in enumerate(labels.names):
-                shown = labels.verbalizers[i]
-                if labels.letters:
-                    shown = f"{labels.answers[i]}. {name}"
-                desc = labels.descriptions[i]
-                lines.append(f"- {shown}: {desc}" if desc else f"- {shown}")
-            parts.append("Classes:\n" + "\n".join(lines))
+        shown = self.class_list(labels)
+        if shown != "none":
+            parts.append(_class_list(labels, shown == "descriptions"))
         if self.examples:
             answers = dict(zip(labels.names, labels.answers))
             shots = [
@@ -143,6 +149,16 @@ class PromptTemplate:
             parts.append("Examples:\n\n" + "\n\n".join(shots))
         parts.append(self.text_header + "\n")
         return "\n\n".join(parts)
+
+    def class_list(self, labels: LabelSet) -> str:
+        """What the class list shows for ``labels`` (``show_classes`` resolved): one of :data:`CLASS_LISTS`."""
+        mode = self.show_classes
+        if mode == "auto":
+            fits = [m for m in AUTO_LIST_CHARS if len(_class_list(labels, m == "descriptions")) <= AUTO_LIST_CHARS[m]]
+            mode = fits[0] if fits else "none"
+        elif isinstance(mode, bool):
+            mode = "descriptions" if mode else "none"
+        return "names" if mode == "descriptions" and not any(labels.descriptions) else str(mode)
 
     @classmethod
     def resolve(cls, prompt: PromptTemplate | Mapping[str, Any] | None, instruction: str | None) -> PromptTemplate:
@@ -165,3 +181,13 @@ class PromptTemplate:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PromptTemplate:
         return config_from_dict(cls, data)
+
+
+def _class_list(labels: LabelSet, descriptions: bool) -> str:
+    lines = []
+    for i, name in enumerate(labels.names):
+        # Letters mode: "A. World", the letter being the answer; otherwise the answer itself.
+        shown = f"{labels.answers[i]}. {name}" if labels.letters else labels.verbalizers[i]
+        desc = labels.descriptions[i] if descriptions else None
+        lines.append(f"- {shown}: {desc}" if desc else f"- {shown}")
+    return "Classes:\n" + "\n".join(lines)

@@ -50,6 +50,7 @@ class PromptInfo:
     tail_ids: tuple[int, ...]
     chat_template: bool
     text_budget: int
+    class_list: str = "descriptions"  # what the prompt's class list shows (prompts.CLASS_LISTS)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class MethodInfo:
                 chat_template=p.chat_template,
                 prompt_tokens=len(p.head_ids) + len(p.tail_ids),
                 text_budget=p.text_budget,
+                class_list=p.class_list,
             )
         out.update(self.extra)
         return out

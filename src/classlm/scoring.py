@@ -21,6 +21,15 @@ from classlm.prompts import RenderedPrompt
 
 # The text slot must keep room for at least this many tokens, or the prompt leaves no space for the text at all.
 MIN_TEXT_TOKENS = 8
+# Past this, a tokenizer's model_max_length is transformers' "no limit" sentinel (1e30), not a context size.
+_NO_LIMIT = 10**8
+
+
+def context_length(tokenizer: Any, model: Any = None) -> int | None:
+    """The most tokens a prompt may take: the model's position limit, else the tokenizer's (when it states one)."""
+    config = getattr(model, "config", None)
+    n = getattr(config, "max_position_embeddings", None) or getattr(tokenizer, "model_max_length", None)
+    return int(n) if isinstance(n, int) and 0 < n < _NO_LIMIT else None
 
 
 @dataclass(frozen=True)
@@ -34,9 +43,22 @@ class PromptEncoder:
 
     The head ends with a newline and the tail starts with one (or with a special token), so the three pieces
     tokenise the same apart as joined: byte-level BPE never merges across a newline followed by a letter.
+
+    ``max_length`` bounds the text's own tokens: the head is the same for every text and is computed once (prefix
+    reuse), so a long instruction or class list costs little and does not eat into the text. The whole prompt must
+    fit the model's ``context`` and, when given, ``max_prompt_length``; past that the text gets what is left, and an
+    error comes only when that is under :data:`MIN_TEXT_TOKENS`.
     """
 
-    def __init__(self, tokenizer: Any, rendered: RenderedPrompt, max_length: int) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        rendered: RenderedPrompt,
+        max_length: int,
+        *,
+        context: int | None = None,
+        max_prompt_length: int | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
         self.rendered = rendered
         self.max_length = max_length
@@ -47,11 +69,17 @@ class PromptEncoder:
             if isinstance(bos, int) and tokenizer("a").input_ids[:1] == [bos]:
                 self.head_ids = [bos, *self.head_ids]
         self.tail_ids = self._encode(rendered.tail)
-        self.text_budget = max_length - len(self.head_ids) - len(self.tail_ids)
+        used = len(self.head_ids) + len(self.tail_ids)
+        limits = [(n, what) for n, what in ((context, "the model's context"), (max_prompt_length,
+                  "max_prompt_length")) if n is not None]  # fmt: skip
+        self.text_budget = min([max_length, *(n - used for n, _ in limits)])
         if self.text_budget < MIN_TEXT_TOKENS:
+            n, what = min(limits)
             raise ConfigError(
-                f"the prompt takes {len(self.head_ids) + len(self.tail_ids)} tokens, leaving {self.text_budget} of "
-                f"max_length={max_length} for the text; raise max_length or shorten the instruction/class list"
+                f"the prompt takes {used} tokens, leaving {n - used} of {what} ({n} tokens) for the text (at least "
+                f"{MIN_TEXT_TOKENS} needed); shorten the instruction or the class list (prompt={{'show_classes': "
+                f"'names'}} lists names only, 'none' leaves the list out)"
+                + (", or raise max_prompt_length" if what == "max_prompt_length" else "")
             )
 
     def _encode(self, text: str) -> list[int]:

@@ -71,7 +71,7 @@ def zero_shot(
     *,
     method: str = "label_tokens",
     instruction: str | None = None,
-    scoring: str = "first_token",
+    scoring: str = "auto",
     batch_size: int = 64,
     batch_tokens: int | str | None = DEFAULT_BATCH_TOKENS,
     max_length: int = 512,

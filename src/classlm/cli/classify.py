@@ -39,7 +39,7 @@ def classify(
     labels: LabelsOpt = None,
     method: MethodOpt = "label_tokens",
     instruction: InstructionOpt = None,
-    scoring: ScoringOpt = "first_token",
+    scoring: ScoringOpt = "auto",
     fmt: Annotated[str, typer.Option("--format", help="table or jsonl.")] = "table",
     text_col: Annotated[str, typer.Option("--text-col", help="Text column of a data file.")] = "text",
     class_mass: Annotated[bool, typer.Option("--class-mass", help="Also report the class-token mass.")] = False,
@@ -135,7 +135,7 @@ def _remote_scores(
         raise ConfigError("--backend openai needs --base-url (e.g. http://127.0.0.1:8080)")
     if run is not None:
         raise ConfigError("--run is a locally trained classifier; the openai backend classifies zero-shot")
-    if scoring != "first_token":
+    if scoring not in ("auto", "first_token"):
         raise ConfigError(
             "--scoring exact needs every answer token's log-probability; the openai backend "
             "reads the next token's top-k only, so it scores the first token"

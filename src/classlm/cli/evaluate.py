@@ -43,7 +43,7 @@ def evaluate(
     labels: LabelsOpt = None,
     method: MethodOpt = "label_tokens",
     instruction: InstructionOpt = None,
-    scoring: ScoringOpt = "first_token",
+    scoring: ScoringOpt = "auto",
     text_col: TextColOpt = "text",
     label_col: LabelColOpt = "label",
     limit: LimitOpt = None,

@@ -30,7 +30,7 @@ def inspect(
     labels: LabelsOpt = None,
     method: MethodOpt = "label_tokens",
     instruction: InstructionOpt = None,
-    scoring: ScoringOpt = "first_token",
+    scoring: ScoringOpt = "auto",
     text: Annotated[str, typer.Option("--text", help="Example text shown in the rendered prompt.")] = "<text>",
     max_length: MaxLenOpt = 512,
     device: DeviceOpt = "auto",
@@ -64,8 +64,8 @@ def inspect(
     out.print(table)
     out.print(dtype_line(run_info), markup=False, highlight=False)
     out.print(
-        f"prompt: {desc['prompt_tokens']} tokens around the text (chat template: {desc['chat_template']}); "
-        f"room for {desc['text_budget']} text tokens"
+        f"prompt: {desc['prompt_tokens']} tokens around the text (chat template: {desc['chat_template']}; class "
+        f"list: {desc['class_list']}); room for {desc['text_budget']} text tokens"
     )
     out.rule("rendered prompt")
     out.print(desc["prompt_head"] + text + desc["prompt_tail"], markup=False, highlight=False)

@@ -27,7 +27,14 @@ MethodOpt = Annotated[
     ),
 ]
 InstructionOpt = Annotated[str | None, typer.Option("--instruction", "-i", help="The task sentence of the prompt.")]
-ScoringOpt = Annotated[str, typer.Option("--scoring", help="first_token (fast) or exact (all answer tokens).")]
+ScoringOpt = Annotated[
+    str,
+    typer.Option(
+        "--scoring",
+        help="auto (first_token when the classes' first tokens differ, else a head for shared first tokens), "
+        "first_token, auto_verbalizer, name_rows or exact (all answer tokens, k times slower).",
+    ),
+]
 BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="At most this many texts per forward pass.")]
 BatchTokensOpt = Annotated[
     int | None,

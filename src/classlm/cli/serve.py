@@ -52,7 +52,7 @@ def serve(
     labels: LabelsOpt = None,
     method: MethodOpt = "label_tokens",
     instruction: InstructionOpt = None,
-    scoring: ScoringOpt = "first_token",
+    scoring: ScoringOpt = "auto",
     host: Annotated[str, typer.Option("--host", help="Address to bind; loopback unless you mean to expose it.")] = (
         "127.0.0.1"
     ),

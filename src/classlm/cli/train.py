@@ -72,7 +72,7 @@ def train(
     model: ModelOpt = "smollm2-135m",
     method: MethodOpt = "label_tokens",
     instruction: InstructionOpt = None,
-    scoring: ScoringOpt = "first_token",
+    scoring: ScoringOpt = "auto",
     split: Annotated[str, typer.Option("--split", help="Training split when DATA is a folder.")] = "train",
     eval_split: Annotated[
         str | None,

@@ -65,13 +65,15 @@ class Method(ABC):
         *,
         scoring: str,
         max_length: int,
+        max_prompt_length: int | None = None,
         options: Any = None,
         device: str = "auto",
     ) -> None:
         self.labels = labels
         self.prompt = prompt
         self.scoring = scoring
-        self.max_length = max_length
+        self.max_length = max_length  # the text's own tokens
+        self.max_prompt_length = max_prompt_length  # the whole prompt's (None: the model's context only)
         self.options = self.parse_options(options)
         self.device = device  # for methods that load their own model (needs_lm=False)
 
@@ -126,6 +128,20 @@ class Method(ABC):
     @abstractmethod
     def info(self) -> MethodInfo:
         """What the method is: class tokens, rendered prompt, options (artifacts, ``classlm inspect``, the server)."""
+
+    def prompt_encoder(self, tokenizer: Any, rendered: Any, model: Any = None, max_length: int | None = None) -> Any:
+        """A :class:`~classlm.scoring.PromptEncoder` for ``rendered`` under this method's limits: ``max_length``
+        text tokens, the whole prompt within the model's context (``model``, else what the tokenizer states) and
+        ``max_prompt_length``."""
+        from classlm.scoring import PromptEncoder, context_length
+
+        return PromptEncoder(
+            tokenizer,
+            rendered,
+            self.max_length if max_length is None else max_length,
+            context=context_length(tokenizer, model),
+            max_prompt_length=self.max_prompt_length,
+        )
 
     def describe(self) -> dict[str, Any]:
         """``info()`` as flat JSON."""

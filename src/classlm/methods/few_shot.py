@@ -14,10 +14,10 @@ neighbour (with its true label in the prompt): no special case is made, so do no
 held-out scores.
 
 Example texts are cut to ``max_example_chars`` on a word boundary (with "…"). The examples never squeeze the text
-out: they may fill the prompt only while at least ``max(8, max_length // 4)`` tokens stay for the text (or what the
-prompt without examples leaves, when that is less). Fixed selection drops the last-picked examples to get there (the
-later round-robin rounds, so the class balance holds), nearest selection the least similar ones, per text. Raise
-``max_length`` to keep all k with long texts.
+out: the text keeps up to ``max_length`` tokens of its own, and the examples may fill the prompt up to the model's
+context (or ``max_prompt_length``) only while at least ``max(8, max_length // 4)`` tokens stay for the text (or what
+the prompt without examples leaves, when that is less). Fixed selection drops the last-picked examples to get there
+(the later round-robin rounds, so the class balance holds), nearest selection the least similar ones, per text.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from classlm.methods.base import register
 from classlm.methods.label_tokens import LabelTokensMethod
 from classlm.prompts import RenderedPrompt
 from classlm.scores import MethodInfo
-from classlm.scoring import MIN_TEXT_TOKENS, EncodedTexts, PromptEncoder
+from classlm.scoring import MIN_TEXT_TOKENS, EncodedTexts, PromptEncoder, context_length
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,8 @@ def balanced_pick(y: Sequence[int], k: int, seed: int) -> list[int]:
 class _NearestEncoder(PromptEncoder):
     """A PromptEncoder whose head is the common head only; ``encode`` puts each text's examples block after it."""
 
-    def __init__(self, tokenizer: Any, rendered: RenderedPrompt, max_length: int, method: FewShotMethod) -> None:
-        super().__init__(tokenizer, rendered, max_length)
+    def __init__(self, base: PromptEncoder, method: FewShotMethod) -> None:
+        vars(self).update(vars(base))  # the common head's encoding and limits, computed once by the method
         self.method = method
 
     def encode(self, texts: Sequence[str]) -> EncodedTexts:
@@ -137,8 +137,13 @@ class FewShotMethod(LabelTokensMethod):
         self.pool_embeddings = np.zeros((0, 0), dtype=np.float32)
         zero_shot = PromptEncoder(backbone.tokenizer, self.base_prompt.render(self.labels, backbone.tokenizer), 1 << 30)
         used = len(zero_shot.head_ids) + len(zero_shot.tail_ids)
+        # The most tokens a whole prompt may take (examples included): the context, or max_prompt_length.
+        limits = [context_length(backbone.tokenizer, backbone.model), self.max_prompt_length]
+        self.prompt_limit = min([n for n in limits if n is not None], default=1 << 30)
         # Tokens the text keeps whatever the examples: a quarter of max_length, less when the bare prompt leaves less.
-        self.min_text_tokens = min(max(MIN_TEXT_TOKENS, self.max_length // 4), self.max_length - used)
+        self.min_text_tokens = min(
+            max(MIN_TEXT_TOKENS, self.max_length // 4), self.max_length, self.prompt_limit - used
+        )
         if self.options.selection == "nearest":
             from classlm.encoders import load_encoder
 
@@ -158,7 +163,7 @@ class FewShotMethod(LabelTokensMethod):
         for m in range(len(examples), -1, -1):
             rendered = dataclasses.replace(self.base_prompt, examples=tuple(examples[:m])).render(self.labels, tok)
             enc = PromptEncoder(tok, rendered, 1 << 30)
-            if self.max_length - len(enc.head_ids) - len(enc.tail_ids) >= self.min_text_tokens:
+            if self.prompt_limit - len(enc.head_ids) - len(enc.tail_ids) >= self.min_text_tokens:
                 return examples[:m]
         return []
 
@@ -180,7 +185,7 @@ class FewShotMethod(LabelTokensMethod):
         self.common_head = same[:last_space].rstrip()
         common = RenderedPrompt(head=self.common_head, tail=bare.tail, chat=bare.chat)
         self.bind_prompt(common)
-        self.encoder = _NearestEncoder(tok, common, self.max_length, self)
+        self.encoder = _NearestEncoder(self.prompt_encoder(tok, common, self.backbone.model), self)
 
     def _embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         return self.sentence_encoder.encode([t.strip() for t in texts], progress=progress)
@@ -236,10 +241,10 @@ class FewShotMethod(LabelTokensMethod):
         rows, truncated = [], np.zeros(len(texts), dtype=bool)
         for i, (ex, b, t) in enumerate(zip(examples, block_ids, text_ids)):
             # Too long a block: drop the least similar examples (the first ones) until the text has its room.
-            while ex and self.max_length - fixed - len(b) < self.min_text_tokens:
+            while ex and self.prompt_limit - fixed - len(b) < self.min_text_tokens:
                 ex = ex[1:]
                 b = tok(self._block(ex), add_special_tokens=False).input_ids
-            budget = self.max_length - fixed - len(b)
+            budget = min(self.max_length, self.prompt_limit - fixed - len(b))
             truncated[i] = len(t) > budget
             rows.append([*enc.head_ids, *b, *t[:budget], *enc.tail_ids])
         return EncodedTexts(rows, truncated)
@@ -258,11 +263,11 @@ class FewShotMethod(LabelTokensMethod):
             examples = self._fitting_prefix(wanted)
             if len(examples) < len(wanted):
                 log.warning(
-                    "few_shot: %d of %d examples fit in max_length=%d with room for the text; raise max_length "
-                    "or lower max_example_chars to keep them all",
+                    "few_shot: %d of %d examples fit in the prompt's %d tokens with room for the text; lower "
+                    "max_example_chars (or raise max_prompt_length) to keep them all",
                     len(examples),
                     len(wanted),
-                    self.max_length,
+                    self.prompt_limit,
                 )
             self._apply_examples(examples)
             self.fitted = True

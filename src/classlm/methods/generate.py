@@ -29,7 +29,7 @@ from classlm.methods.prompted import class_token_info, prompt_info
 from classlm.progress import progress_bar
 from classlm.prompts import RenderedPrompt
 from classlm.scores import MethodInfo, Scores
-from classlm.scoring import PromptEncoder, length_sorted_batches
+from classlm.scoring import length_sorted_batches
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ class GenerateMethod(Method):
 
     def check(self, tokenizer: Any) -> None:
         rendered = self.prompt.render(self.labels, tokenizer)
-        PromptEncoder(tokenizer, rendered, self.max_length)
+        self.prompt_encoder(tokenizer, rendered)
         self._class_tokens(tokenizer, rendered)
 
     def _class_tokens(self, tokenizer: Any, rendered: RenderedPrompt) -> ClassTokens:
@@ -125,7 +125,7 @@ class GenerateMethod(Method):
     def prepare(self, backbone: Any) -> None:
         self.backbone = backbone
         self.rendered = self.prompt.render(self.labels, backbone.tokenizer)
-        self.encoder = PromptEncoder(backbone.tokenizer, self.rendered, self.max_length)
+        self.encoder = self.prompt_encoder(backbone.tokenizer, self.rendered, backbone.model)
         self.tokens = self._class_tokens(backbone.tokenizer, self.rendered)
         self.last_unparsed = 0
         self.unparsed_total = 0

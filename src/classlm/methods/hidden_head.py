@@ -22,7 +22,7 @@ from classlm.methods.base import Method, ScoringRun, register
 from classlm.methods.prompted import PromptedLM, UsesPromptedLM
 from classlm.prompts import RenderedPrompt
 from classlm.scores import MethodInfo, Scores
-from classlm.scoring import PromptEncoder, decoder_of
+from classlm.scoring import decoder_of
 
 
 @dataclass(frozen=True)
@@ -59,10 +59,10 @@ class HiddenHeadMethod(UsesPromptedLM, Method):
     options: HiddenHeadOptions
 
     def check(self, tokenizer: Any) -> None:
-        PromptEncoder(tokenizer, self._render(tokenizer), self.max_length)  # the head reads no class tokens
+        self.prompt_encoder(tokenizer, self._render(tokenizer))  # the head reads no class tokens
 
     def _render(self, tokenizer: Any) -> RenderedPrompt:
-        if self.scoring != "first_token":
+        if self.scoring not in ("auto", "first_token"):
             raise ConfigError(f"hidden_head reads one hidden state per text; scoring={self.scoring!r} does not apply")
         if self.options.prompt:
             return self.prompt.render(self.labels, tokenizer)
@@ -73,7 +73,8 @@ class HiddenHeadMethod(UsesPromptedLM, Method):
 
         self.backbone = backbone
         # The raw text has no tail, so no prefix reuse (PromptedLM.usable).
-        self.lm = PromptedLM(backbone, self._render(backbone.tokenizer), self.max_length)
+        rendered = self._render(backbone.tokenizer)
+        self.lm = PromptedLM(backbone, rendered, self.prompt_encoder(backbone.tokenizer, rendered, backbone.model))
         dim = int(backbone.model.config.hidden_size)
         self.head = build_head(dim, len(self.labels), self.options).to(backbone.device).eval()
         self.fitted = False

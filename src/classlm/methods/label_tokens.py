@@ -1,26 +1,37 @@
 """``label_tokens`` and ``letters``: class logits read from the LM head rows of the class tokens.
 
 One forward pass per batch through the transformer stack; the hidden state at the last real token is multiplied by
-the k rows of the LM head that belong to the classes' first tokens (a "sliced head"): the full-vocabulary head, a
-quarter of a forward pass on SmolLM2, is never computed at every position. ``scoring="exact"`` instead sums the
-log-probabilities of every token of each class's answer (teacher forcing; k rows per text, so about k times slower).
+the k rows of the LM head that belong to the classes (a "sliced head"): the full-vocabulary head, a quarter of a
+forward pass on SmolLM2, is never computed at every position. ``scoring`` picks the rows:
+
+- ``first_token``: each class's first answer token (the first tokens must differ);
+- ``auto_verbalizer``: the same, after :func:`classlm.labels.auto_verbalizers` rewrote the answers of classes that
+  share a first token (``payment_failed`` / ``payment_pending`` → ``"payment failed"`` / ``"pending payment"``);
+- ``name_rows``: the mean of the LM-head rows of all the tokens of each class's name (``"bill balance"``: the rows
+  of " bill" and " balance"): any number of classes, shared first tokens or not, one row per class;
+- ``exact``: the sum of the log-probabilities of every token of each class's answer (teacher forcing; k rows per
+  text, so about k times slower; zero-shot only);
+- ``auto`` (default): ``first_token`` when the first tokens differ, else :data:`classlm.config.COLLISION_SCORING`
+  (``name_rows`` where a vocabulary is too small for ``auto_verbalizer``'s distinct first tokens).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from classlm.config import COLLISION_SCORING, ONE_TOKEN
 from classlm.errors import ConfigError
-from classlm.labels import ClassTokens, resolve_class_tokens
+from classlm.labels import ClassTokens, LabelSet, auto_verbalizers, first_token_groups, readable, resolve_class_tokens
 from classlm.methods.base import Method, ScoringRun, register
 from classlm.methods.prompted import PromptedLM, UsesPromptedLM, class_token_info
 from classlm.prompts import RenderedPrompt
 from classlm.scores import MethodInfo, Scores
-from classlm.scoring import PromptEncoder, SharedPrefix, hidden_states, output_head, pad_right
+from classlm.scoring import SharedPrefix, hidden_states, output_head, pad_right
 
 
 @register("label_tokens")
@@ -31,22 +42,43 @@ class LabelTokensMethod(UsesPromptedLM, Method):
     has_class_tokens = True
 
     def check(self, tokenizer: Any) -> None:
-        rendered = self.prompt.render(self.labels, tokenizer)
-        PromptEncoder(tokenizer, rendered, self.max_length)  # raises when the prompt leaves the text no room
-        self.class_tokens(tokenizer, rendered)
+        _, labels, _ = self.resolve_head(tokenizer)
+        self.prompt_encoder(tokenizer, self.prompt.render(labels, tokenizer))  # raises when the text has no room
 
     def prepare(self, backbone: Any) -> None:
         self.backbone = backbone
+        self.scoring, self.labels, self.tokens = self.resolve_head(backbone.tokenizer)
         self.bind_prompt(self.prompt.render(self.labels, backbone.tokenizer))
-        self.tokens: ClassTokens = self.class_tokens(backbone.tokenizer, self.rendered)
 
-    def class_tokens(self, tokenizer: Any, rendered: RenderedPrompt) -> ClassTokens:
-        """The classes' answer tokens after ``rendered``; first-token scoring needs distinct first tokens."""
-        return resolve_class_tokens(
-            self.labels,
-            tokenizer,
-            leading_space=rendered.leading_space,
-            require_distinct_first=self.scoring == "first_token",
+    def resolve_head(self, tokenizer: Any) -> tuple[str, LabelSet, ClassTokens]:
+        """``(scoring, labels, class tokens)`` for this tokenizer: ``auto`` resolved, codes past 26 letters
+        assigned, answers rewritten for ``auto_verbalizer``. Deterministic, so a saved classifier resolves alike."""
+        # Where the answer goes (and so its leading space) depends on the template's tail, not on the class list.
+        bare = dataclasses.replace(self.prompt, show_classes="none", examples=()).render(self.labels, tokenizer)
+        space = bare.leading_space
+        labels = self.labels.with_codes(tokenizer, leading_space=space)
+        scoring = self.scoring
+        if scoring == "auto":
+            prefix = " " if space else ""
+            seqs = [tokenizer.encode(prefix + a, add_special_tokens=False) or [-1] for a in labels.answers]
+            scoring = COLLISION_SCORING if first_token_groups(seqs) else "first_token"
+        if scoring == "auto_verbalizer":
+            try:
+                labels = auto_verbalizers(labels, tokenizer, leading_space=space)
+            except ConfigError:
+                if self.scoring != "auto":
+                    raise
+                scoring = "name_rows"  # a vocabulary too small for distinct first tokens: one that needs none
+        if scoring == "name_rows":
+            # Every word of the name counts, so identifier separators ("bill_balance") become spaces.
+            words = LabelSet(labels.names, labels.descriptions, tuple(map(readable, labels.answers)))
+            tokens = resolve_class_tokens(words, tokenizer, leading_space=space, require_distinct_first=False)
+            return scoring, labels, tokens
+        first = scoring in ONE_TOKEN
+        return (
+            scoring,
+            labels,
+            resolve_class_tokens(labels, tokenizer, leading_space=space, require_distinct_first=first),
         )
 
     def bind_prompt(self, rendered: RenderedPrompt) -> None:
@@ -54,7 +86,8 @@ class LabelTokensMethod(UsesPromptedLM, Method):
         setting: the model is the same."""
         previous = getattr(self, "lm", None)
         reuse = previous.reuse_prefix if previous is not None else True
-        self.lm = PromptedLM(self.backbone, rendered, self.max_length, reuse_prefix=reuse)
+        encoder = self.prompt_encoder(self.backbone.tokenizer, rendered, self.backbone.model)
+        self.lm = PromptedLM(self.backbone, rendered, encoder, reuse_prefix=reuse)
 
     # -- training (trains_backbone) -------------------------------------------------------------------------------
     def trainable_module(self) -> Any:
@@ -62,12 +95,17 @@ class LabelTokensMethod(UsesPromptedLM, Method):
         return self.backbone.model
 
     def class_token_ids(self) -> list[int]:
+        if self.scoring not in ONE_TOKEN:
+            raise ConfigError(
+                f"loss='vocab_ce' needs one answer token per class; scoring={self.scoring!r} has none: train with "
+                "loss='class_ce', or scoring='auto_verbalizer' (one distinct first token per class)"
+            )
         return list(self.tokens.first_ids)
 
     # -- scoring ----------------------------------------------------------------------------------------------------
     def scores(self, texts: Sequence[str], run: ScoringRun) -> Scores:
         encoded = self.encoder.encode(texts)
-        prefix = self.lm.shared_prefix() if self.scoring == "first_token" else None
+        prefix = self.lm.shared_prefix() if self.scoring != "exact" else None
         logits = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         mass = np.zeros(len(texts), dtype=np.float32) if run.class_mass else None
 
@@ -76,7 +114,7 @@ class LabelTokensMethod(UsesPromptedLM, Method):
             if self.scoring == "exact":
                 z, m = self._exact(rows, run.batch_size)
             else:
-                z, m = self._first_token(rows, prefix, run.class_mass)
+                z, m = self._first_token(rows, prefix, run.class_mass and self.scoring in ONE_TOKEN)
             logits[idx] = z.cpu().numpy()
             if mass is not None and m is not None:
                 mass[idx] = m.cpu().numpy()
@@ -102,6 +140,8 @@ class LabelTokensMethod(UsesPromptedLM, Method):
         weight, bias = output_head(bb.model)
         ids = torch.as_tensor(self.tokens.first_ids, device=bb.device)
         with torch.autocast(device_type=h.device.type, enabled=False):
+            if self.scoring == "name_rows":
+                return self._name_rows(h, weight, bias), None
             if full_vocab:
                 # Only the last position's full-vocabulary row: (b, V), still never (b, L, V).
                 full = h @ weight.float().T
@@ -113,16 +153,29 @@ class LabelTokensMethod(UsesPromptedLM, Method):
                 z = z + bias[ids].float()
             return z, None
 
+    def _name_rows(self, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``h`` times each class's mean LM-head row over its name's tokens (frozen rows: no gradient to them)."""
+        seqs = self.tokens.sequences
+        flat = torch.as_tensor([t for s in seqs for t in s], device=h.device)
+        offsets = torch.as_tensor(np.cumsum([0, *map(len, seqs[:-1])]), device=h.device)
+        rows = torch.nn.functional.embedding_bag(flat, weight.detach().float(), offsets, mode="mean")
+        z = h @ rows.T
+        if bias is not None:
+            z = z + torch.nn.functional.embedding_bag(flat, bias.detach().float()[:, None], offsets, mode="mean")[:, 0]
+        return z
+
     def train_logits(
         self, rows: list[list[int]], *, full_vocab: bool = False, reuse_prefix: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Class logits with gradients, for training. With ``reuse_prefix`` the prompt head runs once for the batch
         instead of once per row (see PromptedLM.train_hidden)."""
-        if self.scoring != "first_token":
+        if self.scoring == "exact":
             raise ConfigError(
-                f"training reads the class tokens' first-token logits; scoring={self.scoring!r} is for zero-shot "
-                "use. Train with scoring='first_token' (make the first tokens distinct with verbalizers or letters)"
+                "scoring='exact' is for zero-shot use (k forward rows per text); train with scoring='auto' (one row "
+                "per class, also for classes whose names share first tokens)"
             )
+        if full_vocab:
+            self.class_token_ids()  # refuses scorings without one token per class
         return self._head(self.lm.train_hidden(rows, reuse_prefix), full_vocab)
 
     def _exact(self, rows: list[list[int]], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,10 +34,12 @@ log = logging.getLogger(__name__)
 class PromptedLM:
     """A backbone, a rendered prompt around the text, its encoder and the cached shared prefix."""
 
-    def __init__(self, backbone: Any, rendered: RenderedPrompt, max_length: int, *, reuse_prefix: bool = True) -> None:
+    def __init__(
+        self, backbone: Any, rendered: RenderedPrompt, encoder: PromptEncoder, *, reuse_prefix: bool = True
+    ) -> None:
         self.backbone = backbone
         self.rendered = rendered
-        self.encoder = PromptEncoder(backbone.tokenizer, rendered, max_length)
+        self.encoder = encoder
         # Shared-prefix reuse: set to False to run every row in full; it turns itself off (with a warning) for
         # models whose cache the prefix path cannot reuse.
         self.reuse_prefix = reuse_prefix
@@ -200,5 +202,5 @@ def prompt_info(encoder: PromptEncoder, rendered: RenderedPrompt) -> PromptInfo:
     """The rendered prompt and its token ids around the text slot."""
     return PromptInfo(
         rendered.head, rendered.tail, tuple(encoder.head_ids), tuple(encoder.tail_ids), rendered.chat,
-        encoder.text_budget,
+        encoder.text_budget, rendered.class_list,
     )  # fmt: skip
