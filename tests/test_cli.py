@@ -426,9 +426,10 @@ def test_train_drop_invalid_and_scoring(monkeypatch, capsys, tiny_model_dir, sor
         code, _, err = run_cli(monkeypatch, capsys, *few_shot, "--out", tmp_path / scoring, "--scoring", scoring)
         assert code == 0, err
         assert json.loads((tmp_path / scoring / "classlm.json").read_text())["options"]["scoring"] == saved
-    # LoRA trains one row per class, never the k rows of exact scoring: said in flags.
+    # LoRA trains exact scoring too (teacher forcing through the answer trie).
     code, _, err = run_cli(monkeypatch, capsys, *args, "--drop-invalid", "--scoring", "exact", "--overwrite")
-    assert code == 2 and "--scoring auto" in err
+    assert code == 0, err
+    assert json.loads((run / "classlm.json").read_text())["options"]["scoring"] == "exact"
 
 
 CLI_KILL = """

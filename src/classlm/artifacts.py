@@ -76,7 +76,7 @@ def manifest(
         "method": clf.method,
         "options": {
             "model": clf.model,
-            "scoring": clf.method_.scoring,  # resolved ("auto" → the head it chose), so a load scores alike
+            "scoring": clf.scoring_,  # resolved ("auto" → the head it chose), so a load scores alike
             "calibration": clf.calibration,
             "max_length": clf.max_length,
             "max_prompt_length": clf.max_prompt_length,
@@ -336,7 +336,7 @@ def export_merged(clf: Any, out: str | Path) -> Path:
     if not hasattr(clf, "method_"):
         raise NotFittedError("only a fitted classifier can be exported; load or fit it first")
     method_info = clf.method_.info()
-    if not clf.method_.has_class_tokens or method_info.prompt is None or clf.method_.scoring not in ONE_TOKEN:
+    if not clf.method_.has_class_tokens or method_info.prompt is None or clf.scoring_ not in ONE_TOKEN:
         raise ConfigError(
             f"export --merge writes a model whose class probabilities are its LM-head logits of the class tokens "
             f"(e.g. methods label_tokens and letters); method {clf.method!r} is not that — use the saved run folder"

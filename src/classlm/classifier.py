@@ -195,6 +195,7 @@ class LMClassifier(CalibratedClassifier):
         self.backbone_ = backbone
         self.method_: Method = method
         self.label_set_ = method.labels  # as the method resolved them (e.g. auto_verbalizer's answers)
+        self.scoring_ = method.scoring  # resolved: "auto" → the head it chose for these labels
         self.classes_ = np.array(label_set.names, dtype=object) if classes is None else classes
         self.calibrator_ = TemperatureScaler()
         self.calibration_info_: dict[str, Any] = {"fitted": False}

@@ -36,7 +36,7 @@ def evaluate(
     details = {
         "model": clf.model,
         "method": clf.method,
-        "scoring": clf.scoring,
+        "scoring": getattr(clf, "scoring_", getattr(clf, "scoring", None)),
         "temperature": clf.temperature_,
         "n_truncated": int(scores.n_truncated),
         "seconds": round(seconds, 3),

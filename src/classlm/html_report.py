@@ -380,7 +380,7 @@ def classifier_context(clf: Any) -> dict[str, Any]:
     about = {
         "model": getattr(clf, "model", None),
         "method": getattr(clf, "method", None),
-        "scoring": getattr(clf, "scoring", None),
+        "scoring": getattr(clf, "scoring_", getattr(clf, "scoring", None)),  # resolved where there is one
         "temperature": _f(getattr(clf, "temperature_", None)),
         "dtype": (run.get("dtype") or {}).get("dtype"),
         "classes": ", ".join(map(str, getattr(clf, "classes_", []))),

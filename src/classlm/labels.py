@@ -248,12 +248,13 @@ def resolve_class_tokens(
 
 
 # -- class names that share first tokens ------------------------------------------------------------------------------
-_WORD_BREAKS = re.compile(r"[_\-/\s]+|(?<=[a-z])(?=[A-Z])")
+_WORD_BREAKS = re.compile(r"[_\-/:.\s]+|(?<=[a-z])(?=[A-Z])")  # snake, kebab, paths, "ENTY:animal", camelCase
 
 
 def words(answer: str) -> list[str]:
     """``"refund_not_received"`` / ``"refundNotReceived"`` / ``"refund-not received"`` → ``["refund", "not",
-    "received"]``: identifier-style names as the words a model reads and writes."""
+    "received"]``, ``"ENTY:animal"`` → ``["ENTY", "animal"]``: identifier-style names as the words a model reads and
+    writes."""
     return [w for w in _WORD_BREAKS.split(answer.strip()) if w]
 
 

@@ -53,6 +53,9 @@ def _nll(v: Any) -> str:
 
 
 PER_CLASS_HEADER = ("class", "precision", "recall", "F1", "support", "calibration ratio")
+# Classes up to which the markdown report prints the whole confusion matrix; past it (an intent set of 151 classes
+# would print 151 columns) the most confused pairs, the matrix staying in the JSON and the HTML heat map.
+MARKDOWN_CONFUSION = 20
 
 
 def per_class_rows(per_class: Mapping[str, Mapping[str, Any]], num: Any = _num) -> list[list[Any]]:
@@ -170,15 +173,27 @@ class EvalReport:
             lines += ["", "### Per class", ""]
             lines += _table(PER_CLASS_HEADER, per_class_rows(per_class))
         confusion = m.get("confusion")
-        if confusion and len(confusion) == len(self.classes):
+        if confusion and len(confusion) == len(self.classes) <= MARKDOWN_CONFUSION:
             lines += ["", "### Confusion matrix (rows: true, columns: predicted)", ""]
             lines += _table(
                 ["true \\ predicted", *self.classes], [[c, *row] for c, row in zip(self.classes, confusion)]
             )
+        elif confusion and len(confusion) == len(self.classes):
+            pairs = confused_pairs(confusion, self.classes)
+            lines += ["", f"### Most confused pairs (of {len(self.classes)} classes; the whole matrix is in the JSON "
+                      "and HTML reports)", ""]  # fmt: skip
+            lines += _table(["true", "predicted", "rows", "share of the true class"], pairs) if pairs else ["none"]
         if self.info:
             lines += ["", "### Info", ""]
             lines += [f"- **{_cell(k)}**: {_cell(_jsonable(v))}" for k, v in self.info.items()]
         return "\n".join(lines) + "\n"
+
+
+def confused_pairs(confusion: Sequence[Sequence[int]], classes: Sequence[str], n: int = 10) -> list[list[str]]:
+    """The ``n`` largest off-diagonal cells: ``[true, predicted, count, share of the true class's rows]``."""
+    cells = [(c, i, j) for i, row in enumerate(confusion) for j, c in enumerate(row) if i != j and c]
+    cells.sort(key=lambda t: (-t[0], t[1], t[2]))
+    return [[classes[i], classes[j], str(c), f"{c / max(sum(confusion[i]), 1):.0%}"] for c, i, j in cells[:n]]
 
 
 def build_report(

@@ -209,8 +209,9 @@ class SharedPrefix:
             self._per_query_head[layer] = (k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1))
         return self._per_query_head[layer]
 
-    def hidden(self, ids: torch.Tensor) -> torch.Tensor:
-        """Final-norm hidden states ``(b, S, d)`` of right-padded suffix rows ``ids`` that follow the prefix."""
+    def hidden(self, ids: torch.Tensor, stash: dict[int, Any] | None = None) -> torch.Tensor:
+        """Final-norm hidden states ``(b, S, d)`` of right-padded suffix rows ``ids`` that follow the prefix; with
+        ``stash``, each layer's keys and values of those rows go into it (the answer trie attends to them)."""
         b, s = ids.shape
         positions = torch.arange(self.length, self.length + s, device=ids.device).expand(b, -1)
         self.calls = 0
@@ -222,7 +223,9 @@ class SharedPrefix:
         try:
             # No attention mask: right padding means a real token's causal window holds only real tokens, and
             # transformers builds no mask for an implementation it has no mask function for.
-            h = decoder_of(self.model)(input_ids=ids, position_ids=positions, use_cache=False, classlm_prefix=self)
+            h = decoder_of(self.model)(
+                input_ids=ids, position_ids=positions, use_cache=False, classlm_prefix=self, classlm_stash=stash
+            )
         finally:
             config._attn_implementation = saved
         if self.calls != len(self.layers):
@@ -259,6 +262,9 @@ def _prefix_attention(
         raise NotImplementedError(f"{type(module).__name__} uses sliding windows, attention sinks or soft-capping")
     pk, pv = prefix.layers[module.layer_idx]
     prefix.calls += 1
+    stash = kwargs.get("classlm_stash")
+    if stash is not None:
+        stash[module.layer_idx] = (key, value)
     b, n_heads, s, d = query.shape
     h = key.shape[1]
     g = n_heads // h

@@ -32,6 +32,7 @@ from classlm.methods.prompted import PromptedLM, UsesPromptedLM, class_token_inf
 from classlm.prompts import RenderedPrompt
 from classlm.scores import MethodInfo, Scores
 from classlm.scoring import SharedPrefix, hidden_states, output_head, pad_right
+from classlm.trie import AnswerTrie, answer_logprobs
 
 
 @register("label_tokens")
@@ -48,6 +49,7 @@ class LabelTokensMethod(UsesPromptedLM, Method):
     def prepare(self, backbone: Any) -> None:
         self.backbone = backbone
         self.scoring, self.labels, self.tokens = self.resolve_head(backbone.tokenizer)
+        self.trie = AnswerTrie.build(self.tokens.sequences)
         self.bind_prompt(self.prompt.render(self.labels, backbone.tokenizer))
 
     def resolve_head(self, tokenizer: Any) -> tuple[str, LabelSet, ClassTokens]:
@@ -69,11 +71,10 @@ class LabelTokensMethod(UsesPromptedLM, Method):
                 if self.scoring != "auto":
                     raise
                 scoring = "name_rows"  # a vocabulary too small for distinct first tokens: one that needs none
-        if scoring == "name_rows":
-            # Every word of the name counts, so identifier separators ("bill_balance") become spaces.
-            words = LabelSet(labels.names, labels.descriptions, tuple(map(readable, labels.answers)))
-            tokens = resolve_class_tokens(words, tokenizer, leading_space=space, require_distinct_first=False)
-            return scoring, labels, tokens
+        if scoring == "name_rows" and not labels.letters:
+            # Every word of the name counts, so identifier separators ("bill_balance") become spaces, in the
+            # class list too.
+            labels = LabelSet(labels.names, labels.descriptions, tuple(map(readable, labels.verbalizers)))
         first = scoring in ONE_TOKEN
         return (
             scoring,
@@ -105,13 +106,17 @@ class LabelTokensMethod(UsesPromptedLM, Method):
     # -- scoring ----------------------------------------------------------------------------------------------------
     def scores(self, texts: Sequence[str], run: ScoringRun) -> Scores:
         encoded = self.encoder.encode(texts)
-        prefix = self.lm.shared_prefix() if self.scoring != "exact" else None
+        prefix = self.lm.shared_prefix()
         logits = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         mass = np.zeros(len(texts), dtype=np.float32) if run.class_mass else None
+        trie = self.scoring == "exact" and prefix is not None  # no reusable prefix: the k-row path, same values
 
         def step(idx: np.ndarray, rows: list[list[int]]) -> None:
             m: torch.Tensor | None
-            if self.scoring == "exact":
+            if trie and prefix is not None:
+                z = self._trie(rows, prefix)
+                m = torch.exp(torch.logsumexp(z, -1))  # the probability of generating any class's full answer
+            elif self.scoring == "exact":
                 z, m = self._exact(rows, run.batch_size)
             else:
                 z, m = self._first_token(rows, prefix, run.class_mass and self.scoring in ONE_TOKEN)
@@ -119,8 +124,10 @@ class LabelTokensMethod(UsesPromptedLM, Method):
             if mass is not None and m is not None:
                 mass[idx] = m.cpu().numpy()
 
-        self.lm.run_batches(encoded.ids, step, batch_size=run.batch_size, batch_tokens=run.batch_tokens, prefix=prefix,
-                            progress=run.progress)  # fmt: skip
+        # The trie's nodes run after every text: its share of a batch's token budget.
+        extra = self.trie.size if trie else 0
+        self.lm.run_batches(encoded.ids, step, batch_size=run.batch_size, batch_tokens=run.batch_tokens,
+                            prefix=prefix, progress=run.progress, extra_tokens=extra)  # fmt: skip
         return Scores(logits, mass, encoded.truncated)
 
     def _first_token(
@@ -169,14 +176,28 @@ class LabelTokensMethod(UsesPromptedLM, Method):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Class logits with gradients, for training. With ``reuse_prefix`` the prompt head runs once for the batch
         instead of once per row (see PromptedLM.train_hidden)."""
-        if self.scoring == "exact":
-            raise ConfigError(
-                "scoring='exact' is for zero-shot use (k forward rows per text); train with scoring='auto' (one row "
-                "per class, also for classes whose names share first tokens)"
-            )
         if full_vocab:
             self.class_token_ids()  # refuses scorings without one token per class
+        if self.scoring == "exact":
+            if not (reuse_prefix and self.lm.usable()):
+                raise ConfigError(
+                    "training with scoring='exact' runs the answer trie after the shared prompt prefix; it needs "
+                    "prefix reuse (train={'reuse_prefix': True}) and a prompt with a head and a tail"
+                )
+            bb = self.backbone
+            return self._trie(rows, SharedPrefix(bb.model, self.encoder.head_ids, bb.device)), None
         return self._head(self.lm.train_hidden(rows, reuse_prefix), full_vocab)
+
+    def _trie(self, rows: list[list[int]], prefix: SharedPrefix) -> torch.Tensor:
+        """Exact answer log-probabilities ``(b, k)`` through the answer trie (:mod:`classlm.trie`)."""
+        bb = self.backbone
+        weight, bias = output_head(bb.model)
+        return answer_logprobs(bb.model, prefix, rows, bb.tokenizer.pad_token_id, self.trie, weight, bias)
+
+    def training_tokens(self, row: Sequence[int], reuse_prefix: bool) -> int:
+        # The trie's nodes run after every row too.
+        extra = self.trie.size if self.scoring == "exact" else 0
+        return super().training_tokens(row, reuse_prefix) + extra
 
     def _exact(self, rows: list[list[int]], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Sum of log p(token_j | prompt, tokens_<j) over each class's answer tokens, teacher-forced."""

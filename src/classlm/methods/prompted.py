@@ -135,10 +135,11 @@ class PromptedLM:
         prefix: SharedPrefix | None,
         progress: bool | str = False,
         desc: str = "scoring",
+        extra_tokens: int = 0,
     ) -> None:
         """``step(indices, rows)`` over length-sorted batches, without autograd. The token budget counts the tokens
-        that run: without the shared prefix when it is reused."""
-        skip = prefix.length if prefix is not None else 0
+        that run: without the shared prefix when it is reused, plus ``extra_tokens`` per row (an answer trie)."""
+        skip = (prefix.length if prefix is not None else 0) - extra_tokens
         desc = progress if isinstance(progress, str) else desc  # a caller's label names what is being scored
         bar = progress_bar(total=len(rows), desc=desc, unit="text", disable=not progress, leave=False)
         with torch.inference_mode():
