@@ -260,3 +260,19 @@ def test_train_cli_on_60_colliding_classes_needs_no_options(monkeypatch, capsys,
     # The tiny vocabulary has too few tokens for 60 distinct first tokens: auto then takes name_rows.
     assert doc["options"]["scoring"] in (COLLISION_SCORING, "name_rows") and len(doc["labels"]["names"]) == 60
     assert doc["calibration"]["n"] >= 60  # a calibration row of every class
+
+
+def test_auto_epochs_follow_the_rows_per_class(tiny_model_dir):
+    from classlm.config import TrainConfig, auto_epochs
+
+    assert TrainConfig().epochs is None  # the default: by rows per class
+    assert (auto_epochs(900, 151), auto_epochs(900, 50), auto_epochs(900, 4), auto_epochs(5, 2)) == (8, 3, 1, 8)
+    with pytest.raises(ConfigError, match="epochs must be a positive number or None"):
+        TrainConfig(epochs=0)
+    names = colliding_names(6)
+    texts = [f"{n.replace('_', ' ')} {i}" for i in range(4) for n in names]
+    y = [n for _ in range(4) for n in names]
+    clf = LMClassifier(model=str(tiny_model_dir), labels=names, lora={"r": 2}, train={"batch_size": 6, "lr": 1e-3})
+    clf.fit(texts, y)
+    # 24 rows less one calibration row per class: 18, 3 per class → ceil(48 / 3) = 16, capped at 8 passes.
+    assert clf.training_["n_train"] == 18 and clf.training_["epochs"] == 8 and clf.training_["steps"] == 8 * 3

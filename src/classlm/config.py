@@ -7,6 +7,7 @@ is written, not deep inside a forward pass. ``to_dict``/``from_dict`` give the p
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,13 +185,30 @@ class LoraConfig:
             raise ConfigError(f"target_modules must be a non-empty list of layer names, got {targets!r}")
 
 
+# epochs=None: enough passes that training sees about this many examples of the average class, 1 to AUTO_EPOCHS_MAX.
+# One pass over a dozen rows per class underfits (a 77-intent set, 900 rows: LoRA macro-F1 0.33 against TF-IDF's
+# 0.66); sets with a few hundred rows per class (ag_news, emotion, sms_spam in the benchmarks) keep their one pass.
+# The best adapter by the early-stopping metric on held-out rows is what training keeps, so extra passes that start
+# to overfit cost time, not quality.
+AUTO_EPOCHS_SEEN_PER_CLASS = 48
+AUTO_EPOCHS_MAX = 8
+
+
+def auto_epochs(n_rows: int, n_classes: int) -> int:
+    """Passes over ``n_rows`` training rows of ``n_classes`` classes for ``epochs=None``: ceil(48 / rows per class),
+    1 to 8 (clinc150, 151 classes in 900 rows: 8; trec_fine, 50 in 900: 3; ag_news, 4 in 900: 1)."""
+    per_class = n_rows / max(n_classes, 1)
+    return int(min(AUTO_EPOCHS_MAX, max(1, math.ceil(AUTO_EPOCHS_SEEN_PER_CLASS / max(per_class, 1e-9)))))
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """The fine-tuning loop: loss, optimiser, schedule, evaluation, early stopping and checkpoints.
 
     ``batch_size`` examples per optimiser step, run in micro-batches of at most ``batch_size / grad_accum`` rows
     and ``micro_batch_tokens`` padded tokens (default: :data:`TRAIN_BATCH_TOKENS` for the dtype on CPU). Training
-    stops after ``max_steps`` optimiser steps when set, else after ``epochs`` passes over the training data. The
+    stops after ``max_steps`` optimiser steps when set, else after ``epochs`` passes over the training data (``None``:
+    :func:`auto_epochs`, by the rows per class). The
     learning rate warms up linearly over ``warmup_ratio`` of the steps, then decays linearly to 0. ``eval_every``
     steps (0: only at the end) the eval set is scored; ``early_stopping`` names the metric to watch and
     ``patience`` how many evaluations without improvement end training; the best adapter is kept.
@@ -201,7 +219,9 @@ class TrainConfig:
     lr: float = field(default=5e-4, metadata={"help": "Peak learning rate."})
     batch_size: int = field(default=16, metadata={"help": "Examples per optimiser step."})
     grad_accum: int = field(default=1, metadata={"help": "Micro-batches per step."})
-    epochs: float = field(default=1.0, metadata={"help": "Passes over the training data."})
+    epochs: float | None = field(
+        default=None, metadata={"help": "Passes over the training data (default: by rows per class, 1 to 8)."}
+    )
     max_steps: int | None = field(default=None, metadata={"help": "Stop after N steps."})
     warmup_ratio: float = field(default=0.05, metadata={"help": "Fraction of the steps the learning rate warms up."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
@@ -237,8 +257,8 @@ class TrainConfig:
             raise ConfigError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         for name in ("lr", "epochs"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigError(f"{name} must be a positive number, got {value!r}")
+            if (value is not None or name == "lr") and (not isinstance(value, (int, float)) or value <= 0):
+                raise ConfigError(f"{name} must be a positive number{' or None' * (name == 'epochs')}, got {value!r}")
         for name in ("batch_size", "grad_accum"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

@@ -1,9 +1,8 @@
 """LoRA fine-tuning of the label-token head: the loop, evaluation during training, early stopping, checkpoints, resume.
 
 The model keeps its architecture: LoRA adapters on the attention and MLP projections learn, the embeddings and the
-LM head stay frozen, and the class logits are the LM-head rows of the class tokens, exactly as in zero-shot scoring.
-``class_ce`` is the cross-entropy over those k logits; ``vocab_ce`` is plain SFT on the class token (cross-entropy
-over the whole vocabulary), which also pushes the class mass towards 1.
+LM head stay frozen, and the class logits are read as in zero-shot scoring. ``class_ce`` is the cross-entropy over
+those k logits; ``vocab_ce`` is plain SFT on the class token (over the whole vocabulary; class mass goes to 1).
 
 Everything a run needs to continue is in its checkpoint (adapter, best adapter so far and optimizer tensors as
 safetensors, counters and RNG states as JSON/safetensors, no pickle), written to a temp folder and renamed into place,
@@ -36,7 +35,7 @@ from classlm.checkpoints import (
     write_checkpoint,
 )
 from classlm.checkpoints import read_metrics as read_metrics  # re-exported: callers have imported it from here
-from classlm.config import STOP_METRICS, LoraConfig, TrainConfig, train_token_budget
+from classlm.config import STOP_METRICS, LoraConfig, TrainConfig, auto_epochs, train_token_budget
 from classlm.errors import ArtifactError, ConfigError
 from classlm.kernels import lean_training, use_fast_lora
 from classlm.machine import peak_rss_mib
@@ -198,7 +197,8 @@ class Trainer:
         rows = self.method.training_rows(texts)
         n = len(rows)
         per_epoch = math.ceil(n / cfg.batch_size)
-        total = cfg.max_steps if cfg.max_steps is not None else max(1, math.ceil(cfg.epochs * per_epoch))
+        epochs = cfg.epochs if cfg.epochs is not None else auto_epochs(n, len(self.names))
+        total = cfg.max_steps if cfg.max_steps is not None else max(1, math.ceil(epochs * per_epoch))
         warmup = int(cfg.warmup_ratio * total)
         if eval_texts is not None and cfg.eval_every > total:
             log.warning(
@@ -403,14 +403,14 @@ def train_method(
     state = Trainer(method, module, config, **trainer).fit(
         train[0],
         train[1],
-        evaluation[0] if evaluation else None,
-        evaluation[1] if evaluation else None,
+        *(evaluation or (None, None)),
         resume=resume,
     )
     return {
         "n_train": len(train[0]),
         "steps": state.step,
         "examples_seen": state.examples_seen,
+        "epochs": round(state.examples_seen / len(train[0]), 2),  # passes made (epochs=None: by rows per class)
         "seconds": round(state.seconds, 2),
         "examples_per_second": state.examples_seen / state.seconds if state.seconds else None,
         "best_step": state.best_step,

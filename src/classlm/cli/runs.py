@@ -144,6 +144,8 @@ def training_summary(t: dict[str, Any], temperature: float) -> str:
     """One line: steps, examples seen (not the rows there were to see), time, throughput, temperature."""
     if "steps" in t:
         what = f"trained {t['steps']} steps, {t['examples_seen']} examples seen of {t['n_train']} training rows"
+        if t.get("epochs"):
+            what += f" ({t['epochs']:g} passes)"
     else:
         what = f"trained on {t['n_train']} examples"
     speed = f"{t['examples_per_second'] or 0:.2f} examples/s"
