@@ -29,7 +29,6 @@ import contextlib
 import copy
 import gc
 import json
-import re
 import resource
 import shutil
 import socket
@@ -53,7 +52,6 @@ from zero_shot import INSTRUCTION, NEWS_LABELS  # noqa: E402  (the accuracy benc
 from classlm import LMClassifier  # noqa: E402
 from classlm.config import CPU_BATCH_TOKENS, token_budget  # noqa: E402
 from classlm.data import load_dataset  # noqa: E402
-from classlm.errors import ConfigError  # noqa: E402
 from classlm.machine import machine_block, machine_line  # noqa: E402
 from classlm.metrics import softmax  # noqa: E402
 from classlm.reports import write_text_atomic  # noqa: E402
@@ -93,7 +91,6 @@ VARIANTS: dict[str, tuple[str, str]] = {
 # The variants whose class logits are kept for the checks (same texts, same order).
 KEEP_RESULT = ("shipped", "shipped_fp32", "no_reuse", "full_logits", "generate", "llama_server_1", *INT8)
 CLASS_SWEEP = ("sms_spam", "ag_news", "emotion", "trec_fine", "clinc150")
-SWEEP_MAX_LENGTH = 4096  # the 151-class prompt of clinc150 does not fit in the default 512
 Fn = Callable[[list[str]], np.ndarray]
 
 
@@ -416,42 +413,10 @@ def texts_per_second(clf: LMClassifier, texts: list[str], rounds: int) -> dict[s
     return out
 
 
-def distinct_verbalizers(names: list[str], tokenizer: Any, leading_space: bool) -> list[str] | None:
-    """Greedy answers whose first tokens differ: the name's words joined, reversed, or one word alone."""
-    used: set[int] = set()
-    out = []
-    for name in names:
-        words = [w for w in re.split(r"[_:\s]+", name) if w] or [name]
-        tail = list(reversed(words))
-        for cand in (" ".join(words), " ".join(tail), *tail, *(w.title() for w in tail), *(w.upper() for w in tail)):
-            first = tokenizer.encode((" " if leading_space else "") + cand, add_special_tokens=False)[:1]
-            if first and first[0] not in used:
-                used.add(first[0])
-                out.append(cand)
-                break
-        else:
-            return None
-    return out
-
-
-def sweep_classifier(names: list[str], args: argparse.Namespace, model: str) -> tuple[LMClassifier | None, str]:
-    kw: dict[str, Any] = dict(model=model, max_length=SWEEP_MAX_LENGTH, device=args.device)
-    try:
-        return LMClassifier(labels=names, **kw).fit([]), "class names"
-    except ConfigError as exc:
-        error = str(exc)
-    if len(names) <= 26:
-        return LMClassifier(labels=names, method="letters", **kw).fit([]), "letters (class names collide)"
-    probe = LMClassifier(labels=NEWS_LABELS, **kw).fit([])  # the same template: same tokenizer and leading space
-    verb = distinct_verbalizers(names, probe.backbone_.tokenizer, probe.method_.rendered.leading_space)
-    if verb is None:
-        return None, f"collision: {error}"
-    changed = sum(v != n for v, n in zip(verb, names))
-    try:
-        clf = LMClassifier(labels={n: {"verbalizer": v} for n, v in zip(names, verb)}, **kw).fit([])
-    except ConfigError as exc:
-        return None, f"collision: {exc}"
-    return clf, f"verbalizers with distinct first tokens ({changed} of {len(names)} rewritten)"
+def sweep_classifier(names: list[str], args: argparse.Namespace, model: str) -> tuple[LMClassifier, str]:
+    """The shipped zero-shot classifier for ``names`` (scoring="auto" handles names that share first tokens)."""
+    clf = LMClassifier(labels=names, model=model, device=args.device).fit([])
+    return clf, f"class names, scoring {clf.scoring_}"
 
 
 def class_sweep(args: argparse.Namespace, model: str) -> list[dict[str, Any]]:
@@ -467,9 +432,6 @@ def class_sweep(args: argparse.Namespace, model: str) -> list[dict[str, Any]]:
         print(f"  class sweep: {name} ({len(names)} classes)…", file=sys.stderr)
         clf, how = sweep_classifier(names, args, model)
         row: dict[str, Any] = {"dataset": name, "k": len(names), "labels": how, "n_texts": len(texts)}
-        if clf is None:
-            rows.append({**row, "skipped": how})
-            continue
         tps = texts_per_second(clf, texts, args.rounds)
         rows.append({**row, "prompt_tokens": clf.method_.describe()["prompt_tokens"], "texts_per_second": tps})
     return rows
@@ -953,8 +915,7 @@ def sweep_lines(doc: dict[str, Any], run: dict[str, Any]) -> list[str]:
     lines = [
         "",
         f"### Texts/s vs number of classes (each dataset's first {doc['n_texts'] // 2} test texts; its labels.json "
-        f"names as classes, the default instruction, max_length {SWEEP_MAX_LENGTH}, dtype auto; floor: the same "
-        "dtype)",
+        "names as classes, the default instruction and scoring, dtype auto; floor: the same dtype)",
         "",
         "| dataset | classes | answers | prompt tokens | shipped | no_reuse | floor | shipped/no_reuse | "
         "shipped time / floor time | prefix one-off s |",

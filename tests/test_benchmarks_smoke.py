@@ -47,14 +47,6 @@ def test_every_variant_runs_and_the_paths_agree(clf):
     assert set(results["generate"].tolist()) <= {-1, 0, 1, 2, 3}
 
 
-def test_distinct_verbalizers_give_distinct_first_tokens(tiny_tokenizer):
-    names = ["bill_balance", "bill_due", "book_flight", "book_hotel", "ENTY:animal", "ENTY:body"]
-    verbalizers = throughput.distinct_verbalizers(names, tiny_tokenizer, leading_space=False)
-    assert verbalizers is not None and len(verbalizers) == len(names)
-    firsts = [tiny_tokenizer.encode(v, add_special_tokens=False)[0] for v in verbalizers]
-    assert len(set(firsts)) == len(names)
-
-
 def test_at_last_reads_each_rows_last_real_token():
     x = torch.arange(12).view(2, 3, 2)
     assert throughput.at_last(x, [[5, 6], [7, 8, 9]]).tolist() == [[2, 3], [10, 11]]
@@ -114,3 +106,20 @@ def test_prefix_attention_benchmark_writes_its_report(tmp_path, monkeypatch):
     doc = json.loads((tmp_path / "prefix_attention.json").read_text())
     assert doc["shape"]["rows"] == 2 and len(doc["ms_per_layer_call"]) == 3
     assert "| floor (f): own keys only" in (tmp_path / "prefix_attention.md").read_text()
+
+
+def test_many_classes_report_names_the_default_head_and_the_speed_ratio():
+    many_classes = pytest.importorskip("many_classes")
+    from classlm.machine import machine_block
+
+    row = {"accuracy": 0.5, "macro_f1": 0.4, "nll": 2.0, "ece": 0.03, "train_examples_per_second": 6.0,
+           "texts_per_second": 100.0, "epochs": 8.0, "command": "python benchmarks/many_classes.py"}  # fmt: skip
+    doc = {
+        "machine": machine_block(),
+        "datasets": {"clinc150": {"1000": {"name_rows": row, "default": {**row, "resolves_to": "name_rows"}}}},
+        "speed": {"n_texts": 10, "texts_per_second_151": 80.0, "texts_per_second_4": 100.0, "scoring_151": "x",
+                  "scoring_4": "first_token", "prompt_tokens_151": 700, "prompt_tokens_4": 60, "ratio_151_vs_4": 0.8},
+    }  # fmt: skip
+    md = many_classes.to_markdown(doc)
+    assert "## clinc150, 1000 training rows" in md and "| default → name_rows | 0.500 | 0.400 |" in md
+    assert "ratio **0.80**" in md and "Made by `python benchmarks/many_classes.py`" in md

@@ -1,0 +1,234 @@
+"""Many classes: the heads for class names that share first tokens, against TF-IDF + LR, embedding + LR and
+hidden_head trained on the same rows, on clinc150 (151 classes, ``oos`` counted as one) and trec_fine (50).
+
+Writes ``benchmarks/results/many_classes.json`` and ``.md``, rewritten after every run so a long benchmark keeps
+what it finished; ``--merge`` keeps the runs of earlier commands (each run records the command that made it).
+Everything (hours on the 2-core CPU)::
+
+    .venv/bin/python benchmarks/many_classes.py
+
+One cell by hand::
+
+    .venv/bin/python benchmarks/many_classes.py --datasets trec_fine --n-train 1000 --heads name_rows,tfidf --merge
+
+Per (dataset, n_train): a seeded sample of ``n_train`` train rows, from which every method holds out its own
+stratified 10% (at least one row per class) for the temperature, as ``classlm train`` does; 300 seeded rows for LoRA's
+evaluation during training (clinc150: its validation split; trec_fine: train rows outside the sample); figures on
+1,000 seeded test rows (trec_fine: its 500), after temperature. The LoRA heads train the default recipe (r 16 on every
+projection, lr 5e-4, batch 16, ``epochs=None``: passes by rows per class, the best adapter by eval NLL kept).
+``default`` is the head ``scoring="auto"`` resolves to for the dataset's class names (the same run, not a second one).
+``speed.ratio_151_vs_4``: zero-shot texts/s with clinc150's 151 classes over the same texts with 4 of its classes,
+the shipped dtype and prompt settings, in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from classlm import LMClassifier, allocator
+from classlm.data import load_dataset
+from classlm.io import write_text_atomic
+from classlm.machine import machine_block, machine_line
+from classlm.metrics import classification_metrics
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent.parent / "shared" / "data"
+OUT = HERE / "results" / "many_classes"
+LM_HEADS = {"auto_verbalizer": "auto_verbalizer", "name_rows": "name_rows", "trie_exact": "exact"}
+BASELINES = {"tfidf": "tfidf", "embedding": "embedding", "hidden_head": "hidden_head"}
+HEADS = (*LM_HEADS, *BASELINES)
+N_EVAL, N_TEST = 300, 1000
+KEEP = ("accuracy", "macro_f1", "nll", "ece")
+
+
+def splits(name: str, n_train: int, seed: int) -> dict[str, Any]:
+    train = load_dataset(DATA / name, split="train")
+    test = load_dataset(DATA / name, split="test")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(train))
+    if (DATA / name / "validation.jsonl").is_file():
+        val = load_dataset(DATA / name, split="validation")
+        evaluation = val.subset(np.sort(rng.permutation(len(val))[:N_EVAL]))
+        sample = order[:n_train]
+    else:  # eval rows from the train split, outside the training sample
+        evaluation, sample = train.subset(np.sort(order[:N_EVAL])), order[N_EVAL : N_EVAL + n_train]
+    return {
+        "train": train.subset(np.sort(sample)),
+        "eval": evaluation,
+        "test": test.subset(np.sort(rng.permutation(len(test))[: min(N_TEST, len(test))])),
+        "names": json.loads((DATA / name / "labels.json").read_text()),
+    }
+
+
+def pairs(ds: Any) -> tuple[list[str], list[str]]:
+    return list(ds.texts), [str(v) for v in ds.labels]
+
+
+def classifier(head: str, names: list[str], seed: int, n_fit: int) -> LMClassifier:
+    if head in BASELINES:
+        return LMClassifier(method=BASELINES[head], labels=names, train={"seed": seed})
+    # About eight evaluations over the run whatever its length (epochs=None decides the length).
+    from classlm.config import auto_epochs
+
+    steps = auto_epochs(n_fit, len(names)) * -(-n_fit // 16)
+    train = {"seed": seed, "eval_every": max(10, steps // 8), "eval_limit": N_EVAL}
+    return LMClassifier(labels=names, scoring=LM_HEADS[head], lora={"r": 16, "alpha": 32}, train=train, progress=True)
+
+
+def run_head(head: str, data: dict[str, Any], seed: int) -> dict[str, Any]:
+    x, y = pairs(data["train"])
+    clf = classifier(head, data["names"], seed, int(len(x) * 0.9))
+    t0 = time.perf_counter()
+    if head in LM_HEADS:
+        clf.fit(x, y, eval_set=pairs(data["eval"]))
+    else:
+        clf.fit(x, y)
+    fit_seconds = time.perf_counter() - t0
+    tx, ty = pairs(data["test"])
+    t0 = time.perf_counter()
+    proba = clf.predict_proba(tx)
+    seconds = time.perf_counter() - t0
+    classes = [str(c) for c in clf.classes_]
+    m = classification_metrics(np.array([classes.index(v) for v in ty]), proba, classes)
+    t = getattr(clf, "training_", {}) or {}
+    row = {k: float(m[k]) for k in KEEP}
+    row.update(
+        train_examples_per_second=t.get("examples_per_second"),
+        texts_per_second=len(tx) / seconds,
+        fit_seconds=round(fit_seconds, 1),
+        n_fit=t.get("n_train"),
+        n_calib=clf.calibration_info_.get("n"),
+        scoring=getattr(clf, "scoring_", None) if head in LM_HEADS else None,
+        epochs=t.get("epochs"),
+        steps=t.get("steps"),
+        best_step=t.get("best_step"),
+        dtype=(clf.run_info()["dtype"] or {}).get("dtype"),
+        peak_rss_mib=t.get("peak_rss_mib"),
+    )
+    del clf
+    gc.collect()
+    return row
+
+
+def resolved_default(names: list[str]) -> str:
+    """The head scoring='auto' picks for these class names (resolved on a zero-shot classifier)."""
+    scoring = LMClassifier(labels=names).fit([]).scoring_
+    return {v: k for k, v in LM_HEADS.items()}.get(scoring, scoring)
+
+
+def speed_ratio(seed: int) -> dict[str, Any]:
+    data = splits("clinc150", 0, seed)
+    texts, _ = pairs(data["test"])
+    names = data["names"]
+    out: dict[str, Any] = {}
+    for label, classes in (("151", names), ("4", ["alarm", "balance", "calculator", "definition"])):
+        clf = LMClassifier(labels=classes).fit([])
+        clf.predict_scores(texts[:64])  # warm-up: the prompt prefix, oneDNN's kernels
+        t0 = time.perf_counter()
+        clf.predict_scores(texts)
+        out[f"texts_per_second_{label}"] = len(texts) / (time.perf_counter() - t0)
+        out[f"scoring_{label}"] = clf.scoring_
+        out[f"prompt_tokens_{label}"] = clf.method_.describe()["prompt_tokens"]
+    out["ratio_151_vs_4"] = out["texts_per_second_151"] / out["texts_per_second_4"]
+    out["n_texts"] = len(texts)
+    return out
+
+
+def to_markdown(doc: dict[str, Any]) -> str:
+    lines = [
+        "# Many classes: heads for class names that share first tokens",
+        "",
+        f"{machine_line(doc['machine'])}. Model smollm2-135m. See `benchmarks/many_classes.py` for the splits; "
+        "figures on the seeded test rows after temperature. train ex/s: LoRA's examples seen per second of "
+        "training (for the baselines: rows fitted per second); texts/s: predict_proba on the test rows.",
+        "",
+    ]
+    for name in doc.get("datasets", {}):
+        for n_train, rows in doc["datasets"][name].items():
+            lines += [f"## {name}, {n_train} training rows", ""]
+            lines += [
+                "| head | accuracy | macro-F1 | NLL | ECE | train ex/s | texts/s | passes |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
+            for head, r in rows.items():
+                cells = [f"{r[k]:.3f}" for k in KEEP]
+                speed = r.get("train_examples_per_second")
+                lines.append(
+                    f"| {head}{' → ' + r['resolves_to'] if 'resolves_to' in r else ''} | {' | '.join(cells)} | "
+                    f"{'–' if speed is None else f'{speed:.1f}'} | {r['texts_per_second']:.1f} | "
+                    f"{r.get('epochs') or '–'} |"
+                )
+            commands = dict.fromkeys(r.get("command", "") for r in rows.values())
+            lines += ["", "Made by " + "; ".join(f"`{c}`" for c in commands if c), ""]
+    if "speed" in doc:
+        s = doc["speed"]
+        lines += [
+            "## Scoring speed against the class count",
+            "",
+            f"clinc150, {s['n_texts']} test texts, zero-shot, shipped settings: 151 classes "
+            f"{s['texts_per_second_151']:.1f} texts/s ({s['scoring_151']}, prompt {s['prompt_tokens_151']} tokens), "
+            "4 classes "
+            f"{s['texts_per_second_4']:.1f} ({s['scoring_4']}, prompt {s['prompt_tokens_4']}): ratio "
+            f"**{s['ratio_151_vs_4']:.2f}**. `{s.get('command', '')}`",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def write(doc: dict[str, Any], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out.with_suffix(".json"), json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    write_text_atomic(out.with_suffix(".md"), to_markdown(doc))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--datasets", default="clinc150,trec_fine")
+    parser.add_argument("--n-train", default="1000,3000")
+    parser.add_argument("--heads", default=",".join(HEADS), help=f"some of {','.join(HEADS)}")
+    parser.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--merge", action="store_true", help="keep the runs of the results file")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    heads = args.heads.split(",")
+    if set(heads) - set(HEADS):
+        parser.error(f"--heads: unknown {sorted(set(heads) - set(HEADS))}; known: {', '.join(HEADS)}")
+    missing = [d for d in args.datasets.split(",") if not (DATA / d / "train.jsonl").is_file()]
+    if missing:
+        sys.exit(f"many_classes.py needs ../shared/data/{missing[0]} (not found at {DATA / missing[0]}); skipped")
+    torch.set_num_threads(torch.get_num_threads())  # as the process started: OMP_NUM_THREADS, else the cores
+    command = "python benchmarks/many_classes.py " + shlex.join(sys.argv[1:])
+    path = args.out.with_suffix(".json")
+    doc: dict[str, Any] = json.loads(path.read_text()) if args.merge and path.is_file() else {}
+    doc["machine"] = machine_block(training=True)
+    for name in args.datasets.split(","):
+        for n_train in args.n_train.split(","):
+            data = splits(name, int(n_train), args.seed)
+            cell = doc.setdefault("datasets", {}).setdefault(name, {}).setdefault(n_train, {})
+            default = resolved_default(data["names"])
+            for head in heads:
+                print(f"[{name} {n_train}] {head}…", file=sys.stderr, flush=True)
+                cell[head] = {**run_head(head, data, args.seed), "command": command}
+                if head == default:
+                    cell["default"] = {**cell[head], "resolves_to": head}
+                write(doc, args.out)
+    if args.speed:
+        doc["speed"] = {**speed_ratio(args.seed), "command": command}
+        write(doc, args.out)
+    print(to_markdown(doc))
+
+
+if __name__ == "__main__":
+    allocator.reexec()  # onto tcmalloc where installed, as the classlm command runs (bf16 training pays there)
+    main()
