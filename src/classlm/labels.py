@@ -92,9 +92,7 @@ class LabelSet:
         """Build from a list of names, a ``{name: description}`` mapping, a mapping of
         ``{name: {"description": …, "verbalizer": …}}``, or an existing LabelSet."""
         if isinstance(spec, LabelSet):
-            if spec.letters == letters:
-                return spec
-            return cls(spec.names, spec.descriptions, spec.verbalizers, letters, spec.codes if letters else ())
+            return spec if spec.letters == letters else cls(spec.names, spec.descriptions, spec.verbalizers, letters)
         if isinstance(spec, str):
             raise ConfigError(
                 f"labels must be a list of class names or a mapping name -> description, got the string {spec!r}; "

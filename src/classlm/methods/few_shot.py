@@ -141,9 +141,7 @@ class FewShotMethod(LabelTokensMethod):
         limits = [context_length(backbone.tokenizer, backbone.model), self.max_prompt_length]
         self.prompt_limit = min([n for n in limits if n is not None], default=1 << 30)
         # Tokens the text keeps whatever the examples: a quarter of max_length, less when the bare prompt leaves less.
-        self.min_text_tokens = min(
-            max(MIN_TEXT_TOKENS, self.max_length // 4), self.max_length, self.prompt_limit - used
-        )
+        self.min_text_tokens = min(max(MIN_TEXT_TOKENS, self.max_length // 4), self.prompt_limit - used)
         if self.options.selection == "nearest":
             from classlm.encoders import load_encoder
 

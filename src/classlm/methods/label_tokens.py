@@ -9,8 +9,9 @@ forward pass on SmolLM2, is never computed at every position. ``scoring`` picks 
   share a first token (``payment_failed`` / ``payment_pending`` → ``"payment failed"`` / ``"pending payment"``);
 - ``name_rows``: the mean of the LM-head rows of all the tokens of each class's name (``"bill balance"``: the rows
   of " bill" and " balance"): any number of classes, shared first tokens or not, one row per class;
-- ``exact``: the sum of the log-probabilities of every token of each class's answer (teacher forcing; k rows per
-  text, so about k times slower; zero-shot only);
+- ``exact``: the sum of the log-probabilities of every token of each class's answer, through the answers' token
+  prefix tree after the text (:mod:`classlm.trie`; the slowest head: every tree node costs a token and a
+  full-vocabulary log-softmax). LoRA trains it by teacher forcing through the same tree;
 - ``auto`` (default): ``first_token`` when the first tokens differ, else :data:`classlm.config.COLLISION_SCORING`
   (``name_rows`` where a vocabulary is too small for ``auto_verbalizer``'s distinct first tokens).
 """
@@ -109,12 +110,13 @@ class LabelTokensMethod(UsesPromptedLM, Method):
         prefix = self.lm.shared_prefix()
         logits = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         mass = np.zeros(len(texts), dtype=np.float32) if run.class_mass else None
-        trie = self.scoring == "exact" and prefix is not None  # no reusable prefix: the k-row path, same values
+        # The trie runs after the shared prefix; with no reusable prefix, exact takes the k-row path (same values).
+        trie = prefix if self.scoring == "exact" else None
 
         def step(idx: np.ndarray, rows: list[list[int]]) -> None:
             m: torch.Tensor | None
-            if trie and prefix is not None:
-                z = self._trie(rows, prefix)
+            if trie is not None:
+                z = self._trie(rows, trie)
                 m = torch.exp(torch.logsumexp(z, -1))  # the probability of generating any class's full answer
             elif self.scoring == "exact":
                 z, m = self._exact(rows, run.batch_size)
@@ -125,7 +127,7 @@ class LabelTokensMethod(UsesPromptedLM, Method):
                 mass[idx] = m.cpu().numpy()
 
         # The trie's nodes run after every text: its share of a batch's token budget.
-        extra = self.trie.size if trie else 0
+        extra = self.trie.size if trie is not None else 0
         self.lm.run_batches(encoded.ids, step, batch_size=run.batch_size, batch_tokens=run.batch_tokens,
                             prefix=prefix, progress=run.progress, extra_tokens=extra)  # fmt: skip
         return Scores(logits, mass, encoded.truncated)
