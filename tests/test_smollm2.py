@@ -72,12 +72,15 @@ def test_probabilities_match_the_full_model_and_are_batch_invariant(news_clf):
         news_clf.batch_size = 4
 
 
-def test_real_collision_is_reported():
+def test_real_collision_is_reported_or_resolved():
     # clinc150-style names: both start with the token "card" for this tokenizer.
+    names = ["card_declined", "card_about_to_expire", "balance"]
     with pytest.raises(ConfigError) as info:
-        LMClassifier(labels=["card_declined", "card_about_to_expire", "balance"]).fit([])
+        LMClassifier(labels=names, scoring="first_token").fit([])
     msg = str(info.value)
-    assert "'card_declined'" in msg and "'card_about_to_expire'" in msg and "letters" in msg
+    assert "'card_declined'" in msg and "'card_about_to_expire'" in msg and "scoring='auto'" in msg
+    clf = LMClassifier(labels=names).fit([])  # the default rewrites the clashing answer
+    assert clf.scoring_ == "auto_verbalizer" and len(set(clf.method_.tokens.first_ids)) == 3
 
 
 def test_letters_resolve_to_single_letter_tokens():
