@@ -8,7 +8,7 @@ padding gave NaN losses under bf16 SDPA on an H100), which is why results do not
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -182,7 +182,6 @@ class SharedPrefix:
     def __init__(self, model: Any, head_ids: Sequence[int], device: torch.device) -> None:
         from transformers import DynamicCache
 
-        _register_prefix_attention()
         self.length = len(head_ids)
         self.model = model
         ids = torch.as_tensor([list(head_ids)], dtype=torch.long, device=device)
@@ -215,19 +214,12 @@ class SharedPrefix:
         b, s = ids.shape
         positions = torch.arange(self.length, self.length + s, device=ids.device).expand(b, -1)
         self.calls = 0
-        # The implementation is read from the config at every attention call, so it is switched for this forward
-        # only; the other paths (and other users of the model) keep sdpa. Not thread-safe: one forward at a time.
-        config = self.model.config
-        saved = config._attn_implementation
-        config._attn_implementation = PREFIX_ATTENTION
-        try:
-            # No attention mask: right padding means a real token's causal window holds only real tokens, and
-            # transformers builds no mask for an implementation it has no mask function for.
-            h = decoder_of(self.model)(
-                input_ids=ids, position_ids=positions, use_cache=False, classlm_prefix=self, classlm_stash=stash
-            )
-        finally:
-            config._attn_implementation = saved
+        # No attention mask: right padding means a real token's causal window holds only real tokens, and
+        # transformers builds no mask for an implementation it has no mask function for.
+        h = decode_with(
+            self.model, PREFIX_ATTENTION, _prefix_attention,
+            input_ids=ids, position_ids=positions, classlm_prefix=self, classlm_stash=stash,
+        )  # fmt: skip
         if self.calls != len(self.layers):
             raise RuntimeError(
                 f"{type(self.model).__name__} ran {self.calls} of {len(self.layers)} attention layers through the "
@@ -316,16 +308,26 @@ def _fused_cpu(
     return torch.lerp(out_s, out_p, w).transpose(1, 2)
 
 
-_registered = False
+_registered: set[str] = set()
 
 
-def _register_prefix_attention() -> None:
-    global _registered
-    if not _registered:
+def decode_with(model: Any, name: str, attention: Callable[..., Any], **forward: Any) -> Any:
+    """The decoder stack's forward (``use_cache=False``) with ``attention`` registered as transformers' attention
+    implementation ``name`` (once per process) and used for this forward only: the implementation is read from the
+    config at every attention call, so the other paths (and other users of the model) keep sdpa. Not thread-safe:
+    one forward at a time."""
+    if name not in _registered:
         from transformers import AttentionInterface
 
-        AttentionInterface.register(PREFIX_ATTENTION, _prefix_attention)
-        _registered = True
+        AttentionInterface.register(name, attention)
+        _registered.add(name)
+    config = model.config
+    saved = config._attn_implementation
+    config._attn_implementation = name
+    try:
+        return decoder_of(model)(use_cache=False, **forward)
+    finally:
+        config._attn_implementation = saved
 
 
 def last_token_hidden(

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from classlm.scoring import SharedPrefix, decoder_of, pad_right
+from classlm.scoring import SharedPrefix, decode_with, pad_right
 
 TRIE_ATTENTION = "classlm_trie"
 # Rows of full-vocabulary logits computed at once for the log-softmax (~16 MB in float32 at SmolLM2's 49k vocab).
@@ -121,18 +121,6 @@ def _trie_attention(
     return out.transpose(1, 2), None
 
 
-_registered = False
-
-
-def _register() -> None:
-    global _registered
-    if not _registered:
-        from transformers import AttentionInterface
-
-        AttentionInterface.register(TRIE_ATTENTION, _trie_attention)
-        _registered = True
-
-
 def answer_logprobs(
     model: Any,
     prefix: SharedPrefix,
@@ -176,7 +164,6 @@ def _node_hidden(
     trie: AnswerTrie,
 ) -> torch.Tensor:
     """Final-norm hidden states ``(b, N, d)`` of the trie's nodes after each row."""
-    _register()
     device = lengths.device
     b, n = len(lengths), trie.size
     ids = torch.as_tensor(trie.tokens, device=device).expand(b, -1)
@@ -193,13 +180,7 @@ def _node_hidden(
         dim=-1,
     )
     ctx = TrieContext(prefix, stash, mask)
-    config = model.config
-    saved = config._attn_implementation
-    config._attn_implementation = TRIE_ATTENTION  # this forward only, as SharedPrefix.hidden does
-    try:
-        out = decoder_of(model)(input_ids=ids, position_ids=positions, use_cache=False, classlm_trie=ctx)
-    finally:
-        config._attn_implementation = saved
+    out = decode_with(model, TRIE_ATTENTION, _trie_attention, input_ids=ids, position_ids=positions, classlm_trie=ctx)
     if ctx.calls != len(prefix.layers):
         raise RuntimeError(f"the trie pass ran {ctx.calls} of {len(prefix.layers)} attention layers")
     return out.last_hidden_state
