@@ -116,7 +116,7 @@ def test_many_classes_report_names_the_default_head_and_the_speed_ratio():
            "texts_per_second": 100.0, "epochs": 8.0, "command": "python benchmarks/many_classes.py"}  # fmt: skip
     doc = {
         "machine": machine_block(),
-        "datasets": {"clinc150": {"1000": {"name_rows": row, "default": {**row, "resolves_to": "name_rows"}}}},
+        "clinc150": {"1000": {"name_rows": row, "default": {**row, "resolves_to": "name_rows"}}},
         "speed": {"n_texts": 10, "texts_per_second_151": 80.0, "texts_per_second_4": 100.0, "scoring_151": "x",
                   "scoring_4": "first_token", "prompt_tokens_151": 700, "prompt_tokens_4": 60, "ratio_151_vs_4": 0.8},
     }  # fmt: skip
