@@ -1,5 +1,5 @@
-"""dtype="auto" follows the CPU that runs (bf16 with AMX-BF16, else float32), is recorded wherever a run is
-described, and bf16 scoring stays within its stated tolerance of float32."""
+"""dtype="auto" follows the CPU that runs (bf16 with AMX-BF16 or AVX512-BF16, else float32), is recorded wherever a
+run is described, and bf16 scoring stays within its stated tolerance of float32."""
 
 from __future__ import annotations
 
@@ -20,6 +20,11 @@ flags		: fpu sse2 avx avx2 avx512f avx512_vnni avx512_bf16 amx_bf16 amx_tile amx
 processor	: 1
 model name	: Some Other CPU
 flags		: fpu sse2
+"""
+ZEN4 = """processor	: 0
+vendor_id	: AuthenticAMD
+model name	: AMD EPYC
+flags		: fpu sse2 avx avx2 fma avx512f avx512_bf16 avx512_vnni
 """
 NO_AMX = """processor	: 0
 model name	: Intel(R) Xeon(R) CPU E5-2690 v4
@@ -53,10 +58,12 @@ def test_cpuinfo_parsing_reads_the_first_processor():
     assert cpu.flags == ("amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_vnni", "avx512f", "avx2")
     assert cpu.bf16_matmul
     old = machine.parse_cpuinfo(NO_AMX)
-    assert old.flags == ("avx2",) and not old.bf16_matmul
+    assert old.flags == ("avx2",) and not old.bf16_matmul and old.bf16_path is None
+    zen4 = machine.parse_cpuinfo(ZEN4)
+    assert zen4.bf16_matmul and zen4.bf16_path == "avx512_bf16"
 
 
-def test_auto_picks_bf16_only_on_a_cpu_with_amx_bf16(auto_env):
+def test_auto_picks_bf16_only_on_a_cpu_with_a_bf16_matmul_path(auto_env):
     auto_env(AMX)
     choice = machine.choose_dtype("auto", "cpu")
     assert (choice.dtype, choice.source) == ("bfloat16", "auto")
@@ -69,9 +76,16 @@ def test_auto_picks_bf16_only_on_a_cpu_with_amx_bf16(auto_env):
     auto_env(NO_AMX)
     choice = machine.choose_dtype("auto", "cpu")
     assert (choice.dtype, choice.cpu) == ("float32", "Intel(R) Xeon(R) CPU E5-2690 v4")
-    assert "no amx_bf16" in choice.reason
+    assert "neither amx_bf16 nor avx512_bf16" in choice.reason
     assert machine.choose_dtype("auto", "cpu", training=True, heap="tcmalloc").dtype == "float32"
     assert machine.choose_dtype("auto", "cuda").dtype == "bfloat16"
+    # AVX512-BF16 without AMX (AMD Zen 4): bf16 matmuls measured 2.5x float32, so bf16 too, saying which path.
+    auto_env(ZEN4)
+    choice = machine.choose_dtype("auto", "cpu")
+    assert choice.dtype == "bfloat16" and "avx512_bf16" in choice.reason and "AMX" not in choice.reason
+    trained = machine.choose_dtype("auto", "cpu", training=True, heap="tcmalloc")
+    assert trained.dtype == "bfloat16" and "avx512_bf16" in trained.reason
+    assert machine.choose_dtype("auto", "cpu", training=True, heap="system").dtype == "float32"
 
 
 def test_explicit_dtype_then_the_environment_override_auto(auto_env, monkeypatch):

@@ -66,8 +66,8 @@ class ModelConfig:
 
     ``name`` is a built-in alias (default ``"smollm2-135m"``), a local Hugging Face folder, a hub id or a ``.gguf``
     path. ``device="auto"`` picks CUDA when present, else CPU; ``dtype="auto"`` is bfloat16 on CUDA and on a CPU that
-    reports AMX-BF16, float32 on other CPUs and for training on CPU; ``$CLASSLM_DTYPE`` overrides ``auto``
-    (:func:`classlm.machine.choose_dtype`).
+    reports AMX-BF16 or AVX512-BF16, float32 on other CPUs; training on CPU also asks for tcmalloc or jemalloc;
+    ``$CLASSLM_DTYPE`` overrides ``auto`` for scoring (:func:`classlm.machine.choose_dtype`).
     """
 
     name: str = DEFAULT_MODEL
