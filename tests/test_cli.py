@@ -184,7 +184,14 @@ def test_train_then_evaluate_calibrate_and_export(monkeypatch, capsys, tiny_mode
     assert (run / doc["adapter"] / "adapter_model.safetensors").is_file()
     assert doc["labels"]["names"] == ["Sports", "Business"]  # from labels.json
     assert doc["training"]["steps"] == 4 and doc["calibration"]["fitted"]
-    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [0, 2, 4]
+    logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "eval" in r] == [0, 2, 4]
+    # TF-IDF + LR on the same rows, evaluated on the same rows: one row at the last step, the manifest's verdict.
+    assert [r["step"] for r in logged if "baseline" in r] == [4]
+    base = doc["training"]["checks"]["baseline"]
+    assert base["method"] == "tfidf" and base["baseline_macro_f1"] == logged[-1]["baseline"]["macro_f1"]
+    assert base["n"] == 4 and base["earns_its_cost"] == (base["macro_f1"] >= base["baseline_macro_f1"])
+    assert "TF-IDF + LR" in err and "TF-IDF + LR on the same training rows" in (run / "report.html").read_text()
 
     code, out, err = run_cli(monkeypatch, capsys, "evaluate", run, dataset, "--split", "test")
     assert code == 0, err
@@ -380,7 +387,8 @@ def test_train_refuses_an_existing_run_unless_overwrite(monkeypatch, capsys, tin
     assert code == 2 and "is the training split" in err and (run / "metrics.jsonl").is_file()
     code, _, err = run_cli(monkeypatch, capsys, *args, "--overwrite")
     assert code == 0, err
-    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [0, 2, 4]
+    logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "eval" in r] == [0, 2, 4]
     # The summary counts the examples seen (4 steps of 2), not the rows there were to see.
     assert "trained 4 steps, 8 examples seen of" in err
 
@@ -489,5 +497,6 @@ def test_cli_train_killed_after_a_checkpoint_resumes_to_the_uninterrupted_adapte
     assert a.keys() == b.keys() and len(a) > 0
     for name in a:
         assert (a[name] - b[name]).abs().max().item() <= 1e-6, name
-    steps = [json.loads(x)["step"] for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [0, 2, 4, 6]
+    rows = [json.loads(x) for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "eval" in r] == [0, 2, 4, 6]
+    assert [r["step"] for r in rows if "baseline" in r] == [6]  # written once, when the resumed run ends

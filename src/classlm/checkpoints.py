@@ -107,11 +107,12 @@ def read_checkpoint(
     _set_rng_states(load_file(str(ckpt / "rng.safetensors")))
     counters = meta["state"]
     _remove_leftovers(run_dir)
-    # Evaluations logged after the checkpoint will be redone: drop them so each step appears once.
+    # Evaluations logged after the checkpoint will be redone: drop them so each step appears once. So is the
+    # end-of-run baseline row (classlm train writes it again when the resumed run ends).
     history: list[dict[str, Any]] = []
     log = run_dir / METRICS_FILE
     if log.is_file():
-        history = [r for r in _read_jsonl(log) if r["step"] <= counters["step"]]
+        history = [r for r in _read_jsonl(log) if "eval" in r and r["step"] <= counters["step"]]
         write_text_atomic(log, "".join(json.dumps(r) + "\n" for r in history))
     best = ckpt / "best.safetensors"
     return counters, history, load_file(str(best)) if best.is_file() else None

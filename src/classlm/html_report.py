@@ -35,6 +35,8 @@ th{background:#f3f5f8}td:first-child,th:first-child{text-align:left}
 .charts{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}figure{margin:0}
 figcaption{color:#5b6673;font-size:12px;max-width:420px}pre{background:#f3f5f8;padding:8px;white-space:pre-wrap;
 word-break:break-word;font-size:12px}code{font-size:12px}svg text{font-family:system-ui,sans-serif}
+.note{border-left:4px solid #3b6fb6;background:#f3f5f8;padding:6px 10px;margin:8px 0}
+.note.warn{border-color:#c8412c;background:#fbeeec}
 """
 BLUE, RED, GREY = "#3b6fb6", "#c8412c", "#8a94a0"
 SERIES = ("#3b6fb6", "#c8412c", "#2e8b57", "#b8860b", "#7b4fa0", "#1f8a99", "#a0522d", "#556b2f")
@@ -252,12 +254,15 @@ def _evaluation(name: str, report: EvalReport) -> str:
 
 
 def _training(rows: Sequence[Mapping[str, Any]]) -> str:
+    baseline = next((r["baseline"] for r in rows if isinstance(r.get("baseline"), Mapping)), None)
     rows = [r for r in rows if isinstance(r.get("eval"), Mapping)]
     if not rows:
         return ""
     steps = [float(r["step"]) for r in rows]
     ev = [r["eval"] for r in rows]
     quality = {"accuracy": [e.get("accuracy") for e in ev], "macro-F1": [e.get("macro_f1") for e in ev]}
+    if baseline is not None and baseline.get("macro_f1") is not None:  # a level line: it trains in one go
+        quality["TF-IDF + LR macro-F1"] = [baseline["macro_f1"]] * len(steps)
     if any(e.get("class_mass") is not None for e in ev):
         quality["class mass"] = [e.get("class_mass") for e in ev]
     # No training loss before the first step (its row holds a placeholder 0).
@@ -268,7 +273,8 @@ def _training(rows: Sequence[Mapping[str, Any]]) -> str:
         + _figure(
             lines_svg(steps, quality, "score"),
             "Accuracy and macro-F1 on the evaluation rows; class mass = "
-            "the probability the whole vocabulary puts on the class tokens.",
+            "the probability the whole vocabulary puts on the class tokens"
+            + ("; TF-IDF + LR's macro-F1 on the same rows, trained on the same rows." if baseline else "."),
         )
         + _figure(
             lines_svg(steps, loss, "loss"),
@@ -333,11 +339,14 @@ def render_html(
     about: Mapping[str, Any] | None = None,
     describe: Mapping[str, Any] | None = None,
     command: str | None = None,
+    notes: Sequence[tuple[str, str]] = (),
 ) -> str:
     """The page as a string. ``reports``: named evaluations (the first is the headline; all get a headline row and
     their own section); ``training``: metrics.jsonl rows; ``comparison``: rows with name, accuracy, macro_f1, nll,
-    ece, note; ``about``: model, method, temperature …; ``describe``: a method's describe() (class tokens, prompt)."""
+    ece, note; ``about``: model, method, temperature …; ``describe``: a method's describe() (class tokens, prompt);
+    ``notes``: ``(level, text)`` boxes under the title, ``level`` ``"warn"`` or ``"info"``."""
     body = [f"<h1>{_t(title)}</h1>", f'<p class="sub">{_t(subtitle)}</p>' if subtitle else ""]
+    body += [f'<p class="note{" warn" if level == "warn" else ""}">{_t(text)}</p>' for level, text in notes]
     if reports:
         first = reports[0][1].metrics
         cards = "".join(

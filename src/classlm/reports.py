@@ -266,6 +266,9 @@ def plot_training_curves(rows: Sequence[Mapping[str, Any]], path: str | Path) ->
         from matplotlib.figure import Figure
     except ImportError as exc:
         raise ConfigError("plot_training_curves needs matplotlib: pip install 'classlm[plots]'") from exc
+    baseline = next(
+        (r["baseline"] for r in rows if isinstance(r, Mapping) and isinstance(r.get("baseline"), Mapping)), None
+    )
     rows = [r for r in rows if isinstance(r, Mapping) and isinstance(r.get("eval"), Mapping)]
     if not rows:
         raise ConfigError("plot_training_curves: no evaluation rows (set eval_every > 0 and give an eval set)")
@@ -275,6 +278,8 @@ def plot_training_curves(rows: Sequence[Mapping[str, Any]], path: str | Path) ->
     left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     for key, style in (("accuracy", "-o"), ("macro_f1", "--s")):
         left.plot(steps, [r["eval"][key] for r in rows], style, markersize=3, label=key)
+    if baseline is not None and baseline.get("macro_f1") is not None:  # classlm train's TF-IDF + LR, same rows
+        left.axhline(baseline["macro_f1"], color="0.45", linestyle=":", label="TF-IDF + LR macro_f1")
     left.set_xlabel("step")
     left.set_ylabel("held-out score")
     left.set_ylim(0, 1)

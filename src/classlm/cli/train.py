@@ -99,6 +99,21 @@ def train(
     options: Annotated[
         str | None, typer.Option("--options", help='The method\'s options as JSON, e.g. \'{"head": "mlp"}\'.')
     ] = None,
+    baseline: Annotated[
+        bool,
+        typer.Option(
+            "--baseline/--no-baseline",
+            help="Also fit TF-IDF + LR on the same rows (seconds) and report the classifier against it.",
+        ),
+    ] = True,
+    class_weights: Annotated[
+        str | None,
+        typer.Option(
+            "--class-weights",
+            help="'balanced': weight the loss by inverse class frequency (imbalanced data), or a JSON object "
+            '{"class": weight}.',
+        ),
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out.")] = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Delete the run already in --out (its run files only) and start anew.")
@@ -122,6 +137,7 @@ def train(
 
     method_cls = get_method(method)
     method_options = _method_options(options, method, method_cls, use_lora=use_lora)
+    training = {**training, "class_weights": _class_weights(class_weights)}
     seed = training["seed"]
     rows: dict[str, Any] = dict(
         text_col=text_col, label_col=label_col, labels_given=labels is not None, drop_invalid=drop_invalid
@@ -150,7 +166,22 @@ def train(
     # Only now, with every option and the data checked: --overwrite must not delete a run for a command that fails.
     prepare_run_folder(out_dir, args, resume=resume, overwrite=overwrite)
     fit_run(clf, method, out_dir, args, (dataset, evaluation, calibration), resume=resume)
-    finish_run(clf, out_dir, evaluation, eval_source)
+    # TF-IDF + LR on the same rows, the baseline the summary and report compare with (not against itself).
+    baseline_rows = (dataset, calibration) if baseline and method != "tfidf" else None
+    finish_run(clf, out_dir, evaluation, eval_source, baseline_rows=baseline_rows)
+
+
+def _class_weights(value: str | None) -> str | dict[str, float] | None:
+    """--class-weights: 'balanced', or a JSON object of class weights (checked further by TrainConfig)."""
+    if value is None or value == "balanced":
+        return value
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"--class-weights must be 'balanced' or a JSON object like '{{\"spam\": 3}}', got {value!r}")
+    return parsed
 
 
 def _method_options(options: str | None, method: str, method_cls: Any, *, use_lora: bool) -> Any:
