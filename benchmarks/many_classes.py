@@ -50,6 +50,7 @@ HEADS = (*LM_HEADS, *BASELINES)
 N_EVAL, N_TEST = 300, 1000
 KEEP = ("accuracy", "macro_f1", "nll", "ece")
 NOT_DATASETS = ("machine", "speed")  # the results file's other top-level keys
+OOS = "oos"  # clinc150's out-of-scope class
 
 
 def splits(name: str, n_train: int, seed: int) -> dict[str, Any]:
@@ -103,6 +104,7 @@ def run_head(head: str, data: dict[str, Any], seed: int) -> dict[str, Any]:
     m = classification_metrics(np.array([classes.index(v) for v in ty]), proba, classes)
     t = getattr(clf, "training_", {}) or {}
     row = {k: float(m[k]) for k in KEEP}
+    row.update(out_of_scope(np.array(ty), proba, classes))
     row.update(
         train_examples_per_second=t.get("examples_per_second"),
         texts_per_second=len(tx) / seconds,
@@ -119,6 +121,22 @@ def run_head(head: str, data: dict[str, Any], seed: int) -> dict[str, Any]:
     del clf
     gc.collect()
     return row
+
+
+def out_of_scope(labels: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[str, float]:
+    """clinc150's ``oos`` rows are 0.7% of its train split and 18% of its test split: the temperature is fitted on
+    rows almost free of them. The test figures without those rows, and how many of them the classifier catches."""
+    if OOS not in classes:
+        return {}
+    inside = labels != OOS
+    y = np.array([classes.index(v) for v in labels])
+    m = classification_metrics(y[inside], proba[inside], classes)
+    caught = np.argmax(proba[~inside], axis=1) == classes.index(OOS)
+    return {
+        "in_scope_ece": float(m["ece"]),
+        "in_scope_accuracy": float(m["accuracy"]),
+        "oos_recall": float(caught.mean()),
+    }
 
 
 def resolved_default(names: list[str]) -> str:
@@ -142,6 +160,29 @@ def speed_ratio(seed: int) -> dict[str, Any]:
         out[f"prompt_tokens_{label}"] = clf.method_.describe()["prompt_tokens"]
     out["ratio_151_vs_4"] = out["texts_per_second_151"] / out["texts_per_second_4"]
     out["n_texts"] = len(texts)
+    out["exact"] = {name: exact_speed(name, seed) for name in ("trec_fine", "clinc150")}
+    return out
+
+
+def exact_speed(name: str, seed: int, n_trie: int = 64, n_rows: int = 2) -> dict[str, Any]:
+    """Zero-shot ``scoring="exact"``: texts/s through the answer trie against the k-row path it replaces (every
+    class's answer run after the whole prompt, ``reuse_prefix=False``: k full rows per text), on test texts."""
+    data = splits(name, 0, seed)
+    texts, _ = pairs(data["test"])
+    out: dict[str, Any] = {}
+    for path, n in (("trie", n_trie), ("k_rows", n_rows)):
+        clf = LMClassifier(labels=data["names"], scoring="exact").fit([])
+        clf.method_.reuse_prefix = path == "trie"  # without the cached prefix, exact takes the k-row path
+        clf.predict_scores(texts[:1])  # warm-up
+        t0 = time.perf_counter()
+        clf.predict_scores(texts[1 : 1 + n])
+        out[f"{path}_texts_per_second"] = n / (time.perf_counter() - t0)
+        out[f"{path}_n_texts"] = n
+        if path == "trie":
+            out["trie_nodes"] = clf.method_.trie.size
+            out["answer_tokens"] = sum(len(s) for s in clf.method_.tokens.sequences)
+            out["k"] = len(clf.classes_)
+    out["trie_speedup"] = out["trie_texts_per_second"] / out["k_rows_texts_per_second"]
     return out
 
 
@@ -149,7 +190,8 @@ def to_markdown(doc: dict[str, Any]) -> str:
     lines = [
         "# Many classes: heads for class names that share first tokens",
         "",
-        f"{machine_line(doc['machine'])}. Model smollm2-135m. See `benchmarks/many_classes.py` for the splits; "
+        "Model smollm2-135m; each section names the machine of its rows (the latest run's: "
+        f"{machine_line(doc['machine'])}). See `benchmarks/many_classes.py` for the splits; "
         "figures on the seeded test rows after temperature. train ex/s: LoRA's examples seen per second of "
         "training (for the baselines: rows fitted per second); texts/s: predict_proba on the test rows.",
         "",
@@ -169,8 +211,17 @@ def to_markdown(doc: dict[str, Any]) -> str:
                     f"{'–' if speed is None else f'{speed:.1f}'} | {r['texts_per_second']:.1f} | "
                     f"{r.get('epochs') or '–'} |"
                 )
+            scoped = {h: r for h, r in rows.items() if "oos_recall" in r}
+            if scoped:
+                lines += ["", "Test rows without `oos` (0.7% of train, 18% of test), and the `oos` rows caught:", ""]
+                lines += ["| head | ECE | accuracy | oos recall |", "|---|---|---|---|"] + [
+                    f"| {h} | {r['in_scope_ece']:.3f} | {r['in_scope_accuracy']:.3f} | {r['oos_recall']:.3f} |"
+                    for h, r in scoped.items()
+                ]
             commands = dict.fromkeys(r.get("command", "") for r in rows.values())
+            machines = dict.fromkeys(r.get("machine", "") for r in rows.values())
             lines += ["", "Made by " + "; ".join(f"`{c}`" for c in commands if c), ""]
+            lines += ["On " + "; ".join(m for m in machines if m), ""] if any(machines) else []
     if "speed" in doc:
         s = doc["speed"]
         lines += [
@@ -180,9 +231,24 @@ def to_markdown(doc: dict[str, Any]) -> str:
             f"{s['texts_per_second_151']:.1f} texts/s ({s['scoring_151']}, prompt {s['prompt_tokens_151']} tokens), "
             "4 classes "
             f"{s['texts_per_second_4']:.1f} ({s['scoring_4']}, prompt {s['prompt_tokens_4']}): ratio "
-            f"**{s['ratio_151_vs_4']:.2f}**. `{s.get('command', '')}`",
+            f"**{s['ratio_151_vs_4']:.2f}**. `{s.get('command', '')}`"
+            + (f" On {s['machine']}." if "machine" in s else ""),
             "",
         ]
+        if "exact" in s:
+            lines += [
+                '`scoring="exact"` zero-shot on test texts: the answer trie against the k-row path it replaces',
+                "",
+                "| dataset | k | answer tokens | trie nodes | trie texts/s | k rows texts/s | speed-up |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            lines += [
+                f"| {name} | {e['k']} | {e['answer_tokens']} | {e['trie_nodes']} | {e['trie_texts_per_second']:.2f} "
+                f"({e['trie_n_texts']} texts) | {e['k_rows_texts_per_second']:.3f} ({e['k_rows_n_texts']}) | "
+                f"{e['trie_speedup']:.0f}x |"
+                for name, e in s["exact"].items()
+            ]
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -202,7 +268,7 @@ def main() -> None:
     parser.add_argument("--merge", action="store_true", help="keep the runs of the results file")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
-    heads = args.heads.split(",")
+    heads = [h for h in args.heads.split(",") if h]  # --heads "": the speed section alone
     if set(heads) - set(HEADS):
         parser.error(f"--heads: unknown {sorted(set(heads) - set(HEADS))}; known: {', '.join(HEADS)}")
     missing = [d for d in args.datasets.split(",") if not (DATA / d / "train.jsonl").is_file()]
@@ -212,20 +278,21 @@ def main() -> None:
     command = "python benchmarks/many_classes.py " + shlex.join(sys.argv[1:])
     path = args.out.with_suffix(".json")
     doc: dict[str, Any] = json.loads(path.read_text()) if args.merge and path.is_file() else {}
-    doc["machine"] = machine_block(training=True)
-    for name in args.datasets.split(","):
+    doc["machine"] = machine_block(training=True)  # this run's; every row keeps the line of the run that made it
+    here = machine_line(doc["machine"])
+    for name in args.datasets.split(",") if heads else ():
         for n_train in args.n_train.split(","):
             data = splits(name, int(n_train), args.seed)
             cell = doc.setdefault(name, {}).setdefault(n_train, {})  # the issue's keys: <dataset>.<n_train>.<head>
             default = resolved_default(data["names"])
             for head in heads:
                 print(f"[{name} {n_train}] {head}…", file=sys.stderr, flush=True)
-                cell[head] = {**run_head(head, data, args.seed), "command": command}
+                cell[head] = {**run_head(head, data, args.seed), "command": command, "machine": here}
                 if head == default:
                     cell["default"] = {**cell[head], "resolves_to": head}
                 write(doc, args.out)
     if args.speed:
-        doc["speed"] = {**speed_ratio(args.seed), "command": command}
+        doc["speed"] = {**speed_ratio(args.seed), "command": command, "machine": here}
         write(doc, args.out)
     print(to_markdown(doc))
 

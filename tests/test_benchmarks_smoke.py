@@ -113,13 +113,21 @@ def test_many_classes_report_names_the_default_head_and_the_speed_ratio():
     from classlm.machine import machine_block
 
     row = {"accuracy": 0.5, "macro_f1": 0.4, "nll": 2.0, "ece": 0.03, "train_examples_per_second": 6.0,
-           "texts_per_second": 100.0, "epochs": 8.0, "command": "python benchmarks/many_classes.py"}  # fmt: skip
+           "texts_per_second": 100.0, "epochs": 8.0, "command": "python benchmarks/many_classes.py",
+           "machine": "CPU (AMD EPYC), 2 cores"}  # fmt: skip
     doc = {
         "machine": machine_block(),
-        "clinc150": {"1000": {"name_rows": row, "default": {**row, "resolves_to": "name_rows"}}},
+        "clinc150": {"1000": {"name_rows": {**row, "in_scope_ece": 0.02, "in_scope_accuracy": 0.9, "oos_recall": 0.25},
+                              "default": {**row, "resolves_to": "name_rows"}}},
         "speed": {"n_texts": 10, "texts_per_second_151": 80.0, "texts_per_second_4": 100.0, "scoring_151": "x",
-                  "scoring_4": "first_token", "prompt_tokens_151": 700, "prompt_tokens_4": 60, "ratio_151_vs_4": 0.8},
+                  "scoring_4": "first_token", "prompt_tokens_151": 700, "prompt_tokens_4": 60, "ratio_151_vs_4": 0.8,
+                  "exact": {"trec_fine": {"k": 50, "answer_tokens": 195, "trie_nodes": 29, "trie_texts_per_second": 6.5,
+                                          "trie_n_texts": 64, "k_rows_texts_per_second": 0.25, "k_rows_n_texts": 2,
+                                          "trie_speedup": 26.0}}},
     }  # fmt: skip
     md = many_classes.to_markdown(doc)
     assert "## clinc150, 1000 training rows" in md and "| default → name_rows | 0.500 | 0.400 |" in md
     assert "ratio **0.80**" in md and "Made by `python benchmarks/many_classes.py`" in md
+    assert "| name_rows | 0.020 | 0.900 | 0.250 |" in md  # clinc150 without its oos rows
+    assert "On CPU (AMD EPYC), 2 cores" in md  # each section names the machine its rows ran on
+    assert "| trec_fine | 50 | 195 | 29 | 6.50 (64 texts) | 0.250 (2) | 26x |" in md

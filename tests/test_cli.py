@@ -440,6 +440,21 @@ def test_train_drop_invalid_and_scoring(monkeypatch, capsys, tiny_model_dir, sor
     assert json.loads((run / "classlm.json").read_text())["options"]["scoring"] == "exact"
 
 
+def test_train_class_weights_flag(monkeypatch, capsys, tiny_model_dir, sorted_folder, tmp_path):
+    run = tmp_path / "run"
+    args = ["train", sorted_folder, "-m", tiny_model_dir, "--out", run, *TRAIN]
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--class-weights", "heavy")
+    assert code == 2 and "--class-weights must be 'balanced' or a JSON object" in err and not run.exists()
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--class-weights", "balanced", "--no-baseline")
+    assert code == 0, err
+    doc = json.loads((run / "classlm.json").read_text())
+    assert doc["train"]["class_weights"] == "balanced" and "baseline" not in doc["training"]["checks"]
+    assert json.loads((run / "train_args.json").read_text())["class_weights"] == "balanced"
+    # --resume compares it like every option that defines the run.
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--class-weights", '{"Sports": 2}', "--resume")
+    assert code == 2 and "class-weights" in err and "differ" in err
+
+
 CLI_KILL = """
 import os, signal, sys
 import classlm.training as training

@@ -124,7 +124,7 @@ def finish_run(
     info = {"data": eval_source or evaluation.source}
     report = evaluate(clf, texts, labels, info=info)
     baseline, notes = None, []
-    if baseline_rows is not None:
+    if baseline_rows is not None and clf.method != "tfidf":
         try:
             baseline = _tfidf_baseline(clf, baseline_rows, texts, labels, info)
         except ValueError as exc:  # classlm's data/config errors and scikit-learn's: never at the trained run's cost

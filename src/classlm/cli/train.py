@@ -30,6 +30,22 @@ from classlm.cli.runs import finish_run, fit_run, prepare_run_folder, run_args
 from classlm.config import LoraConfig, TrainConfig
 from classlm.errors import ConfigError
 
+BaselineOpt = Annotated[
+    bool,
+    typer.Option(
+        "--baseline/--no-baseline",
+        help="Also fit TF-IDF + LR on the same rows (seconds) and report the classifier against it.",
+    ),
+]
+ClassWeightsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--class-weights",
+        help="'balanced': weight the loss by inverse class frequency (imbalanced data), or a JSON object "
+        '{"class": weight}.',
+    ),
+]
+
 # The TrainConfig and LoraConfig fields that `train` exposes, in --help order, under the flags they have always had.
 # A field added here becomes a flag (and a key of train_args.json, which --resume compares).
 TRAIN_OPTIONS = ConfigOptions(
@@ -99,21 +115,8 @@ def train(
     options: Annotated[
         str | None, typer.Option("--options", help='The method\'s options as JSON, e.g. \'{"head": "mlp"}\'.')
     ] = None,
-    baseline: Annotated[
-        bool,
-        typer.Option(
-            "--baseline/--no-baseline",
-            help="Also fit TF-IDF + LR on the same rows (seconds) and report the classifier against it.",
-        ),
-    ] = True,
-    class_weights: Annotated[
-        str | None,
-        typer.Option(
-            "--class-weights",
-            help="'balanced': weight the loss by inverse class frequency (imbalanced data), or a JSON object "
-            '{"class": weight}.',
-        ),
-    ] = None,
+    baseline: BaselineOpt = True,
+    class_weights: ClassWeightsOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out.")] = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Delete the run already in --out (its run files only) and start anew.")
@@ -137,13 +140,11 @@ def train(
 
     method_cls = get_method(method)
     method_options = _method_options(options, method, method_cls, use_lora=use_lora)
-    training = {**training, "class_weights": _class_weights(class_weights)}
-    seed = training["seed"]
-    rows: dict[str, Any] = dict(
-        text_col=text_col, label_col=label_col, labels_given=labels is not None, drop_invalid=drop_invalid
-    )
+    training, seed = {**training, "class_weights": _class_weights(class_weights)}, training["seed"]
+    rows: dict[str, Any] = {"text_col": text_col, "label_col": label_col, "labels_given": labels is not None}
+    rows["drop_invalid"] = drop_invalid
     dataset = load_rows(data, split=split, limit=limit, seed=seed, **rows)
-    label_spec = label_spec_for(labels, data, dataset)
+    label_spec = label_spec_for(labels, data, dataset)  # before the hold-outs: the labels of all the rows
     dataset, evaluation, calibration, eval_source = held_out_rows(
         data, dataset, (split, eval_split, calib_split), seed, rows
     )
@@ -166,9 +167,7 @@ def train(
     # Only now, with every option and the data checked: --overwrite must not delete a run for a command that fails.
     prepare_run_folder(out_dir, args, resume=resume, overwrite=overwrite)
     fit_run(clf, method, out_dir, args, (dataset, evaluation, calibration), resume=resume)
-    # TF-IDF + LR on the same rows, the baseline the summary and report compare with (not against itself).
-    baseline_rows = (dataset, calibration) if baseline and method != "tfidf" else None
-    finish_run(clf, out_dir, evaluation, eval_source, baseline_rows=baseline_rows)
+    finish_run(clf, out_dir, evaluation, eval_source, baseline_rows=(dataset, calibration) if baseline else None)
 
 
 def _class_weights(value: str | None) -> str | dict[str, float] | None:
