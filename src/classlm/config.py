@@ -21,6 +21,8 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 # How label_tokens / letters / few_shot turn the LM's output into class logits (methods/label_tokens.py):
 # "auto" resolves to "first_token" when the classes' answers start with distinct tokens, else to COLLISION_SCORING.
 SCORING = ("auto", "first_token", "auto_verbalizer", "name_rows", "exact")
+# The better mean macro-F1 over clinc150 and trec_fine at 3,000 rows: 0.780 against name_rows' 0.777, a tie in
+# effect (benchmarks/results/many_classes.json); name_rows needs no free word per class, so it is the fallback.
 COLLISION_SCORING = "auto_verbalizer"
 # Scorings whose class logits are single LM-head rows of single tokens (class mass, vocab_ce and export --merge).
 ONE_TOKEN = ("first_token", "auto_verbalizer")
