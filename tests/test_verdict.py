@@ -33,7 +33,7 @@ def test_chance_level_macro_recall_is_a_collapse_and_a_real_classifier_is_not():
     y = rng.integers(0, 4, 400)
     guesses = rng.integers(0, 4, 400)  # spread over the classes, but knowing nothing
     found = collapse(metrics(y, guesses, k=4), [f"c{i}" for i in range(4)])
-    assert found is not None and "little better than chance" in found.message and found.chance == 0.25
+    assert found is not None and "at or barely above chance" in found.message and found.chance == 0.25
     good = np.where(rng.random(400) < 0.8, y, guesses)
     assert collapse(metrics(y, good, k=4), [f"c{i}" for i in range(4)]) is None
 
@@ -75,5 +75,8 @@ def test_cli_train_warns_of_a_collapse_and_records_it(monkeypatch, capsys, tmp_p
     assert checks.get("baseline") is None  # TF-IDF is not compared with itself
     assert "warning:" in err and "has collapsed" in err and "## Checks" in out
     assert "try more training rows (--limit), or another --method" in err  # no LoRA to give more passes
+    code, _, err = run_cli(monkeypatch, capsys, "train", folder, "-o", run, "--method", "tfidf", "-l", "neg,pos",
+                           "--class-weights", "balanced", "--overwrite")  # fmt: skip
+    assert code == 2 and "--class-weights weights the LoRA training loss" in err
     html = (run / "report.html").read_text()
     assert 'class="note warn"' in html and "has collapsed" in html

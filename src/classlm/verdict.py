@@ -52,14 +52,14 @@ def collapse(metrics: Mapping[str, Any], names: list[str]) -> Collapse | None:
     chance = 1.0 / int(present.sum())
     top = int(np.argmax(predicted))
     share, true_share = float(predicted[top] / n), float(support[top] / n)
-    one_class = share >= COLLAPSE_SHARE and share - true_share >= COLLAPSE_EXCESS
+    one_class = share >= COLLAPSE_SHARE and share - true_share >= COLLAPSE_EXCESS - 1e-9  # 1.0 - 0.9 < 0.1 in floats
     at_chance = recall < chance + CHANCE_MARGIN
     if not (one_class or at_chance):
         return None
     what = (
         f"it predicts {names[top]!r} for {share:.0%} of the {n} evaluation rows (truly {true_share:.0%} of them)"
         if one_class
-        else f"it answers little better than chance on the {n} evaluation rows"
+        else f"it answers at or barely above chance on the {n} evaluation rows"
     )
     message = (
         f"the classifier has collapsed: {what}; macro-recall {recall:.3f}, where always answering one class "

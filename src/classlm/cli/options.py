@@ -58,8 +58,9 @@ DtypeOpt = Annotated[
     str | None,
     typer.Option(
         "--dtype",
-        help="auto (bfloat16 on CUDA and on CPUs with AMX-BF16, else float32, and float32 for training on CPU; "
-        "$CLASSLM_DTYPE overrides auto), float32, bfloat16 or float16. Default: a saved run's own, else auto.",
+        help="auto (bfloat16 on CUDA and on CPUs with AMX-BF16 or AVX512-BF16, else float32; training on CPU also "
+        "needs tcmalloc or jemalloc for bfloat16; $CLASSLM_DTYPE overrides auto for scoring), float32, bfloat16 or "
+        "float16. Default: a saved run's own, else auto.",
     ),
 ]
 

@@ -8,6 +8,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from classlm.cli.common import command_line, err, out, quiet_transformers
 from classlm.errors import ConfigError
 
@@ -120,6 +122,7 @@ def finish_run(
     from classlm.html_report import classifier_context, write_html
     from classlm.reports import plot_reliability, plot_training_curves
 
+    clf.save(out_dir)  # first: nothing after this may cost the trained classifier
     texts, labels = list(evaluation.texts), list(evaluation.labels or [])
     info = {"data": eval_source or evaluation.source}
     report = evaluate(clf, texts, labels, info=info)
@@ -131,8 +134,8 @@ def finish_run(
             notes.append(("info", f"the TF-IDF + LR baseline could not be fitted on these rows ({exc})"))
     checks, found = _checks(clf, report, baseline)
     notes = found + notes
-    clf.training_ = {**clf.training_, "checks": checks}  # into the manifest's training summary
-    clf.save(out_dir)
+    clf.training_ = {**clf.training_, "checks": checks}
+    clf.save(out_dir)  # again, with the checks in the manifest's training summary
     if baseline is not None:
         _log_baseline(out_dir, clf.training_, baseline.metrics)
     metric_rows = read_metrics(out_dir)
@@ -159,13 +162,14 @@ def finish_run(
     if notes:
         out.print("## Checks\n\n" + "\n".join(f"- {text}" for _, text in notes), soft_wrap=True, markup=False)
     for level, text in notes:
-        err.print(f"[bold red]warning:[/] {text}" if level == "warn" else text, markup=True, highlight=False)
+        err.print(f"[bold red]warning:[/] {escape(text)}" if level == "warn" else escape(text), highlight=False)
     err.print(f"classifier saved to {out_dir}; report: {out_dir / 'report.html'}")
 
 
 def _tfidf_baseline(clf: Any, rows: tuple[Any, Any], texts: list[str], labels: list[str], info: dict[str, Any]) -> Any:
     """TF-IDF + LR fitted on the classifier's own training rows (and calibration rows, or the same hold-out:
-    the train config's seed and fraction), evaluated on the same evaluation rows; seconds, even on 10^5 rows."""
+    the train config's seed and fraction), evaluated on the same evaluation rows: seconds at a few thousand rows
+    (a few hundred rows/s to fit), a fraction of any LoRA run on the same rows."""
     from classlm.classifier import LMClassifier
     from classlm.evaluation import evaluate
 

@@ -138,11 +138,12 @@ def train(
     from classlm.classifier import LMClassifier
     from classlm.methods import get_method
 
-    method_cls = get_method(method)
-    method_options = _method_options(options, method, method_cls, use_lora=use_lora)
-    training, seed = {**training, "class_weights": _class_weights(class_weights)}, training["seed"]
-    rows: dict[str, Any] = {"text_col": text_col, "label_col": label_col, "labels_given": labels is not None}
-    rows["drop_invalid"] = drop_invalid
+    method_options, trains_lora = _method_options(options, method, get_method(method), use_lora=use_lora)
+    training = {**training, "class_weights": _class_weights(class_weights, method, trains_lora)}
+    seed = training["seed"]
+    rows: dict[str, Any] = dict(
+        text_col=text_col, label_col=label_col, labels_given=labels is not None, drop_invalid=drop_invalid
+    )
     dataset = load_rows(data, split=split, limit=limit, seed=seed, **rows)
     label_spec = label_spec_for(labels, data, dataset)  # before the hold-outs: the labels of all the rows
     dataset, evaluation, calibration, eval_source = held_out_rows(
@@ -161,7 +162,7 @@ def train(
         dtype=dtype or "auto",
         progress=True,
         method_options=method_options,
-        lora=lora if use_lora and method_cls.trains_backbone else None,
+        lora=lora if trains_lora else None,
         train=training,
     )
     # Only now, with every option and the data checked: --overwrite must not delete a run for a command that fails.
@@ -170,8 +171,11 @@ def train(
     finish_run(clf, out_dir, evaluation, eval_source, baseline_rows=(dataset, calibration) if baseline else None)
 
 
-def _class_weights(value: str | None) -> str | dict[str, float] | None:
-    """--class-weights: 'balanced', or a JSON object of class weights (checked further by TrainConfig)."""
+def _class_weights(value: str | None, method: str, lora: bool) -> str | dict[str, float] | None:
+    """--class-weights: 'balanced', or a JSON object of class weights (checked further by TrainConfig); only where
+    LoRA trains (the other methods' fits take no weights)."""
+    if value is not None and not lora:
+        raise ConfigError(f"--class-weights weights the LoRA training loss; method {method!r} here trains none")
     if value is None or value == "balanced":
         return value
     try:
@@ -183,12 +187,13 @@ def _class_weights(value: str | None) -> str | dict[str, float] | None:
     return parsed
 
 
-def _method_options(options: str | None, method: str, method_cls: Any, *, use_lora: bool) -> Any:
-    """--options parsed; and a refusal of a method that would learn nothing (zero-shot, or its LoRA switched off)."""
+def _method_options(options: str | None, method: str, method_cls: Any, *, use_lora: bool) -> tuple[Any, bool]:
+    """--options parsed, and whether LoRA trains; a refusal of a method that would learn nothing (zero-shot, or its
+    LoRA switched off)."""
     try:
         parsed = json.loads(options) if options is not None else None
     except ValueError as exc:
         raise ConfigError(f"--options must be a JSON object, got {options!r} ({exc})") from exc
     if not (method_cls.learns_from_data or (use_lora and method_cls.trains_backbone)):
         raise ConfigError(f"method {method!r} learns nothing to train; use `classlm evaluate --method {method}`")
-    return parsed
+    return parsed, use_lora and method_cls.trains_backbone
