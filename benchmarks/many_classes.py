@@ -101,10 +101,11 @@ def run_head(head: str, data: dict[str, Any], seed: int) -> dict[str, Any]:
     proba = clf.predict_proba(tx)
     seconds = time.perf_counter() - t0
     classes = [str(c) for c in clf.classes_]
-    m = classification_metrics(np.array([classes.index(v) for v in ty]), proba, classes)
+    y = np.array([classes.index(v) for v in ty])
+    m = classification_metrics(y, proba, classes)
     t = getattr(clf, "training_", {}) or {}
     row = {k: float(m[k]) for k in KEEP}
-    row.update(out_of_scope(np.array(ty), proba, classes))
+    row.update(out_of_scope(y, proba, classes))
     row.update(
         train_examples_per_second=t.get("examples_per_second"),
         texts_per_second=len(tx) / seconds,
@@ -123,13 +124,12 @@ def run_head(head: str, data: dict[str, Any], seed: int) -> dict[str, Any]:
     return row
 
 
-def out_of_scope(labels: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[str, float]:
+def out_of_scope(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[str, float]:
     """clinc150's ``oos`` rows are 0.7% of its train split and 18% of its test split: the temperature is fitted on
     rows almost free of them. The test figures without those rows, and how many of them the classifier catches."""
     if OOS not in classes:
         return {}
-    inside = labels != OOS
-    y = np.array([classes.index(v) for v in labels])
+    inside = y != classes.index(OOS)
     m = classification_metrics(y[inside], proba[inside], classes)
     caught = np.argmax(proba[~inside], axis=1) == classes.index(OOS)
     return {

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from classlm.io import write_text_atomic
-from classlm.reports import PER_CLASS_HEADER, EvalReport, per_class_rows
+from classlm.reports import PER_CLASS_HEADER, EvalReport, logged_baseline, per_class_rows
 
 __all__ = ["classifier_context", "render_html", "write_html"]
 
@@ -254,7 +254,7 @@ def _evaluation(name: str, report: EvalReport) -> str:
 
 
 def _training(rows: Sequence[Mapping[str, Any]]) -> str:
-    baseline = next((r["baseline"] for r in rows if isinstance(r.get("baseline"), Mapping)), None)
+    baseline = logged_baseline(rows)
     rows = [r for r in rows if isinstance(r.get("eval"), Mapping)]
     if not rows:
         return ""

@@ -258,6 +258,13 @@ def plot_reliability(report_or_bins: EvalReport | Sequence[Mapping[str, Any]], p
     return write_bytes_atomic(path, buf.getvalue())
 
 
+def logged_baseline(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The ``baseline`` entry (TF-IDF + LR on the same rows) of a run's metrics.jsonl rows, if it logged one."""
+    return next(
+        (r["baseline"] for r in rows if isinstance(r, Mapping) and isinstance(r.get("baseline"), Mapping)), None
+    )
+
+
 def plot_training_curves(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     """Write a PNG of a training run's evaluations (the rows of ``metrics.jsonl``): accuracy and macro-F1 against
     the step, and each class's calibration ratio sum(p)/sum(y) against the step, which should settle at 1."""
@@ -266,9 +273,7 @@ def plot_training_curves(rows: Sequence[Mapping[str, Any]], path: str | Path) ->
         from matplotlib.figure import Figure
     except ImportError as exc:
         raise ConfigError("plot_training_curves needs matplotlib: pip install 'classlm[plots]'") from exc
-    baseline = next(
-        (r["baseline"] for r in rows if isinstance(r, Mapping) and isinstance(r.get("baseline"), Mapping)), None
-    )
+    baseline = logged_baseline(rows)
     rows = [r for r in rows if isinstance(r, Mapping) and isinstance(r.get("eval"), Mapping)]
     if not rows:
         raise ConfigError("plot_training_curves: no evaluation rows (set eval_every > 0 and give an eval set)")
