@@ -131,3 +131,39 @@ def test_many_classes_report_names_the_default_head_and_the_speed_ratio():
     assert "| name_rows | 0.020 | 0.900 | 0.250 |" in md  # clinc150 without its oos rows
     assert "On CPU (AMD EPYC), 2 cores" in md  # each section names the machine its rows ran on
     assert "| trec_fine | 50 | 195 | 29 | 6.50 (64 texts) | 0.250 (2) | 26x |" in md
+
+
+def test_recipe_benchmark_trains_through_the_cli_and_compares_on_the_same_rows(tmp_path, monkeypatch, tiny_model_dir):
+    import json
+
+    recipe = pytest.importorskip("recipe")
+    folder = tmp_path / "data" / "toy"
+    folder.mkdir(parents=True)
+    words = {"sport": "the team won the match", "money": "the bank raised its rates"}
+    for split, n in (("train", 30), ("test", 6)):
+        rows = [{"text": f"{words[c]} {i}", "label": c} for i in range(n) for c in words]
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "labels.json").write_text(json.dumps(list(words)))
+    # 32 training rows of 2 classes: epochs=None makes 8 passes, so a recipe of --epochs 8 is the default's training.
+    monkeypatch.setitem(recipe.RECIPES, "epochs_8", ["--epochs", "8"])
+    argv = ["recipe.py", "--data", str(tmp_path / "data"), "--datasets", "toy", "--n-train", "40", "--recipes",
+            "previous_default,epochs_8,default", "--model", str(tiny_model_dir), "--runs", str(tmp_path / "runs"),
+            "--out", str(tmp_path / "recipe"), "--threads", "1"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    recipe.main()
+    doc = json.loads((tmp_path / "recipe.json").read_text())
+    cell = doc["toy"]["40"]
+    assert set(cell) == {"previous_default", "epochs_8", "default", "tfidf", "zero_shot"}
+    lm = cell["previous_default"]
+    # 40 rows less 4 held out for evaluation (no validation split) less 4 for the temperature, for all three runs.
+    assert lm["n_fit"] == cell["tfidf"]["n_fit"] == 32 and lm["n_calib"] == cell["zero_shot"]["n_calib"] == 4
+    assert lm["epochs"] == 1.0 and "--epochs 1" in lm["train_command"] and lm["n_test"] == 12
+    assert cell["zero_shot"]["train_seconds"] == 0.0 and all(0 <= r["macro_f1"] <= 1 for r in cell.values())
+    assert "| previous_default | 1 |" in (tmp_path / "recipe.md").read_text()  # the margin table, one cell
+    # The default stood in by the --epochs 8 run (the same training), not trained a second time.
+    assert cell["default"]["same_training_as"] == "epochs_8" and not (tmp_path / "runs" / "toy_40_default").exists()
+    assert cell["default"]["epochs"] == 8.0 and cell["default"]["macro_f1"] == cell["epochs_8"]["macro_f1"]
+    # A second command reuses the finished run (same command) instead of training again.
+    stamp = (tmp_path / "runs" / "toy_40_previous_default" / "classlm.json").stat().st_mtime_ns
+    recipe.main()
+    assert (tmp_path / "runs" / "toy_40_previous_default" / "classlm.json").stat().st_mtime_ns == stamp

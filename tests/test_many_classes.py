@@ -262,11 +262,15 @@ def test_train_cli_on_60_colliding_classes_needs_no_options(monkeypatch, capsys,
     assert doc["calibration"]["n"] >= 60  # a calibration row of every class
 
 
-def test_auto_epochs_follow_the_rows_per_class(tiny_model_dir):
+def test_auto_epochs_follow_the_rows_and_the_rows_per_class(tiny_model_dir):
     from classlm.config import TrainConfig, auto_epochs
 
-    assert TrainConfig().epochs is None  # the default: by rows per class
-    assert (auto_epochs(900, 151), auto_epochs(900, 50), auto_epochs(900, 4), auto_epochs(5, 2)) == (8, 3, 1, 8)
+    assert TrainConfig().epochs is None  # the default: by the rows and the rows per class
+    # Per class (48 examples of each): 151 classes in 900 rows → 8 passes, in 3,000 → 3; 50 in 900 → 3.
+    assert (auto_epochs(900, 151), auto_epochs(3000, 151), auto_epochs(900, 50)) == (8, 3, 3)
+    # In all (2,400 examples): a few classes in 810 or 900 rows → 3 passes, in 1,200 → 2, from 2,400 rows → 1.
+    assert [auto_epochs(n, 4) for n in (810, 900, 1200, 2400, 3000)] == [3, 3, 2, 1, 1]
+    assert auto_epochs(5, 2) == 8  # at most 8
     with pytest.raises(ConfigError, match="epochs must be a positive number or None"):
         TrainConfig(epochs=0)
     names = colliding_names(6)
@@ -276,3 +280,8 @@ def test_auto_epochs_follow_the_rows_per_class(tiny_model_dir):
     clf.fit(texts, y)
     # 24 rows less one calibration row per class: 18, 3 per class → ceil(48 / 3) = 16, capped at 8 passes.
     assert clf.training_["n_train"] == 18 and clf.training_["epochs"] == 8 and clf.training_["steps"] == 8 * 3
+    # The same training as epochs=8 set by hand, weight for weight (benchmarks/recipe.py relies on it).
+    by_hand = LMClassifier(
+        model=str(tiny_model_dir), labels=names, lora={"r": 2}, train={"batch_size": 6, "lr": 1e-3, "epochs": 8}
+    ).fit(texts, y)
+    np.testing.assert_array_equal(clf.predict_proba(texts), by_hand.predict_proba(texts))

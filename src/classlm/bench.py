@@ -34,7 +34,7 @@ class Entry:
     max_length: int = 512
 
 
-# What `--methods` accepts. The LoRA rows train one epoch over the budget with the default TrainConfig.
+# What `--methods` accepts. The LoRA rows train with the default TrainConfig (epochs=None: passes by the rows).
 ENTRIES: dict[str, Entry] = {
     "label_tokens": Entry("label_tokens", note="zero-shot"),
     "letters": Entry("letters", note="zero-shot"),

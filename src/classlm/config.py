@@ -187,20 +187,28 @@ class LoraConfig:
             raise ConfigError(f"target_modules must be a non-empty list of layer names, got {targets!r}")
 
 
-# epochs=None: enough passes that training sees about this many examples of the average class, 1 to AUTO_EPOCHS_MAX.
-# One pass over a dozen rows per class underfits (a 77-intent set, 900 rows: LoRA macro-F1 0.33 against TF-IDF's
-# 0.66); sets with a few hundred rows per class (ag_news, emotion, sms_spam in the benchmarks) keep their one pass.
+# epochs=None: enough passes that training sees about this many examples of the average class, and at least
+# AUTO_EPOCHS_MIN_EXAMPLES examples in all (150 steps of 16), 1 to AUTO_EPOCHS_MAX passes.
+# Per class: one pass over a dozen rows per class underfits (a 77-intent set, 900 rows: LoRA macro-F1 0.33 against
+# TF-IDF's 0.66). In all: one pass over 900 rows is 57 steps, too few for LoRA to move even on 2 classes with
+# 450 rows each (benchmarks/results/recipe_study.md, tweet_eval_offensive at 1,000 rows: one pass 0.454 macro-F1,
+# below TF-IDF's 0.657 on the same rows; three passes 0.756). From 2,400 rows up one pass stays the default;
+# 810 or 900 rows (a 1,000-row sample less its hold-outs) get three.
 # The best adapter by the early-stopping metric on held-out rows is what training keeps, so extra passes that start
 # to overfit cost time, not quality.
 AUTO_EPOCHS_SEEN_PER_CLASS = 48
+AUTO_EPOCHS_MIN_EXAMPLES = 2400
 AUTO_EPOCHS_MAX = 8
 
 
 def auto_epochs(n_rows: int, n_classes: int) -> int:
-    """Passes over ``n_rows`` training rows of ``n_classes`` classes for ``epochs=None``: ceil(48 / rows per class),
-    1 to 8 (clinc150, 151 classes in 900 rows: 8; trec_fine, 50 in 900: 3; ag_news, 4 in 900: 1)."""
+    """Passes over ``n_rows`` training rows of ``n_classes`` classes for ``epochs=None``: the more of ceil(48 / rows
+    per class) and ceil(2,400 / rows), 1 to 8 (clinc150, 151 classes in 900 rows: 8; trec_fine, 50 in 900: 3;
+    a 2- to 6-class set in 900 rows: 3; in 3,000 rows: 1)."""
     per_class = n_rows / max(n_classes, 1)
-    return int(min(AUTO_EPOCHS_MAX, max(1, math.ceil(AUTO_EPOCHS_SEEN_PER_CLASS / max(per_class, 1e-9)))))
+    by_class = math.ceil(AUTO_EPOCHS_SEEN_PER_CLASS / max(per_class, 1e-9))
+    in_all = math.ceil(AUTO_EPOCHS_MIN_EXAMPLES / max(n_rows, 1))
+    return int(min(AUTO_EPOCHS_MAX, max(1, by_class, in_all)))
 
 
 @dataclass(frozen=True)
@@ -210,7 +218,7 @@ class TrainConfig:
     ``batch_size`` examples per optimiser step, run in micro-batches of at most ``batch_size / grad_accum`` rows
     and ``micro_batch_tokens`` padded tokens (default: :data:`TRAIN_BATCH_TOKENS` for the dtype on CPU). Training
     stops after ``max_steps`` optimiser steps when set, else after ``epochs`` passes over the training data (``None``:
-    :func:`auto_epochs`, by the rows per class). The
+    :func:`auto_epochs`, by the rows and rows per class). The
     learning rate warms up linearly over ``warmup_ratio`` of the steps, then decays linearly to 0. ``eval_every``
     steps (0: only at the end) the eval set is scored; ``early_stopping`` names the metric to watch and
     ``patience`` how many evaluations without improvement end training; the best adapter is kept.
@@ -222,7 +230,7 @@ class TrainConfig:
     batch_size: int = field(default=16, metadata={"help": "Examples per optimiser step."})
     grad_accum: int = field(default=1, metadata={"help": "Micro-batches per step."})
     epochs: float | None = field(
-        default=None, metadata={"help": "Passes over the training data (default: by rows per class, 1 to 8)."}
+        default=None, metadata={"help": "Passes over the training data (default: by the rows, 1 to 8)."}
     )
     max_steps: int | None = field(default=None, metadata={"help": "Stop after N steps."})
     warmup_ratio: float = field(default=0.05, metadata={"help": "Fraction of the steps the learning rate warms up."})
