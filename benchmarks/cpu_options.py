@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
 import os
 import sys
 import time
@@ -30,10 +29,10 @@ from zero_shot import INSTRUCTION, NEWS_LABELS  # noqa: E402
 
 from classlm import LMClassifier  # noqa: E402
 from classlm.data import load_dataset  # noqa: E402
+from classlm.io import write_results  # noqa: E402
 from classlm.machine import machine_block  # noqa: E402
 from classlm.methods import label_tokens  # noqa: E402
 from classlm.metrics import classification_metrics, softmax  # noqa: E402
-from classlm.reports import write_text_atomic  # noqa: E402
 from classlm.scoring import decoder_of  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -264,9 +263,7 @@ def main() -> None:
             f"torch.compile: compiling and the first pass took {compiled_r['compile_and_first_pass_seconds']:.0f} s "
             "(texts/s counts the timed passes after it only).",
         ]
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.out / "cpu_options.json", json.dumps(doc, indent=2, allow_nan=False) + "\n")
-    write_text_atomic(args.out / "cpu_options.md", "\n".join(lines) + "\n")
+    write_results(args.out / "cpu_options", doc, "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -32,9 +32,10 @@ from classlm import LMClassifier, allocator  # noqa: E402
 from classlm.bench import KEEP  # noqa: E402
 from classlm.config import DTYPES  # noqa: E402
 from classlm.data import load_dataset, stratified_split  # noqa: E402
+from classlm.io import write_results  # noqa: E402
 from classlm.machine import choose_dtype, machine_block, machine_line  # noqa: E402
 from classlm.metrics import classification_metrics, softmax  # noqa: E402
-from classlm.reports import plot_reliability, plot_training_curves, write_text_atomic  # noqa: E402
+from classlm.reports import plot_reliability, plot_training_curves  # noqa: E402
 from classlm.training import read_metrics  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -314,8 +315,7 @@ def main() -> None:
                 doc["datasets"][name] = entry
 
     def save() -> None:
-        write_text_atomic(args.out / f"{stem}.json", json.dumps(doc, indent=2, allow_nan=False) + "\n")
-        write_text_atomic(args.out / f"{stem}.md", to_markdown(doc))
+        write_results(args.out / stem, doc, to_markdown(doc))
 
     def data_of(name: str) -> dict[str, Any]:
         return splits(name, None if args.full else (args.n_train or N_TRAIN[name]), args.n_test, args.seed)

@@ -37,7 +37,7 @@ import torch
 
 from classlm import LMClassifier, allocator
 from classlm.data import load_dataset
-from classlm.io import write_text_atomic
+from classlm.io import write_results
 from classlm.machine import machine_block, machine_line
 from classlm.metrics import classification_metrics
 
@@ -252,12 +252,6 @@ def to_markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write(doc: dict[str, Any], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out.with_suffix(".json"), json.dumps(doc, indent=2, allow_nan=False) + "\n")
-    write_text_atomic(out.with_suffix(".md"), to_markdown(doc))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", default="clinc150,trec_fine")
@@ -290,10 +284,10 @@ def main() -> None:
                 cell[head] = {**run_head(head, data, args.seed), "command": command, "machine": here}
                 if head == default:
                     cell["default"] = {**cell[head], "resolves_to": head}
-                write(doc, args.out)
+                write_results(args.out, doc, to_markdown(doc))
     if args.speed:
         doc["speed"] = {**speed_ratio(args.seed), "command": command, "machine": here}
-        write(doc, args.out)
+        write_results(args.out, doc, to_markdown(doc))
     print(to_markdown(doc))
 
 

@@ -11,7 +11,6 @@ batch, and writes ``benchmarks/results/prefix_attention.{json,md}``::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -22,8 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from classlm.io import write_results
 from classlm.machine import machine_block
-from classlm.reports import write_text_atomic
 from classlm.scoring import _FUSED_CPU, _fused_cpu
 
 HERE = Path(__file__).resolve().parent
@@ -108,9 +107,7 @@ def main() -> None:
         "|---|---|",
         *(f"| {name} | {ms:.3f} |" for name, ms in timings.items()),
     ]
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.out / "prefix_attention.json", json.dumps(doc, indent=2) + "\n")
-    write_text_atomic(args.out / "prefix_attention.md", "\n".join(lines) + "\n")
+    write_results(args.out / "prefix_attention", doc, "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -20,9 +20,11 @@ functions for TF-IDF + LR (fitted on the LM's training rows, its temperature on 
 zero-shot (its temperature on the calibration rows). Every run is scored on the same 1,000 seeded test rows (fewer where
 the test split is smaller), after temperature. ``train_seconds``: the training loop's seconds for the LoRA runs (from
 the saved classifier's training summary; ``wall_seconds``: the whole command), the fit for TF-IDF, 0 for zero-shot.
-Run folders go under ``--runs`` and a finished one is reused when its command matches (``--retrain``: train anew);
-``default`` is stood in by a finished run of ``--epochs E`` where ``epochs=None`` resolves to E passes on the same
-rows — the same training step for step (tested) — and the cell says so (``same_training_as``).
+Run folders go under ``--runs`` and a finished one is reused when its command matches (``--retrain``: train anew).
+``default`` (``epochs=None``) and ``previous_default`` resolve to ``--epochs E`` on the rows at hand; a recipe that
+resolves to the same flags as one with a finished run is stood in by that run — the same training step for step
+(tested: ``epochs=None`` and ``--epochs E`` give the same weights) — and the cell says so (``same_training_as``).
+At 3,000 rows both defaults are one pass, on clinc150 both are eight: one training each.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import shlex
 import subprocess
@@ -43,8 +46,9 @@ import torch
 
 from classlm import LMClassifier, allocator
 from classlm.cli.rows import held_out_rows, label_spec_for, load_rows
+from classlm.config import AUTO_EPOCHS_MAX, AUTO_EPOCHS_SEEN_PER_CLASS, TrainConfig, auto_epochs
 from classlm.data import calibration_split, load_dataset
-from classlm.io import write_text_atomic
+from classlm.io import write_results, write_text_atomic
 from classlm.machine import machine_block, machine_line
 from classlm.metrics import classification_metrics
 
@@ -61,10 +65,11 @@ DATASETS = {
     "3000": "ag_news,emotion,trec,tweet_eval_offensive",
 }
 # The flags each recipe adds to `classlm train DATA -o RUN --limit N`. "default" is whatever the CLI does without
-# flags (the recipe under test); "previous_default" is the default before the study: one pass over the rows.
+# flags (the recipe under test); "previous_default" is the default before the study, whose passes depend on the
+# rows (:func:`previous_epochs`): its flags are filled in per cell by :func:`flags`.
 RECIPES: dict[str, list[str]] = {
     "default": [],
-    "previous_default": ["--epochs", "1"],
+    "previous_default": [],
     "epochs_3": ["--epochs", "3"],
     "epochs_3_balanced": ["--epochs", "3", "--class-weights", "balanced"],
     "epochs_3_lr_1e-3": ["--epochs", "3", "--lr", "1e-3"],
@@ -84,7 +89,7 @@ def rows(data_dir: Path, name: str, n_train: int, seed: int) -> dict[str, Any]:
     sample = load_rows(data, split="train", limit=n_train, seed=seed, **ROWS)
     spec = label_spec_for(None, data, sample)
     train, _, _, _ = held_out_rows(data, sample, ("train", None, None), seed, ROWS)
-    keep, held, _ = calibration_split(list(train.labels), 0.1, seed=seed)  # TrainConfig's calib_fraction and seed
+    keep, held, _ = calibration_split(list(train.labels), TrainConfig().calib_fraction, seed=seed)  # as train does
     test = load_dataset(data, split="test")
     pick = np.sort(np.random.default_rng(seed).permutation(len(test))[: min(N_TEST, len(test))])
     return {"spec": spec, "fit": train.subset(keep), "calib": train.subset(held), "test": test.subset(pick)}
@@ -104,39 +109,57 @@ def score(clf: Any, test: Any) -> dict[str, Any]:
     return {**{k: float(m[k]) for k in KEEP}, "n_test": len(tx), "texts_per_second": round(len(tx) / seconds, 1)}
 
 
-def train_command(name: str, n_train: int, recipe: str, run: Path, args: argparse.Namespace) -> list[str]:
+def previous_epochs(n_rows: int, n_classes: int) -> int:
+    """The passes of ``epochs=None`` before the study: ceil(48 / rows per class), 1 to 8 — one pass for a 2- to
+    6-class set of 900 rows, which collapsed on tweet_eval_offensive."""
+    return int(min(AUTO_EPOCHS_MAX, max(1, math.ceil(AUTO_EPOCHS_SEEN_PER_CLASS * n_classes / max(n_rows, 1)))))
+
+
+def flags(recipe: str, data: dict[str, Any]) -> list[str]:
+    """The flags ``recipe`` adds on these rows."""
+    if recipe == "previous_default":
+        return ["--epochs", str(previous_epochs(len(data["fit"]), len(data["spec"])))]
+    return RECIPES[recipe]
+
+
+def resolved(recipe: str, data: dict[str, Any]) -> list[str]:
+    """What ``recipe`` trains on these rows, as flags: the default's passes made explicit."""
+    if recipe == "default":
+        return ["--epochs", str(auto_epochs(len(data["fit"]), len(data["spec"])))]
+    return flags(recipe, data)
+
+
+def train_command(name: str, n_train: int, run: Path, extra: list[str], args: argparse.Namespace) -> list[str]:
     base = [sys.executable, "-m", "classlm", "train", str(args.data / name), "-o", str(run), "--limit", str(n_train)]
     model = ["-m", args.model] if args.model != MODEL else []
-    return [*base, *model, *RECIPES[recipe], "--seed", str(args.seed), "--no-baseline", "--overwrite"]
+    return [*base, *model, *extra, "--seed", str(args.seed), "--no-baseline", "--overwrite"]
 
 
 def planned(
-    name: str, n_train: int, recipe: str, args: argparse.Namespace
+    name: str, n_train: int, recipe: str, args: argparse.Namespace, data: dict[str, Any]
 ) -> tuple[Path, list[str], str, dict[str, Any]]:
     """(run folder, command, the command as shown, what a finished run of it recorded, or {})."""
     run = args.runs / f"{name}_{n_train}_{recipe}"
-    cmd = train_command(name, n_train, recipe, run, args)
+    cmd = train_command(name, n_train, run, flags(recipe, data), args)
     shown = "classlm " + shlex.join(cmd[3:]).replace(str(DATA.parent) + "/", "../shared/")
     done = run / "benchmark_run.json"  # written only after the command succeeded: a reusable run
-    previous = json.loads(done.read_text()) if done.is_file() and not args.retrain else {}
+    fresh = not args.retrain or run in args.trained_now  # --retrain: only runs this command trained count
+    previous = json.loads(done.read_text()) if done.is_file() and fresh else {}
     return run, cmd, shown, previous if previous.get("command") == shown else {}
 
 
-def stand_in(name: str, n_train: int, args: argparse.Namespace, data: dict[str, Any]) -> str:
-    """The recipe whose finished run is the default's training, else "default": ``epochs=None`` resolves to E
-    passes on these rows, and a recipe that sets only ``--epochs E`` trains the same steps on the same rows with the
-    same seed — the same weights — so the default needs no second run of its own."""
-    from classlm.config import auto_epochs
-
-    passes = auto_epochs(len(data["fit"]), len(data["spec"]))
-    for recipe, flags in RECIPES.items():
-        if flags == ["--epochs", str(passes)] and planned(name, n_train, recipe, args)[3]:
-            return recipe
-    return "default"
+def stand_in(name: str, n_train: int, recipe: str, args: argparse.Namespace, data: dict[str, Any]) -> str:
+    """Another recipe with a finished run that trains what ``recipe`` trains on these rows (the same resolved flags,
+    rows and seed: the same weights), else ``recipe`` itself: no second run of the same training."""
+    want = resolved(recipe, data)
+    for other in RECIPES:
+        if other != recipe and resolved(other, data) == want and planned(name, n_train, other, args, data)[3]:
+            return other
+    return recipe
 
 
 def lm_run(name: str, n_train: int, recipe: str, args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
-    run, cmd, shown, previous = planned(name, n_train, recipe, args)
+    run, cmd, shown, previous = planned(name, n_train, recipe, args, data)
     if previous:
         wall = previous["wall_seconds"]
         print(f"  reusing {run} (trained by the same command)", file=sys.stderr, flush=True)
@@ -149,6 +172,7 @@ def lm_run(name: str, n_train: int, recipe: str, args: argparse.Namespace, data:
         if proc.returncode:
             sys.exit(f"{shown} failed (exit {proc.returncode}); its output: {args.runs / (run.name + '.log')}")
         write_text_atomic(run / "benchmark_run.json", json.dumps({"command": shown, "wall_seconds": wall}) + "\n")
+        args.trained_now.add(run)
     clf = LMClassifier.load(run)
     t = clf.training_
     if (t["n_train"], clf.calibration_info_.get("n")) != (len(data["fit"]), len(data["calib"])):
@@ -205,9 +229,9 @@ def to_markdown(doc: dict[str, Any], study: bool) -> str:
     lines = [
         f"# {title}",
         "",
-        "Model smollm2-135m, trained by `classlm train` (see `benchmarks/recipe.py` for the rows); figures on the "
-        "seeded test rows after temperature. train s: the training loop (TF-IDF: its fit); wall s: the whole "
-        f"command. Latest run on {machine_line(doc['machine'])}.",
+        f"Model {doc['machine'].get('model', MODEL)}, trained by `classlm train` (see `benchmarks/recipe.py` for "
+        "the rows); figures on the seeded test rows after temperature. train s: the training loop (TF-IDF: its "
+        f"fit); wall s: the whole command. Latest run on {machine_line(doc['machine'])}.",
         "",
     ]
     runs = dict.fromkeys(r for n, b in doc.items() if n not in NOT_DATASETS for c in b.values() for r in c)
@@ -240,12 +264,6 @@ def to_markdown(doc: dict[str, Any], study: bool) -> str:
     return "\n".join(lines)
 
 
-def write(doc: dict[str, Any], out: Path, study: bool) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out.with_suffix(".json"), json.dumps(doc, indent=2, allow_nan=False) + "\n")
-    write_text_atomic(out.with_suffix(".md"), to_markdown(doc, study))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n-train", default="1000", help="one budget or several: 1000,3000")
@@ -268,11 +286,12 @@ def main() -> None:
         parser.error(f"--recipes: some of {', '.join(RECIPES)}; --baselines: some of {', '.join(BASELINES)}")
     torch.set_num_threads(args.threads)  # the scoring here; the training commands get OMP_NUM_THREADS
     args.runs.mkdir(parents=True, exist_ok=True)
+    args.trained_now = set()
     out = args.out or (STUDY_OUT if args.study else OUT)
     command = "python benchmarks/recipe.py " + shlex.join(sys.argv[1:])
     path = out.with_suffix(".json")
     doc: dict[str, Any] = json.loads(path.read_text()) if args.merge and path.is_file() else {}
-    doc["machine"] = machine_block(threads=args.threads, training=True)
+    doc["machine"] = {**machine_block(threads=args.threads, training=True), "model": args.model}
     here = machine_line(doc["machine"])
     for n_train in args.n_train.split(","):
         names = (args.datasets or DATASETS.get(n_train, DATASETS["1000"])).split(",")
@@ -287,13 +306,13 @@ def main() -> None:
                 if run in BASELINES:
                     result = baseline_run(run, data, args)
                 else:
-                    trained_as = stand_in(name, int(n_train), args, data) if run == "default" else run
+                    trained_as = stand_in(name, int(n_train), run, args, data)
                     result = lm_run(name, int(n_train), trained_as, args, data)
                     if trained_as != run:
                         print(f"  {run} trains as {trained_as} on these rows: its run stands in", file=sys.stderr)
                         result["same_training_as"] = trained_as
                 cell[run] = {**result, "command": command, "machine": here}
-                write(doc, out, args.study)
+                write_results(out, doc, to_markdown(doc, args.study))
     print(to_markdown(doc, args.study))
 
 

@@ -31,8 +31,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from classlm.io import write_results
 from classlm.machine import machine_block, machine_line
-from classlm.reports import write_text_atomic
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data"
@@ -231,9 +231,7 @@ def main() -> None:
         "batching_gain": gain,
         "no_failed_or_lost": all(r["failed"] == 0 and r["lost"] == 0 for rows in results.values() for r in rows),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.out / "serve_load.json", json.dumps(doc, indent=2))
-    write_text_atomic(args.out / "serve_load.md", to_markdown(doc))
+    write_results(args.out / "serve_load", doc, to_markdown(doc))
     print(to_markdown(doc))
 
 

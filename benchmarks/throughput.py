@@ -52,9 +52,9 @@ from zero_shot import INSTRUCTION, NEWS_LABELS  # noqa: E402  (the accuracy benc
 from classlm import LMClassifier  # noqa: E402
 from classlm.config import CPU_BATCH_TOKENS, token_budget  # noqa: E402
 from classlm.data import load_dataset  # noqa: E402
+from classlm.io import write_results  # noqa: E402
 from classlm.machine import machine_block, machine_line  # noqa: E402
 from classlm.metrics import softmax  # noqa: E402
-from classlm.reports import write_text_atomic  # noqa: E402
 from classlm.scoring import SharedPrefix, decoder_of, length_sorted_batches, pad_right  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -1128,9 +1128,7 @@ def main() -> None:
     path = args.out / "throughput.json"
     if args.merge and path.is_file():
         doc = merged(json.loads(path.read_text()), doc, args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
-    write_text_atomic(args.out / "throughput.md", to_markdown(doc))
+    write_results(args.out / "throughput", doc, to_markdown(doc))
     print(to_markdown(doc))
 
 

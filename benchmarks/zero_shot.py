@@ -13,7 +13,6 @@ position, then reads the same k logits.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,9 +23,9 @@ import torch
 
 from classlm import LMClassifier
 from classlm.data import load_dataset
+from classlm.io import write_results
 from classlm.machine import machine_block
 from classlm.metrics import classification_metrics, softmax
-from classlm.reports import write_text_atomic
 from classlm.scoring import length_sorted_batches, pad_right
 
 HERE = Path(__file__).resolve().parent
@@ -218,9 +217,7 @@ def main() -> None:
     for method in ("label_tokens", "letters"):
         print(f"{method}: fitting the temperature and scoring {len(test)} texts…", file=sys.stderr)
         doc["methods"][method] = method_results(method, test, calib, args.batch_size)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.out / "zero_shot.json", json.dumps(doc, indent=2, allow_nan=False) + "\n")
-    write_text_atomic(args.out / "zero_shot.md", to_markdown(doc))
+    write_results(args.out / "zero_shot", doc, to_markdown(doc))
     print(to_markdown(doc))
 
 

@@ -144,7 +144,8 @@ def test_recipe_benchmark_trains_through_the_cli_and_compares_on_the_same_rows(t
         rows = [{"text": f"{words[c]} {i}", "label": c} for i in range(n) for c in words]
         (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (folder / "labels.json").write_text(json.dumps(list(words)))
-    # 32 training rows of 2 classes: epochs=None makes 8 passes, so a recipe of --epochs 8 is the default's training.
+    # 32 training rows of 2 classes: epochs=None makes 8 passes, so a recipe of --epochs 8 is the default's training;
+    # the previous default made ceil(48 / 16 rows per class) = 3.
     monkeypatch.setitem(recipe.RECIPES, "epochs_8", ["--epochs", "8"])
     argv = ["recipe.py", "--data", str(tmp_path / "data"), "--datasets", "toy", "--n-train", "40", "--recipes",
             "previous_default,epochs_8,default", "--model", str(tiny_model_dir), "--runs", str(tmp_path / "runs"),
@@ -157,7 +158,7 @@ def test_recipe_benchmark_trains_through_the_cli_and_compares_on_the_same_rows(t
     lm = cell["previous_default"]
     # 40 rows less 4 held out for evaluation (no validation split) less 4 for the temperature, for all three runs.
     assert lm["n_fit"] == cell["tfidf"]["n_fit"] == 32 and lm["n_calib"] == cell["zero_shot"]["n_calib"] == 4
-    assert lm["epochs"] == 1.0 and "--epochs 1" in lm["train_command"] and lm["n_test"] == 12
+    assert lm["epochs"] == 3.0 and "--epochs 3" in lm["train_command"] and lm["n_test"] == 12
     assert cell["zero_shot"]["train_seconds"] == 0.0 and all(0 <= r["macro_f1"] <= 1 for r in cell.values())
     assert "| previous_default | 1 |" in (tmp_path / "recipe.md").read_text()  # the margin table, one cell
     # The default stood in by the --epochs 8 run (the same training), not trained a second time.
@@ -166,4 +167,12 @@ def test_recipe_benchmark_trains_through_the_cli_and_compares_on_the_same_rows(t
     # A second command reuses the finished run (same command) instead of training again.
     stamp = (tmp_path / "runs" / "toy_40_previous_default" / "classlm.json").stat().st_mtime_ns
     recipe.main()
+    assert (tmp_path / "runs" / "toy_40_previous_default" / "classlm.json").stat().st_mtime_ns == stamp
+    # Where the previous default resolves to the same passes as the default (clinc150, or 3,000 rows), it too is
+    # stood in by the run that trains the same, not trained a third time.
+    monkeypatch.setattr(recipe, "previous_epochs", lambda n_rows, n_classes: 8)
+    monkeypatch.setattr(sys, "argv", [*argv, "--recipes", "default,previous_default", "--merge"])
+    recipe.main()
+    cell = json.loads((tmp_path / "recipe.json").read_text())["toy"]["40"]
+    assert cell["previous_default"]["same_training_as"] == "epochs_8" and cell["previous_default"]["epochs"] == 8.0
     assert (tmp_path / "runs" / "toy_40_previous_default" / "classlm.json").stat().st_mtime_ns == stamp

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
@@ -48,3 +50,11 @@ def umask_modes(folder: Path) -> None:
             file = os.path.join(root, name)
             if not os.path.islink(file):
                 os.chmod(file, 0o666 & ~umask)
+
+
+def write_results(stem: str | Path, doc: Any, markdown: str) -> None:
+    """A benchmark's results: ``stem.json`` (strict JSON: no NaN) and ``stem.md``, each written atomically."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(stem.with_name(stem.name + ".json"), json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    write_text_atomic(stem.with_name(stem.name + ".md"), markdown.rstrip("\n") + "\n")
