@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import os
 import shlex
 import subprocess
@@ -46,7 +45,7 @@ import torch
 
 from classlm import LMClassifier, allocator
 from classlm.cli.rows import held_out_rows, label_spec_for, load_rows
-from classlm.config import AUTO_EPOCHS_MAX, AUTO_EPOCHS_SEEN_PER_CLASS, TrainConfig, auto_epochs
+from classlm.config import TrainConfig, auto_epochs
 from classlm.data import calibration_split, load_dataset
 from classlm.io import write_results, write_text_atomic
 from classlm.machine import machine_block, machine_line
@@ -112,7 +111,7 @@ def score(clf: Any, test: Any) -> dict[str, Any]:
 def previous_epochs(n_rows: int, n_classes: int) -> int:
     """The passes of ``epochs=None`` before the study: ceil(48 / rows per class), 1 to 8 — one pass for a 2- to
     6-class set of 900 rows, which collapsed on tweet_eval_offensive."""
-    return int(min(AUTO_EPOCHS_MAX, max(1, math.ceil(AUTO_EPOCHS_SEEN_PER_CLASS * n_classes / max(n_rows, 1)))))
+    return auto_epochs(n_rows, n_classes, min_examples=0)
 
 
 def flags(recipe: str, data: dict[str, Any]) -> list[str]:
