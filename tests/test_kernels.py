@@ -110,6 +110,28 @@ def test_lean_training_switches_back_after_an_error(tiny_model):
     assert not any("forward" in vars(m) for m in tiny_model.modules())
 
 
+def test_lean_training_leaves_a_forward_someone_swapped_within_the_block(tiny_model):
+    norm = tiny_model.model.norm
+    with lean_training(tiny_model):
+        del norm.forward  # what a kernelized transformers model's train()/eval() does (it re-kernelizes)
+        theirs = norm.forward = torch.nn.Identity().forward
+    assert vars(norm)["forward"] is theirs
+    assert sum("forward" in vars(m) for m in tiny_model.modules()) == 1  # the others got their own back
+
+
+def test_loaded_models_keep_the_lean_forms_through_train_and_eval(tiny_model_dir):
+    """transformers >= 5.25 kernelizes a loaded model by default and again on every train()/eval() switch, which
+    replaced the lean forms after the first evaluation of a training run; classlm loads without hub kernels."""
+    from classlm.config import ModelConfig
+    from classlm.models import load_backbone
+
+    model = load_backbone(ModelConfig(name=str(tiny_model_dir)), shared=False, training=True).model
+    with lean_training(model) as switched:
+        model.eval()
+        model.train()
+        assert sum("forward" in vars(m) for m in model.modules()) == switched == 7
+
+
 def test_lean_norm_trains_its_weight_like_the_plain_norm(tiny_model):
     """hidden_head's top_k trains the final norm: its weight gradient must match too."""
     norm = tiny_model.model.norm

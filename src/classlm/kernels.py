@@ -167,16 +167,21 @@ def _lean_form(module: Any) -> Any:
 def lean_training(model: Any) -> Iterator[int]:
     """Within the block, ``model``'s Llama-style norms and gated MLPs run in their lean-backward forms (the same
     forward values); yields how many modules were switched. Restored on exit, also on errors."""
-    switched: list[tuple[Any, Any]] = []  # (module, the instance forward it had: a hook's, or None)
+    switched: list[tuple[Any, Any, Any]] = []  # (module, its instance forward before: a hook's or None, ours)
     try:
         for module in model.modules():
             form = _lean_form(module)
             if form is not None:
-                switched.append((module, vars(module).get("forward")))
-                module.forward = form.__get__(module)
+                lean = form.__get__(module)
+                switched.append((module, vars(module).get("forward"), lean))
+                module.forward = lean
         yield len(switched)
     finally:
-        for module, own in switched:
+        for module, own, lean in switched:
+            # Someone else may have swapped the forward within the block (a kernelized transformers model does on
+            # every train()/eval()): theirs stays; restoring ours over it, or deleting it, would break their state.
+            if vars(module).get("forward") is not lean:
+                continue
             if own is None:
                 del module.forward  # back to the class's forward
             else:

@@ -36,6 +36,11 @@ BUILTIN_ALIASES: dict[str, tuple[str, str, str]] = {
 CACHE_ENV = "CLASSLM_CACHE_DIR"
 _CACHE_MARKER = "classlm_cache.json"
 _CACHE_VERSION = 1
+# transformers >= 5.25 kernelizes by default when the `kernels` package is present (it now depends on it): Hub
+# kernels fetched at load, and every train()/eval() switch re-kernelizes, swapping the forwards of norms and MLPs --
+# which undid classlm's lean training forms mid-run. Models are loaded with plain torch forwards, offline and the
+# same on every version.
+NO_HUB_KERNELS = {"use_kernels": False}
 
 
 @dataclass(frozen=True)
@@ -227,7 +232,9 @@ def _load_folder(location: str, dtype: torch.dtype, *, local_only: bool, hub: bo
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only)
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(
+            location, dtype=dtype, local_files_only=local_only, **NO_HUB_KERNELS
+        )
     except OSError as exc:
         if not hub:
             raise ModelLoadError(f"could not load the model folder {location}: {exc}") from exc
@@ -291,7 +298,9 @@ def _build_gguf_cache(gguf: Path, folder: Path, file_hash: str) -> None:
     log.info("dequantising %s once (later loads use the cache in %s)", gguf.name, folder)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        quantised = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        quantised = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, **NO_HUB_KERNELS
+        )
     except Exception as exc:  # noqa: BLE001 - any failure here means the file is unusable
         raise ModelLoadError(
             f"could not read the GGUF file {gguf} ({type(exc).__name__}: {exc}); "
