@@ -69,6 +69,7 @@ DATASETS = {
 RECIPES: dict[str, list[str]] = {
     "default": [],
     "previous_default": [],
+    "epochs_2": ["--epochs", "2"],
     "epochs_3": ["--epochs", "3"],
     "epochs_3_balanced": ["--epochs", "3", "--class-weights", "balanced"],
     "epochs_3_lr_1e-3": ["--epochs", "3", "--lr", "1e-3"],

@@ -180,5 +180,5 @@ def test_calibrate_refits_the_temperature_and_records_before_and_after(tiny_mode
     assert info["after"]["nll"] <= info["before"]["nll"] + 1e-9
     with pytest.raises(DataError, match="'Cooking'"):
         clf.calibrate(TEXTS, ["Cooking"] * len(TEXTS))
-    with pytest.raises(ConfigError, match="calibration='temperature'"):
+    with pytest.raises(ConfigError, match="set calibration='temperature'"):
         LMClassifier(model=str(tiny_model_dir), labels=LABELS, calibration="none").fit([]).calibrate(TEXTS, Y)

@@ -9,6 +9,8 @@ PURE_MODULES = [
     "classlm",
     "classlm.metrics",
     "classlm.calibration",
+    "classlm.calibrators",
+    "classlm.priors",
     "classlm.labels",
     "classlm.prompts",
     "classlm.reports",

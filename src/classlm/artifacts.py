@@ -25,6 +25,7 @@ from typing import Any
 
 from classlm.artifact_checks import FIX, check_adapter, check_safetensors, check_settings, note_leftovers
 from classlm.calibration import TemperatureScaler
+from classlm.calibrators import CalibratorChain, calibrator_from_dict, logit_affine
 from classlm.config import ONE_TOKEN, config_to_dict
 from classlm.errors import ArtifactError, ConfigError
 from classlm.estimator import NotFittedError
@@ -214,7 +215,7 @@ class SavedClassifier:
     labels: LabelSet
     prompt: PromptTemplate
     classes: Any  # the typed classes_, or None when the names are the classes
-    calibrator: TemperatureScaler
+    calibrator: TemperatureScaler | CalibratorChain
     adapter: Path | None
     state_file: Path | None
     state_json: dict[str, Any]
@@ -239,7 +240,7 @@ def read_classifier(path: str | Path, overrides: Mapping[str, Any]) -> SavedClas
         prompt = PromptTemplate.from_dict(doc["prompt"])
         class_tokens = doc["class_tokens"]
         saved_tokens = None if class_tokens is None else [list(s) for s in class_tokens["sequences"]]
-        calibrator = TemperatureScaler.from_dict(doc["calibration"])
+        calibrator = calibrator_from_dict(doc["calibration"])
         method, method_options = doc["method"], doc.get("method_options")
         method_state = doc.get("method_state") or {"file": None, "json": {}}
         state_file, state_json = method_state["file"], dict(method_state.get("json") or {})
@@ -356,6 +357,7 @@ def export_merged(clf: Any, out: str | Path) -> Path:
     merged = copy.deepcopy(model).merge_and_unload()
     prompt, tokens = method_info.prompt, method_info.class_tokens
     assert tokens is not None  # has_class_tokens
+    temperature, offset = logit_affine(clf.calibrator_)
     info = {
         "merged_from": {"base_model": clf.backbone_.identity(), "lora": config_to_dict(clf.lora_config())},
         "labels": list(clf.label_set_.names),
@@ -365,12 +367,15 @@ def export_merged(clf: Any, out: str | Path) -> Path:
         # The exact token ids (the head may start with a BOS that the strings do not show).
         "prompt_head_ids": list(prompt.head_ids),
         "prompt_tail_ids": list(prompt.tail_ids),
-        "temperature": float(clf.calibrator_.temperature),
+        "temperature": temperature,
         "how": (
             "input_ids = prompt_head_ids + tokenizer(text.strip(), add_special_tokens=False) + prompt_tail_ids; "
-            "p = softmax(logits[last position][class_token_ids] / temperature)"
+            "p = softmax(logits[last position][class_token_ids] / temperature"
+            + (" + logit_offset)" if offset is not None else ")")
         ),
     }
+    if offset is not None:  # a bias, contextual or batch step: every chain is logits / T + a per-class offset
+        info["logit_offset"] = [float(v) for v in offset]
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         merged.save_pretrained(str(tmp))

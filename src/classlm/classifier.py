@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from classlm.calibration import TemperatureScaler
+from classlm.calibrators import make_calibrator, parse_calibration
 from classlm.config import (
     DEFAULT_BATCH_TOKENS,
     RUN_LIMITS,
@@ -68,7 +68,12 @@ class LMClassifier(CalibratedClassifier):
         ``"temperature"``: fit a temperature on held-out data. Zero-shot, ``fit(X, y)`` trains no weights, so all of
         ``(X, y)`` is held out for it; a method that learns from ``(X, y)`` (``lora``, or a head, TF-IDF, few-shot
         examples) uses ``calib_set``, or a stratified ``train.calib_fraction`` of ``(X, y)`` held out from training
-        (recorded in the artifact). ``"none"``: T = 1.
+        (recorded in the artifact). ``"none"``: T = 1. ``"bias"``: a temperature and a per-class offset, from the
+        same rows (it wants about 5 labelled rows per class). Without labels (:mod:`classlm.calibrators`):
+        ``"contextual"`` removes the bias the model shows on content-free inputs ("N/A", "", "[MASK]"), ``"batch"``
+        the bias it shows on average over unlabelled texts of the task (``fit(X)`` with no ``y``, the calibration
+        rows' texts, or :meth:`calibrate_unlabelled`); either can be chained with a labelled step fitted after it,
+        e.g. ``"batch+temperature"``.
     lora:
         ``None`` (zero-shot: no weights change), or a :class:`~classlm.config.LoraConfig` / dict of its options
         (``r``, ``alpha``, ``dropout``, ``target_modules``): ``fit`` then trains LoRA adapters on the labelled data.
@@ -197,7 +202,7 @@ class LMClassifier(CalibratedClassifier):
         self.label_set_ = method.labels  # as the method resolved them (e.g. auto_verbalizer's answers)
         self.scoring_ = method.scoring  # resolved: "auto" → the head it chose for these labels
         self.classes_ = np.array(label_set.names, dtype=object) if classes is None else classes
-        self.calibrator_ = TemperatureScaler()
+        self.calibrator_ = make_calibrator(self.calibration)
         self.calibration_info_: dict[str, Any] = {"fitted": False}
 
     # -- estimator API ------------------------------------------------------------------------------------------
@@ -234,12 +239,15 @@ class LMClassifier(CalibratedClassifier):
         if y_list is not None:
             validate_labels(y_list, self.label_set_.names)
         if not learns:
-            if y_list is not None and self.calibration == "temperature" and texts:
-                self.calibrate(
-                    texts,
-                    y_list,
-                    source="fit(X, y): zero-shot, no weights trained, so all of it is held out for the temperature",
-                )
+            # Zero-shot: no weights are trained, so all of (X, y) is held out for calibration: a batch step learns
+            # from X alone, the temperature (or bias) from (X, y), a contextual step from its content-free inputs.
+            self.fit_calibration(
+                texts,
+                None if y_list is None else self._indices(y_list),
+                "fit(X, y): zero-shot, no weights trained, so all of it is held out for calibration"
+                if y_list is not None
+                else "fit(X): zero-shot, the texts unlabelled",
+            )
             return self
         assert y_list is not None
         train_texts, train_y, calib, source = self._hold_out(texts, y_list, calib_set)
@@ -291,7 +299,7 @@ class LMClassifier(CalibratedClassifier):
         train_cfg = self.train_config()
         if calib_set is not None:
             return texts, y, self._labelled(calib_set, "calib_set"), "calib_set"
-        if self.calibration != "temperature":
+        if not parse_calibration(self.calibration):  # "none": nothing to hold out for
             return texts, y, None, ""
         keep, held, source = calibration_split(y, train_cfg.calib_fraction, seed=train_cfg.seed)
         return [texts[i] for i in keep], [y[i] for i in keep], ([texts[i] for i in held], [y[i] for i in held]), source
@@ -334,13 +342,34 @@ class LMClassifier(CalibratedClassifier):
         return texts, labels
 
     def calibrate(self, X: Any, y: Any, *, source: str = "calibrate(X, y)") -> LMClassifier:
-        """Refit the temperature on held-out ``(X, y)`` (never data the weights were trained on); the metrics
-        before and after are kept in ``calibration_info_`` and saved with the classifier. Returns ``self``."""
+        """Refit the calibration on held-out ``(X, y)`` (never data the weights were trained on): the temperature
+        (or bias), and a batch step on the texts of ``X``; the metrics before and after are kept in
+        ``calibration_info_`` and saved with the classifier. Returns ``self``."""
         self.check_fitted()
-        if self.calibration != "temperature":
-            raise ConfigError(f"calibration={self.calibration!r}: set calibration='temperature' to fit one")
+        if not parse_calibration(self.calibration):
+            raise ConfigError(
+                "calibration='none' fits nothing; set calibration='temperature' (or 'bias', 'batch+temperature', …) "
+                "to fit one"
+            )
         texts, labels = self._labelled((X, y), "calibration data")
-        self.fit_temperature(self.predict_scores(texts).logits, self._indices(labels), source)
+        self.fit_calibration(texts, self._indices(labels), source)
+        return self
+
+    def calibrate_unlabelled(self, X: Any = None) -> LMClassifier:
+        """Refit the label-free step of ``calibration`` without labels: ``batch`` on the texts ``X`` (texts of the
+        task, about balanced across classes; a few hundred are plenty), ``contextual`` on its content-free inputs
+        (``X`` not needed). A temperature or bias fitted before stays as it is. Returns ``self``."""
+        self.check_fitted()
+        steps = parse_calibration(self.calibration)
+        if not steps or steps[0] not in ("contextual", "batch"):
+            raise ConfigError(
+                f"calibrate_unlabelled fits a contextual or batch step, and calibration={self.calibration!r} has "
+                "none; use e.g. LMClassifier(calibration='batch+temperature')"
+            )
+        texts = as_texts(X) if X is not None else []
+        if steps[0] == "batch" and not texts:
+            raise DataError("batch calibration learns from unlabelled texts of the task: calibrate_unlabelled(texts)")
+        self.fit_calibration(texts, None, "calibrate_unlabelled(X)")
         return self
 
     def check_fitted(self) -> None:

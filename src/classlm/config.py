@@ -123,16 +123,20 @@ def check_run_options(*, max_length: Any, batch_size: Any, batch_tokens: Any, ma
 
 @dataclass(frozen=True)
 class CalibrationConfig:
-    """How the temperature is fitted.
+    """How class logits are calibrated (:mod:`classlm.calibrators`).
 
-    ``method="temperature"`` fits one temperature by NLL on held-out logits; ``"none"`` keeps T = 1.
+    ``method="temperature"`` fits one temperature by NLL on held-out logits; ``"none"`` keeps T = 1; ``"bias"``
+    fits a temperature and a per-class offset; ``"contextual"`` and ``"batch"`` remove the model's bias toward some
+    classes without labels (from content-free inputs, or from unlabelled texts); ``"batch+temperature"`` and the like
+    chain a label-free step and a labelled one.
     """
 
     method: str = "temperature"
 
     def __post_init__(self) -> None:
-        if self.method not in ("temperature", "none"):
-            raise ConfigError(f"calibration must be 'temperature' or 'none', got {self.method!r}")
+        from classlm.calibrators import parse_calibration  # here: it brings numpy, which config does not need
+
+        parse_calibration(self.method)
 
 
 LOSSES = ("class_ce", "vocab_ce")

@@ -101,6 +101,30 @@ class CalibratedClassifier(ClassifierMixin, BaseEstimator):
         self.check_fitted()
         return float(self.calibrator_.temperature)
 
+    def fit_calibration(self, texts: list[str], y: np.ndarray | None, source: str) -> None:
+        """Fit what ``calibrator_`` can learn from held-out ``texts`` and, where given, their class indices ``y``:
+        a contextual step from the content-free inputs, a batch step from ``texts`` (their labels unused), then the
+        temperature or bias on ``(texts, y)``. ``calibration_info_`` records what was fitted on what."""
+        from classlm.calibrators import CONTENT_FREE, LABELLED_STEPS, parse_calibration
+
+        steps = parse_calibration(self.calibration)
+        free = getattr(self.calibrator_, "label_free", None)
+        labelled = y is not None and bool(steps) and steps[-1] in LABELLED_STEPS
+        logits = self.predict_scores(texts).logits if texts and (labelled or free is not None) else None
+        info_free = None
+        if free is not None and free.kind == "contextual":
+            self.calibrator_.fit_label_free(self.predict_scores(list(CONTENT_FREE)).logits)
+            info_free = {"kind": "contextual", "n": len(CONTENT_FREE), "inputs": list(CONTENT_FREE)}
+        elif free is not None and logits is not None:
+            self.calibrator_.fit_label_free(logits)
+            info_free = {"kind": "batch", "n": len(texts), "source": source}
+        if labelled and logits is not None:
+            assert y is not None
+            self.fit_temperature(logits, y, source)
+        if info_free is not None:
+            info: dict[str, Any] = getattr(self, "calibration_info_", {})
+            self.calibration_info_ = {**info, "fitted": True, "label_free": info_free}
+
     def fit_temperature(self, logits: np.ndarray, y: np.ndarray, source: str) -> None:
         """Fit ``calibrator_`` on held-out raw logits and column indices ``y``; ``calibration_info_`` keeps where
         they came from and the metrics before and after (saved with the classifier)."""
@@ -112,6 +136,7 @@ class CalibratedClassifier(ClassifierMixin, BaseEstimator):
         before = classification_metrics(y, softmax(logits), names)
         after = classification_metrics(y, softmax(self.calibrator_.transform(logits)), names)
         self.calibration_info_ = {
+            **{k: v for k, v in getattr(self, "calibration_info_", {}).items() if k == "label_free"},
             "fitted": True,
             "n": len(y),
             "source": source,

@@ -15,7 +15,7 @@ import numpy as np
 
 from classlm.backends.client import OpenAIClient
 from classlm.backends.openai import ENDPOINTS, METHODS, RemoteScores, class_probabilities, top_entries
-from classlm.calibration import TemperatureScaler
+from classlm.calibrators import make_calibrator
 from classlm.config import CalibrationConfig
 from classlm.data import as_texts, validate_labels
 from classlm.errors import ConfigError, DataError
@@ -29,7 +29,8 @@ class RemoteClassifier(CalibratedClassifier):
 
     A scikit-learn estimator: ``__init__`` only stores its arguments (so ``clone``, ``get_params`` and
     ``set_params`` work), ``fit`` validates them, resolves the labels, opens the HTTP client (and, given labelled
-    ``(X, y)``, fits the temperature) and returns ``self``; ``classes_``, ``predict_proba``, ``predict``.
+    ``(X, y)``, fits the temperature, or the chain ``calibration`` names, as LMClassifier does) and returns ``self``;
+    ``classes_``, ``predict_proba``, ``predict``.
 
     Parameters
     ----------
@@ -37,7 +38,7 @@ class RemoteClassifier(CalibratedClassifier):
         The server, e.g. ``http://127.0.0.1:8080`` (``/v1`` is added when missing).
     model:
         The model name the server knows.
-    labels, instruction, prompt, method:
+    labels, instruction, prompt, method, calibration:
         As for :class:`~classlm.LMClassifier`; ``method`` is ``"label_tokens"`` or ``"letters"``.
     endpoint:
         ``"completions"``: the prompt is rendered here and sent as text; with ``tokenizer`` set, through that
@@ -163,7 +164,7 @@ class RemoteClassifier(CalibratedClassifier):
         self.system_ = template.system
         self.rendered_ = rendered
         self.answers_ = answers
-        self.calibrator_ = TemperatureScaler()
+        self.calibrator_ = make_calibrator(self.calibration)
         self.close()
         self.client_ = OpenAIClient(
             self.base_url,
@@ -174,13 +175,14 @@ class RemoteClassifier(CalibratedClassifier):
             max_retries=self.max_retries,
             concurrency=self.concurrency,
         )
-        if y_list is not None and texts and self.calibration == "temperature":
+        y_idx = None
+        if y_list is not None:
             if len(texts) != len(y_list):
                 raise DataError(f"X has {len(texts)} texts but y has {len(y_list)} labels; they must match")
             validate_labels(y_list, list(label_set.names))
             index = {n: i for i, n in enumerate(label_set.names)}
             y_idx = np.array([index[v] for v in y_list])
-            self.fit_temperature(self.predict_scores(texts).logits, y_idx, "fit(X, y): zero-shot, all held out")
+        self.fit_calibration(texts, y_idx, "fit(X, y): zero-shot, all held out" if y_idx is not None else "fit(X)")
         return self
 
     def _payload(self, text: str) -> tuple[str, dict[str, Any]]:

@@ -1,0 +1,117 @@
+"""``calibration=`` chains on LMClassifier (tiny model): what each step is fitted on, how the chain is applied, and
+that it is saved, loaded and exported as one temperature plus a per-class offset."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from classlm import LMClassifier
+from classlm.calibration import TemperatureScaler
+from classlm.calibrators import CONTENT_FREE, CalibratorChain, calibrator_from_dict, logit_affine, parse_calibration
+from classlm.errors import ArtifactError, ConfigError, DataError
+from classlm.metrics import log_softmax, softmax
+
+TEXTS = [
+    "Stocks fell sharply on Monday.",
+    "The team won the match.",
+    "A new phone was released today.",
+    "Great movie!",
+    "Terrible service, would not recommend.",
+    "I love this so much.",
+    "Parliament passed the new budget.",
+    "The striker scored twice.",
+]
+Y = ["Business", "Sports", "Sci/Tech", "World", "World", "Sports", "World", "Sports"]
+LABELS = ["World", "Sports", "Business", "Sci/Tech"]
+
+
+def test_parse_calibration_names_the_accepted_forms():
+    assert parse_calibration("none") == ()
+    assert parse_calibration("temperature") == ("temperature",)
+    assert parse_calibration("contextual+bias") == ("contextual", "bias")
+    for bad in ("temperature+batch", "batch+contextual", "temperature+bias", "platt", "", 3):
+        with pytest.raises(ConfigError, match="label-free step and a labelled one"):
+            parse_calibration(bad)
+    with pytest.raises(ConfigError, match="calibration must be"):
+        LMClassifier(labels=LABELS, calibration="batch+batch").fit([])
+
+
+def test_batch_step_learns_from_unlabelled_texts_and_shifts_every_row_alike(tiny_model_dir):
+    raw = LMClassifier(model=str(tiny_model_dir), labels=LABELS, calibration="none").fit([])
+    clf = LMClassifier(model=str(tiny_model_dir), labels=LABELS, calibration="batch").fit(TEXTS)  # no y
+    z = raw.predict_scores(TEXTS).logits.astype(np.float64)
+    prior = softmax(z).mean(axis=0)
+    np.testing.assert_allclose(clf.decision_function(TEXTS), z - np.log(prior), atol=1e-6)
+    info = clf.calibration_info_["label_free"]
+    assert info["kind"] == "batch" and info["n"] == len(TEXTS)
+    assert clf.temperature_ == 1.0
+    # Refit on other texts: the correction follows them.
+    other = ["Rain tomorrow.", "The market rallied.", "A goal in the last minute."]
+    clf.calibrate_unlabelled(other)
+    prior2 = softmax(raw.predict_scores(other).logits.astype(np.float64)).mean(axis=0)
+    np.testing.assert_allclose(clf.decision_function(TEXTS), z - np.log(prior2), atol=1e-6)
+    with pytest.raises(DataError, match="unlabelled texts"):
+        clf.calibrate_unlabelled()
+
+
+def test_a_batch_step_not_fitted_says_how(tiny_model_dir):
+    clf = LMClassifier(model=str(tiny_model_dir), labels=LABELS, calibration="batch+temperature").fit([])
+    with pytest.raises(ConfigError, match=r"batch step is not fitted yet; call calibrate_unlabelled\(texts\)"):
+        clf.predict_proba(TEXTS)
+
+
+def test_contextual_then_temperature_fits_each_on_its_own_inputs(tiny_model_dir):
+    raw = LMClassifier(model=str(tiny_model_dir), labels=LABELS, calibration="none").fit([])
+    clf = LMClassifier(model=str(tiny_model_dir), labels=LABELS, calibration="contextual+temperature").fit(TEXTS, Y)
+    cf = raw.predict_scores(list(CONTENT_FREE)).logits.astype(np.float64)
+    corrected = raw.predict_scores(TEXTS).logits.astype(np.float64) - np.log(softmax(cf).mean(axis=0))
+    t = TemperatureScaler().fit(corrected, clf._indices(Y)).temperature
+    assert clf.temperature_ == pytest.approx(t, rel=1e-6) and t != 1.0
+    np.testing.assert_allclose(clf.predict_proba(TEXTS), softmax(corrected / t), atol=1e-6)
+    info = clf.calibration_info_
+    assert info["label_free"] == {"kind": "contextual", "n": 3, "inputs": list(CONTENT_FREE)}
+    assert info["n"] == len(TEXTS) and info["after"]["nll"] <= info["before"]["nll"] + 1e-9
+
+
+def test_bias_step_moves_the_argmax_a_temperature_cannot(tiny_model_dir):
+    clf = LMClassifier(model=str(tiny_model_dir), labels=LABELS, calibration="bias").fit(TEXTS * 3, Y * 3)
+    z = clf.predict_scores(TEXTS).logits.astype(np.float64)
+    step = clf.calibrator_.labelled
+    assert step is not None and step.bias_ is not None
+    np.testing.assert_allclose(clf.decision_function(TEXTS), z / step.temperature + step.bias_, atol=1e-9)
+    # The tiny random model knows nothing of these texts: the offsets follow how often each class is the answer
+    # (World and Sports 3 rows in 8, Business and Sci/Tech 1).
+    b = dict(zip(LABELS, step.bias_, strict=True))
+    assert min(b["World"], b["Sports"]) > max(b["Business"], b["Sci/Tech"]) + 0.5
+    assert clf.calibration_info_["after"]["nll"] < clf.calibration_info_["before"]["nll"]
+
+
+def test_chains_save_load_and_export_as_one_affine_map(tiny_model_dir, tmp_path):
+    clf = LMClassifier(model=str(tiny_model_dir), labels=LABELS, calibration="batch+bias").fit(TEXTS * 2, Y * 2)
+    before = clf.predict_proba(TEXTS)
+    loaded = LMClassifier.load(clf.save(tmp_path / "run"))
+    assert isinstance(loaded.calibrator_, CalibratorChain) and loaded.calibrator_.fitted == [True, True]
+    np.testing.assert_allclose(loaded.predict_proba(TEXTS), before, atol=1e-9)
+    assert loaded.calibration_info_["label_free"]["kind"] == "batch"
+    t, offset = logit_affine(loaded.calibrator_)
+    z = loaded.predict_scores(TEXTS).logits.astype(np.float64)
+    assert offset is not None
+    np.testing.assert_allclose(log_softmax(z / t + offset), np.log(before), atol=1e-9)
+    # A manifest from before chains (a lone temperature) still loads as one.
+    legacy = {"method": "temperature", "temperature": 1.7, "n_fit": 5, "nll_before": 1.0, "nll_after": 0.9}
+    assert isinstance(calibrator_from_dict(legacy), TemperatureScaler)
+    assert logit_affine(calibrator_from_dict(legacy)) == (1.7, None)
+    doc = json.loads((tmp_path / "run" / "classlm.json").read_text())
+    doc["calibration"]["steps"][0]["method"] = "contextual"
+    with pytest.raises(ArtifactError, match="step 1 should be 'batch'"):
+        calibrator_from_dict(doc["calibration"])
+
+
+def test_calibration_none_refuses_to_calibrate_and_the_label_free_call_needs_a_step(tiny_model_dir):
+    with pytest.raises(ConfigError, match="calibration='none' fits nothing"):
+        LMClassifier(model=str(tiny_model_dir), labels=LABELS, calibration="none").fit([]).calibrate(TEXTS, Y)
+    with pytest.raises(ConfigError, match="has none; use e.g."):
+        LMClassifier(model=str(tiny_model_dir), labels=LABELS).fit([]).calibrate_unlabelled(TEXTS)

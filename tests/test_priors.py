@@ -1,0 +1,151 @@
+"""Calibration beyond one temperature: bias scaling with labels, contextual and batch corrections without labels, and
+prior shift (EM, BBSE) — each on synthetic logits whose bias or class balance is known."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from classlm.calibration import BiasScaler
+from classlm.errors import ArtifactError, ConfigError
+from classlm.metrics import log_softmax, softmax
+from classlm.priors import PriorCorrection, bbse_priors, em_priors, shift_priors
+
+K = 4
+BIAS = np.array([1.5, -0.5, 0.25, -1.25])  # mean 0: softmax cannot tell a common level apart
+
+
+def _exact_rows(seed: int = 0, rows: int = 40, per_row: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    """True class probabilities that are exact fractions ``counts / per_row``, each row repeated ``per_row`` times
+    with its labels in exactly those counts: the labels follow the true probabilities with no sampling noise, so the
+    maximum-likelihood fit of a model that contains the truth is the truth."""
+    rng = np.random.default_rng(seed)
+    z, y = [], []
+    for _ in range(rows):
+        counts = rng.multinomial(per_row - K, rng.dirichlet(np.ones(K) * 0.7)) + 1  # every class at least once
+        z.extend([np.log(counts / per_row)] * per_row)
+        y.extend(np.repeat(np.arange(K), counts))
+    return np.array(z), np.array(y)
+
+
+def test_bias_scaler_recovers_a_known_bias_and_temperature():
+    z_true, y = _exact_rows()
+    observed = 2.0 * (z_true - BIAS)  # too sharp by 2, and biased against what the labels say
+    scaler = BiasScaler(l2=1e-9).fit(observed, y)
+    assert scaler.temperature == pytest.approx(2.0, abs=1e-3)
+    np.testing.assert_allclose(scaler.bias_, BIAS, atol=1e-3)
+    assert scaler.nll_after_ < scaler.nll_before_
+    # A temperature alone cannot fix a bias: the bias scaler ends lower on the same rows.
+    from classlm.calibration import TemperatureScaler
+
+    assert scaler.nll_after_ < TemperatureScaler().fit(observed, y).nll_after_ - 0.05
+
+
+def test_bias_scaler_ridge_tames_a_class_seen_once():
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(41, K))
+    y = np.r_[np.zeros(20, int), np.ones(20, int), 3]  # class 2 never seen, class 3 once
+    b = BiasScaler(l2=1e-2).fit(z, y).bias_
+    assert b is not None and np.all(np.isfinite(b)) and np.max(np.abs(b)) < 10
+    assert b[2] < b[0]  # the unseen class is pushed down, not to -inf
+
+
+def test_bias_scaler_round_trips_and_refuses_bad_input():
+    z_true, y = _exact_rows(seed=2, rows=10)
+    scaler = BiasScaler().fit(z_true + BIAS, y)
+    back = BiasScaler.from_dict(json.loads(json.dumps(scaler.to_dict())))
+    np.testing.assert_array_equal(back.transform(z_true), scaler.transform(z_true))
+    assert back.n_fit_ == scaler.n_fit_ == len(y)
+    with pytest.raises(ConfigError, match="not fitted"):
+        BiasScaler().transform(z_true)
+    with pytest.raises(ConfigError, match=r"expected shape \(n, 4\)"):
+        scaler.transform(z_true[:, :3])
+    with pytest.raises(ConfigError, match="class indices in 0..3"):
+        BiasScaler().fit(z_true, y + 1)
+    with pytest.raises(ArtifactError, match="'bias'"):
+        BiasScaler.from_dict({**scaler.to_dict(), "bias": ["x"]})
+    with pytest.raises(ArtifactError, match="method 'bias'"):
+        BiasScaler.from_dict({"method": "temperature", "temperature": 1.0})
+
+
+def test_contextual_correction_removes_the_bias_a_content_free_input_shows():
+    rng = np.random.default_rng(3)
+    z_true = rng.normal(0, 2, (50, K))
+    content_free = np.tile(BIAS, (3, 1))  # "N/A", "", "[MASK]": no content, so only the bias speaks
+    corr = PriorCorrection("contextual").fit(content_free)
+    np.testing.assert_allclose(corr.prior_, softmax(BIAS), atol=1e-12)
+    fixed = corr.transform(z_true + BIAS)
+    # Logits are known up to a per-row constant: the corrected ones are the true ones shifted per row.
+    np.testing.assert_allclose(log_softmax(fixed), log_softmax(z_true), atol=1e-12)
+
+
+def test_batch_correction_turns_a_biased_argmax_around():
+    # Balanced, clearly separated inputs (each row points at its class by 1.0), then a bias larger than that signal:
+    # raw, class 0 wins almost everywhere; batch-corrected, every row gets its own class back.
+    y = np.repeat(np.arange(K), 25)
+    z = np.eye(K)[y] * 1.0 + BIAS * 2
+    assert np.mean(z.argmax(axis=1) == y) < 0.5
+    corr = PriorCorrection("batch").fit(z)  # no labels
+    assert np.mean(corr.transform(z).argmax(axis=1) == y) == 1.0
+    # With no signal at all, the batch mean is the bias itself.
+    flat = PriorCorrection("batch").fit(np.tile(BIAS, (7, 1)))
+    np.testing.assert_allclose(flat.prior_, softmax(BIAS), atol=1e-12)
+
+
+def test_prior_correction_round_trips_and_says_what_is_wrong():
+    corr = PriorCorrection("batch").fit(np.tile(BIAS, (2, 1)))
+    back = PriorCorrection.from_dict(json.loads(json.dumps(corr.to_dict())))
+    assert back.kind == "batch" and back.n_fit_ == 2
+    np.testing.assert_array_equal(back.transform(np.zeros((1, K))), corr.transform(np.zeros((1, K))))
+    with pytest.raises(ConfigError, match="one of contextual, batch"):
+        PriorCorrection("priors")
+    with pytest.raises(ConfigError, match="not fitted"):
+        PriorCorrection().transform(np.zeros((1, K)))
+    with pytest.raises(ConfigError, match="finite"):
+        PriorCorrection().fit([[0.0, np.nan]])
+    with pytest.raises(ArtifactError, match="log_prior"):
+        PriorCorrection.from_dict({"method": "batch", "log_prior": []})
+
+
+def _gaussian_task(prior: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Classes with 1-D Gaussian inputs N(2c, 1); returns labels, inputs and the exact posteriors under a uniform
+    prior (a perfectly calibrated classifier trained where the classes were balanced)."""
+    rng = np.random.default_rng(seed)
+    y = rng.choice(K, size=n, p=prior)
+    x = rng.normal(2.0 * y, 1.0)
+    log_lik = -0.5 * (x[:, None] - 2.0 * np.arange(K)) ** 2
+    return y, x, softmax(log_lik, axis=1)
+
+
+SHIFTED = np.array([0.55, 0.25, 0.15, 0.05])
+
+
+def test_shift_priors_is_bayes_rule():
+    uniform = np.full(K, 1 / K)
+    y, _, p = _gaussian_task(uniform, 200, seed=4)
+    moved = shift_priors(p, uniform, SHIFTED)
+    expected = p * SHIFTED
+    np.testing.assert_allclose(moved, expected / expected.sum(axis=1, keepdims=True), atol=1e-12)
+    np.testing.assert_allclose(shift_priors(p, uniform, uniform), p, atol=1e-12)
+    with pytest.raises(ConfigError, match="probabilities"):
+        shift_priors(np.log(p), uniform, SHIFTED)
+    with pytest.raises(ConfigError, match="target: expected 4"):
+        shift_priors(p, uniform, [1.0, 0.0])
+
+
+def test_em_and_bbse_estimate_a_shifted_class_balance():
+    uniform = np.full(K, 1 / K)
+    y_t, _, p_t = _gaussian_task(SHIFTED, 20000, seed=5)
+    est = em_priors(p_t, uniform)
+    assert est.converged
+    np.testing.assert_allclose(est.priors, SHIFTED, atol=0.02)
+    # The adapted probabilities fit the shifted rows better than the unadapted ones.
+    rows = np.arange(len(y_t))
+    assert -np.log(est.proba[rows, y_t]).mean() < -np.log(p_t[rows, y_t]).mean() - 0.02
+    y_h, _, p_h = _gaussian_task(uniform, 20000, seed=6)
+    np.testing.assert_allclose(bbse_priors(y_h, p_h, p_t), SHIFTED, atol=0.03)
+    # No shift, no change: EM stays at the training balance.
+    _, _, p_same = _gaussian_task(uniform, 20000, seed=7)
+    np.testing.assert_allclose(em_priors(p_same, uniform).priors, uniform, atol=0.02)
