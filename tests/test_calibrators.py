@@ -115,3 +115,51 @@ def test_calibration_none_refuses_to_calibrate_and_the_label_free_call_needs_a_s
         LMClassifier(model=str(tiny_model_dir), labels=LABELS, calibration="none").fit([]).calibrate(TEXTS, Y)
     with pytest.raises(ConfigError, match="has none; use e.g."):
         LMClassifier(model=str(tiny_model_dir), labels=LABELS).fit([]).calibrate_unlabelled(TEXTS)
+
+
+def test_priors_shift_every_prediction_by_bayes_rule_and_adapt_priors_is_saved(tiny_model_dir, tmp_path):
+    from classlm.priors import shift_priors
+
+    clf = LMClassifier(model=str(tiny_model_dir), labels=LABELS).fit(TEXTS, Y)
+    train = clf.training_priors_  # zero-shot: the calibration rows' balance
+    np.testing.assert_allclose(train, [3 / 8, 3 / 8, 1 / 8, 1 / 8])
+    assert clf.calibration_info_["priors"]["training_source"] == "calibration rows"
+    base = clf.predict_proba(TEXTS)
+    wanted = {"World": 0.1, "Sports": 0.1, "Business": 0.7, "Sci/Tech": 0.1}
+    shifted = clf.predict_proba(TEXTS, priors=wanted)
+    np.testing.assert_allclose(shifted, shift_priors(base, train, list(wanted.values())), atol=1e-9)
+    assert shifted[:, 2].mean() > base[:, 2].mean()
+    np.testing.assert_allclose(clf.predict_proba(TEXTS, priors=[1, 1, 7, 1]), shifted, atol=1e-12)
+    with pytest.raises(ConfigError, match=r"missing \['Sci/Tech'\], unknown \['Tech'\]"):
+        clf.predict_proba(TEXTS, priors={"World": 1, "Sports": 1, "Business": 1, "Tech": 1})
+
+    estimate = clf.adapt_priors(TEXTS + ["Shares rose.", "Profits doubled."])  # EM on unlabelled texts
+    assert list(estimate) == LABELS and sum(estimate.values()) == pytest.approx(1.0)
+    adapted = clf.predict_proba(TEXTS)  # from now on
+    np.testing.assert_allclose(adapted, shift_priors(base, train, list(estimate.values())), atol=1e-9)
+    np.testing.assert_allclose(clf.predict_proba(TEXTS, priors="training"), base, atol=1e-12)
+    loaded = LMClassifier.load(clf.save(tmp_path / "run"))
+    np.testing.assert_allclose(loaded.predict_proba(TEXTS), adapted, atol=1e-9)
+    assert loaded.calibration_info_["priors"]["deployment_source"] == {"method": "em", "n": len(TEXTS) + 2}
+    bbse = loaded.adapt_priors(TEXTS, method="bbse")  # the calibration rows' confusion counts were saved
+    assert sum(bbse.values()) == pytest.approx(1.0)
+    loaded.set_priors(None)
+    np.testing.assert_allclose(loaded.predict_proba(TEXTS), base, atol=1e-9)
+
+    doc = json.loads((tmp_path / "run" / "classlm.json").read_text())
+    doc["calibration"]["priors"]["training"] = [1.0, -1.0, 0.5, 0.5]
+    (tmp_path / "run" / "classlm.json").write_text(json.dumps(doc))
+    with pytest.raises(ArtifactError, match="'training' to be 4 non-negative numbers"):
+        LMClassifier.load(tmp_path / "run")
+
+
+def test_bbse_needs_labelled_calibration_rows_and_a_trained_classifier_starts_from_its_training_rows(tiny_model_dir):
+    zero = LMClassifier(model=str(tiny_model_dir), labels=LABELS).fit([])
+    np.testing.assert_allclose(zero.training_priors_, np.full(4, 0.25))  # no labels seen: uniform
+    with pytest.raises(ConfigError, match="calibrate\\(X, y\\) on held-out labelled rows first"):
+        zero.adapt_priors(TEXTS, method="bbse")
+    with pytest.raises(ConfigError, match="'em' or 'bbse'"):
+        zero.adapt_priors(TEXTS, method="saerens")
+    head = LMClassifier(model=str(tiny_model_dir), labels=LABELS, method="tfidf").fit(TEXTS * 4, Y * 4)
+    assert head.calibration_info_["priors"]["training_source"] == "training rows"
+    np.testing.assert_allclose(head.training_priors_, [3 / 8, 3 / 8, 1 / 8, 1 / 8], atol=0.03)

@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from classlm.cli import main
@@ -68,6 +69,36 @@ def test_classify_jsonl_has_every_class_probability(monkeypatch, capsys, tiny_mo
         assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
         assert r["label"] == max(r["probabilities"], key=r["probabilities"].get)
         assert 0.0 < r["class_mass"] <= 1.0
+
+
+def test_classify_priors_move_the_probabilities_and_em_estimates_them(monkeypatch, capsys, tiny_model_dir, tmp_path):
+    from classlm.priors import shift_priors
+
+    base = ["classify", "--model", tiny_model_dir, "--labels", "World,Sports,Business", "--format", "jsonl"]
+    texts = ["Stocks fell.", "The team won."]
+
+    def proba(*extra):
+        code, out, err = run_cli(monkeypatch, capsys, *base, *extra, *texts)
+        assert code == 0, err
+        return [list(json.loads(line)["probabilities"].values()) for line in out.strip().splitlines()], err
+
+    plain, _ = proba()
+    wanted = {"World": 1, "Sports": 2, "Business": 7}
+    shifted, _ = proba("--priors", json.dumps(wanted))
+    np.testing.assert_allclose(shifted, shift_priors(np.array(plain), np.full(3, 1 / 3), [0.1, 0.2, 0.7]), atol=2e-6)
+    (tmp_path / "p.json").write_text(json.dumps(wanted))
+    from_file, _ = proba("--priors", tmp_path / "p.json")
+    np.testing.assert_allclose(from_file, shifted, atol=1e-9)
+    adapted, err = proba("--priors", "em")
+    assert re.search(r"priors estimated by EM over these 2 texts: World 0\.\d{3}, Sports", err)
+    assert np.allclose(np.sum(adapted, axis=1), 1.0)
+    for bad, message in (
+        ('{"World": 1}', "--priors: expected a weight for each class"),
+        ("balanced", "--priors: expected a JSON object"),
+        ("missing.json", "--priors: file not found"),
+    ):
+        code, out, err = run_cli(monkeypatch, capsys, *base, "--priors", bad, *texts)
+        assert code != 0 and message in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("labels", ["World,Sports,Business", "World,Sports,Business,Sci/Tech,Entertainment,Health"])

@@ -374,6 +374,18 @@ def test_save_refuses_a_foreign_folder(data, tmp_path):
         Ensemble([SavingTable(good), SavingTable(noise)]).fit(texts, y).save(tmp_path / "file")
 
 
+def test_priors_start_from_the_held_out_rows_and_adapt_to_a_shifted_set(data):
+    texts, y, good, noise = data
+    ens = Ensemble([Table(good), Table(noise)]).fit(texts, y)
+    np.testing.assert_allclose(ens.training_priors_, np.bincount(_y_idx(y), minlength=3) / len(y))
+    assert ens.priors()["training_source"] == "held-out rows"
+    # The rows of class "a" only: EM moves most of the balance onto "a", and every prediction follows.
+    only_a = [t for t, label in zip(texts, y) if label == "a"]
+    estimate = ens.adapt_priors(only_a)
+    assert estimate["a"] > 0.8 and ens.priors_ is not None
+    assert np.mean(ens.predict(only_a) == "a") >= np.mean(ens.predict(only_a, priors="training") == "a")
+
+
 @pytest.fixture()
 def saved_fakes(data, tmp_path) -> Path:
     texts, y, good, noise = data
@@ -430,6 +442,7 @@ def test_load_refuses_a_member_symlink_leading_outside(saved_fakes, tmp_path):
         ({"calibrator": {"method": "platt"}}, "calibration"),
         ({"calibrator": {"method": "temperature", "temperature": -1}}, "temperature"),
         ({"params": {"calibration": "platt", "weights": None}}, "params"),
+        ({"priors": {"training": [0.5, 0.5]}}, "'training' to be 3 non-negative numbers"),
     ],
 )
 def test_load_refuses_a_bad_manifest(saved_fakes, changes, match):

@@ -56,6 +56,33 @@ def test_single_text_matches_predict_proba(client, clf):
     assert result["truncated"] is False
 
 
+def test_priors_per_request_move_only_that_request(client, clf):
+    from classlm.priors import shift_priors
+
+    wanted = {"World": 1, "Sports": 1, "Business": 6, "Sci/Tech": 2}
+    r = client.post("/v1/classify", json={"texts": TEXTS[:2], "priors": wanted})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    target = np.array(list(wanted.values()), dtype=float) / 10
+    assert body["priors"] == pytest.approx(dict(zip(LABELS, target)))
+    expected = shift_priors(clf.predict_proba(TEXTS[:2]), clf.training_priors_, target)
+    got = [list(row["probabilities"].values()) for row in body["results"]]
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    np.testing.assert_allclose(got, clf.predict_proba(TEXTS[:2], priors=wanted), atol=1e-6)
+    # The next request without priors is answered as before, and says nothing of priors.
+    plain = client.post("/v1/classify", json={"texts": TEXTS[:2]}).json()
+    assert "priors" not in plain
+    np.testing.assert_allclose(
+        [list(row["probabilities"].values()) for row in plain["results"]], clf.predict_proba(TEXTS[:2]), atol=1e-6
+    )
+    bad = client.post("/v1/classify", json={"text": TEXTS[0], "priors": {"World": 1, "Sports": 1}})
+    assert bad.status_code == 422
+    assert bad.json()["error"]["message"].startswith("priors: expected a weight for each class")
+    assert "missing ['Business', 'Sci/Tech']" in bad.json()["error"]["message"]
+    info = client.get("/v1/model").json()["priors"]
+    assert info["deployment"] is None and info["training"] == pytest.approx(dict.fromkeys(LABELS, 0.25))
+
+
 def test_truncated_texts_are_flagged_and_counted(clf):
     long_text = " ".join(["the quick brown fox"] * 200)  # past the prompt's 512-token text slot
     with _client(clf) as c:

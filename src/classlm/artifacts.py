@@ -31,6 +31,7 @@ from classlm.errors import ArtifactError, ConfigError
 from classlm.estimator import NotFittedError
 from classlm.io import umask_modes, write_bytes_atomic, write_text_atomic
 from classlm.labels import LabelSet
+from classlm.priors import check_saved_priors
 from classlm.prompts import PromptTemplate
 
 # 2: max_length counts the text's own tokens (in 1 it counted the whole prompt: such manifests load with
@@ -241,11 +242,12 @@ def read_classifier(path: str | Path, overrides: Mapping[str, Any]) -> SavedClas
         class_tokens = doc["class_tokens"]
         saved_tokens = None if class_tokens is None else [list(s) for s in class_tokens["sequences"]]
         calibrator = calibrator_from_dict(doc["calibration"])
+        check_saved_priors(doc["calibration"].get("priors"), len(labels.names))
         method, method_options = doc["method"], doc.get("method_options")
         method_state = doc.get("method_state") or {"file": None, "json": {}}
         state_file, state_json = method_state["file"], dict(method_state.get("json") or {})
         classes = _class_values(doc.get("class_values"), labels.names)
-    except (KeyError, TypeError, ValueError, ConfigError) as exc:
+    except (KeyError, TypeError, ValueError, ConfigError, ArtifactError) as exc:
         raise ArtifactError(f"{path}/{MANIFEST} is missing or has a bad field: {exc}") from exc
     adapter = doc.get("adapter")
     check_settings(root / MANIFEST, doc, options, method, method_options, SAVED_OPTIONS, adapter is not None)

@@ -28,6 +28,7 @@ from classlm.errors import ConfigError, DataError
 from classlm.estimator import CalibratedClassifier, NotFittedError, check_targets, resolve_classes
 from classlm.labels import LabelSet
 from classlm.methods import Method, available_methods, get_method
+from classlm.priors import class_balance
 from classlm.prompts import PromptTemplate
 from classlm.scores import Scores
 
@@ -251,6 +252,10 @@ class LMClassifier(CalibratedClassifier):
             return self
         assert y_list is not None
         train_texts, train_y, calib, source = self._hold_out(texts, y_list, calib_set)
+        # What the classifier learns is fitted to the training rows' class balance: a prior shift starts from it.
+        self.record_priors(
+            training=class_balance(self._indices(train_y), len(self.classes_)), training_source="training rows"
+        )
         if backbone_training:
             self._train_backbone(train_texts, train_y, eval_set, calib, run_dir, resume, callback)
         else:
@@ -395,7 +400,11 @@ class LMClassifier(CalibratedClassifier):
             descriptions=dict(zip(map(str, self.classes_), self.label_set_.descriptions)),
             base_model=self.method_.base_identity(),
             adapter=backbone is not None and hasattr(backbone.model, "peft_config"),
-            calibration={"temperature": self.temperature_, **self.calibration_info_},
+            # The priors by class name (super()'s), not the raw lists and confusion counts the artifact keeps.
+            calibration={
+                "temperature": self.temperature_,
+                **{k: v for k, v in self.calibration_info_.items() if k != "priors"},
+            },
             run=self.run_info(),
         )
         return info

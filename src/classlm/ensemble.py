@@ -30,7 +30,8 @@ from classlm.data import as_texts, validate_labels
 from classlm.errors import ArtifactError, ConfigError, DataError
 from classlm.estimator import CalibratedClassifier, NotFittedError, as_classes, check_label_kind, check_targets
 from classlm.io import write_text_atomic
-from classlm.metrics import log_softmax, softmax
+from classlm.metrics import confusion_matrix, log_softmax, softmax
+from classlm.priors import check_saved_priors, class_balance
 from classlm.scores import Scores
 
 __all__ = ["ENSEMBLE_MANIFEST", "ENSEMBLE_SCHEMA_VERSION", "Ensemble"]
@@ -253,6 +254,15 @@ class Ensemble(CalibratedClassifier):
             "weights": "given" if opt is None else "fitted",
             "optimizer": opt,
         }
+        # The combined probabilities are calibrated on these rows: theirs is the class balance a prior shift starts
+        # from (adapt_priors, predict_proba(priors=...)).
+        self.calibration_info_: dict[str, Any] = {}
+        calibrated = np.argmax(calibrator.transform(z), axis=1)
+        self.record_priors(
+            training=class_balance(y_idx, len(names)),
+            training_source="held-out rows",
+            confusion=confusion_matrix(y_idx, calibrated, len(names)),
+        )
         return self
 
     def predict_scores(self, X: Any, *, class_mass: bool = False) -> Scores:
@@ -309,6 +319,7 @@ class Ensemble(CalibratedClassifier):
                 "calibration": self.calibration,
             },
             "fit_info": self.fit_info_,
+            "priors": self.calibration_info_.get("priors"),
         }
         write_text_atomic(manifest, json.dumps(doc, indent=2, allow_nan=False))
         for old in target.iterdir():
@@ -343,6 +354,7 @@ class Ensemble(CalibratedClassifier):
         ens.weights_ = np.asarray(doc["weights"], dtype=np.float64)
         ens.calibrator_ = doc["calibrator"]
         ens.fit_info_ = doc["fit_info"]
+        ens.calibration_info_ = {"priors": doc["priors"]}  # {} in ensembles saved before priors
         return ens
 
 
@@ -415,4 +427,12 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
         "calibrator": TemperatureScaler.from_dict(doc.get("calibrator", {})),  # ArtifactError on a bad dict
         "params": {"weights": params.get("weights"), "calibration": params["calibration"]},
         "fit_info": fit_info,
+        "priors": _checked_priors(file, doc.get("priors"), len(classes)),
     }
+
+
+def _checked_priors(file: Path, saved: Any, k: int) -> dict[str, Any]:
+    try:
+        return check_saved_priors(saved, k)
+    except ArtifactError as exc:
+        raise _bad(file, str(exc)) from None

@@ -68,32 +68,116 @@ class CalibratedClassifier(ClassifierMixin, BaseEstimator):
         """Raise NotFittedError (saying how to fit) unless the classifier is fitted."""
         raise NotImplementedError
 
-    def calibrated_logits(self, logits: np.ndarray) -> np.ndarray:
-        """Raw logits ``(n, k)`` → calibrated logits (float64)."""
+    def calibrated_logits(self, logits: np.ndarray, priors: Any = None) -> np.ndarray:
+        """Raw logits ``(n, k)`` → calibrated logits (float64), moved to the class priors ``priors`` (see
+        :meth:`predict_proba`)."""
         self.check_fitted()
-        return np.asarray(self.calibrator_.transform(logits))
+        z = np.asarray(self.calibrator_.transform(logits))
+        target = self._target_priors(priors)
+        if target is None:
+            return z
+        # Bayes' rule with the likelihoods kept: p_c * q_c / pi_c, i.e. a per-class shift of the logits. A class
+        # given prior 0 is floored, not -inf, so that a row can never become 0/0.
+        return z + np.log(np.maximum(target, 1e-12)) - np.log(np.maximum(self.training_priors_, 1e-12))
 
-    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+    def probabilities(self, logits: np.ndarray, priors: Any = None) -> np.ndarray:
         """Raw logits ``(n, k)`` (``predict_scores(X).logits``) → calibrated probabilities, rows summing to 1."""
-        return softmax(self.calibrated_logits(logits))
+        return softmax(self.calibrated_logits(logits, priors))
 
-    def _calibrated(self, X: Any) -> np.ndarray:
+    def _calibrated(self, X: Any, priors: Any = None) -> np.ndarray:
         # predict_scores checks that the classifier is fitted, before any fitted attribute is read.
-        return self.calibrated_logits(self.predict_scores(X).logits)
+        return self.calibrated_logits(self.predict_scores(X).logits, priors)
 
-    def decision_function(self, X: Any) -> np.ndarray:
+    def decision_function(self, X: Any, priors: Any = None) -> np.ndarray:
         """Calibrated logits (float64), ``(n, k)`` with columns in ``classes_`` order; for two classes
         scikit-learn's ``(n,)``: ``z1 - z0``, whose sigmoid is ``predict_proba(X)[:, 1]``."""
-        return decision(self._calibrated(X))
+        return decision(self._calibrated(X, priors))
 
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities ``(n, k)`` (float64, rows sum to 1), columns in ``classes_`` order."""
-        return softmax(self._calibrated(X))
+    def predict_proba(self, X: Any, priors: Any = None) -> np.ndarray:
+        """Class probabilities ``(n, k)`` (float64, rows sum to 1), columns in ``classes_`` order.
 
-    def predict(self, X: Any) -> np.ndarray:
-        """The most probable class of each text, an array of ``classes_``' type."""
-        z = self._calibrated(X)  # first: it raises NotFittedError before classes_ is looked up
+        ``priors``: the class balance where ``X`` comes from, when it differs from the training rows' —
+        ``{class: weight}`` or ``k`` weights in class order; ``None`` (default): the one :meth:`adapt_priors`
+        estimated, if any; ``"training"``: none (as calibrated)."""
+        return softmax(self._calibrated(X, priors))
+
+    def predict(self, X: Any, priors: Any = None) -> np.ndarray:
+        """The most probable class of each text, an array of ``classes_``' type (``priors``: as for
+        :meth:`predict_proba`)."""
+        z = self._calibrated(X, priors)  # first: it raises NotFittedError before classes_ is looked up
         return self.classes_[np.argmax(z, axis=1)]
+
+    # -- class priors -----------------------------------------------------------------------------------------
+    def _priors_info(self) -> dict[str, Any]:
+        info = getattr(self, "calibration_info_", None)
+        return dict(info.get("priors") or {}) if isinstance(info, Mapping) else {}
+
+    @property
+    def training_priors_(self) -> np.ndarray:
+        """The class balance the calibrated probabilities hold for: the training rows' where the classifier learned
+        from labelled rows, else its calibration rows'; uniform when it saw no labels."""
+        saved = self._priors_info().get("training")
+        k = len(self.classes_)
+        return np.full(k, 1.0 / k) if saved is None else np.asarray(saved, dtype=np.float64)
+
+    @property
+    def priors_(self) -> np.ndarray | None:
+        """The deployment class balance :meth:`adapt_priors` estimated (or :meth:`set_priors` set); ``None``."""
+        saved = self._priors_info().get("deployment")
+        return None if saved is None else np.asarray(saved, dtype=np.float64)
+
+    def _target_priors(self, priors: Any) -> np.ndarray | None:
+        from classlm.priors import prior_vector
+
+        if priors is None:
+            return self.priors_
+        if isinstance(priors, str) and priors == "training":
+            return None
+        return prior_vector(priors, [str(c) for c in self.classes_])
+
+    def record_priors(self, **entries: Any) -> None:
+        """Keep class-prior facts (``training``, ``deployment``, their sources, the calibration rows' confusion
+        counts) in ``calibration_info_``, which is saved with the classifier."""
+        info: dict[str, Any] = dict(getattr(self, "calibration_info_", None) or {})
+        priors = {**(info.get("priors") or {}), **entries}
+        for key, value in priors.items():
+            if isinstance(value, np.ndarray):
+                priors[key] = value.tolist()
+        self.calibration_info_ = {**info, "priors": priors}
+
+    def set_priors(self, priors: Any) -> None:
+        """Use ``priors`` (``{class: weight}`` or ``k`` weights in class order) for every prediction from now on;
+        ``None`` goes back to the training balance."""
+        self.check_fitted()
+        target = None if priors is None else self._target_priors(priors)
+        self.record_priors(deployment=target, deployment_source=None if target is None else "set_priors")
+
+    def adapt_priors(self, X: Any, method: str = "em") -> dict[str, float]:
+        """Estimate the class balance of the unlabelled texts ``X`` and use it for every prediction from now on
+        (saved with the classifier): ``method="em"`` (Saerens et al. 2002: needs calibrated probabilities) or
+        ``"bbse"`` (Lipton et al. 2018: from the confusion counts of the labelled calibration rows). Returns the
+        estimate per class."""
+        return self.adapt_priors_to(self.predict_scores(X).logits, method)
+
+    def adapt_priors_to(self, logits: np.ndarray, method: str = "em") -> dict[str, float]:
+        """:meth:`adapt_priors` from the raw logits of the texts (``predict_scores(X).logits``), scored already."""
+        from classlm.priors import bbse_priors, em_priors
+
+        if method not in ("em", "bbse"):
+            raise errors.ConfigError(f"method: expected 'em' or 'bbse', got {method!r}")
+        p = softmax(self.calibrated_logits(logits, "training"))
+        if method == "em":
+            estimate = em_priors(p, self.training_priors_).priors
+        else:
+            confusion = self._priors_info().get("confusion")
+            if confusion is None:
+                raise errors.ConfigError(
+                    "method='bbse' needs the confusion counts of labelled calibration rows; this classifier has "
+                    "none: calibrate(X, y) on held-out labelled rows first, or use method='em'"
+                )
+            estimate = bbse_priors(confusion, p)
+        self.record_priors(deployment=estimate, deployment_source={"method": method, "n": int(p.shape[0])})
+        return {str(c): float(q) for c, q in zip(self.classes_, estimate, strict=True)}
 
     @property
     def temperature_(self) -> float:
@@ -128,26 +212,48 @@ class CalibratedClassifier(ClassifierMixin, BaseEstimator):
     def fit_temperature(self, logits: np.ndarray, y: np.ndarray, source: str) -> None:
         """Fit ``calibrator_`` on held-out raw logits and column indices ``y``; ``calibration_info_`` keeps where
         they came from and the metrics before and after (saved with the classifier)."""
-        from classlm.metrics import classification_metrics
+        from classlm.metrics import classification_metrics, confusion_matrix
+        from classlm.priors import class_balance
 
         self.calibrator_.fit(logits, y)
         keys = ("accuracy", "macro_f1", "nll", "ece", "calibration_ratio_min", "calibration_ratio_max")
         names = [str(c) for c in self.classes_]
         before = classification_metrics(y, softmax(logits), names)
         after = classification_metrics(y, softmax(self.calibrator_.transform(logits)), names)
+        kept = ("label_free", "priors")  # fitted apart from the temperature: a refit keeps them
         self.calibration_info_ = {
-            **{k: v for k, v in getattr(self, "calibration_info_", {}).items() if k == "label_free"},
+            **{k: v for k, v in getattr(self, "calibration_info_", {}).items() if k in kept},
             "fitted": True,
             "n": len(y),
             "source": source,
             "before": {k: before[k] for k in keys},
             "after": {k: after[k] for k in keys},
         }
+        # For prior shift: the calibrated answers' confusion counts (BBSE) and, where no training rows set it, the
+        # calibration rows' class balance as the one the probabilities now hold for.
+        calibrated = np.argmax(self.calibrator_.transform(logits), axis=1)
+        self.record_priors(confusion=confusion_matrix(y, calibrated, len(names)))
+        if self._priors_info().get("training_source") != "training rows":
+            self.record_priors(training=class_balance(y, len(names)), training_source="calibration rows")
 
     def model_info(self) -> dict[str, Any]:
         """What the fitted classifier is, as JSON (the server's ``GET /v1/model``); subclasses add their parts."""
         self.check_fitted()
-        return {"kind": type(self).__name__, "calibration": {"temperature": self.temperature_}}
+        return {"kind": type(self).__name__, "calibration": {"temperature": self.temperature_}, "priors": self.priors()}
+
+    def priors(self) -> dict[str, Any]:
+        """The class balances by class name: ``training`` (what the probabilities are calibrated for) and
+        ``deployment`` (what :meth:`adapt_priors` estimated or :meth:`set_priors` set, else ``None``), with where
+        each came from."""
+        names = [str(c) for c in self.classes_]
+        info = self._priors_info()
+        deployment = self.priors_
+        return {
+            "training": dict(zip(names, map(float, self.training_priors_), strict=True)),
+            "training_source": info.get("training_source", "uniform: no labelled rows seen"),
+            "deployment": None if deployment is None else dict(zip(names, map(float, deployment), strict=True)),
+            "deployment_source": info.get("deployment_source"),
+        }
 
     def run_info(self) -> dict[str, Any]:
         """How this classifier runs here (:func:`classlm.machine.run_info`): the dtype of its backbone (``backbone_``,

@@ -26,7 +26,17 @@ import numpy as np
 from classlm.errors import ArtifactError, ConfigError
 from classlm.metrics import softmax
 
-__all__ = ["PRIOR_KINDS", "PriorCorrection", "PriorEstimate", "bbse_priors", "em_priors", "shift_priors"]
+__all__ = [
+    "PRIOR_KINDS",
+    "PriorCorrection",
+    "PriorEstimate",
+    "bbse_priors",
+    "check_saved_priors",
+    "class_balance",
+    "em_priors",
+    "prior_vector",
+    "shift_priors",
+]
 
 PRIOR_KINDS = ("contextual", "batch")
 # A class whose estimated prior is below this is floored before its log is taken: a prior of 0 would send the class's
@@ -120,7 +130,7 @@ class PriorCorrection:
             not isinstance(values, Sequence)
             or isinstance(values, str)
             or not values
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+            or not all(_finite(v) for v in values)
         ):
             raise ArtifactError(f"calibration: expected 'log_prior' to be a list of finite numbers, got {values!r}")
         n_fit = d.get("n_fit")
@@ -154,17 +164,23 @@ class PriorEstimate:
     converged: bool
 
 
-def em_priors(proba: Any, source: Any, *, max_iter: int = 1000, tol: float = 1e-8) -> PriorEstimate:
+def em_priors(
+    proba: Any, source: Any, *, max_iter: int = 1000, tol: float = 1e-8, pseudo_rows: float | None = None
+) -> PriorEstimate:
     """Saerens et al. (2002): the class balance of the rows of ``proba`` (a calibrated classifier's probabilities,
     calibrated where the balance was ``source``), by expectation-maximisation — shift the probabilities to the current
-    estimate, take their mean as the next estimate, until it moves less than ``tol``."""
+    estimate, take their mean as the next estimate, until it moves less than ``tol``.
+
+    ``pseudo_rows`` (default: one per class) rows at the ``source`` balance join every mean: plain EM on a handful of
+    rows runs to a corner (two texts gave one class all of the prior, and every later answer became that class);
+    over a few hundred rows they move the estimate by well under 0.01."""
     p = _proba(proba, "proba")
     src = _prior(source, p.shape[1], "source")
+    extra = float(p.shape[1] if pseudo_rows is None else pseudo_rows)
     q = src.copy()
-    adapted = p
     for i in range(1, max_iter + 1):
         adapted = shift_priors(p, src, q)
-        new = adapted.mean(axis=0)
+        new = (adapted.sum(axis=0) + extra * src) / (p.shape[0] + extra)
         step = float(np.max(np.abs(new - q)))
         q = new
         if step < tol:
@@ -172,24 +188,80 @@ def em_priors(proba: Any, source: Any, *, max_iter: int = 1000, tol: float = 1e-
     return PriorEstimate(q, shift_priors(p, src, q), max_iter, False)
 
 
-def bbse_priors(y_true: Any, proba_held_out: Any, proba_target: Any) -> np.ndarray:
-    """Lipton et al. (2018), black-box shift estimation: with ``C[i, j]`` the share of labelled held-out rows predicted
-    ``i`` whose class is ``j`` and ``mu[i]`` the share of target rows predicted ``i``, solve ``C w = mu`` for the
-    weights ``w = target prior / source prior`` (least squares, clipped at 0) and return the target prior."""
-    held = _proba(proba_held_out, "proba_held_out")
+def bbse_priors(confusion: Any, proba_target: Any) -> np.ndarray:
+    """Lipton et al. (2018), black-box shift estimation. ``confusion``: counts of labelled held-out rows, true class
+    by row and predicted class by column (:func:`classlm.metrics.confusion_matrix`); with ``C[i, j]`` the share of
+    them predicted ``i`` whose class is ``j`` and ``mu[i]`` the share of target rows predicted ``i``, solve
+    ``C w = mu`` for the weights ``w = target prior / source prior`` (least squares, clipped at 0) and return the
+    target prior."""
     target = _proba(proba_target, "proba_target")
-    k = held.shape[1]
-    if target.shape[1] != k:
-        raise ConfigError(f"proba_target: expected {k} columns like proba_held_out, got {target.shape[1]}")
-    y = np.asarray(y_true)
-    if y.shape != (held.shape[0],) or not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= k:
-        raise ConfigError(f"y_true: expected {held.shape[0]} class indices in 0..{k - 1}, got {np.asarray(y_true)!r}")
-    confusion = np.zeros((k, k))
-    np.add.at(confusion, (held.argmax(axis=1), y), 1.0)
-    confusion /= held.shape[0]
+    k = target.shape[1]
+    counts = np.asarray(confusion, dtype=np.float64)
+    if counts.shape != (k, k) or not np.all(np.isfinite(counts)) or np.any(counts < 0) or counts.sum() <= 0:
+        raise ConfigError(f"confusion: expected ({k}, {k}) non-negative counts, not all 0; got shape {counts.shape}")
+    c = counts.T / counts.sum()  # c[i, j]: predicted i, true j
     mu = np.bincount(target.argmax(axis=1), minlength=k) / target.shape[0]
-    w, *_ = np.linalg.lstsq(confusion, mu, rcond=None)
-    q = np.maximum(w, 0.0) * confusion.sum(axis=0)  # w_j * source_j; source_j = share of held-out rows of class j
+    w, *_ = np.linalg.lstsq(c, mu, rcond=None)
+    q = np.maximum(w, 0.0) * c.sum(axis=0)  # w_j * source_j; source_j = share of held-out rows of class j
     if q.sum() <= 0:
         raise ConfigError("bbse_priors: the estimate is 0 for every class; the held-out predictions carry no signal")
     return q / q.sum()
+
+
+def class_balance(y: Any, k: int) -> np.ndarray:
+    """The share of each of ``k`` classes among class indices ``y``."""
+    counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=k).astype(np.float64)
+    if counts.shape != (k,) or counts.sum() <= 0:
+        raise ConfigError(f"y: expected at least one class index in 0..{k - 1}")
+    return counts / counts.sum()
+
+
+def prior_vector(priors: Any, classes: Sequence[str]) -> np.ndarray:
+    """Class priors given as ``{class: weight}`` (every class named once, by its name) or as ``k`` weights in class
+    order → a vector that sums to 1. Raises ConfigError saying which classes are missing or unknown."""
+    names = [str(c) for c in classes]
+    if isinstance(priors, Mapping):
+        given = {str(key): value for key, value in priors.items()}
+        missing = [c for c in names if c not in given]
+        unknown = [c for c in given if c not in names]
+        if missing or unknown:
+            parts = ([f"missing {missing}"] if missing else []) + ([f"unknown {unknown}"] if unknown else [])
+            raise ConfigError(f"priors: expected a weight for each class of {names}; {', '.join(parts)}")
+        values = [given[c] for c in names]
+    elif isinstance(priors, (Sequence, np.ndarray)) and not isinstance(priors, str):
+        values = list(priors)
+    else:
+        raise ConfigError(f"priors: expected {{class: weight}} or {len(names)} weights in class order, got {priors!r}")
+    if len(values) != len(names) or not all(_finite(v) and v >= 0 for v in values) or sum(values) <= 0:
+        raise ConfigError(
+            f"priors: expected {len(names)} non-negative weights (not all 0), one per class of {names}; got {values!r}"
+        )
+    arr = np.asarray(values, dtype=np.float64)
+    return arr / arr.sum()
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_saved_priors(saved: Any, k: int) -> dict[str, Any]:
+    """A saved classifier's prior facts (``training`` and ``deployment`` balances, ``confusion`` counts, their
+    sources) checked against its ``k`` classes; ``{}`` for none. Raises ArtifactError, saying which field is bad."""
+    if saved is None:
+        return {}
+    if not isinstance(saved, Mapping):
+        raise ArtifactError(f"priors: expected an object, got {type(saved).__name__}")
+    for key in ("training", "deployment"):
+        v = saved.get(key)
+        if v is not None and (
+            not isinstance(v, list) or len(v) != k or not all(_finite(x) and x >= 0 for x in v) or sum(v) <= 0
+        ):
+            raise ArtifactError(f"priors: expected {key!r} to be {k} non-negative numbers or null, got {v!r}")
+    confusion = saved.get("confusion")
+    if confusion is not None and (
+        not isinstance(confusion, list)
+        or len(confusion) != k
+        or not all(isinstance(r, list) and len(r) == k and all(_finite(x) and x >= 0 for x in r) for r in confusion)
+    ):
+        raise ArtifactError(f"priors: expected 'confusion' to be {k} rows of {k} counts or null")
+    return dict(saved)

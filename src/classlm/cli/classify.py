@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from classlm.cli.classifiers import build_classifier
-from classlm.cli.common import parse_labels
+from classlm.cli.common import err, parse_labels, parse_priors
 from classlm.cli.display import show_classifications
 from classlm.cli.options import (
     BatchOpt,
@@ -43,6 +43,14 @@ def classify(
     fmt: Annotated[str, typer.Option("--format", help="table or jsonl.")] = "table",
     text_col: Annotated[str, typer.Option("--text-col", help="Text column of a data file.")] = "text",
     class_mass: Annotated[bool, typer.Option("--class-mass", help="Also report the class-token mass.")] = False,
+    priors: Annotated[
+        str | None,
+        typer.Option(
+            "--priors",
+            help="The class balance these texts come from, when not the training rows': a JSON object "
+            '\'{"spam": 0.1, "ham": 0.9}\', a .json file, or em / bbse to estimate it from the texts themselves.',
+        ),
+    ] = None,
     batch_size: BatchOpt = 64,
     batch_tokens: BatchTokensOpt = None,
     max_length: MaxLenOpt = 512,
@@ -77,6 +85,7 @@ def classify(
     """
     if fmt not in ("table", "jsonl"):
         raise ConfigError(f"--format must be 'table' or 'jsonl', got {fmt!r}")
+    target = parse_priors(priors)
     items = _read_items(texts, file, text_col)
     missing = None
     if backend == "openai":
@@ -103,7 +112,12 @@ def classify(
         scores = clf.predict_scores(items, class_mass=class_mass)
     else:
         raise ConfigError(f"--backend must be 'local' or 'openai', got {backend!r}")
-    show_classifications(clf, items, scores, missing, fmt=fmt, class_mass=class_mass)
+    if target in ("em", "bbse"):
+        estimate = clf.adapt_priors_to(scores.logits, target)
+        shares = ", ".join(f"{c} {q:.3f}" for c, q in estimate.items())
+        err.print(f"priors estimated by {target.upper()} over these {len(items)} texts: {shares}", highlight=False)
+        target = None  # adapt_priors_to made the estimate the classifier's own
+    show_classifications(clf, items, scores, missing, fmt=fmt, class_mass=class_mass, priors=target)
 
 
 def _read_items(texts: list[str] | None, file: Path | None, text_col: str) -> list[str]:

@@ -3,6 +3,7 @@ and ``--labels``."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -49,6 +50,29 @@ def parse_labels(spec: str | None) -> Any:
     return names
 
 
+def parse_priors(spec: str | None) -> Any:
+    """``--priors``: ``em`` or ``bbse`` (estimated from the texts at hand), a JSON object ``{"class": weight, …}``, or
+    a .json file holding one."""
+    if spec is None or spec in ("em", "bbse"):
+        return spec
+    text = spec
+    if spec.endswith(".json"):
+        path = Path(spec)
+        if not path.is_file():
+            raise ConfigError(f"--priors: file not found: {path}")
+        text = path.read_text(encoding="utf-8")
+    try:
+        priors = json.loads(text)
+    except json.JSONDecodeError:
+        priors = None
+    if not isinstance(priors, dict):
+        raise ConfigError(
+            f'--priors: expected a JSON object such as \'{{"spam": 0.1, "ham": 0.9}}\', a .json file holding '
+            f"one, or em / bbse to estimate the balance from the texts; got {spec!r}"
+        )
+    return priors
+
+
 # The library's messages name Python arguments (``method='letters'``); on the command line the same advice must
 # name the flags. Ordered: the specific patterns come before the generic ``name=value`` ones.
 def _flag(m: re.Match[str]) -> str:
@@ -70,6 +94,7 @@ _CLI_TERMS: tuple[tuple[str, Any], ...] = (
         r"--train-batch (\1) must be a multiple of --grad-accum (\2)",
     ),
     (r"\bload with drop_invalid=True\b", "pass --drop-invalid"),
+    (r"^priors: ", "--priors: "),
     (r", or pass label_col=None, require_labels=False for unlabelled data", ""),
     (r" and pass the Dataset\b", ", save it with Dataset.to_json('data.jsonl') and pass that file"),
 )

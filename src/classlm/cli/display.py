@@ -10,10 +10,13 @@ from rich.table import Table
 from classlm.cli.common import err, out
 
 
-def show_classifications(clf: Any, items: list[str], scores: Any, missing: Any, *, fmt: str, class_mass: bool) -> None:
-    """The calibrated probabilities of ``scores`` as JSON lines (``fmt="jsonl"``) or a table; then a note on stderr
-    when texts were truncated. ``missing``: the openai backend's estimate of the mass outside its top-k, or None."""
-    proba = clf.probabilities(scores.logits)
+def show_classifications(
+    clf: Any, items: list[str], scores: Any, missing: Any, *, fmt: str, class_mass: bool, priors: Any = None
+) -> None:
+    """The calibrated probabilities of ``scores`` (for the class balance ``priors``, see ``predict_proba``) as JSON
+    lines (``fmt="jsonl"``) or a table; then a note on stderr when texts were truncated. ``missing``: the openai
+    backend's estimate of the mass outside its top-k, or None."""
+    proba = clf.probabilities(scores.logits, priors)
     mass = scores.class_mass if class_mass else None
     if fmt == "jsonl":
         _print_jsonl(clf, items, proba, mass, missing, scores.truncated)

@@ -25,6 +25,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive
 
+from classlm.errors import ConfigError
+from classlm.priors import prior_vector, shift_priors
 from classlm.serving.batcher import MicroBatcher, QueueFull, ShuttingDown
 from classlm.serving.docs import docs_page
 from classlm.serving.guard import START_KEY, Guard, error_response
@@ -76,6 +78,27 @@ class ServedModel:
         wanted = class_mass and self.class_mass_available
         scores = self.classifier.predict_scores(texts, class_mass=wanted)
         return self.classifier.probabilities(scores.logits), scores.class_mass if wanted else None, scores.truncated
+
+    def target_priors(self, priors: dict[str, float] | None) -> np.ndarray | None:
+        """A request's priors as a vector in class order (checked: ConfigError says what is wrong), or the
+        classifier's deployment balance, or None: the probabilities are then for the training balance."""
+        if not self._core:
+            if priors is not None:
+                raise ConfigError("priors need a classlm classifier (its training class balance); this one has none")
+            return None
+        if priors is None:
+            return self.classifier.priors_
+        return prior_vector(priors, self.classes)
+
+    def shift(self, proba: np.ndarray, target: np.ndarray | None) -> np.ndarray:
+        """Probabilities as the classifier gives them (for its deployment balance, else its training one) moved to
+        ``target``."""
+        if target is None:
+            return proba
+        current = self.classifier.priors_
+        if current is not None and np.array_equal(target, current):
+            return proba
+        return shift_priors(proba, self.classifier.training_priors_ if current is None else current, target)
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"classes": self.classes, "kind": type(self.classifier).__name__}
@@ -147,6 +170,10 @@ def create_app(
                 "this classifier has none",
             )
         try:
+            target = model.target_priors(body.priors)  # checked before the request takes a place in the queue
+        except ConfigError as exc:
+            raise ApiError(422, "invalid_request", str(exc)) from None
+        try:
             future = state["batcher"].submit(texts, body.class_mass)
         except (QueueFull, ShuttingDown) as exc:
             reason = "queue_full" if isinstance(exc, QueueFull) else "shutting_down"
@@ -155,7 +182,11 @@ def create_app(
         proba, mass, truncated = await _answer(future, request, settings)
         if truncated is not None:
             metrics.truncated.inc(int(np.count_nonzero(truncated)))
-        return {"results": _rows(model, proba, mass if body.class_mass else None, truncated)}
+        proba = model.shift(proba, target)
+        results = _rows(model, proba, mass if body.class_mass else None, truncated)
+        if target is None:
+            return {"results": results}
+        return {"results": results, "priors": dict(zip(model.classes, map(float, target), strict=True))}
 
     _add_info_routes(app, state, settings, metrics, security)
     app.add_middleware(Guard, settings=settings, metrics=metrics)

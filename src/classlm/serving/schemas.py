@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-REQUEST_FIELDS = ("text", "texts", "class_mass")
+REQUEST_FIELDS = ("text", "texts", "class_mass", "priors")
 
 
 class ClassifyRequest(BaseModel):
@@ -20,6 +20,13 @@ class ClassifyRequest(BaseModel):
         default=False,
         description="Also return the class mass: the probability the model puts on the class tokens, out of the "
         "whole vocabulary (low values mean the prompt or the text is off what the classifier expects).",
+    )
+    priors: dict[str, float] | None = Field(
+        default=None,
+        description="The class balance where these texts come from, when it differs from the training rows' "
+        "(a weight per class, every class named; they need not sum to 1): the probabilities are moved to it by "
+        "Bayes' rule. Default: the balance the service was set to (GET /v1/model, 'priors').",
+        examples=[None],
     )
 
     @model_validator(mode="after")
@@ -46,6 +53,11 @@ class ClassifyResult(BaseModel):
 
 class ClassifyResponse(BaseModel):
     results: list[ClassifyResult]
+    priors: dict[str, float] | None = Field(
+        default=None,
+        description="The class balance the probabilities are for, when it is not the training rows' (the request's "
+        "priors, or the deployment balance the classifier was adapted to).",
+    )
 
 
 class ErrorBody(BaseModel):
