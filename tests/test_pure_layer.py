@@ -11,6 +11,7 @@ PURE_MODULES = [
     "classlm.calibration",
     "classlm.calibrators",
     "classlm.priors",
+    "classlm.out_of_scope",
     "classlm.labels",
     "classlm.prompts",
     "classlm.reports",

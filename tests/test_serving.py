@@ -83,6 +83,27 @@ def test_priors_per_request_move_only_that_request(client, clf):
     assert info["deployment"] is None and info["training"] == pytest.approx(dict.fromkeys(LABELS, 0.25))
 
 
+def test_abstaining_below_a_threshold_by_setting_or_per_request(clf):
+    top = clf.predict_proba(TEXTS).max(axis=1)
+    cut = float(np.sort(top)[1]) + 1e-9  # the two least sure texts fall below it
+    with _client(clf, abstain_below=cut, abstain_label="unsure") as c:
+        rows = c.post("/v1/classify", json={"texts": TEXTS}).json()["results"]
+        assert [r["abstained"] for r in rows] == list(top < cut)
+        assert [r["label"] == "unsure" for r in rows] == list(top < cut)
+        assert all(len(r["probabilities"]) == len(LABELS) for r in rows)  # the probabilities are still there
+        none = c.post("/v1/classify", json={"texts": TEXTS, "abstain_below": 1e-9}).json()["results"]
+        assert not any(r["abstained"] for r in none)
+        bad = c.post("/v1/classify", json={"text": TEXTS[0], "abstain_below": 1.5})
+        assert bad.status_code == 422
+        limits = c.get("/v1/model").json()["limits"]
+        assert limits["abstain_below"] == cut and limits["abstain_label"] == "unsure"
+    with _client(clf, abstain_label="World") as c:  # a class name cannot mean "abstained"
+        r = c.post("/v1/classify", json={"text": TEXTS[0], "abstain_below": 0.5})
+        assert r.status_code == 422 and "'World' is a class" in r.json()["error"]["message"]
+    with pytest.raises(ConfigError, match="abstain_below must be a probability"):
+        ServeSettings(abstain_below=0)
+
+
 def test_truncated_texts_are_flagged_and_counted(clf):
     long_text = " ".join(["the quick brown fox"] * 200)  # past the prompt's 512-token text slot
     with _client(clf) as c:

@@ -19,6 +19,7 @@ from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 from sklearn.utils.multiclass import type_of_target
 
 from classlm import errors
+from classlm.class_priors import ClassPriors
 from classlm.data import is_missing
 from classlm.errors import DataError
 from classlm.labels import LabelSet
@@ -35,7 +36,7 @@ class NotFittedError(errors.NotFittedError, _SklearnNotFittedError):
     """
 
 
-class CalibratedClassifier(ClassifierMixin, BaseEstimator):
+class CalibratedClassifier(ClassPriors, ClassifierMixin, BaseEstimator):
     """The estimator core of ``LMClassifier``, ``RemoteClassifier`` and ``Ensemble``, written once: raw class logits
     from ``predict_scores``, the fitted ``calibrator_`` on them, then ``decision_function`` / ``predict_proba`` /
     ``predict``. A subclass provides ``predict_scores(X, class_mass=...)`` (Scores-like: ``logits`` ``(n, k)`` with
@@ -101,83 +102,31 @@ class CalibratedClassifier(ClassifierMixin, BaseEstimator):
         estimated, if any; ``"training"``: none (as calibrated)."""
         return softmax(self._calibrated(X, priors))
 
-    def predict(self, X: Any, priors: Any = None) -> np.ndarray:
+    def predict(
+        self, X: Any, priors: Any = None, *, abstain_below: float | None = None, abstain_label: Any = None
+    ) -> np.ndarray:
         """The most probable class of each text, an array of ``classes_``' type (``priors``: as for
-        :meth:`predict_proba`)."""
+        :meth:`predict_proba`). With ``abstain_below``: ``abstain_label`` wherever the top probability is below it
+        (default ``"abstain"`` for string classes; for number classes give a number that is not a class)."""
         z = self._calibrated(X, priors)  # first: it raises NotFittedError before classes_ is looked up
-        return self.classes_[np.argmax(z, axis=1)]
+        pred = self.classes_[np.argmax(z, axis=1)]
+        if abstain_below is None:
+            return pred
+        from classlm.out_of_scope import abstain_value
 
-    # -- class priors -----------------------------------------------------------------------------------------
-    def _priors_info(self) -> dict[str, Any]:
-        info = getattr(self, "calibration_info_", None)
-        return dict(info.get("priors") or {}) if isinstance(info, Mapping) else {}
+        label = abstain_value(self.classes_, abstain_below, abstain_label)
+        low = softmax(z).max(axis=1) < abstain_below
+        out = pred.copy()
+        out[low] = label
+        return out
 
-    @property
-    def training_priors_(self) -> np.ndarray:
-        """The class balance the calibrated probabilities hold for: the training rows' where the classifier learned
-        from labelled rows, else its calibration rows'; uniform when it saw no labels."""
-        saved = self._priors_info().get("training")
-        k = len(self.classes_)
-        return np.full(k, 1.0 / k) if saved is None else np.asarray(saved, dtype=np.float64)
+    def out_of_scope_scores(self, X: Any, priors: Any = None) -> dict[str, np.ndarray]:
+        """Per text, how likely it is out of scope (:mod:`classlm.out_of_scope`; higher: more likely): ``energy``
+        and ``max_proba`` always, ``class_mass`` for methods with class tokens."""
+        from classlm.out_of_scope import out_of_scope_scores
 
-    @property
-    def priors_(self) -> np.ndarray | None:
-        """The deployment class balance :meth:`adapt_priors` estimated (or :meth:`set_priors` set); ``None``."""
-        saved = self._priors_info().get("deployment")
-        return None if saved is None else np.asarray(saved, dtype=np.float64)
-
-    def _target_priors(self, priors: Any) -> np.ndarray | None:
-        from classlm.priors import prior_vector
-
-        if priors is None:
-            return self.priors_
-        if isinstance(priors, str) and priors == "training":
-            return None
-        return prior_vector(priors, [str(c) for c in self.classes_])
-
-    def record_priors(self, **entries: Any) -> None:
-        """Keep class-prior facts (``training``, ``deployment``, their sources, the calibration rows' confusion
-        counts) in ``calibration_info_``, which is saved with the classifier."""
-        info: dict[str, Any] = dict(getattr(self, "calibration_info_", None) or {})
-        priors = {**(info.get("priors") or {}), **entries}
-        for key, value in priors.items():
-            if isinstance(value, np.ndarray):
-                priors[key] = value.tolist()
-        self.calibration_info_ = {**info, "priors": priors}
-
-    def set_priors(self, priors: Any) -> None:
-        """Use ``priors`` (``{class: weight}`` or ``k`` weights in class order) for every prediction from now on;
-        ``None`` goes back to the training balance."""
-        self.check_fitted()
-        target = None if priors is None else self._target_priors(priors)
-        self.record_priors(deployment=target, deployment_source=None if target is None else "set_priors")
-
-    def adapt_priors(self, X: Any, method: str = "em") -> dict[str, float]:
-        """Estimate the class balance of the unlabelled texts ``X`` and use it for every prediction from now on
-        (saved with the classifier): ``method="em"`` (Saerens et al. 2002: needs calibrated probabilities) or
-        ``"bbse"`` (Lipton et al. 2018: from the confusion counts of the labelled calibration rows). Returns the
-        estimate per class."""
-        return self.adapt_priors_to(self.predict_scores(X).logits, method)
-
-    def adapt_priors_to(self, logits: np.ndarray, method: str = "em") -> dict[str, float]:
-        """:meth:`adapt_priors` from the raw logits of the texts (``predict_scores(X).logits``), scored already."""
-        from classlm.priors import bbse_priors, em_priors
-
-        if method not in ("em", "bbse"):
-            raise errors.ConfigError(f"method: expected 'em' or 'bbse', got {method!r}")
-        p = softmax(self.calibrated_logits(logits, "training"))
-        if method == "em":
-            estimate = em_priors(p, self.training_priors_).priors
-        else:
-            confusion = self._priors_info().get("confusion")
-            if confusion is None:
-                raise errors.ConfigError(
-                    "method='bbse' needs the confusion counts of labelled calibration rows; this classifier has "
-                    "none: calibrate(X, y) on held-out labelled rows first, or use method='em'"
-                )
-            estimate = bbse_priors(confusion, p)
-        self.record_priors(deployment=estimate, deployment_source={"method": method, "n": int(p.shape[0])})
-        return {str(c): float(q) for c, q in zip(self.classes_, estimate, strict=True)}
+        scores = self.predict_scores(X, class_mass=self.class_mass_available)
+        return out_of_scope_scores(self.calibrated_logits(scores.logits, priors), scores.class_mass)
 
     @property
     def temperature_(self) -> float:
@@ -240,20 +189,6 @@ class CalibratedClassifier(ClassifierMixin, BaseEstimator):
         """What the fitted classifier is, as JSON (the server's ``GET /v1/model``); subclasses add their parts."""
         self.check_fitted()
         return {"kind": type(self).__name__, "calibration": {"temperature": self.temperature_}, "priors": self.priors()}
-
-    def priors(self) -> dict[str, Any]:
-        """The class balances by class name: ``training`` (what the probabilities are calibrated for) and
-        ``deployment`` (what :meth:`adapt_priors` estimated or :meth:`set_priors` set, else ``None``), with where
-        each came from."""
-        names = [str(c) for c in self.classes_]
-        info = self._priors_info()
-        deployment = self.priors_
-        return {
-            "training": dict(zip(names, map(float, self.training_priors_), strict=True)),
-            "training_source": info.get("training_source", "uniform: no labelled rows seen"),
-            "deployment": None if deployment is None else dict(zip(names, map(float, deployment), strict=True)),
-            "deployment_source": info.get("deployment_source"),
-        }
 
     def run_info(self) -> dict[str, Any]:
         """How this classifier runs here (:func:`classlm.machine.run_info`): the dtype of its backbone (``backbone_``,

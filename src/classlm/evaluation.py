@@ -10,6 +10,9 @@ import numpy as np
 
 from classlm.classifier import LMClassifier
 from classlm.data import as_texts, validate_labels
+from classlm.errors import DataError
+from classlm.metrics import softmax
+from classlm.out_of_scope import out_of_scope_report, out_of_scope_scores
 from classlm.reports import EvalReport, build_report
 
 
@@ -19,20 +22,33 @@ def evaluate(
     y: Sequence[Any],
     *,
     info: Mapping[str, Any] | None = None,
+    oos_label: Any = None,
 ) -> EvalReport:
-    """Metrics of ``clf`` on ``(X, y)``: accuracy, F1, NLL, Brier, ECE, calibration ratio, class mass, throughput."""
+    """Metrics of ``clf`` on ``(X, y)``: accuracy, F1, NLL, Brier, ECE, calibration ratio, class mass, throughput.
+
+    ``oos_label``: the label of out-of-scope rows. The report then also says how well each out-of-scope score finds
+    them (AUROC) and the accuracy left when the classifier abstains on the rows each score ranks most out of scope
+    (``metrics["out_of_scope"]``). Where it is not one of the classifier's classes, the other metrics are over the
+    in-scope rows."""
     clf.check_fitted()
     texts = as_texts(X)
     # Matched by name, str(class): labels read from a file are strings, a classifier fit on integers has int classes.
     labels = [str(v) for v in y]
     names = [str(c) for c in clf.classes_]
-    validate_labels(labels, names)
+    oos = np.array([oos_label is not None and v == str(oos_label) for v in labels], dtype=bool)
+    if oos_label is not None and not oos.any():
+        raise DataError(f"oos_label={str(oos_label)!r}: no row has that label; the labels are {sorted(set(labels))}")
+    oos_is_class = oos_label is not None and str(oos_label) in names
+    inside = ~oos if oos_label is not None and not oos_is_class else np.ones(len(labels), dtype=bool)
+    validate_labels([v for v, keep in zip(labels, inside) if keep], names)
     start = time.perf_counter()
     scores = clf.predict_scores(texts, class_mass=clf.class_mass_available)
     seconds = time.perf_counter() - start
-    proba = clf.probabilities(scores.logits)
+    calibrated = clf.calibrated_logits(scores.logits)
+    proba = softmax(calibrated)
     index = {name: i for i, name in enumerate(names)}
-    y_idx = np.array([index[v] for v in labels], dtype=np.int64)
+    y_all = np.array([index.get(v, -1) for v in labels], dtype=np.int64)  # -1: out of scope, not a class
+    y_idx = y_all[inside]
     details = {
         "model": clf.model,
         "method": clf.method,
@@ -45,4 +61,9 @@ def evaluate(
     if scores.class_mass is not None and len(scores.class_mass):
         details["class_mass_mean"] = float(np.mean(scores.class_mass))
     details.update(info or {})
-    return build_report(y_idx, proba, names, info=details)
+    report = build_report(y_idx, proba[inside], names, info=details)
+    if oos_label is not None:
+        oos_scores = out_of_scope_scores(calibrated, scores.class_mass)
+        found = out_of_scope_report(y_all, proba, oos_scores, oos, index.get(str(oos_label)))
+        report.metrics["out_of_scope"] = {"label": str(oos_label), "is_a_class": oos_is_class, **found}
+    return report

@@ -183,10 +183,33 @@ class EvalReport:
             lines += ["", f"### Most confused pairs (of {len(self.classes)} classes; the whole matrix is in the JSON "
                       "and HTML reports)", ""]  # fmt: skip
             lines += _table(["true", "predicted", "rows", "share of the true class"], pairs) if pairs else ["none"]
+        if m.get("out_of_scope"):
+            lines += ["", *out_of_scope_lines(m["out_of_scope"])]
         if self.info:
             lines += ["", "### Info", ""]
             lines += [f"- **{_cell(k)}**: {_cell(_jsonable(v))}" for k, v in self.info.items()]
         return "\n".join(lines) + "\n"
+
+
+def out_of_scope_lines(oos: Mapping[str, Any]) -> list[str]:
+    """The out-of-scope section: per score, its AUROC for the out-of-scope rows and the accuracy at each coverage."""
+    scores: dict[str, Any] = dict(oos.get("scores") or {})
+    first: dict[str, Any] = next(iter(scores.values()), {})
+    coverages = [r["coverage"] for r in first.get("coverage_curve", [])]
+    where = "a class of the classifier" if oos.get("is_a_class") else "not a class: the metrics above leave them out"
+    lines = [
+        f"### Out of scope ({oos.get('n_out_of_scope')} of {oos.get('n')} rows labelled {oos.get('label')!r}, {where})",
+        "",
+        "Abstaining on the rows a score ranks most out of scope: accuracy over the rows answered (an out-of-scope row "
+        "answered counts as wrong) at each share answered.",
+        "",
+    ]
+    header = ["score", "AUROC", *[f"{c:.0%} answered" for c in coverages]]
+    rows = [
+        [name, _num(s.get("auroc")), *[_num(r.get("accuracy")) for r in s.get("coverage_curve", [])]]
+        for name, s in scores.items()
+    ]
+    return lines + _table(header, rows)
 
 
 def confused_pairs(confusion: Sequence[Sequence[int]], classes: Sequence[str], n: int = 10) -> list[list[str]]:

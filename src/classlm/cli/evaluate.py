@@ -57,6 +57,14 @@ def evaluate(
     ] = None,
     seed: SeedOpt = 0,
     drop_invalid: DropInvalidOpt = False,
+    oos_label: Annotated[
+        str | None,
+        typer.Option(
+            "--oos-label",
+            help="The label of out-of-scope rows (e.g. oos): also report how well each out-of-scope score finds them "
+            "and the accuracy when abstaining on them.",
+        ),
+    ] = None,
     output: Annotated[Path | None, typer.Option("--out", "-o", help="Write the report as JSON here.")] = None,
     markdown: Annotated[Path | None, typer.Option("--markdown", help="Write the report as markdown here.")] = None,
     html: Annotated[
@@ -103,7 +111,7 @@ def evaluate(
         info["sample"] = f"seeded stratified sample of {len(dataset)} rows (--limit {limit}, --seed {seed})"
     if getattr(clf, "progress", False):  # named apart from the calibration rows' bar before it
         clf.progress = f"scoring the {len(dataset)} evaluated rows"
-    report = run_evaluation(clf, list(dataset.texts), list(dataset.labels), info=info)
+    report = run_evaluation(clf, list(dataset.texts), list(dataset.labels), info=info, oos_label=oos_label)
     out.print(report.to_markdown(), soft_wrap=True, markup=False, highlight=False)
     if output is not None:
         report.to_json(output)

@@ -38,6 +38,8 @@ SETTINGS = {
     "body_timeout": "body_timeout_s",
     "keep_alive_timeout": "keep_alive_timeout_s",
     "max_connections": "max_connections",
+    "abstain_below": "abstain_below",
+    "abstain_label": "abstain_label",
 }
 
 
@@ -91,6 +93,18 @@ def serve(
     max_connections: Annotated[
         int, typer.Option("--max-connections", min=1, help="Open connections at most; beyond it requests get 503.")
     ] = 1000,
+    abstain_below: Annotated[
+        float | None,
+        typer.Option(
+            "--abstain-below",
+            min=0.0,
+            max=1.0,
+            help="Answer --abstain-label for a text whose top probability is below this (requests may set their own).",
+        ),
+    ] = None,
+    abstain_label: Annotated[
+        str, typer.Option("--abstain-label", help="The label of an abstained answer (a number for number classes).")
+    ] = "abstain",
     batch_tokens: BatchTokensOpt = None,
     max_length: MaxLenOpt = 512,
     device: DeviceOpt = "auto",

@@ -25,7 +25,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive
 
-from classlm.errors import ConfigError
+from classlm.errors import ConfigError, DataError
+from classlm.out_of_scope import abstain_value
 from classlm.priors import prior_vector, shift_priors
 from classlm.serving.batcher import MicroBatcher, QueueFull, ShuttingDown
 from classlm.serving.docs import docs_page
@@ -100,6 +101,19 @@ class ServedModel:
             return proba
         return shift_priors(proba, self.classifier.training_priors_ if current is None else current, target)
 
+    def abstain_label(self, label: str) -> Any:
+        """The service's abstain label as an answer of the classes' type (a number for number classes)."""
+        value: Any = label
+        if np.issubdtype(np.asarray(self.classifier.classes_).dtype, np.number):
+            try:
+                value = int(label) if label.lstrip("-").isdigit() else float(label)
+            except ValueError:
+                raise ConfigError(
+                    f"the classes are numbers, so the abstain label must be one too; start the service with "
+                    f"--abstain-label -1 (it is {label!r})"
+                ) from None
+        return abstain_value(np.asarray(self.classifier.classes_), 1.0, value)
+
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"classes": self.classes, "kind": type(self.classifier).__name__}
         if self._core:
@@ -169,9 +183,11 @@ def create_app(
                 "class_mass is only available for methods with class tokens (their logits are LM-head rows); "
                 "this classifier has none",
             )
-        try:
-            target = model.target_priors(body.priors)  # checked before the request takes a place in the queue
-        except ConfigError as exc:
+        try:  # checked before the request takes a place in the queue
+            target = model.target_priors(body.priors)
+            below = settings.abstain_below if body.abstain_below is None else body.abstain_below
+            abstain = None if below is None else (below, model.abstain_label(settings.abstain_label))
+        except (ConfigError, DataError) as exc:
             raise ApiError(422, "invalid_request", str(exc)) from None
         try:
             future = state["batcher"].submit(texts, body.class_mass)
@@ -183,7 +199,7 @@ def create_app(
         if truncated is not None:
             metrics.truncated.inc(int(np.count_nonzero(truncated)))
         proba = model.shift(proba, target)
-        results = _rows(model, proba, mass if body.class_mass else None, truncated)
+        results = _rows(model, proba, mass if body.class_mass else None, truncated, abstain)
         if target is None:
             return {"results": results}
         return {"results": results, "priors": dict(zip(model.classes, map(float, target), strict=True))}
@@ -226,14 +242,19 @@ def _lifespan(load: Any, settings: ServeSettings, metrics: ServiceMetrics, state
     return lifespan
 
 
-def _rows(model: ServedModel, proba: Any, mass: Any, truncated: Any) -> list[dict[str, Any]]:
-    """One answer per text, in request order: the label and every class's probability (and what was asked)."""
+def _rows(model: ServedModel, proba: Any, mass: Any, truncated: Any, abstain: Any = None) -> list[dict[str, Any]]:
+    """One answer per text, in request order: the label and every class's probability (and what was asked);
+    ``abstain``: ``(threshold, label)`` for texts whose top probability is below the threshold."""
     results = []
     for i in range(len(proba)):
         row: dict[str, Any] = {
             "label": model.labels[int(np.argmax(proba[i]))],
             "probabilities": {c: float(p) for c, p in zip(model.classes, proba[i])},
         }
+        if abstain is not None:
+            row["abstained"] = bool(np.max(proba[i]) < abstain[0])
+            if row["abstained"]:
+                row["label"] = abstain[1]
         if mass is not None:
             row["class_mass"] = float(mass[i])
         if truncated is not None:
@@ -290,6 +311,8 @@ def _add_info_routes(
             "batching": settings.batching,
             "max_batch_texts": settings.max_batch_texts,
             "max_wait_ms": settings.max_wait_ms,
+            "abstain_below": settings.abstain_below,
+            "abstain_label": settings.abstain_label,
         }
         # Round-trip through JSON so numpy scalars or tuples in the description never break the response.
         return json.loads(json.dumps(info, default=str))

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-REQUEST_FIELDS = ("text", "texts", "class_mass", "priors")
+REQUEST_FIELDS = ("text", "texts", "class_mass", "priors", "abstain_below")
 
 
 class ClassifyRequest(BaseModel):
@@ -28,6 +28,13 @@ class ClassifyRequest(BaseModel):
         "Bayes' rule. Default: the balance the service was set to (GET /v1/model, 'priors').",
         examples=[None],
     )
+    abstain_below: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Answer the service's abstain label (and 'abstained': true) for a text whose top probability is "
+        "below this. Default: the service's setting (GET /v1/model, 'limits').",
+    )
 
     @model_validator(mode="after")
     def _one_of(self) -> ClassifyRequest:
@@ -43,6 +50,11 @@ class ClassifyResult(BaseModel):
     label: str | int | float | bool = Field(description="The most probable class (a number for number classes).")
     probabilities: dict[str, float] = Field(description="Every class's calibrated probability, in class order.")
     class_mass: float | None = Field(default=None, description="Only when the request asked for it.")
+    abstained: bool | None = Field(
+        default=None,
+        description="True where the top probability was below the abstain threshold (then 'label' is "
+        "the abstain label); only when a threshold applies.",
+    )
     truncated: bool | None = Field(
         default=None,
         description="True when the text was longer than the classifier reads and its end was cut off (inside the "

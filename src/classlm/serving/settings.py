@@ -49,6 +49,10 @@ class ServeSettings:
         An idle kept-alive connection is closed after this many seconds.
     max_connections:
         Open connections at most; past it uvicorn answers new requests 503 (its ``limit_concurrency``).
+    abstain_below, abstain_label:
+        A text whose top probability is below ``abstain_below`` is answered ``abstain_label`` (``"abstained":
+        true``; every class's probability still given); ``None``: never, unless a request asks. For number classes
+        the label must be a number (``"-1"``).
     """
 
     host: str = "127.0.0.1"
@@ -68,6 +72,8 @@ class ServeSettings:
     body_timeout_s: float = 30.0
     keep_alive_timeout_s: float = 5.0
     max_connections: int = 1000
+    abstain_below: float | None = None
+    abstain_label: str = "abstain"
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -95,6 +101,14 @@ class ServeSettings:
             # 0 would refuse every request; a deadline is a positive number of seconds.
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
                 raise ConfigError(f"{name} must be a number of seconds > 0, got {value!r}")
+        if self.abstain_below is not None and (
+            isinstance(self.abstain_below, bool)
+            or not isinstance(self.abstain_below, (int, float))
+            or not 0 < self.abstain_below <= 1
+        ):
+            raise ConfigError(f"abstain_below must be a probability in (0, 1] or None, got {self.abstain_below!r}")
+        if not isinstance(self.abstain_label, str) or not self.abstain_label:
+            raise ConfigError(f"abstain_label must be a non-empty string, got {self.abstain_label!r}")
         if self.max_queue_texts < self.max_texts:
             raise ConfigError(
                 f"max_queue_texts ({self.max_queue_texts}) must be at least max_texts ({self.max_texts}), or a "
