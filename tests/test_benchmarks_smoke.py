@@ -176,3 +176,15 @@ def test_recipe_benchmark_trains_through_the_cli_and_compares_on_the_same_rows(t
     cell = json.loads((tmp_path / "recipe.json").read_text())["toy"]["40"]
     assert cell["previous_default"]["same_training_as"] == "epochs_8" and cell["previous_default"]["epochs"] == 8.0
     assert (tmp_path / "runs" / "toy_40_previous_default" / "classlm.json").stat().st_mtime_ns == stamp
+
+
+def test_calibration_benchmark_resamples_to_the_asked_balance_and_renders():
+    calibration = pytest.importorskip("calibration")
+    y = np.repeat([0, 1, 2], [500, 300, 200])
+    idx = calibration.resample(y, np.array([0.1, 0.1, 0.8]), np.random.default_rng(0), n_max=1000)
+    assert len(set(idx)) == len(idx) == 250  # class 2's 200 rows cap it: 200 / 0.8
+    np.testing.assert_allclose(np.bincount(y[idx], minlength=3) / len(idx), [0.1, 0.1, 0.8])
+    row = {"accuracy": 0.5, "macro_f1": 0.4, "nll": 1.0, "ece": 0.1, "ratio_min": 0.5, "ratio_max": 2.0}
+    doc = {"zero_shot": {"command": "c", "machine": "m", "sst2": dict.fromkeys(calibration.CALIBRATORS, row)}}
+    md = calibration.to_markdown(doc)
+    assert "| batch+temperature | 0.400 (0.100) | 0.400 |" in md

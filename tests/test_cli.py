@@ -244,6 +244,27 @@ def test_train_then_evaluate_calibrate_and_export(monkeypatch, capsys, tiny_mode
     assert code == 2 and "differ" in err and "lr" in err
 
 
+def test_train_with_a_calibration_chain_then_calibrate_and_export_it(
+    monkeypatch, capsys, tiny_model_dir, dataset, tmp_path
+):
+    (dataset / "validation.jsonl").write_text((dataset / "test.jsonl").read_text())
+    run = tmp_path / "run"
+    common = ["--model", tiny_model_dir, "--out", run, "--max-steps", 2, "--train-batch", 2, "--no-baseline"]
+    code, _, err = run_cli(monkeypatch, capsys, "train", dataset, *common, "--calibration", "temperature+batch")
+    assert code != 0 and "--calibration must be" in err and "Traceback" not in err
+    code, out, err = run_cli(monkeypatch, capsys, "train", dataset, *common, "--calibration", "batch+temperature")
+    assert code == 0, err
+    doc = json.loads((run / "classlm.json").read_text())
+    assert doc["calibration"]["method"] == "batch+temperature" and doc["calibration"]["label_free"]["kind"] == "batch"
+    code, out, err = run_cli(monkeypatch, capsys, "calibrate", run, dataset, "--split", "test")
+    assert code == 0, err
+    assert "batch correction fitted on 4 texts (their labels unused)" in out and "temperature" in out
+    code, out, err = run_cli(monkeypatch, capsys, "export", run, "--merge", tmp_path / "merged")
+    assert code == 0, err
+    exported = json.loads((tmp_path / "merged" / "classlm_export.json").read_text())
+    assert len(exported["logit_offset"]) == 2 and "+ logit_offset" in exported["how"]
+
+
 # -- hardening: usage errors, first contact (issue 16) ---------------------------------------------------------------
 @pytest.mark.parametrize(
     "args, message",

@@ -37,7 +37,8 @@ def calibrate(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = None,
 ) -> None:
-    """Refit a saved classifier's temperature on held-out data and save it (metrics before/after are recorded)."""
+    """Refit a saved classifier's calibration (its temperature, or the steps its --calibration named) on held-out
+    data and save it (metrics before/after are recorded)."""
     dataset = load_rows(
         data,
         split=split,
@@ -52,7 +53,11 @@ def calibrate(
     clf.calibrate(list(dataset.texts), list(dataset.labels or []), source=f"classlm calibrate: {dataset.source}")
     clf.save(run)
     info = clf.calibration_info_
-    out.print(
-        f"temperature {clf.temperature_:.4f} on {info['n']} rows: NLL {info['before']['nll']:.4f} -> "
-        f"{info['after']['nll']:.4f}, ECE {info['before']['ece']:.4f} -> {info['after']['ece']:.4f}"
-    )
+    free = info.get("label_free")
+    if free is not None:
+        out.print(f"{free['kind']} correction fitted on {free['n']} texts (their labels unused)")
+    if "before" in info:  # a labelled step (temperature or bias) was fitted
+        out.print(
+            f"temperature {clf.temperature_:.4f} on {info['n']} rows: NLL {info['before']['nll']:.4f} -> "
+            f"{info['after']['nll']:.4f}, ECE {info['before']['ece']:.4f} -> {info['after']['ece']:.4f}"
+        )

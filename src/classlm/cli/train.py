@@ -117,6 +117,14 @@ def train(
     ] = None,
     baseline: BaselineOpt = True,
     class_weights: ClassWeightsOpt = None,
+    calibration_method: Annotated[  # not `calibration`: that name holds the calibration rows below
+        str,
+        typer.Option(
+            "--calibration",
+            help="temperature, bias (temperature + a per-class offset), none, or a label-free step first: "
+            "contextual+temperature, batch+temperature, … (the README's Calibration section).",
+        ),
+    ] = "temperature",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out.")] = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Delete the run already in --out (its run files only) and start anew.")
@@ -135,9 +143,11 @@ def train(
     # First, while locals() holds only the options; the generated ones under their flags' names, as always.
     given = {k: v for k, v in locals().items() if k not in ("training", "lora")}
     args = run_args({**given, **TRAIN_OPTIONS.as_params(training), **LORA_OPTIONS.as_params(lora)})
+    from classlm.calibrators import parse_calibration
     from classlm.classifier import LMClassifier
     from classlm.methods import get_method
 
+    parse_calibration(calibration_method)  # before the run folder is touched, like every other option
     method_options, trains_lora = _method_options(options, method, get_method(method), use_lora=use_lora)
     training = {**training, "class_weights": _class_weights(class_weights, method, trains_lora)}
     seed = training["seed"]
@@ -155,6 +165,7 @@ def train(
         labels=label_spec,
         instruction=instruction,
         scoring=scoring,
+        calibration=calibration_method,
         batch_size=batch_size,
         batch_tokens=token_budget_arg(batch_tokens),
         max_length=max_length,

@@ -1,0 +1,292 @@
+"""Calibration with few or no labels, prior shift and the out-of-scope signal (classlm.calibrators, classlm.priors,
+classlm.out_of_scope), on the shared datasets.
+
+Writes ``benchmarks/results/calibration.json`` and ``.md``; each section is re-runnable on its own (``--sections``,
+``--merge`` keeps the others)::
+
+    .venv/bin/python benchmarks/calibration.py --sections zero_shot,prior_shift
+    .venv/bin/python benchmarks/calibration.py --sections oos --merge
+
+- ``zero_shot``: the default model zero-shot with each dataset's prompt from ``benchmarks/prompts/``; its raw logits on
+  ``--n-test`` seeded test rows, 500 labelled calibration rows and up to 500 further texts used unlabelled (batch),
+  both from the validation split where there is one (else train), and the content-free inputs (contextual) are
+  scored once, and every calibrator is fitted on them
+  by the library's own classes. Keys ``zero_shot.<dataset>.<calibrator>.{accuracy,macro_f1,nll,ece,ratio_min,
+  ratio_max}``; ``bias_50`` uses 50 of the 500 labelled rows.
+- ``prior_shift``: a classifier trained on a balanced-as-given train sample (``--shift-classifier``: ``lora``, the
+  default LoRA recipe on 1,000 rows, or ``tfidf``), calibrated on its hold-out; its test rows resampled to other class
+  balances; EM and BBSE estimates. Keys ``prior_shift.<dataset>.<balance>.{nll_before,nll_after,ece_before,ece_after,
+  prior_error,bbse_prior_error}`` (errors: the largest absolute error over classes).
+- ``oos``: LoRA (the default recipe) on clinc150 rows of in-scope classes only, ``--n-oos-train`` of them; its
+  ``--n-test`` seeded test rows, ``oos`` ones included, scored by each out-of-scope score. Keys
+  ``oos.<score>.{auroc,accuracy_at_90}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from classlm import LMClassifier, allocator
+from classlm.calibration import BiasScaler
+from classlm.calibrators import CONTENT_FREE, make_calibrator
+from classlm.data import load_dataset
+from classlm.evaluation import evaluate
+from classlm.io import write_results
+from classlm.machine import machine_block, machine_line
+from classlm.metrics import classification_metrics, ece, nll, softmax
+from classlm.priors import bbse_priors, class_balance, em_priors, shift_priors
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent.parent / "shared" / "data"
+OUT = HERE / "results" / "calibration"
+PROMPTS = {f.stem: json.loads(f.read_text()) for f in sorted((HERE / "prompts").glob("*.json"))}
+ZERO_SHOT = ("ag_news", "sst2", "trec", "emotion", "sms_spam", "tweet_eval_emotion")
+CALIBRATORS = (
+    "raw",
+    "temperature",
+    "contextual",
+    "batch",
+    "bias_50",
+    "bias_500",
+    "contextual+temperature",
+    "batch+temperature",
+)
+SHIFTS = {
+    "sms_spam": {"spam_5": {"spam": 0.05}, "spam_30": {"spam": 0.3}, "spam_50": {"spam": 0.5}},
+    "ag_news": {
+        "world_55": {"World": 0.55, "Sports": 0.25, "Business": 0.15, "Sci/Tech": 0.05},
+        "scitech_70": {"World": 0.1, "Sports": 0.1, "Business": 0.1, "Sci/Tech": 0.7},
+        "two_classes": {"World": 0.5, "Sports": 0.5, "Business": 0.0, "Sci/Tech": 0.0},
+    },
+}
+
+
+def split_rows(name: str, n_test: int, n_calib: int, n_unlabelled: int, seed: int) -> dict[str, Any]:
+    """Seeded test rows; from the validation split where there is one, else train, disjoint: labelled calibration
+    rows and unlabelled texts. (sst2's train split is mostly short phrases, its validation and test whole sentences:
+    calibrators fitted on train rows there fit the wrong texts.)"""
+    split = "validation" if (DATA / name / "validation.jsonl").is_file() else "train"
+    pool = load_dataset(DATA / name, split=split)
+    test = load_dataset(DATA / name, split="test").sample(n_test, seed=seed)
+    order = np.random.default_rng(seed).permutation(len(pool))
+    calib = pool.subset(np.sort(order[:n_calib]))
+    unlabelled = pool.subset(np.sort(order[n_calib : n_calib + n_unlabelled]))
+    return {"test": test, "calib": calib, "unlabelled": unlabelled, "split": split}
+
+
+def indices(clf: Any, labels: Any) -> np.ndarray:
+    names = [str(c) for c in clf.classes_]
+    return np.array([names.index(str(v)) for v in labels], dtype=np.int64)
+
+
+def row(y: np.ndarray, proba: np.ndarray, names: list[str]) -> dict[str, Any]:
+    m = classification_metrics(y, proba, names)
+    out = {k: float(m[k]) for k in ("accuracy", "macro_f1", "nll", "ece")}
+    out.update(ratio_min=float(m["calibration_ratio_min"]), ratio_max=float(m["calibration_ratio_max"]))
+    return out
+
+
+def zero_shot(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    spec = PROMPTS[name]
+    clf = LMClassifier(labels=spec["labels"], instruction=spec["instruction"], calibration="none", progress=True)
+    clf.fit([])
+    rows = split_rows(name, args.n_test, 500, 500, args.seed)
+    parts = ("test", "calib", "unlabelled")
+    logits = {part: clf.predict_scores(list(rows[part].texts)).logits.astype(np.float64) for part in parts}
+    logits["content_free"] = clf.predict_scores(list(CONTENT_FREE)).logits.astype(np.float64)
+    y = {part: indices(clf, rows[part].labels) for part in ("test", "calib")}
+    fifty_idx = np.sort(np.random.default_rng(args.seed).permutation(len(y["calib"]))[:50])
+    names = [str(c) for c in clf.classes_]
+    out = {}
+    for cal in CALIBRATORS:
+        if cal == "raw":
+            z = logits["test"]
+        elif cal in ("bias_50", "bias_500"):
+            pick = fifty_idx if cal == "bias_50" else np.arange(len(y["calib"]))
+            z = BiasScaler().fit(logits["calib"][pick], y["calib"][pick]).transform(logits["test"])
+        else:
+            chain = make_calibrator(cal)
+            if cal.startswith("contextual"):
+                chain.fit_label_free(logits["content_free"])
+            elif cal.startswith("batch"):
+                chain.fit_label_free(logits["unlabelled"])
+            if cal.endswith("temperature"):
+                chain.fit(logits["calib"], y["calib"])
+            z = chain.transform(logits["test"])
+        out[cal] = row(y["test"], softmax(z), names)
+    out.update(n_test=len(y["test"]), calibration_split=rows["split"], n_unlabelled=len(rows["unlabelled"]))
+    return out
+
+
+def shift_classifier(name: str, kind: str, seed: int) -> tuple[Any, Any]:
+    """A classifier of ``kind`` fitted on 1,000 seeded train rows (its own calibration hold-out), and the test split."""
+    spec = PROMPTS[name]
+    train = load_dataset(DATA / name, split="train").sample(1000, seed=seed)
+    options: dict[str, Any] = {"labels": spec["labels"], "instruction": spec["instruction"], "progress": True}
+    if kind == "lora":
+        options.update(lora={"r": 16, "alpha": 32}, train={"seed": seed})
+    else:
+        options.update(method="tfidf", train={"seed": seed})
+    clf = LMClassifier(**options).fit(list(train.texts), list(train.labels))
+    return clf, load_dataset(DATA / name, split="test")
+
+
+def resample(y: np.ndarray, shares: np.ndarray, rng: np.random.Generator, n_max: int) -> np.ndarray:
+    """Row indices holding the classes in ``shares``: as many rows as the scarcest class allows, at most n_max."""
+    have = np.bincount(y, minlength=len(shares))
+    n = int(min(n_max, *(have[c] / s for c, s in enumerate(shares) if s > 0)))
+    return np.concatenate(
+        [rng.choice(np.flatnonzero(y == c), int(round(s * n)), replace=False) for c, s in enumerate(shares) if s > 0]
+    )
+
+
+def prior_shift(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    clf, test = shift_classifier(name, args.shift_classifier, args.seed)
+    names = [str(c) for c in clf.classes_]
+    y_all = indices(clf, test.labels)
+    logits = clf.predict_scores(list(test.texts)).logits
+    proba_all = clf.probabilities(logits, "training")
+    confusion = clf.calibration_info_["priors"]["confusion"]
+    rng = np.random.default_rng(args.seed)
+    out: dict[str, Any] = {"classifier": args.shift_classifier, "training_priors": clf.priors()["training"]}
+    for balance, given in SHIFTS[name].items():
+        rest = [c for c in names if c not in given]
+        left = 1.0 - sum(given.values())
+        shares = np.array([given.get(c, left / max(len(rest), 1)) for c in names])
+        idx = resample(y_all, shares, rng, args.n_test)
+        y, p = y_all[idx], proba_all[idx]
+        true = class_balance(y, len(names))
+        em = em_priors(p, clf.training_priors_)
+        bbse = bbse_priors(confusion, p)
+        out[balance] = {
+            "n": len(idx),
+            "true_priors": dict(zip(names, true.tolist(), strict=True)),
+            "em_priors": dict(zip(names, em.priors.tolist(), strict=True)),
+            "nll_before": nll(y, p),
+            "nll_after": nll(y, em.proba),
+            "nll_known_priors": nll(y, shift_priors(p, clf.training_priors_, true)),
+            "ece_before": ece(y, p),
+            "ece_after": ece(y, em.proba),
+            "prior_error": float(np.max(np.abs(em.priors - true))),
+            "bbse_prior_error": float(np.max(np.abs(bbse - true))),
+        }
+    return out
+
+
+def oos(args: argparse.Namespace) -> dict[str, Any]:
+    train = load_dataset(DATA / "clinc150", split="train")
+    keep = [i for i, v in enumerate(train.labels or ()) if v != "oos"]
+    inside = train.subset(keep).sample(args.n_oos_train, seed=args.seed)
+    names = sorted({str(v) for v in inside.labels or ()})
+    clf = LMClassifier(labels=names, lora={"r": 16, "alpha": 32}, train={"seed": args.seed}, progress=True)
+    t0 = time.perf_counter()
+    clf.fit(list(inside.texts), list(inside.labels))
+    fit_seconds = time.perf_counter() - t0
+    test = load_dataset(DATA / "clinc150", split="test").sample(args.n_test, seed=args.seed)
+    report = evaluate(clf, list(test.texts), list(test.labels), oos_label="oos")
+    found = report.metrics["out_of_scope"]
+    out: dict[str, Any] = {
+        score: {"auroc": s["auroc"], "accuracy_at_90": s["accuracy_at_90"], "coverage_curve": s["coverage_curve"]}
+        for score, s in found["scores"].items()
+    }
+    out.update(
+        n_train=len(inside),
+        n_test=found["n"],
+        n_out_of_scope=found["n_out_of_scope"],
+        in_scope={k: report.metrics[k] for k in ("accuracy", "macro_f1", "nll", "ece")},
+        fit_seconds=round(fit_seconds, 1),
+        training={k: clf.training_.get(k) for k in ("epochs", "steps", "best_step", "examples_per_second")},
+    )
+    return out
+
+
+def to_markdown(doc: dict[str, Any]) -> str:
+    lines = ["# Calibration with few or no labels, prior shift, out of scope", ""]
+    if "zero_shot" in doc:
+        sec = doc["zero_shot"]
+        lines += ["## Zero-shot: macro-F1 (ECE) per calibrator", "", f"`{sec['command']}`; {sec['machine']}", ""]
+        names = [d for d in sec if d not in ("command", "machine")]
+        lines += ["| calibrator | " + " | ".join(names) + " | mean macro-F1 |", "|---" * (len(names) + 2) + "|"]
+        for cal in CALIBRATORS:
+            cells = [f"{sec[d][cal]['macro_f1']:.3f} ({sec[d][cal]['ece']:.3f})" for d in names]
+            mean = np.mean([sec[d][cal]["macro_f1"] for d in names])
+            lines.append(f"| {cal} | " + " | ".join(cells) + f" | {mean:.3f} |")
+        lines.append("")
+    if "prior_shift" in doc:
+        sec = doc["prior_shift"]
+        lines += ["## Prior shift: EM on the resampled test rows", "", f"`{sec['command']}`; {sec['machine']}", ""]
+        lines += ["| dataset | balance | rows | NLL before | after EM | with the true priors | ECE before | after |"
+                  " EM max error | BBSE max error |", "|---" * 10 + "|"]  # fmt: skip
+        for d in (k for k in sec if k not in ("command", "machine")):
+            for b, r in ((b, r) for b, r in sec[d].items() if isinstance(r, dict) and "nll_before" in r):
+                lines.append(
+                    f"| {d} | {b} | {r['n']} | {r['nll_before']:.3f} | {r['nll_after']:.3f} | "
+                    f"{r['nll_known_priors']:.3f} | {r['ece_before']:.3f} | {r['ece_after']:.3f} | "
+                    f"{r['prior_error']:.3f} | {r['bbse_prior_error']:.3f} |"
+                )
+        lines.append("")
+    if "oos" in doc:
+        sec = doc["oos"]
+        lines += ["## Out of scope: clinc150, LoRA on in-scope rows only", "", f"`{sec['command']}`; {sec['machine']}"]
+        lines += ["", f"{sec['n_test']} test rows, {sec['n_out_of_scope']} of them `oos`; in-scope: {sec['in_scope']}"]
+        lines += ["", "| score | AUROC | accuracy at 90% answered |", "|---|---|---|"]
+        for score in ("class_mass", "energy", "max_proba"):
+            if score in sec:
+                lines.append(f"| {score} | {sec[score]['auroc']:.3f} | {sec[score]['accuracy_at_90']:.3f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sections", default="zero_shot,prior_shift,oos")
+    parser.add_argument("--datasets", default=",".join(ZERO_SHOT), help="zero_shot's datasets")
+    parser.add_argument("--n-test", type=int, default=1000)
+    parser.add_argument("--n-oos-train", type=int, default=1000)
+    parser.add_argument("--shift-classifier", choices=("lora", "tfidf"), default="lora")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--merge", action="store_true", help="keep the other sections of the results file")
+    args = parser.parse_args()
+    sections = [s for s in args.sections.split(",") if s]
+    needed = {"zero_shot": args.datasets.split(","), "prior_shift": list(SHIFTS), "oos": ["clinc150"]}
+    missing = [d for s in sections for d in needed.get(s, []) if not (DATA / d / "train.jsonl").is_file()]
+    if missing:
+        sys.exit(f"calibration.py needs ../shared/data/{missing[0]} (not found at {DATA / missing[0]}); skipped")
+    torch.set_num_threads(torch.get_num_threads())
+    command = "python benchmarks/calibration.py " + shlex.join(sys.argv[1:])
+    path = OUT.with_suffix(".json")
+    doc: dict[str, Any] = json.loads(path.read_text()) if args.merge and path.is_file() else {}
+    here = machine_line(machine_block(training="oos" in sections or args.shift_classifier == "lora"))
+    for section in sections:
+        print(f"[{section}]", file=sys.stderr, flush=True)
+        sec: dict[str, Any] = {"command": command, "machine": here}
+        if section == "zero_shot":
+            for name in args.datasets.split(","):
+                sec[name] = zero_shot(name, args)
+                doc[section] = sec
+                write_results(OUT, doc, to_markdown(doc))
+        elif section == "prior_shift":
+            for name in SHIFTS:
+                sec[name] = prior_shift(name, args)
+                doc[section] = sec
+                write_results(OUT, doc, to_markdown(doc))
+        elif section == "oos":
+            doc[section] = {**sec, **oos(args)}
+            write_results(OUT, doc, to_markdown(doc))
+        else:
+            parser.error(f"--sections: some of zero_shot, prior_shift, oos; got {section!r}")
+    print(to_markdown(doc))
+
+
+if __name__ == "__main__":
+    allocator.reexec()  # onto tcmalloc where installed, as the classlm command runs
+    main()
