@@ -9,7 +9,8 @@ Writes ``benchmarks/results/calibration.json`` and ``.md``; each section is re-r
 
 - ``zero_shot``: the default model zero-shot with each dataset's prompt from ``benchmarks/prompts/``; its raw logits on
   ``--n-test`` seeded test rows, 500 labelled calibration rows and up to 500 further texts used unlabelled (batch),
-  both from the validation split where there is one (else train), and the content-free inputs (contextual) are
+  both from the validation split where there is one (else train; a split too small for both lends the batch step
+  all its texts, unlabelled), and the content-free inputs (contextual) are
   scored once, and every calibrator is fitted on them
   by the library's own classes. Keys ``zero_shot.<dataset>.<calibrator>.{accuracy,macro_f1,nll,ece,ratio_min,
   ratio_max}``; ``bias_50`` uses 50 of the 500 labelled rows.
@@ -79,7 +80,10 @@ def split_rows(name: str, n_test: int, n_calib: int, n_unlabelled: int, seed: in
     test = load_dataset(DATA / name, split="test").sample(n_test, seed=seed)
     order = np.random.default_rng(seed).permutation(len(pool))
     calib = pool.subset(np.sort(order[:n_calib]))
-    unlabelled = pool.subset(np.sort(order[n_calib : n_calib + n_unlabelled]))
+    rest = order[n_calib : n_calib + n_unlabelled]
+    if len(rest) < 200:  # a small split (tweet_eval_emotion's 374 rows): the batch step reads them all, unlabelled
+        rest = order[:n_unlabelled]
+    unlabelled = pool.subset(np.sort(rest))
     return {"test": test, "calib": calib, "unlabelled": unlabelled, "split": split}
 
 
@@ -123,7 +127,12 @@ def zero_shot(name: str, args: argparse.Namespace) -> dict[str, Any]:
                 chain.fit(logits["calib"], y["calib"])
             z = chain.transform(logits["test"])
         out[cal] = row(y["test"], softmax(z), names)
-    out.update(n_test=len(y["test"]), calibration_split=rows["split"], n_unlabelled=len(rows["unlabelled"]))
+    out.update(
+        n_test=len(y["test"]),
+        calibration_split=rows["split"],
+        n_unlabelled=len(rows["unlabelled"]),
+        command="python benchmarks/calibration.py " + shlex.join(sys.argv[1:]),
+    )
     return out
 
 
@@ -269,6 +278,8 @@ def main() -> None:
     for section in sections:
         print(f"[{section}]", file=sys.stderr, flush=True)
         sec: dict[str, Any] = {"command": command, "machine": here}
+        if args.merge and section != "oos":  # per-dataset sections: a run of some datasets keeps the others
+            sec = {**doc.get(section, {}), **sec}
         if section == "zero_shot":
             for name in args.datasets.split(","):
                 sec[name] = zero_shot(name, args)

@@ -68,7 +68,7 @@ def test_contextual_then_temperature_fits_each_on_its_own_inputs(tiny_model_dir)
     clf = LMClassifier(model=str(tiny_model_dir), labels=LABELS, calibration="contextual+temperature").fit(TEXTS, Y)
     cf = raw.predict_scores(list(CONTENT_FREE)).logits.astype(np.float64)
     corrected = raw.predict_scores(TEXTS).logits.astype(np.float64) - np.log(softmax(cf).mean(axis=0))
-    t = TemperatureScaler().fit(corrected, clf._indices(Y)).temperature
+    t = TemperatureScaler().fit(corrected, clf.class_indices(Y)).temperature
     assert clf.temperature_ == pytest.approx(t, rel=1e-6) and t != 1.0
     np.testing.assert_allclose(clf.predict_proba(TEXTS), softmax(corrected / t), atol=1e-6)
     info = clf.calibration_info_

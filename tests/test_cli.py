@@ -251,7 +251,8 @@ def test_train_with_a_calibration_chain_then_calibrate_and_export_it(
     run = tmp_path / "run"
     common = ["--model", tiny_model_dir, "--out", run, "--max-steps", 2, "--train-batch", 2, "--no-baseline"]
     code, _, err = run_cli(monkeypatch, capsys, "train", dataset, *common, "--calibration", "temperature+batch")
-    assert code != 0 and "--calibration must be" in err and "Traceback" not in err
+    assert code == 2 and "Invalid value for '--calibration': expected 'temperature', 'none'" in err
+    assert "got 'temperature+batch'" in err and "Traceback" not in err and not run.exists()
     code, out, err = run_cli(monkeypatch, capsys, "train", dataset, *common, "--calibration", "batch+temperature")
     assert code == 0, err
     doc = json.loads((run / "classlm.json").read_text())

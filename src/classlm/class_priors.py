@@ -65,6 +65,18 @@ class ClassPriors:
                 priors[key] = value.tolist()
         self.calibration_info_ = {**info, "priors": priors}
 
+    def record_calibration_rows(self, y: np.ndarray, predicted: np.ndarray, source: str) -> None:
+        """What prior shift needs of the labelled rows the probabilities were calibrated on (class indices ``y``,
+        calibrated answers ``predicted``): their confusion counts (BBSE) and, unless training rows set it already,
+        their class balance as the one the probabilities hold for."""
+        from classlm.metrics import confusion_matrix
+        from classlm.priors import class_balance
+
+        k = len(self.classes_)
+        self.record_priors(confusion=confusion_matrix(y, predicted, k))
+        if self._priors_info().get("training_source") != "training rows":
+            self.record_priors(training=class_balance(y, k), training_source=source)
+
     def set_priors(self, priors: Any) -> None:
         """Use ``priors`` (``{class: weight}`` or ``k`` weights in class order) for every prediction from now on;
         ``None`` goes back to the training balance."""

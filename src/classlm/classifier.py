@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from classlm.config import (
 )
 from classlm.data import as_texts, calibration_split, validate_labels
 from classlm.errors import ConfigError, DataError
-from classlm.estimator import CalibratedClassifier, NotFittedError, check_targets, resolve_classes
+from classlm.estimator import CalibratedClassifier, NotFittedError, resolve_classes
 from classlm.labels import LabelSet
 from classlm.methods import Method, available_methods, get_method
 from classlm.priors import class_balance
@@ -244,7 +244,7 @@ class LMClassifier(CalibratedClassifier):
             # from X alone, the temperature (or bias) from (X, y), a contextual step from its content-free inputs.
             self.fit_calibration(
                 texts,
-                None if y_list is None else self._indices(y_list),
+                None if y_list is None else self.class_indices(y_list),
                 "fit(X, y): zero-shot, no weights trained, so all of it is held out for calibration"
                 if y_list is not None
                 else "fit(X): zero-shot, the texts unlabelled",
@@ -254,13 +254,13 @@ class LMClassifier(CalibratedClassifier):
         train_texts, train_y, calib, source = self._hold_out(texts, y_list, calib_set)
         # What the classifier learns is fitted to the training rows' class balance: a prior shift starts from it.
         self.record_priors(
-            training=class_balance(self._indices(train_y), len(self.classes_)), training_source="training rows"
+            training=class_balance(self.class_indices(train_y), len(self.classes_)), training_source="training rows"
         )
         if backbone_training:
             self._train_backbone(train_texts, train_y, eval_set, calib, run_dir, resume, callback)
         else:
             t0 = time.perf_counter()
-            summary = self.method_.fit_data(train_texts, self._indices(train_y), progress=bool(self.progress))
+            summary = self.method_.fit_data(train_texts, self.class_indices(train_y), progress=bool(self.progress))
             seconds = time.perf_counter() - t0
             self.training_ = {
                 "n_train": len(train_texts),
@@ -303,7 +303,7 @@ class LMClassifier(CalibratedClassifier):
         stratified slice of (X, y) held out from training (DESIGN §5 rule 5)."""
         train_cfg = self.train_config()
         if calib_set is not None:
-            return texts, y, self._labelled(calib_set, "calib_set"), "calib_set"
+            return texts, y, self.labelled_rows(calib_set, "calib_set"), "calib_set"
         if not parse_calibration(self.calibration):  # "none": nothing to hold out for
             return texts, y, None, ""
         keep, held, source = calibration_split(y, train_cfg.calib_fraction, seed=train_cfg.seed)
@@ -321,12 +321,12 @@ class LMClassifier(CalibratedClassifier):
     ) -> None:
         from classlm.training import train_method
 
-        evaluation = self._labelled(eval_set, "eval_set") if eval_set is not None else calib
+        evaluation = self.labelled_rows(eval_set, "eval_set") if eval_set is not None else calib
         summary = train_method(
             self.method_,
             self.train_config(),
-            (train_texts, self._indices(train_y)),
-            None if evaluation is None else (evaluation[0], self._indices(evaluation[1])),
+            (train_texts, self.class_indices(train_y)),
+            None if evaluation is None else (evaluation[0], self.class_indices(evaluation[1])),
             resume=resume,
             run_dir=run_dir,
             progress=self.progress,
@@ -337,56 +337,12 @@ class LMClassifier(CalibratedClassifier):
         eval_name = "eval_set" if eval_set is not None else ("calibration split" if calib else None)
         self.training_ = {**summary, "eval_set": eval_name}
 
-    def _labelled(self, pair: Any, name: str) -> tuple[list[str], list[str]]:
-        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
-            raise ConfigError(f"{name} must be a (texts, labels) pair, got {type(pair).__name__}")
-        texts, labels = as_texts(pair[0]), [str(v) for v in check_targets(pair[1], name)]
-        if len(texts) != len(labels) or not texts:
-            raise DataError(f"{name}: {len(texts)} texts and {len(labels)} labels; expected the same, non-zero count")
-        validate_labels(labels, self.label_set_.names)
-        return texts, labels
-
-    def calibrate(self, X: Any, y: Any, *, source: str = "calibrate(X, y)") -> LMClassifier:
-        """Refit the calibration on held-out ``(X, y)`` (never data the weights were trained on): the temperature
-        (or bias), and a batch step on the texts of ``X``; the metrics before and after are kept in
-        ``calibration_info_`` and saved with the classifier. Returns ``self``."""
-        self.check_fitted()
-        if not parse_calibration(self.calibration):
-            raise ConfigError(
-                "calibration='none' fits nothing; set calibration='temperature' (or 'bias', 'batch+temperature', …) "
-                "to fit one"
-            )
-        texts, labels = self._labelled((X, y), "calibration data")
-        self.fit_calibration(texts, self._indices(labels), source)
-        return self
-
-    def calibrate_unlabelled(self, X: Any = None) -> LMClassifier:
-        """Refit the label-free step of ``calibration`` without labels: ``batch`` on the texts ``X`` (texts of the
-        task, about balanced across classes; a few hundred are plenty), ``contextual`` on its content-free inputs
-        (``X`` not needed). A temperature or bias fitted before stays as it is. Returns ``self``."""
-        self.check_fitted()
-        steps = parse_calibration(self.calibration)
-        if not steps or steps[0] not in ("contextual", "batch"):
-            raise ConfigError(
-                f"calibrate_unlabelled fits a contextual or batch step, and calibration={self.calibration!r} has "
-                "none; use e.g. LMClassifier(calibration='batch+temperature')"
-            )
-        texts = as_texts(X) if X is not None else []
-        if steps[0] == "batch" and not texts:
-            raise DataError("batch calibration learns from unlabelled texts of the task: calibrate_unlabelled(texts)")
-        self.fit_calibration(texts, None, "calibrate_unlabelled(X)")
-        return self
-
     def check_fitted(self) -> None:
         if not hasattr(self, "method_"):
             raise NotFittedError(
                 "this LMClassifier is not fitted yet; call fit(X) (zero-shot needs only labels=...) or "
                 "LMClassifier.load(path)"
             )
-
-    def _indices(self, y: Sequence[str]) -> np.ndarray:
-        index = {name: i for i, name in enumerate(self.label_set_.names)}
-        return np.array([index[v] for v in y], dtype=np.int64)
 
     @property
     def class_mass_available(self) -> bool:  # type: ignore[override]  # a property over the core's plain flag

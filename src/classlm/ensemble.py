@@ -30,8 +30,8 @@ from classlm.data import as_texts, validate_labels
 from classlm.errors import ArtifactError, ConfigError, DataError
 from classlm.estimator import CalibratedClassifier, NotFittedError, as_classes, check_label_kind, check_targets
 from classlm.io import write_text_atomic
-from classlm.metrics import confusion_matrix, log_softmax, softmax
-from classlm.priors import check_saved_priors, class_balance
+from classlm.metrics import log_softmax, softmax
+from classlm.priors import check_saved_priors
 from classlm.scores import Scores
 
 __all__ = ["ENSEMBLE_MANIFEST", "ENSEMBLE_SCHEMA_VERSION", "Ensemble"]
@@ -254,15 +254,9 @@ class Ensemble(CalibratedClassifier):
             "weights": "given" if opt is None else "fitted",
             "optimizer": opt,
         }
-        # The combined probabilities are calibrated on these rows: theirs is the class balance a prior shift starts
-        # from (adapt_priors, predict_proba(priors=...)).
+        # Calibrated on these rows: a prior shift (adapt_priors, predict_proba(priors=...)) starts from their balance.
         self.calibration_info_: dict[str, Any] = {}
-        calibrated = np.argmax(calibrator.transform(z), axis=1)
-        self.record_priors(
-            training=class_balance(y_idx, len(names)),
-            training_source="held-out rows",
-            confusion=confusion_matrix(y_idx, calibrated, len(names)),
-        )
+        self.record_calibration_rows(y_idx, np.argmax(calibrator.transform(z), axis=1), "held-out rows")
         return self
 
     def predict_scores(self, X: Any, *, class_mass: bool = False) -> Scores:
@@ -427,12 +421,5 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
         "calibrator": TemperatureScaler.from_dict(doc.get("calibrator", {})),  # ArtifactError on a bad dict
         "params": {"weights": params.get("weights"), "calibration": params["calibration"]},
         "fit_info": fit_info,
-        "priors": _checked_priors(file, doc.get("priors"), len(classes)),
+        "priors": check_saved_priors(doc.get("priors"), len(classes), where=f"{file}: "),
     }
-
-
-def _checked_priors(file: Path, saved: Any, k: int) -> dict[str, Any]:
-    try:
-        return check_saved_priors(saved, k)
-    except ArtifactError as exc:
-        raise _bad(file, str(exc)) from None

@@ -10,7 +10,7 @@ the manifest stores, and how labels read from text files (always strings) find t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,7 @@ from sklearn.utils.multiclass import type_of_target
 
 from classlm import errors
 from classlm.class_priors import ClassPriors
-from classlm.data import is_missing
+from classlm.data import as_texts, is_missing, validate_labels
 from classlm.errors import DataError
 from classlm.labels import LabelSet
 from classlm.metrics import softmax
@@ -134,6 +134,57 @@ class CalibratedClassifier(ClassPriors, ClassifierMixin, BaseEstimator):
         self.check_fitted()
         return float(self.calibrator_.temperature)
 
+    # -- calibration --------------------------------------------------------------------------------------------
+    def labelled_rows(self, pair: Any, name: str) -> tuple[list[str], list[str]]:
+        """``(texts, labels)`` checked: the same non-zero count, every label one of ``classes_`` (by name)."""
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise errors.ConfigError(f"{name} must be a (texts, labels) pair, got {type(pair).__name__}")
+        texts, labels = as_texts(pair[0]), [str(v) for v in check_targets(pair[1], name)]
+        if len(texts) != len(labels) or not texts:
+            raise DataError(f"{name}: {len(texts)} texts and {len(labels)} labels; expected the same, non-zero count")
+        validate_labels(labels, [str(c) for c in self.classes_])
+        return texts, labels
+
+    def class_indices(self, labels: Sequence[str]) -> np.ndarray:
+        """Column indices of class names (checked ones: see :meth:`labelled_rows`)."""
+        index = {str(c): i for i, c in enumerate(self.classes_)}
+        return np.array([index[v] for v in labels], dtype=np.int64)
+
+    def calibrate(self, X: Any, y: Any, *, source: str = "calibrate(X, y)") -> Any:
+        """Refit the calibration on held-out ``(X, y)`` (never data the weights were trained on): the temperature
+        (or bias), and a batch step on the texts of ``X``; the metrics before and after are kept in
+        ``calibration_info_`` and saved with the classifier. Returns ``self``."""
+        from classlm.calibrators import parse_calibration
+
+        self.check_fitted()
+        if not parse_calibration(self.calibration):
+            raise errors.ConfigError(
+                "calibration='none' fits nothing; set calibration='temperature' (or 'bias', 'batch+temperature', …) "
+                "to fit one"
+            )
+        texts, labels = self.labelled_rows((X, y), "calibration data")
+        self.fit_calibration(texts, self.class_indices(labels), source)
+        return self
+
+    def calibrate_unlabelled(self, X: Any = None) -> Any:
+        """Refit the label-free step of ``calibration`` without labels: ``batch`` on the texts ``X`` (texts of the
+        task, about balanced across classes; a few hundred are plenty), ``contextual`` on its content-free inputs
+        (``X`` not needed). A temperature or bias fitted before stays as it is. Returns ``self``."""
+        from classlm.calibrators import parse_calibration
+
+        self.check_fitted()
+        steps = parse_calibration(self.calibration)
+        if not steps or steps[0] not in ("contextual", "batch"):
+            raise errors.ConfigError(
+                f"calibrate_unlabelled fits a contextual or batch step, and calibration={self.calibration!r} has "
+                "none; use e.g. LMClassifier(calibration='batch+temperature')"
+            )
+        texts = as_texts(X) if X is not None else []
+        if steps[0] == "batch" and not texts:
+            raise DataError("batch calibration learns from unlabelled texts of the task: calibrate_unlabelled(texts)")
+        self.fit_calibration(texts, None, "calibrate_unlabelled(X)")
+        return self
+
     def fit_calibration(self, texts: list[str], y: np.ndarray | None, source: str) -> None:
         """Fit what ``calibrator_`` can learn from held-out ``texts`` and, where given, their class indices ``y``:
         a contextual step from the content-free inputs, a batch step from ``texts`` (their labels unused), then the
@@ -143,12 +194,13 @@ class CalibratedClassifier(ClassPriors, ClassifierMixin, BaseEstimator):
         steps = parse_calibration(self.calibration)
         free = getattr(self.calibrator_, "label_free", None)
         labelled = y is not None and bool(steps) and steps[-1] in LABELLED_STEPS
-        logits = self.predict_scores(texts).logits if texts and (labelled or free is not None) else None
+        batch = free is not None and free.kind == "batch"
+        logits = self.predict_scores(texts).logits if texts and (labelled or batch) else None
         info_free = None
         if free is not None and free.kind == "contextual":
             self.calibrator_.fit_label_free(self.predict_scores(list(CONTENT_FREE)).logits)
             info_free = {"kind": "contextual", "n": len(CONTENT_FREE), "inputs": list(CONTENT_FREE)}
-        elif free is not None and logits is not None:
+        elif batch and logits is not None:
             self.calibrator_.fit_label_free(logits)
             info_free = {"kind": "batch", "n": len(texts), "source": source}
         if labelled and logits is not None:
@@ -161,8 +213,7 @@ class CalibratedClassifier(ClassPriors, ClassifierMixin, BaseEstimator):
     def fit_temperature(self, logits: np.ndarray, y: np.ndarray, source: str) -> None:
         """Fit ``calibrator_`` on held-out raw logits and column indices ``y``; ``calibration_info_`` keeps where
         they came from and the metrics before and after (saved with the classifier)."""
-        from classlm.metrics import classification_metrics, confusion_matrix
-        from classlm.priors import class_balance
+        from classlm.metrics import classification_metrics
 
         self.calibrator_.fit(logits, y)
         keys = ("accuracy", "macro_f1", "nll", "ece", "calibration_ratio_min", "calibration_ratio_max")
@@ -178,12 +229,7 @@ class CalibratedClassifier(ClassPriors, ClassifierMixin, BaseEstimator):
             "before": {k: before[k] for k in keys},
             "after": {k: after[k] for k in keys},
         }
-        # For prior shift: the calibrated answers' confusion counts (BBSE) and, where no training rows set it, the
-        # calibration rows' class balance as the one the probabilities now hold for.
-        calibrated = np.argmax(self.calibrator_.transform(logits), axis=1)
-        self.record_priors(confusion=confusion_matrix(y, calibrated, len(names)))
-        if self._priors_info().get("training_source") != "training rows":
-            self.record_priors(training=class_balance(y, len(names)), training_source="calibration rows")
+        self.record_calibration_rows(y, np.argmax(self.calibrator_.transform(logits), axis=1), "calibration rows")
 
     def model_info(self) -> dict[str, Any]:
         """What the fitted classifier is, as JSON (the server's ``GET /v1/model``); subclasses add their parts."""

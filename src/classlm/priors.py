@@ -244,24 +244,25 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def check_saved_priors(saved: Any, k: int) -> dict[str, Any]:
+def check_saved_priors(saved: Any, k: int, where: str = "") -> dict[str, Any]:
     """A saved classifier's prior facts (``training`` and ``deployment`` balances, ``confusion`` counts, their
-    sources) checked against its ``k`` classes; ``{}`` for none. Raises ArtifactError, saying which field is bad."""
+    sources) checked against its ``k`` classes; ``{}`` for none. Raises ArtifactError, saying which field is bad
+    (after ``where``, the file)."""
     if saved is None:
         return {}
     if not isinstance(saved, Mapping):
-        raise ArtifactError(f"priors: expected an object, got {type(saved).__name__}")
+        raise ArtifactError(f"{where}priors: expected an object, got {type(saved).__name__}")
     for key in ("training", "deployment"):
         v = saved.get(key)
         if v is not None and (
             not isinstance(v, list) or len(v) != k or not all(_finite(x) and x >= 0 for x in v) or sum(v) <= 0
         ):
-            raise ArtifactError(f"priors: expected {key!r} to be {k} non-negative numbers or null, got {v!r}")
+            raise ArtifactError(f"{where}priors: expected {key!r} to be {k} non-negative numbers or null, got {v!r}")
     confusion = saved.get("confusion")
     if confusion is not None and (
         not isinstance(confusion, list)
         or len(confusion) != k
         or not all(isinstance(r, list) and len(r) == k and all(_finite(x) and x >= 0 for x in r) for r in confusion)
     ):
-        raise ArtifactError(f"priors: expected 'confusion' to be {k} rows of {k} counts or null")
+        raise ArtifactError(f"{where}priors: expected 'confusion' to be {k} rows of {k} counts or null")
     return dict(saved)

@@ -165,6 +165,7 @@ class RemoteClassifier(CalibratedClassifier):
         self.rendered_ = rendered
         self.answers_ = answers
         self.calibrator_ = make_calibrator(self.calibration)
+        self.calibration_info_: dict[str, Any] = {"fitted": False}
         self.close()
         self.client_ = OpenAIClient(
             self.base_url,

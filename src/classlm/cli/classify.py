@@ -21,6 +21,7 @@ from classlm.cli.options import (
     MaxLenOpt,
     MethodOpt,
     ModelOpt,
+    PriorsOpt,
     RunOpt,
     ScoringOpt,
 )
@@ -43,14 +44,7 @@ def classify(
     fmt: Annotated[str, typer.Option("--format", help="table or jsonl.")] = "table",
     text_col: Annotated[str, typer.Option("--text-col", help="Text column of a data file.")] = "text",
     class_mass: Annotated[bool, typer.Option("--class-mass", help="Also report the class-token mass.")] = False,
-    priors: Annotated[
-        str | None,
-        typer.Option(
-            "--priors",
-            help="The class balance these texts come from, when not the training rows': a JSON object "
-            '\'{"spam": 0.1, "ham": 0.9}\', a .json file, or em / bbse to estimate it from the texts themselves.',
-        ),
-    ] = None,
+    priors: PriorsOpt = None,
     batch_size: BatchOpt = 64,
     batch_tokens: BatchTokensOpt = None,
     max_length: MaxLenOpt = 512,

@@ -95,7 +95,6 @@ _CLI_TERMS: tuple[tuple[str, Any], ...] = (
     ),
     (r"\bload with drop_invalid=True\b", "pass --drop-invalid"),
     (r"^priors: ", "--priors: "),
-    (r"^calibration must be", "--calibration must be"),
     (r", or pass label_col=None, require_labels=False for unlabelled data", ""),
     (r" and pass the Dataset\b", ", save it with Dataset.to_json('data.jsonl') and pass that file"),
 )

@@ -22,6 +22,7 @@ from classlm.cli.options import (
     MaxLenOpt,
     MethodOpt,
     ModelOpt,
+    OosLabelOpt,
     RunOpt,
     ScoringOpt,
     SeedOpt,
@@ -57,14 +58,7 @@ def evaluate(
     ] = None,
     seed: SeedOpt = 0,
     drop_invalid: DropInvalidOpt = False,
-    oos_label: Annotated[
-        str | None,
-        typer.Option(
-            "--oos-label",
-            help="The label of out-of-scope rows (e.g. oos): also report how well each out-of-scope score finds them "
-            "and the accuracy when abstaining on them.",
-        ),
-    ] = None,
+    oos_label: OosLabelOpt = None,
     output: Annotated[Path | None, typer.Option("--out", "-o", help="Write the report as JSON here.")] = None,
     markdown: Annotated[Path | None, typer.Option("--markdown", help="Write the report as markdown here.")] = None,
     html: Annotated[

@@ -78,3 +78,54 @@ DropInvalidOpt = Annotated[
 ]
 TextColOpt = Annotated[str, typer.Option("--text-col", help="Name of the text column.")]
 LabelColOpt = Annotated[str, typer.Option("--label-col", help="Name of the label column.")]
+
+
+def _calibration(value: str) -> str:
+    """--calibration checked as the option is read: a usage error before any data or model loads."""
+    from classlm.calibrators import parse_calibration
+    from classlm.errors import ConfigError
+
+    try:
+        parse_calibration(value)
+    except ConfigError as exc:
+        raise typer.BadParameter("expected " + str(exc).removeprefix("calibration must be ")) from None
+    return value
+
+
+CalibrationOpt = Annotated[
+    str,
+    typer.Option(
+        "--calibration",
+        callback=_calibration,
+        help="temperature, bias (temperature + a per-class offset), none, or a label-free step first: "
+        "contextual+temperature, batch+temperature, … (the README's Calibration section).",
+    ),
+]
+PriorsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--priors",
+        help="The class balance these texts come from, when not the training rows': a JSON object "
+        '\'{"spam": 0.1, "ham": 0.9}\', a .json file, or em / bbse to estimate it from the texts themselves.',
+    ),
+]
+OosLabelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--oos-label",
+        help="The label of out-of-scope rows (e.g. oos): also report how well each out-of-scope score finds them "
+        "and the accuracy when abstaining on them.",
+    ),
+]
+AbstainBelowOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--abstain-below",
+        min=0.0,
+        max=1.0,
+        help="Answer --abstain-label for a text whose top probability is below this (requests may set their own).",
+    ),
+]
+AbstainLabelOpt = Annotated[
+    str, typer.Option("--abstain-label", help="The label of an abstained answer (a number for number classes).")
+]

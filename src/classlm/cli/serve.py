@@ -11,6 +11,8 @@ import typer
 from classlm.cli.classifiers import load_target
 from classlm.cli.common import err, parse_labels
 from classlm.cli.options import (
+    AbstainBelowOpt,
+    AbstainLabelOpt,
     BatchTokensOpt,
     DeviceOpt,
     DtypeOpt,
@@ -93,18 +95,8 @@ def serve(
     max_connections: Annotated[
         int, typer.Option("--max-connections", min=1, help="Open connections at most; beyond it requests get 503.")
     ] = 1000,
-    abstain_below: Annotated[
-        float | None,
-        typer.Option(
-            "--abstain-below",
-            min=0.0,
-            max=1.0,
-            help="Answer --abstain-label for a text whose top probability is below this (requests may set their own).",
-        ),
-    ] = None,
-    abstain_label: Annotated[
-        str, typer.Option("--abstain-label", help="The label of an abstained answer (a number for number classes).")
-    ] = "abstain",
+    abstain_below: AbstainBelowOpt = None,
+    abstain_label: AbstainLabelOpt = "abstain",
     batch_tokens: BatchTokensOpt = None,
     max_length: MaxLenOpt = 512,
     device: DeviceOpt = "auto",

@@ -12,6 +12,7 @@ from classlm.cli.config_options import ConfigOptions, with_config_options
 from classlm.cli.options import (
     BatchOpt,
     BatchTokensOpt,
+    CalibrationOpt,
     DeviceOpt,
     DropInvalidOpt,
     DtypeOpt,
@@ -117,14 +118,7 @@ def train(
     ] = None,
     baseline: BaselineOpt = True,
     class_weights: ClassWeightsOpt = None,
-    calibration_method: Annotated[  # not `calibration`: that name holds the calibration rows below
-        str,
-        typer.Option(
-            "--calibration",
-            help="temperature, bias (temperature + a per-class offset), none, or a label-free step first: "
-            "contextual+temperature, batch+temperature, … (the README's Calibration section).",
-        ),
-    ] = "temperature",
+    calibration: CalibrationOpt = "temperature",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out.")] = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Delete the run already in --out (its run files only) and start anew.")
@@ -143,11 +137,9 @@ def train(
     # First, while locals() holds only the options; the generated ones under their flags' names, as always.
     given = {k: v for k, v in locals().items() if k not in ("training", "lora")}
     args = run_args({**given, **TRAIN_OPTIONS.as_params(training), **LORA_OPTIONS.as_params(lora)})
-    from classlm.calibrators import parse_calibration
     from classlm.classifier import LMClassifier
     from classlm.methods import get_method
 
-    parse_calibration(calibration_method)  # before the run folder is touched, like every other option
     method_options, trains_lora = _method_options(options, method, get_method(method), use_lora=use_lora)
     training = {**training, "class_weights": _class_weights(class_weights, method, trains_lora)}
     seed = training["seed"]
@@ -156,16 +148,14 @@ def train(
     )
     dataset = load_rows(data, split=split, limit=limit, seed=seed, **rows)
     label_spec = label_spec_for(labels, data, dataset)  # before the hold-outs: the labels of all the rows
-    dataset, evaluation, calibration, eval_source = held_out_rows(
-        data, dataset, (split, eval_split, calib_split), seed, rows
-    )
+    dataset, evaluation, calib, eval_source = held_out_rows(data, dataset, (split, eval_split, calib_split), seed, rows)
     clf = LMClassifier(
         model=model,
         method=method,
         labels=label_spec,
         instruction=instruction,
         scoring=scoring,
-        calibration=calibration_method,
+        calibration=calibration,
         batch_size=batch_size,
         batch_tokens=token_budget_arg(batch_tokens),
         max_length=max_length,
@@ -178,8 +168,8 @@ def train(
     )
     # Only now, with every option and the data checked: --overwrite must not delete a run for a command that fails.
     prepare_run_folder(out_dir, args, resume=resume, overwrite=overwrite)
-    fit_run(clf, method, out_dir, args, (dataset, evaluation, calibration), resume=resume)
-    finish_run(clf, out_dir, evaluation, eval_source, baseline_rows=(dataset, calibration) if baseline else None)
+    fit_run(clf, method, out_dir, args, (dataset, evaluation, calib), resume=resume)
+    finish_run(clf, out_dir, evaluation, eval_source, baseline_rows=(dataset, calib) if baseline else None)
 
 
 def _class_weights(value: str | None, method: str, lora: bool) -> str | dict[str, float] | None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from classlm.serving.app import ServedModel, create_app
+from classlm.serving.app import create_app
+from classlm.serving.served import ServedModel
 from classlm.serving.settings import ServeSettings
 
 __all__ = ["ServeSettings", "ServedModel", "create_app", "run"]
