@@ -163,3 +163,12 @@ def test_bbse_needs_labelled_calibration_rows_and_a_trained_classifier_starts_fr
     head = LMClassifier(model=str(tiny_model_dir), labels=LABELS, method="tfidf").fit(TEXTS * 4, Y * 4)
     assert head.calibration_info_["priors"]["training_source"] == "training rows"
     np.testing.assert_allclose(head.training_priors_, [3 / 8, 3 / 8, 1 / 8, 1 / 8], atol=0.03)
+
+
+def test_bias_on_too_few_rows_per_class_says_so(tiny_model_dir, caplog):
+    with caplog.at_level("WARNING", logger="classlm"):
+        LMClassifier(model=str(tiny_model_dir), labels=LABELS, calibration="bias").fit(TEXTS, Y)
+    assert "fits an offset per class on 8 rows of 4 classes (2.0 per class): below 5" in caplog.text
+    from classlm.cli import cli_terms
+
+    assert "use --calibration temperature, or more" in cli_terms(caplog.records[-1].getMessage())

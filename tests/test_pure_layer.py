@@ -12,6 +12,7 @@ PURE_MODULES = [
     "classlm.calibrators",
     "classlm.priors",
     "classlm.out_of_scope",
+    "classlm.class_priors",
     "classlm.labels",
     "classlm.prompts",
     "classlm.reports",

@@ -10,6 +10,7 @@ the manifest stores, and how labels read from text files (always strings) find t
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,12 +20,14 @@ from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 from sklearn.utils.multiclass import type_of_target
 
 from classlm import errors
+from classlm.calibration import BIAS_MIN_ROWS_PER_CLASS
 from classlm.class_priors import ClassPriors
 from classlm.data import as_texts, is_missing, validate_labels
 from classlm.errors import DataError
 from classlm.labels import LabelSet
 from classlm.metrics import softmax
 
+log = logging.getLogger(__name__)
 _SHOW = 5
 _NUMBER = (int, float, np.integer, np.floating, np.bool_)
 
@@ -205,6 +208,14 @@ class CalibratedClassifier(ClassPriors, ClassifierMixin, BaseEstimator):
             info_free = {"kind": "batch", "n": len(texts), "source": source}
         if labelled and logits is not None:
             assert y is not None
+            per_class = len(y) / len(self.classes_)
+            if steps[-1] == "bias" and per_class < BIAS_MIN_ROWS_PER_CLASS:
+                log.warning(
+                    "calibration='%s' fits an offset per class on %d rows of %d classes (%.1f per class): below %d "
+                    "per class the offsets follow the noise of the few rows; use calibration='temperature', or more "
+                    "calibration rows",
+                    self.calibration, len(y), len(self.classes_), per_class, BIAS_MIN_ROWS_PER_CLASS,
+                )  # fmt: skip
             self.fit_temperature(logits, y, source)
         if info_free is not None:
             info: dict[str, Any] = getattr(self, "calibration_info_", {})

@@ -85,7 +85,7 @@ _CLI_TERMS: tuple[tuple[str, Any], ...] = (
     (r"labels=\{name: \{'verbalizer': \.\.\.\}\}", '--labels FILE.json holding {"NAME": {"verbalizer": "..."}}'),
     (r"labels=\[([^\]]*)\]", lambda m: "--labels " + ",".join(re.findall(r"'([^']*)'", m.group(1)))),
     (r"\b(split|text_col|label_col)=(?:'\.\.\.'|\.\.\.|'([^']*)')", _flag),
-    (r"\b(method|scoring|loss|device|dtype|max_length|eval_every|oos_label)=(?:'([^']*)'|(\d+))", _flag),
+    (r"\b(method|scoring|loss|device|dtype|max_length|eval_every|oos_label|calibration)=(?:'([^']*)'|(\d+))", _flag),
     (r"\b(raise|lower) (max_length|eval_every)\b", lambda m: f"{m.group(1)} --{m.group(2).replace('_', '-')}"),
     (r"^(max_length|batch_size|batch_tokens|dtype) must be", lambda m: f"--{m.group(1).replace('_', '-')} must be"),
     # TrainConfig's own batch: --train-batch on the command line (--batch-size is the scoring batch).
