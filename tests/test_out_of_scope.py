@@ -91,6 +91,11 @@ def test_evaluate_reports_out_of_scope_rows_apart(tiny_model_dir, tmp_path, monk
     # Every out-of-scope row answered is wrong: at full coverage at most the 3 in-scope rows of 6 can be right.
     assert all(s["coverage_curve"][0]["accuracy"] <= 0.5 for s in oos["scores"].values())
     assert "### Out of scope (3 of 6 rows labelled 'oos', not a class" in report.to_markdown()
+    from classlm.html_report import render_html
+
+    page = render_html("t", [("evaluation", report)])
+    assert "Out of scope (3 of 6 rows labelled oos)" in page and "share answered" in page
+    assert page.count("<polyline") >= 3  # one accuracy-by-coverage line per score
     with pytest.raises(DataError, match="oos_label='none': no row has that label"):
         evaluate(clf, texts, labels, oos_label="none")
 

@@ -159,7 +159,9 @@ def ratio_svg(ratios: Mapping[str, float | None]) -> str:
     return _svg(label_w + w + 10, row * len(names) + 8, out, "calibration ratio per class")
 
 
-def lines_svg(steps: Sequence[float], series: Mapping[str, Sequence[float | None]], ylabel: str) -> str:
+def lines_svg(
+    steps: Sequence[float], series: Mapping[str, Sequence[float | None]], ylabel: str, xlabel: str = "step"
+) -> str:
     """Lines of ``series`` against ``steps`` (None: a gap), with a legend; y from 0 to at least 1."""
     x0, y0, w, h = 44, 12, 380, 200
     values = [v for vs in series.values() for v in vs if v is not None and math.isfinite(v)]
@@ -185,7 +187,7 @@ def lines_svg(steps: Sequence[float], series: Mapping[str, Sequence[float | None
         out.append(
             f'<text x="{xy(s, 0).split(",")[0]}" y="{y0 + h + 14}" font-size="10" text-anchor="middle">{s:g}</text>'
         )
-    out.append(f'<text x="{x0 + w / 2}" y="{y0 + h + 28}" font-size="11" text-anchor="middle">step</text>')
+    out.append(f'<text x="{x0 + w / 2}" y="{y0 + h + 28}" font-size="11" text-anchor="middle">{_t(xlabel)}</text>')
     return _svg(x0 + w + 130, y0 + h + 36, out, ylabel)
 
 
@@ -249,6 +251,18 @@ def _evaluation(name: str, report: EvalReport) -> str:
                 "bars = probability mass above the class's share, blue = below (log scale).",
             )
         )
+    oos = m.get("out_of_scope")
+    if oos:
+        scores = oos["scores"]
+        covered = [r["coverage"] for r in next(iter(scores.values()))["coverage_curve"]]
+        curves = {s: [r["accuracy"] for r in v["coverage_curve"]] for s, v in scores.items()}
+        caption = (
+            f"Out of scope ({oos['n_out_of_scope']} of {oos['n']} rows labelled {oos['label']}): accuracy over the "
+            "rows answered when abstaining on those each score ranks most out of scope."
+        )
+        charts.append(_figure(lines_svg(covered, curves, "accuracy", xlabel="share answered"), caption))
+        parts.append(_table(["score", "AUROC", "accuracy at 90% answered"],
+                            [[s, _f(v["auroc"]), _f(v["accuracy_at_90"])] for s, v in scores.items()]))  # fmt: skip
     parts.append(f'<div class="charts">{"".join(charts)}</div>')
     return "".join(parts)
 
