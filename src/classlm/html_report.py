@@ -261,6 +261,7 @@ def _evaluation(name: str, report: EvalReport) -> str:
             "rows answered when abstaining on those each score ranks most out of scope."
         )
         charts.append(_figure(lines_svg(covered, curves, "accuracy", xlabel="share answered"), caption))
+        parts.append(f"<h3>Out of scope: {_t(oos['n_out_of_scope'])} rows labelled {_t(oos['label'])}</h3>")
         parts.append(_table(["score", "AUROC", "accuracy at 90% answered"],
                             [[s, _f(v["auroc"]), _f(v["accuracy_at_90"])] for s, v in scores.items()]))  # fmt: skip
     parts.append(f'<div class="charts">{"".join(charts)}</div>')
