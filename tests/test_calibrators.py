@@ -67,10 +67,18 @@ def test_contextual_then_temperature_fits_each_on_its_own_inputs(tiny_model_dir)
     raw = LMClassifier(model=str(tiny_model_dir), labels=LABELS, calibration="none").fit([])
     clf = LMClassifier(model=str(tiny_model_dir), labels=LABELS, calibration="contextual+temperature").fit(TEXTS, Y)
     cf = raw.predict_scores(list(CONTENT_FREE)).logits.astype(np.float64)
-    corrected = raw.predict_scores(TEXTS).logits.astype(np.float64) - np.log(softmax(cf).mean(axis=0))
-    t = TemperatureScaler().fit(corrected, clf.class_indices(Y)).temperature
-    assert clf.temperature_ == pytest.approx(t, rel=1e-6) and t != 1.0
-    np.testing.assert_allclose(clf.predict_proba(TEXTS), softmax(corrected / t), atol=1e-6)
+    z = raw.predict_scores(TEXTS).logits.astype(np.float64)
+    y = clf.class_indices(Y)
+
+    def fitted(strength):  # the contextual correction at that strength, then a temperature on it
+        corrected = z - strength * np.log(softmax(cf).mean(axis=0))
+        return corrected, TemperatureScaler().fit(corrected, y)
+
+    strength = clf.calibrator_.strength  # fitted with the temperature: the grid point of least NLL
+    corrected, scaler = fitted(strength)
+    assert all(scaler.nll_after_ <= fitted(s)[1].nll_after_ + 1e-12 for s in (0.0, 0.5, 1.0))
+    assert clf.temperature_ == pytest.approx(scaler.temperature, rel=1e-6) and scaler.temperature != 1.0
+    np.testing.assert_allclose(clf.predict_proba(TEXTS), softmax(corrected / scaler.temperature), atol=1e-6)
     info = clf.calibration_info_
     assert info["label_free"] == {"kind": "contextual", "n": 3, "inputs": list(CONTENT_FREE)}
     assert info["n"] == len(TEXTS) and info["after"]["nll"] <= info["before"]["nll"] + 1e-9

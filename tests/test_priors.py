@@ -150,3 +150,24 @@ def test_em_and_bbse_estimate_a_shifted_class_balance():
     # No shift, no change: EM stays at the training balance.
     _, _, p_same = _gaussian_task(uniform, 20000, seed=7)
     np.testing.assert_allclose(em_priors(p_same, uniform).priors, uniform, atol=0.02)
+
+
+def test_a_label_free_step_before_a_temperature_applies_only_as_much_as_the_labels_support():
+    from classlm.calibration import TemperatureScaler
+    from classlm.calibrators import CalibratorChain
+
+    # An unbiased classifier on a task whose classes are far from balanced: the batch mean is mostly the real class
+    # balance, not a bias, and removing all of it hurts. Fitted with a temperature, only part of it goes, and the
+    # chain never ends worse than the temperature alone (strength 0 is on the grid).
+    rng = np.random.default_rng(8)
+    y = rng.choice(3, size=3000, p=[0.7, 0.2, 0.1])
+    z = rng.normal(0, 1, (3000, 3)) + 2.0 * np.eye(3)[y] + np.log([0.7, 0.2, 0.1])
+    alone = TemperatureScaler().fit(z, y).nll_after_
+    all_of_it = z - np.log(softmax(z).mean(axis=0))  # the batch step at full strength
+    assert TemperatureScaler().fit(all_of_it, y).nll_after_ > alone + 0.01  # it would hurt
+    chain = CalibratorChain(("batch", "temperature")).fit_label_free(z).fit(z, y)
+    assert chain.strength < 0.6 and chain.labelled.nll_after_ <= alone + 1e-9
+    # On a biased classifier of a balanced task the same fit keeps the whole correction.
+    yb = rng.choice(3, size=3000)
+    zb = rng.normal(0, 1, (3000, 3)) + 2.0 * np.eye(3)[yb] + np.array([1.5, 0.0, -1.5])
+    assert CalibratorChain(("batch", "temperature")).fit_label_free(zb).fit(zb, yb).strength >= 0.8
