@@ -233,12 +233,12 @@ def to_markdown(doc: dict[str, Any]) -> str:
     if "prior_shift" in doc:
         sec = doc["prior_shift"]
         lines += ["## Prior shift: EM on the resampled test rows", "", f"`{sec['command']}`; {sec['machine']}", ""]
-        lines += ["| dataset | balance | rows | NLL before | after EM | with the true priors | ECE before | after |"
-                  " EM max error | BBSE max error |", "|---" * 10 + "|"]  # fmt: skip
+        lines += ["| dataset (classifier) | balance | rows | NLL before | after EM | with true priors | ECE before |"
+                  " after | EM max error | BBSE max error |", "|---" * 10 + "|"]  # fmt: skip
         for d in (k for k in sec if k not in ("command", "machine")):
             for b, r in ((b, r) for b, r in sec[d].items() if isinstance(r, dict) and "nll_before" in r):
                 lines.append(
-                    f"| {d} | {b} | {r['n']} | {r['nll_before']:.3f} | {r['nll_after']:.3f} | "
+                    f"| {d} ({sec[d]['classifier']}) | {b} | {r['n']} | {r['nll_before']:.3f} | {r['nll_after']:.3f} | "
                     f"{r['nll_known_priors']:.3f} | {r['ece_before']:.3f} | {r['ece_after']:.3f} | "
                     f"{r['prior_error']:.3f} | {r['bbse_prior_error']:.3f} |"
                 )
