@@ -307,6 +307,8 @@ def test_cli_errors_name_flags_not_python_arguments():
         "score every token."
     )
     assert cli_terms("choose one with split=... (--split on the command line)") == "choose one with --split"
+    assert cli_terms("abstain_below must be a probability in (0, 1]").startswith("--abstain-below must be")
+    assert cli_terms("priors: expected a weight for each class").startswith("--priors: expected")
     assert (
         cli_terms("leaving -3 of max_length=512; raise max_length")
         == "leaving -3 of --max-length 512; raise --max-length"

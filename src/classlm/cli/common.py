@@ -87,7 +87,10 @@ _CLI_TERMS: tuple[tuple[str, Any], ...] = (
     (r"\b(split|text_col|label_col)=(?:'\.\.\.'|\.\.\.|'([^']*)')", _flag),
     (r"\b(method|scoring|loss|device|dtype|max_length|eval_every|oos_label|calibration)=(?:'([^']*)'|(\d+))", _flag),
     (r"\b(raise|lower) (max_length|eval_every)\b", lambda m: f"{m.group(1)} --{m.group(2).replace('_', '-')}"),
-    (r"^(max_length|batch_size|batch_tokens|dtype) must be", lambda m: f"--{m.group(1).replace('_', '-')} must be"),
+    (
+        r"^(max_length|batch_size|batch_tokens|dtype|abstain_below|abstain_label) must be",
+        lambda m: f"--{m.group(1).replace('_', '-')} must be",
+    ),
     # TrainConfig's own batch: --train-batch on the command line (--batch-size is the scoring batch).
     (
         r"^batch_size \((\d+)\) must be a multiple of grad_accum \((\d+)\)",
