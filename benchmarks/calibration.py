@@ -200,6 +200,8 @@ def oos(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     clf.fit(list(inside.texts), list(inside.labels))
     fit_seconds = time.perf_counter() - t0
+    if args.save_oos is not None:  # to compare other scores on the same classifier without training it again
+        clf.save(args.save_oos)
     test = load_dataset(DATA / "clinc150", split="test").sample(args.n_test, seed=args.seed)
     report = evaluate(clf, list(test.texts), list(test.labels), oos_label="oos")
     found = report.metrics["out_of_scope"]
@@ -248,7 +250,7 @@ def to_markdown(doc: dict[str, Any]) -> str:
         lines += ["## Out of scope: clinc150, LoRA on in-scope rows only", "", f"`{sec['command']}`; {sec['machine']}"]
         lines += ["", f"{sec['n_test']} test rows, {sec['n_out_of_scope']} of them `oos`; in-scope: {sec['in_scope']}"]
         lines += ["", "| score | AUROC | accuracy at 90% answered |", "|---|---|---|"]
-        for score in ("class_mass", "energy", "max_proba"):
+        for score in ("class_mass", "energy", "max_proba", "answer_mass"):
             if score in sec:
                 lines.append(f"| {score} | {sec[score]['auroc']:.3f} | {sec[score]['accuracy_at_90']:.3f} |")
         lines.append("")
@@ -262,6 +264,7 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=1000)
     parser.add_argument("--n-oos-train", type=int, default=1000)
     parser.add_argument("--shift-classifier", choices=("lora", "tfidf"), default="lora")
+    parser.add_argument("--save-oos", type=Path, default=None, help="save the oos section's classifier here")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--merge", action="store_true", help="keep the other sections of the results file")
     args = parser.parse_args()

@@ -25,8 +25,9 @@ def test_auroc_is_the_mann_whitney_statistic_with_ties_counted_half():
 def test_scores_rise_as_a_text_leaves_the_classes():
     z = np.array([[8.0, 0.0, 0.0], [1.0, 0.9, 0.8], [-5.0, -5.1, -5.2]])
     s = out_of_scope_scores(z, class_mass=[0.95, 0.9, 0.05])
-    assert list(s) == ["class_mass", "energy", "max_proba"]
+    assert list(s) == ["class_mass", "energy", "max_proba", "answer_mass"]
     np.testing.assert_allclose(s["class_mass"], [0.05, 0.1, 0.95])
+    np.testing.assert_allclose(s["answer_mass"], 1 - np.array([0.95, 0.9, 0.05]) * (1 - s["max_proba"]))
     assert s["max_proba"][0] < s["max_proba"][1]  # one clear winner vs three close ones
     assert s["energy"][1] < s["energy"][2]  # same spread, far lower logits: more out of scope
     assert "class_mass" not in out_of_scope_scores(z)
@@ -69,7 +70,8 @@ def test_predict_abstains_below_a_threshold_with_a_label_of_the_classes_type(tin
     out = numbers.predict(TEXTS, abstain_below=1.0, abstain_label=-1)
     assert out.dtype.kind == "i" and set(out) == {-1}
     scores = clf.out_of_scope_scores(TEXTS)
-    assert set(scores) == {"class_mass", "energy", "max_proba"} and all(len(v) == len(TEXTS) for v in scores.values())
+    assert set(scores) == {"class_mass", "energy", "max_proba", "answer_mass"}
+    assert all(len(v) == len(TEXTS) for v in scores.values())
     np.testing.assert_allclose(scores["max_proba"], 1 - top, atol=1e-6)  # the class-mass pass: same logits to ~1e-8
 
 
@@ -86,7 +88,7 @@ def test_evaluate_reports_out_of_scope_rows_apart(tiny_model_dir, tmp_path, monk
     assert report.metrics["n"] == 3  # oos is not a class: the usual metrics are over the in-scope rows
     oos = report.metrics["out_of_scope"]
     assert oos["n"] == 6 and oos["n_out_of_scope"] == 3 and oos["is_a_class"] is False
-    assert set(oos["scores"]) == {"class_mass", "energy", "max_proba"}
+    assert set(oos["scores"]) == {"class_mass", "energy", "max_proba", "answer_mass"}
     assert all(0.0 <= s["auroc"] <= 1.0 for s in oos["scores"].values())
     # Every out-of-scope row answered is wrong: at full coverage at most the 3 in-scope rows of 6 can be right.
     assert all(s["coverage_curve"][0]["accuracy"] <= 0.5 for s in oos["scores"].values())

@@ -125,7 +125,7 @@ class CalibratedClassifier(ClassPriors, ClassifierMixin, BaseEstimator):
 
     def out_of_scope_scores(self, X: Any, priors: Any = None) -> dict[str, np.ndarray]:
         """Per text, how likely it is out of scope (:mod:`classlm.out_of_scope`; higher: more likely): ``energy``
-        and ``max_proba`` always, ``class_mass`` for methods with class tokens."""
+        and ``max_proba`` always, ``class_mass`` and ``answer_mass`` for methods with class tokens."""
         from classlm.out_of_scope import out_of_scope_scores
 
         scores = self.predict_scores(X, class_mass=self.class_mass_available)

@@ -9,6 +9,8 @@ Pure numpy. Three scores per text, each *higher* for a text more likely out of s
   in absolute terms, not just relative to the others.
 - ``max_proba``: ``1 - max p``, the usual baseline (Hendrycks and Gimpel 2017); the only one the probabilities alone
   give.
+- ``answer_mass``: ``1 - class mass * max p``, the share of the model's next-token probability that is not on the
+  answer it gives (methods with class tokens only): low when the model both means to name a class and is sure which.
 
 :func:`out_of_scope_report` compares them on rows whose truth is known: AUROC for telling out-of-scope rows apart, and
 the accuracy left when the classifier abstains on the rows each score ranks most out of scope.
@@ -34,7 +36,7 @@ __all__ = [
     "selective_accuracy",
 ]
 
-OOS_SCORES = ("class_mass", "energy", "max_proba")
+OOS_SCORES = ("class_mass", "energy", "max_proba", "answer_mass")
 COVERAGES = (1.0, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5)
 
 
@@ -45,9 +47,11 @@ def out_of_scope_scores(calibrated_logits: Any, class_mass: Any = None) -> dict[
     if z.ndim != 2:
         raise ConfigError(f"calibrated_logits: expected shape (n, k), got {z.shape}")
     m = z.max(axis=1)
-    out = {"energy": -(m + np.log(np.exp(z - m[:, None]).sum(axis=1))), "max_proba": 1.0 - softmax(z, axis=1).max(1)}
+    top = softmax(z, axis=1).max(axis=1)
+    out = {"energy": -(m + np.log(np.exp(z - m[:, None]).sum(axis=1))), "max_proba": 1.0 - top}
     if class_mass is not None:
-        out = {"class_mass": 1.0 - np.asarray(class_mass, dtype=np.float64), **out}
+        mass = np.asarray(class_mass, dtype=np.float64)
+        out = {"class_mass": 1.0 - mass, **out, "answer_mass": 1.0 - mass * top}
     return out
 
 
