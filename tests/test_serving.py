@@ -83,6 +83,28 @@ def test_priors_per_request_move_only_that_request(client, clf):
     assert info["deployment"] is None and info["training"] == pytest.approx(dict.fromkeys(LABELS, 0.25))
 
 
+def test_priors_estimated_from_a_requests_own_texts(client, clf):
+    from classlm.priors import em_priors, shift_priors
+
+    r = client.post("/v1/classify", json={"texts": TEXTS[:3], "priors": "em"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    base = clf.predict_proba(TEXTS[:3])
+    estimate = em_priors(base, clf.training_priors_).priors
+    assert not np.allclose(estimate, 0.25, atol=1e-3)  # the texts lean somewhere: the estimate is not the prior
+    assert list(body["priors"].values()) == pytest.approx(estimate.tolist(), abs=1e-9)
+    got = [list(row["probabilities"].values()) for row in body["results"]]
+    np.testing.assert_allclose(got, shift_priors(base, clf.training_priors_, estimate), atol=1e-6)
+    assert clf.priors_ is None  # the served classifier keeps its balance: the estimate was this request's
+    plain = client.post("/v1/classify", json={"texts": TEXTS[:3]}).json()
+    np.testing.assert_allclose([list(row["probabilities"].values()) for row in plain["results"]], base, atol=1e-6)
+    # BBSE needs the confusion counts of labelled calibration rows, which a zero-shot classifier has not got.
+    bbse = client.post("/v1/classify", json={"texts": TEXTS[:3], "priors": "bbse"})
+    assert bbse.status_code == 422
+    assert "needs the confusion counts" in bbse.json()["error"]["message"]
+    assert client.post("/v1/classify", json={"text": TEXTS[0], "priors": "mle"}).status_code == 422
+
+
 def test_abstaining_below_a_threshold_by_setting_or_per_request(clf):
     top = clf.predict_proba(TEXTS).max(axis=1)
     cut = float(np.sort(top)[1]) + 1e-9  # the two least sure texts fall below it

@@ -93,23 +93,30 @@ class ClassPriors:
 
     def adapt_priors_to(self, logits: np.ndarray, method: str = "em") -> dict[str, float]:
         """:meth:`adapt_priors` from the raw logits of the texts (``predict_scores(X).logits``), scored already."""
-        from classlm.priors import bbse_priors, em_priors
-
-        if method not in ("em", "bbse"):
-            raise ConfigError(f"method: expected 'em' or 'bbse', got {method!r}")
         p = softmax(self.calibrated_logits(logits, "training"))
-        if method == "em":
-            estimate = em_priors(p, self.training_priors_).priors
-        else:
-            confusion = self._priors_info().get("confusion")
-            if confusion is None:
-                raise ConfigError(
-                    "method='bbse' needs the confusion counts of labelled calibration rows; this classifier has "
-                    "none: calibrate(X, y) on held-out labelled rows first, or use method='em'"
-                )
-            estimate = bbse_priors(confusion, p)
+        estimate = self.estimate_priors(p, method)
         self.record_priors(deployment=estimate, deployment_source={"method": method, "n": int(p.shape[0])})
         return {str(c): float(q) for c, q in zip(self.classes_, estimate, strict=True)}
+
+    def check_prior_method(self, method: str) -> None:
+        """ConfigError unless ``method`` can estimate priors for this classifier (``bbse`` needs confusion counts)."""
+        if method not in ("em", "bbse"):
+            raise ConfigError(f"method: expected 'em' or 'bbse', got {method!r}")
+        if method == "bbse" and self._priors_info().get("confusion") is None:
+            raise ConfigError(
+                "method='bbse' needs the confusion counts of labelled calibration rows; this classifier has "
+                "none: calibrate(X, y) on held-out labelled rows first, or use method='em'"
+            )
+
+    def estimate_priors(self, proba: np.ndarray, method: str = "em") -> np.ndarray:
+        """The class balance of texts whose calibrated probabilities for the training balance are ``proba``, by EM
+        or BBSE (see :meth:`adapt_priors`); the classifier is left as it is (a server estimates per request)."""
+        from classlm.priors import bbse_priors, em_priors
+
+        self.check_prior_method(method)
+        if method == "em":
+            return em_priors(proba, self.training_priors_).priors
+        return bbse_priors(self._priors_info()["confusion"], proba)
 
     def priors(self) -> dict[str, Any]:
         """The class balances by class name: ``training`` (what the probabilities are calibrated for) and

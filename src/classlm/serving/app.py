@@ -131,7 +131,7 @@ def create_app(
         proba, mass, truncated = await _answer(future, request, settings)
         if truncated is not None:
             metrics.truncated.inc(int(np.count_nonzero(truncated)))
-        proba = model.shift(proba, target)
+        proba, target = model.shift(proba, target)
         results = _rows(model, proba, mass if body.class_mass else None, truncated, abstain)
         if target is None:
             return {"results": results}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -21,11 +21,14 @@ class ClassifyRequest(BaseModel):
         description="Also return the class mass: the probability the model puts on the class tokens, out of the "
         "whole vocabulary (low values mean the prompt or the text is off what the classifier expects).",
     )
-    priors: dict[str, float] | None = Field(
+    priors: dict[str, float] | Literal["em", "bbse"] | None = Field(
         default=None,
         description="The class balance where these texts come from, when it differs from the training rows' "
         "(a weight per class, every class named; they need not sum to 1): the probabilities are moved to it by "
-        "Bayes' rule. Default: the balance the service was set to (GET /v1/model, 'priors').",
+        "Bayes' rule. Or \"em\" / \"bbse\": estimate it from this request's texts (EM, Saerens et al. 2002; BBSE, "
+        "Lipton et al. 2018: needs a classifier calibrated on labelled rows) — send a few hundred texts at once for a "
+        "steady estimate. The answer's 'priors' is the balance used. Default: the balance the service was set to "
+        "(GET /v1/model, 'priors').",
         examples=[None],
     )
     abstain_below: float | None = Field(
@@ -68,7 +71,7 @@ class ClassifyResponse(BaseModel):
     priors: dict[str, float] | None = Field(
         default=None,
         description="The class balance the probabilities are for, when it is not the training rows' (the request's "
-        "priors, or the deployment balance the classifier was adapted to).",
+        "priors or the estimate from its texts, or the deployment balance the classifier was adapted to).",
     )
 
 

@@ -36,26 +36,34 @@ class ServedModel:
         scores = self.classifier.predict_scores(texts, class_mass=wanted)
         return self.classifier.probabilities(scores.logits), scores.class_mass if wanted else None, scores.truncated
 
-    def target_priors(self, priors: dict[str, float] | None) -> np.ndarray | None:
-        """A request's priors as a vector in class order (checked: ConfigError says what is wrong), or the
-        classifier's deployment balance, or None: the probabilities are then for the training balance."""
+    def target_priors(self, priors: dict[str, float] | str | None) -> np.ndarray | str | None:
+        """A request's priors as a vector in class order, or ``"em"``/``"bbse"`` (estimated from the request's own
+        texts once they are scored), checked (ConfigError says what is wrong); else the classifier's deployment
+        balance, or None: the probabilities are then for the training balance."""
         if not self._core:
             if priors is not None:
                 raise ConfigError("priors need a classlm classifier (its training class balance); this one has none")
             return None
         if priors is None:
             return self.classifier.priors_
+        if isinstance(priors, str):
+            self.classifier.check_prior_method(priors)
+            return priors
         return prior_vector(priors, self.classes)
 
-    def shift(self, proba: np.ndarray, target: np.ndarray | None) -> np.ndarray:
+    def shift(self, proba: np.ndarray, target: np.ndarray | str | None) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities as the classifier gives them (for its deployment balance, else its training one) moved to
-        ``target``."""
+        ``target`` (estimated here from ``proba`` when it names a method); with the balance they are for."""
         if target is None:
-            return proba
+            return proba, None
         current = self.classifier.priors_
+        source = self.classifier.training_priors_ if current is None else current
+        if isinstance(target, str):  # the classifier is not changed: each request gets its own estimate
+            at_training = proba if current is None else shift_priors(proba, current, self.classifier.training_priors_)
+            target = self.classifier.estimate_priors(at_training, target)
         if current is not None and np.array_equal(target, current):
-            return proba
-        return shift_priors(proba, self.classifier.training_priors_ if current is None else current, target)
+            return proba, target
+        return shift_priors(proba, source, target), target
 
     def abstain_label(self, label: str) -> Any:
         """The service's abstain label as an answer of the classes' type (a number for number classes)."""
