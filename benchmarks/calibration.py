@@ -17,7 +17,9 @@ Writes ``benchmarks/results/calibration.json`` and ``.md``; each section is re-r
 - ``prior_shift``: a classifier trained on a balanced-as-given train sample (``--shift-classifier``: ``lora``, the
   default LoRA recipe on 1,000 rows, or ``tfidf``), calibrated on its hold-out; its test rows resampled to other class
   balances; EM and BBSE estimates. Keys ``prior_shift.<dataset>.<balance>.{nll_before,nll_after,ece_before,ece_after,
-  prior_error,bbse_prior_error}`` (errors: the largest absolute error over classes).
+  prior_error,bbse_prior_error}`` (errors: the largest absolute error over classes) for the classifier's temperature,
+  and the same under ``.bias`` for a bias calibration (temperature + per-class offset) fitted on the same held-out
+  rows.
 - ``oos``: LoRA (the default recipe) on clinc150 rows of in-scope classes only, ``--n-oos-train`` of them; its
   ``--n-test`` seeded test rows, ``oos`` ones included, scored by each out-of-scope score. Keys
   ``oos.<score>.{auroc,accuracy_at_90}``.
@@ -39,11 +41,11 @@ import torch
 from classlm import LMClassifier, allocator
 from classlm.calibration import BiasScaler
 from classlm.calibrators import CONTENT_FREE, make_calibrator
-from classlm.data import load_dataset
+from classlm.data import calibration_split, load_dataset
 from classlm.evaluation import evaluate
 from classlm.io import write_results
 from classlm.machine import machine_block, machine_line
-from classlm.metrics import classification_metrics, ece, nll, softmax
+from classlm.metrics import classification_metrics, confusion_matrix, ece, nll, softmax
 from classlm.priors import bbse_priors, class_balance, em_priors, shift_priors
 
 HERE = Path(__file__).resolve().parent
@@ -136,8 +138,9 @@ def zero_shot(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def shift_classifier(name: str, kind: str, seed: int) -> tuple[Any, Any]:
-    """A classifier of ``kind`` fitted on 1,000 seeded train rows (its own calibration hold-out), and the test split."""
+def shift_classifier(name: str, kind: str, seed: int) -> tuple[Any, Any, tuple[list[str], list[str]]]:
+    """A classifier of ``kind`` fitted on 1,000 seeded train rows (its own calibration hold-out), the test split, and
+    the held-out calibration rows (the classifier's own split, rebuilt)."""
     spec = PROMPTS[name]
     train = load_dataset(DATA / name, split="train").sample(1000, seed=seed)
     options: dict[str, Any] = {"labels": spec["labels"], "instruction": spec["instruction"], "progress": True}
@@ -145,8 +148,11 @@ def shift_classifier(name: str, kind: str, seed: int) -> tuple[Any, Any]:
         options.update(lora={"r": 16, "alpha": 32}, train={"seed": seed})
     else:
         options.update(method="tfidf", train={"seed": seed})
-    clf = LMClassifier(**options).fit(list(train.texts), list(train.labels))
-    return clf, load_dataset(DATA / name, split="test")
+    clf = LMClassifier(**options)
+    texts, labels = list(train.texts), [str(v) for v in train.labels or ()]
+    clf.fit(texts, labels)
+    _, held, _ = calibration_split(labels, clf.train_config().calib_fraction, seed=seed)
+    return clf, load_dataset(DATA / name, split="test"), ([texts[i] for i in held], [labels[i] for i in held])
 
 
 def resample(y: np.ndarray, shares: np.ndarray, rng: np.random.Generator, n_max: int) -> np.ndarray:
@@ -158,35 +164,66 @@ def resample(y: np.ndarray, shares: np.ndarray, rng: np.random.Generator, n_max:
     )
 
 
+def adaptation(y: np.ndarray, p: np.ndarray, training: np.ndarray, confusion: np.ndarray) -> dict[str, Any]:
+    """EM and BBSE on the probabilities ``p`` of rows of classes ``y``: errors, NLL and ECE before and after."""
+    true = class_balance(y, p.shape[1])
+    em = em_priors(p, training)
+    return {
+        "em_priors": em.priors.tolist(),
+        "nll_before": nll(y, p),
+        "nll_after": nll(y, em.proba),
+        "nll_known_priors": nll(y, shift_priors(p, training, true)),
+        "ece_before": ece(y, p),
+        "ece_after": ece(y, em.proba),
+        "prior_error": float(np.max(np.abs(em.priors - true))),
+        "bbse_prior_error": float(np.max(np.abs(bbse_priors(confusion, p) - true))),
+    }
+
+
 def prior_shift(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    clf, test = shift_classifier(name, args.shift_classifier, args.seed)
+    """EM and BBSE under each of ``SHIFTS[name]``, for the classifier as trained (its temperature) and for the same
+    weights with ``bias`` calibration (a temperature and a per-class offset) fitted on the same held-out rows: EM
+    assumes probabilities calibrated per class, which a per-class offset gives (Alexandari et al. 2020, "bias-corrected
+    temperature scaling")."""
+    clf, test, (held_texts, held_labels) = shift_classifier(name, args.shift_classifier, args.seed)
     names = [str(c) for c in clf.classes_]
     y_all = indices(clf, test.labels)
     logits = clf.predict_scores(list(test.texts)).logits
-    proba_all = clf.probabilities(logits, "training")
-    confusion = clf.calibration_info_["priors"]["confusion"]
+    held_y = indices(clf, held_labels)
+    held_logits = clf.predict_scores(held_texts).logits
+    saved = np.asarray(clf.calibration_info_["priors"]["confusion"])
+    if not np.array_equal(
+        confusion_matrix(held_y, clf.calibrated_logits(held_logits, "training").argmax(1), len(names)), saved
+    ):
+        raise AssertionError("the rebuilt calibration rows are not the classifier's own hold-out")
+    bias = BiasScaler().fit(held_logits, held_y)
+    calibrated = {
+        "temperature": (clf.probabilities(logits, "training"), saved),
+        "bias": (
+            softmax(bias.transform(logits)),
+            confusion_matrix(held_y, bias.transform(held_logits).argmax(axis=1), len(names)),
+        ),
+    }
     rng = np.random.default_rng(args.seed)
-    out: dict[str, Any] = {"classifier": args.shift_classifier, "training_priors": clf.priors()["training"]}
+    out: dict[str, Any] = {
+        "classifier": args.shift_classifier,
+        "training_priors": clf.priors()["training"],
+        "n_calibration_rows": len(held_y),
+    }
     for balance, given in SHIFTS[name].items():
         rest = [c for c in names if c not in given]
         left = 1.0 - sum(given.values())
         shares = np.array([given.get(c, left / max(len(rest), 1)) for c in names])
         idx = resample(y_all, shares, rng, args.n_test)
-        y, p = y_all[idx], proba_all[idx]
+        y = y_all[idx]
+        found = {cal: adaptation(y, p[idx], clf.training_priors_, conf) for cal, (p, conf) in calibrated.items()}
         true = class_balance(y, len(names))
-        em = em_priors(p, clf.training_priors_)
-        bbse = bbse_priors(confusion, p)
         out[balance] = {
             "n": len(idx),
             "true_priors": dict(zip(names, true.tolist(), strict=True)),
-            "em_priors": dict(zip(names, em.priors.tolist(), strict=True)),
-            "nll_before": nll(y, p),
-            "nll_after": nll(y, em.proba),
-            "nll_known_priors": nll(y, shift_priors(p, clf.training_priors_, true)),
-            "ece_before": ece(y, p),
-            "ece_after": ece(y, em.proba),
-            "prior_error": float(np.max(np.abs(em.priors - true))),
-            "bbse_prior_error": float(np.max(np.abs(bbse - true))),
+            **{k: v for k, v in found["temperature"].items() if k != "em_priors"},
+            "em_priors": dict(zip(names, found["temperature"]["em_priors"], strict=True)),
+            "bias": {**found["bias"], "em_priors": dict(zip(names, found["bias"]["em_priors"], strict=True))},
         }
     return out
 
@@ -235,15 +272,17 @@ def to_markdown(doc: dict[str, Any]) -> str:
     if "prior_shift" in doc:
         sec = doc["prior_shift"]
         lines += ["## Prior shift: EM on the resampled test rows", "", f"`{sec['command']}`; {sec['machine']}", ""]
-        lines += ["| dataset (classifier) | balance | rows | NLL before | after EM | with true priors | ECE before |"
-                  " after | EM max error | BBSE max error |", "|---" * 10 + "|"]  # fmt: skip
+        lines += ["| dataset (classifier) | calibration | balance | rows | NLL before | after EM | with true priors |"
+                  " ECE before | after | EM max error | BBSE max error |", "|---" * 11 + "|"]  # fmt: skip
         for d in (k for k in sec if k not in ("command", "machine")):
             for b, r in ((b, r) for b, r in sec[d].items() if isinstance(r, dict) and "nll_before" in r):
-                lines.append(
-                    f"| {d} ({sec[d]['classifier']}) | {b} | {r['n']} | {r['nll_before']:.3f} | {r['nll_after']:.3f} | "
-                    f"{r['nll_known_priors']:.3f} | {r['ece_before']:.3f} | {r['ece_after']:.3f} | "
-                    f"{r['prior_error']:.3f} | {r['bbse_prior_error']:.3f} |"
-                )
+                for cal, c in (("temperature", r), ("bias", r.get("bias"))):
+                    if c is not None:
+                        lines.append(
+                            f"| {d} ({sec[d]['classifier']}) | {cal} | {b} | {r['n']} | {c['nll_before']:.3f} | "
+                            f"{c['nll_after']:.3f} | {c['nll_known_priors']:.3f} | {c['ece_before']:.3f} | "
+                            f"{c['ece_after']:.3f} | {c['prior_error']:.3f} | {c['bbse_prior_error']:.3f} |"
+                        )
         lines.append("")
     if "oos" in doc:
         sec = doc["oos"]
