@@ -43,16 +43,16 @@ def test_batch_step_learns_from_unlabelled_texts_and_shifts_every_row_alike(tiny
     raw = LMClassifier(model=str(tiny_model_dir), labels=LABELS, calibration="none").fit([])
     clf = LMClassifier(model=str(tiny_model_dir), labels=LABELS, calibration="batch").fit(TEXTS)  # no y
     z = raw.predict_scores(TEXTS).logits.astype(np.float64)
-    prior = softmax(z).mean(axis=0)
-    np.testing.assert_allclose(clf.decision_function(TEXTS), z - np.log(prior), atol=1e-6)
+    log_prior = log_softmax(z).mean(axis=0)  # a geometric mean of the probabilities (see PriorCorrection)
+    np.testing.assert_allclose(log_softmax(clf.decision_function(TEXTS)), log_softmax(z - log_prior), atol=1e-6)
     info = clf.calibration_info_["label_free"]
     assert info["kind"] == "batch" and info["n"] == len(TEXTS)
     assert clf.temperature_ == 1.0
     # Refit on other texts: the correction follows them.
     other = ["Rain tomorrow.", "The market rallied.", "A goal in the last minute."]
     clf.calibrate_unlabelled(other)
-    prior2 = softmax(raw.predict_scores(other).logits.astype(np.float64)).mean(axis=0)
-    np.testing.assert_allclose(clf.decision_function(TEXTS), z - np.log(prior2), atol=1e-6)
+    log_prior2 = log_softmax(raw.predict_scores(other).logits.astype(np.float64)).mean(axis=0)
+    np.testing.assert_allclose(log_softmax(clf.decision_function(TEXTS)), log_softmax(z - log_prior2), atol=1e-6)
     with pytest.raises(DataError, match="unlabelled texts"):
         clf.calibrate_unlabelled()
 

@@ -94,6 +94,21 @@ def test_batch_correction_turns_a_biased_argmax_around():
     np.testing.assert_allclose(flat.prior_, softmax(BIAS), atol=1e-12)
 
 
+def test_batch_correction_is_the_same_at_any_temperature():
+    # Zero-shot logits come over-confident by an unknown factor. The batch step centres each class's log-probability
+    # on its mean over the texts, so scaling the logits by 1/T scales the corrected ones by 1/T too: a temperature
+    # fitted after it does not fight it. A mean of the probabilities themselves would follow the surest texts.
+    rng = np.random.default_rng(3)
+    z = rng.normal(0, 3, (40, K)) + BIAS * 4
+    at_1 = PriorCorrection("batch").fit(z).transform(z)
+    for t in (0.25, 4.0):
+        at_t = PriorCorrection("batch").fit(z / t).transform(z / t)
+        np.testing.assert_allclose(log_softmax(at_t), log_softmax(at_1 / t), atol=1e-10)
+    arithmetic = z - np.log(softmax(z).mean(axis=0))
+    arithmetic_t = z / 4 - np.log(softmax(z / 4).mean(axis=0))
+    assert np.max(np.abs(log_softmax(arithmetic_t) - log_softmax(arithmetic / 4))) > 0.1
+
+
 def test_prior_correction_round_trips_and_says_what_is_wrong():
     corr = PriorCorrection("batch").fit(np.tile(BIAS, (2, 1)))
     back = PriorCorrection.from_dict(json.loads(json.dumps(corr.to_dict())))
@@ -163,7 +178,7 @@ def test_a_label_free_step_before_a_temperature_applies_only_as_much_as_the_labe
     y = rng.choice(3, size=3000, p=[0.7, 0.2, 0.1])
     z = rng.normal(0, 1, (3000, 3)) + 2.0 * np.eye(3)[y] + np.log([0.7, 0.2, 0.1])
     alone = TemperatureScaler().fit(z, y).nll_after_
-    all_of_it = z - np.log(softmax(z).mean(axis=0))  # the batch step at full strength
+    all_of_it = z - log_softmax(z).mean(axis=0)  # the batch step at full strength
     assert TemperatureScaler().fit(all_of_it, y).nll_after_ > alone + 0.01  # it would hurt
     chain = CalibratorChain(("batch", "temperature")).fit_label_free(z).fit(z, y)
     assert chain.strength < 0.6 and chain.labelled.nll_after_ <= alone + 1e-9

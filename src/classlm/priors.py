@@ -6,7 +6,8 @@ class's probability by a prior and renormalise, i.e. subtract ``log prior`` from
 
 - :class:`PriorCorrection` estimates the prior the model brings to *every* input and removes it:
   ``kind="contextual"`` from content-free inputs ("N/A", "", …; Zhao et al. 2021, "Calibrate Before Use"),
-  ``kind="batch"`` from unlabelled inputs of the task (Zhou et al. 2023, "Batch Calibration"). Zero-shot label-token
+  ``kind="batch"`` from unlabelled inputs of the task (Zhou et al. 2023, "Batch Calibration", with a geometric mean:
+  see the class). Zero-shot label-token
   logits carry such a bias (`classlm demo`'s zero-shot classes get 0.08x to 4.42x their share), and a temperature
   cannot move it: it never changes the argmax.
 - :func:`em_priors` (Saerens et al. 2002) and :func:`bbse_priors` (Lipton et al. 2018) estimate the class balance of
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from classlm.errors import ArtifactError, ConfigError
-from classlm.metrics import softmax
+from classlm.metrics import log_softmax, softmax
 
 __all__ = [
     "PRIOR_KINDS",
@@ -68,15 +69,23 @@ def _prior(q: Any, k: int, name: str) -> np.ndarray:
 
 
 class PriorCorrection:
-    """Subtract ``log prior`` from the logits, ``prior`` being the mean class probability over reference inputs.
+    """Subtract ``log prior`` from the logits, ``prior`` being the mean answer over reference inputs.
 
     Parameters
     ----------
     kind:
         ``"contextual"`` (the reference inputs are content-free: the classifier scores inputs such as ``"N/A"`` and
-        the prior is what it says about nothing) or ``"batch"`` (unlabelled inputs of the task: the prior is its mean
-        answer over them, which assumes the classes are about balanced there). The arithmetic is the same; the kind
+        the prior is its mean probability over them, as in Zhao et al. 2021) or ``"batch"`` (unlabelled inputs of the
+        task: the prior is its mean answer over them, which assumes the classes are about balanced there). The kind
         says what the prior was estimated from, and is saved with it.
+
+    ``batch`` averages log-probabilities (a geometric mean: each class's logit is centred on its mean), not the
+    probabilities themselves: raw zero-shot logits are over-confident (the fitted temperatures reach 4–9), and an
+    arithmetic mean of such probabilities follows the few texts the model is surest of. The log mean is the same at
+    any temperature, so the correction and a temperature fitted after it do not fight. Measured on six datasets
+    zero-shot (``benchmarks/calibration.py``): trec's NLL after temperature 1.814 -> 1.801, ag_news's macro-F1
+    0.512 -> 0.537, the other four within 0.003. ``contextual`` keeps the probability mean: over three
+    content-free inputs the two agree to 0.02 NLL, and it is the published method.
     """
 
     def __init__(self, kind: str = "batch") -> None:
@@ -92,14 +101,17 @@ class PriorCorrection:
     def fit(self, logits: Any) -> PriorCorrection:
         """Estimate the prior from the raw logits ``(n, k)`` of the reference inputs (no labels); returns ``self``."""
         z = _matrix(logits, "logits")
-        prior = np.maximum(softmax(z, axis=1).mean(axis=0), _FLOOR)
-        self.log_prior_ = np.log(prior / prior.sum())
+        if self.kind == "batch":  # the geometric mean: see the class docstring for why not the arithmetic one
+            self.log_prior_ = log_softmax(log_softmax(z, axis=1).mean(axis=0))
+        else:
+            prior = np.maximum(softmax(z, axis=1).mean(axis=0), _FLOOR)
+            self.log_prior_ = np.log(prior / prior.sum())
         self.n_fit_ = int(z.shape[0])
         return self
 
     @property
     def prior_(self) -> np.ndarray:
-        """The estimated prior (rows of probabilities' mean), shape ``(k,)``."""
+        """The estimated prior (the mean answer over the reference inputs, normalised), shape ``(k,)``."""
         return np.exp(self._log_prior())
 
     def _log_prior(self) -> np.ndarray:

@@ -25,7 +25,7 @@ class ClassifyRequest(BaseModel):
         default=None,
         description="The class balance where these texts come from, when it differs from the training rows' "
         "(a weight per class, every class named; they need not sum to 1): the probabilities are moved to it by "
-        "Bayes' rule. Or \"em\" / \"bbse\": estimate it from this request's texts (EM, Saerens et al. 2002; BBSE, "
+        'Bayes\' rule. Or "em" / "bbse": estimate it from this request\'s texts (EM, Saerens et al. 2002; BBSE, '
         "Lipton et al. 2018: needs a classifier calibrated on labelled rows) — send a few hundred texts at once for a "
         "steady estimate. The answer's 'priors' is the balance used. Default: the balance the service was set to "
         "(GET /v1/model, 'priors').",

@@ -60,10 +60,12 @@ class ServedModel:
         source = self.classifier.training_priors_ if current is None else current
         if isinstance(target, str):  # the classifier is not changed: each request gets its own estimate
             at_training = proba if current is None else shift_priors(proba, current, self.classifier.training_priors_)
-            target = self.classifier.estimate_priors(at_training, target)
-        if current is not None and np.array_equal(target, current):
-            return proba, target
-        return shift_priors(proba, source, target), target
+            wanted = np.asarray(self.classifier.estimate_priors(at_training, target))
+        else:
+            wanted = target
+        if current is not None and np.array_equal(wanted, current):
+            return proba, wanted
+        return shift_priors(proba, source, wanted), wanted
 
     def abstain_label(self, label: str) -> Any:
         """The service's abstain label as an answer of the classes' type (a number for number classes)."""
