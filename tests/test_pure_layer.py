@@ -12,6 +12,8 @@ PURE_MODULES = [
     "classlm.calibrators",
     "classlm.priors",
     "classlm.out_of_scope",
+    "classlm.multilabel",
+    "classlm.thresholds",
     "classlm.class_priors",
     "classlm.labels",
     "classlm.prompts",
