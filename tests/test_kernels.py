@@ -7,7 +7,7 @@ import torch
 
 from classlm.config import LoraConfig
 from classlm.kernels import lean_training, softmax_to, use_fast_lora
-from classlm.training import add_lora
+from classlm.lora import add_lora
 
 
 def with_lora(model, seed: int = 0):

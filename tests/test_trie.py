@@ -57,7 +57,7 @@ def test_trie_trains_with_the_gradients_of_the_k_row_path(backbone):
     import copy
 
     from classlm.config import LoraConfig
-    from classlm.training import add_lora
+    from classlm.lora import add_lora
 
     bb = copy.copy(backbone)
     bb.model = add_lora(copy.deepcopy(backbone.model), LoraConfig(r=2), seed=0)

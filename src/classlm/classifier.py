@@ -191,7 +191,7 @@ class LMClassifier(CalibratedClassifier):
             private = adapter is not None or self.trains_backbone()  # training, or a loaded top_k's own weights
             backbone = load_backbone(self._model_config(), shared=not private, training=training)
             if adapter is not None or lora is not None:
-                from classlm.training import add_lora, load_adapter
+                from classlm.lora import add_lora, load_adapter
 
                 if adapter is not None:
                     backbone.model = load_adapter(backbone.model, Path(adapter), self.model)
