@@ -95,3 +95,38 @@ def test_thresholds_maximise_each_class_f1_on_the_held_out_rows():
     # A class no held-out row has keeps the default; one shared cut maximises micro-F1.
     assert best_thresholds(np.zeros((3, 1)), np.full((3, 1), 0.9), default=0.5)[0] == 0.5
     assert 0 < global_threshold(y, p) < 1
+
+
+def test_the_held_out_rows_see_every_class_with_two_or_more_rows_and_so_does_training():
+    from classlm.multilabel import multilabel_split
+
+    rng = np.random.default_rng(5)
+    y = (rng.random((200, 6)) < [0.5, 0.3, 0.1, 0.02, 0.01, 0.0]).astype(int)
+    y[[3, 77], 5] = 1  # a class with exactly two rows
+    keep, held = multilabel_split(y, 0.1, seed=0)
+    assert len(set(keep) | set(held)) == 200 and not set(keep) & set(held)
+    assert 18 <= len(held) <= 26  # about 10%, plus the rows moved for rare classes
+    for c in range(6):
+        if y[:, c].sum() >= 2:
+            assert y[held, c].any() and y[keep, c].any(), c
+    k2, h2 = multilabel_split(y, 0.1, seed=0)
+    np.testing.assert_array_equal(held, h2)  # deterministic
+
+
+def test_the_multi_label_calibrator_fits_scales_then_cuts_and_round_trips():
+    from classlm.thresholds import MIN_POSITIVES_FOR_OWN_CUT, MultiLabelCalibrator
+
+    rng = np.random.default_rng(6)
+    z = rng.normal(0, 2, (3000, 3))
+    y = (rng.random(z.shape) < sigmoid(z * [1.5, 0.7, 1.0] - 2.0)).astype(int)
+    y[:, 2] = 0
+    y[: MIN_POSITIVES_FOR_OWN_CUT - 1, 2] = 1  # too few positives for a cut of its own
+    cal = MultiLabelCalibrator(3, offset=[1.0, -1.0, 0.0]).fit(z, y)
+    np.testing.assert_allclose(cal.transform(z), cal.scaler.transform(z + [1.0, -1.0, 0.0]))
+    assert cal.threshold_source_ == ["own", "own", "shared"]
+    assert cal.thresholds_[2] == pytest.approx(global_threshold(y, sigmoid(cal.transform(z))))
+    back = MultiLabelCalibrator.from_dict(json.loads(json.dumps(cal.to_dict())))
+    np.testing.assert_allclose(back.transform(z[:9]), cal.transform(z[:9]))
+    np.testing.assert_array_equal(back.thresholds_, cal.thresholds_)
+    with pytest.raises(ArtifactError, match="3 finite offsets"):
+        MultiLabelCalibrator.from_dict({**cal.to_dict(), "offset": [0.0]})

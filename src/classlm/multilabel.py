@@ -24,6 +24,7 @@ __all__ = [
     "label_lists",
     "multilabel_metrics",
     "multilabel_prf",
+    "multilabel_split",
     "per_class_ece",
 ]
 
@@ -66,6 +67,30 @@ def label_lists(indicators: Any, classes: Sequence[Any]) -> list[list[Any]]:
     arr = np.asarray(indicators)
     names = list(classes)
     return [[names[j] for j in np.flatnonzero(row)] for row in arr]
+
+
+def multilabel_split(y: Any, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices ``(keep, held_out)`` of an indicator matrix, sorted and disjoint: a seeded ``fraction`` of the
+    rows held out, then, rarest class first, one positive row of every class with two or more moved to the side
+    that lacks it (so the held-out rows can calibrate and set a cut for each class, and training sees each)."""
+    arr = _indicators(y, "y")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.floating)) or not 0 < fraction < 1:
+        raise ConfigError(f"fraction must be strictly between 0 and 1 (0.2 holds out 20%), got {fraction!r}")
+    n = arr.shape[0]
+    order = np.random.default_rng(seed).permutation(n)
+    held = np.zeros(n, dtype=bool)
+    held[order[: int(np.floor(fraction * n + 0.5))]] = True
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
+    for c in np.argsort(arr.sum(axis=0), kind="mergesort"):
+        rows = np.flatnonzero(arr[:, c])
+        if len(rows) < 2:
+            continue
+        for side in (True, False):  # the held-out side first, then training
+            if not np.any(held[rows] == side):
+                movable = rows[held[rows] != side]
+                held[movable[np.argmin(rank[movable])]] = side
+    return np.flatnonzero(~held), np.flatnonzero(held)
 
 
 # -- validation ---------------------------------------------------------------------------------------------------

@@ -20,7 +20,15 @@ import numpy as np
 
 from classlm.errors import ArtifactError, ConfigError
 
-__all__ = ["PER_CLASS_METHODS", "PerClassScaler", "best_thresholds", "global_threshold", "sigmoid"]
+__all__ = [
+    "MIN_POSITIVES_FOR_OWN_CUT",
+    "PER_CLASS_METHODS",
+    "MultiLabelCalibrator",
+    "PerClassScaler",
+    "best_thresholds",
+    "global_threshold",
+    "sigmoid",
+]
 
 PER_CLASS_METHODS = ("platt", "temperature")
 _RIDGE = 1e-2  # pulls (a, b) toward (1, 0): a class its held-out rows separate perfectly still gets finite values
@@ -166,3 +174,90 @@ def global_threshold(y_true: Any, proba: Any) -> float:
     if p.shape != y.shape or p.size == 0 or not y.any():
         raise ConfigError("global_threshold: expected probabilities and indicators of one shape, with a positive")
     return float(best_thresholds(y[:, None], p[:, None])[0])
+
+
+# Below this many positive held-out rows a class's own F1-maximising cut follows the noise of those few rows; it
+# takes the cut shared by every class instead (micro-F1).
+MIN_POSITIVES_FOR_OWN_CUT = 5
+
+
+class MultiLabelCalibrator:
+    """What turns a multi-label classifier's raw class logits into probabilities and answers: ``offset`` (the
+    per-class bias learned with LoRA, zero otherwise), then a :class:`PerClassScaler`, then per-class thresholds.
+
+    ``transform(z) = a * (z + offset) + b``; ``sigmoid`` of it is the probability; a class is answered where it
+    reaches ``thresholds_`` (0.5 until fitted). Fitted on held-out rows only: the scaler, then the cuts on the
+    scaler's probabilities (each class's own where it has :data:`MIN_POSITIVES_FOR_OWN_CUT` positive rows, else the
+    shared micro-F1 cut)."""
+
+    method = "multi_label"
+
+    def __init__(self, k: int, scaling: str = "platt", offset: Any = None) -> None:
+        self.k = int(k)
+        self.offset = np.zeros(self.k) if offset is None else np.asarray(offset, dtype=np.float64).reshape(self.k)
+        self.scaler = PerClassScaler(scaling)
+        self.thresholds_ = np.full(self.k, 0.5)
+        self.threshold_source_: list[str] = ["default"] * self.k
+        self.fitted = False
+
+    def __repr__(self) -> str:
+        return f"MultiLabelCalibrator(k={self.k}, scaling={self.scaler.method!r}, fitted={self.fitted})"
+
+    @property
+    def temperature(self) -> float:
+        """No single temperature: each class has its own scale (``scaler.scale_``); 1.0 for the shared interface."""
+        return 1.0
+
+    def transform(self, logits: Any) -> np.ndarray:
+        z = np.asarray(logits, dtype=np.float64)
+        if z.ndim != 2 or z.shape[1] != self.k:
+            raise ConfigError(f"logits: expected shape (n, {self.k}), got {z.shape}")
+        return self.scaler.transform(z + self.offset)
+
+    def fit(self, logits: Any, y_true: Any) -> MultiLabelCalibrator:
+        """Fit the per-class scaling and then the thresholds on held-out raw logits and their 0/1 indicators."""
+        z, y = _fit_rows(logits, y_true)
+        self.scaler.fit(z + self.offset, y)
+        p = sigmoid(self.transform(z))
+        own = best_thresholds(y, p)
+        positives = y.sum(axis=0)
+        shared = global_threshold(y, p) if positives.any() else 0.5
+        few = positives < MIN_POSITIVES_FOR_OWN_CUT
+        self.thresholds_ = np.where(few, shared, own)
+        self.threshold_source_ = ["shared" if f else "own" for f in few]
+        self.fitted = True
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "k": self.k,
+            "offset": self.offset.tolist(),
+            "scaling": self.scaler.to_dict(),
+            "thresholds": self.thresholds_.tolist(),
+            "threshold_source": list(self.threshold_source_),
+            "fitted": self.fitted,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MultiLabelCalibrator:
+        if not isinstance(d, Mapping) or d.get("method") != cls.method or not isinstance(d.get("k"), int):
+            raise ArtifactError(f"calibration: expected a multi-label calibrator with 'k', got {str(d)[:80]}")
+        k = int(d["k"])
+        try:
+            offset = np.asarray(d.get("offset"), dtype=np.float64)
+            cuts = np.asarray(d.get("thresholds"), dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ArtifactError("calibration: 'offset' and 'thresholds' must be lists of numbers") from None
+        if offset.shape != (k,) or cuts.shape != (k,) or not (np.all(np.isfinite(offset)) and np.all(cuts >= 0)):
+            raise ArtifactError(f"calibration: expected {k} finite offsets and {k} thresholds in [0, 1]")
+        scaling = d.get("scaling")
+        if not isinstance(scaling, Mapping):
+            raise ArtifactError("calibration: expected the per-class 'scaling' as a JSON object")
+        out = cls(k, str(scaling.get("method")) if scaling.get("method") in PER_CLASS_METHODS else "platt", offset)
+        out.scaler = PerClassScaler.from_dict(scaling, k)
+        out.thresholds_ = cuts
+        source = d.get("threshold_source")
+        out.threshold_source_ = list(source) if isinstance(source, list) and len(source) == k else ["saved"] * k
+        out.fitted = bool(d.get("fitted", False))
+        return out
