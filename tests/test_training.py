@@ -325,7 +325,7 @@ def test_training_needs_labels_and_zero_shot_refuses_training_options(tiny_model
 
 
 def test_balanced_class_weights_give_every_class_the_same_total_weight():
-    from classlm.training import class_weight_vector
+    from classlm.objectives import class_weight_vector
 
     y = np.array([0] * 6 + [1] * 2 + [2] * 1)
     w = class_weight_vector(TrainConfig(class_weights="balanced"), y, ["a", "b", "c", "d"]).numpy()
@@ -339,7 +339,7 @@ def test_balanced_class_weights_give_every_class_the_same_total_weight():
 
 
 def test_learning_rate_warms_up_then_decays_to_zero():
-    from classlm.training import lr_factor
+    from classlm.objectives import lr_factor
 
     factors = [lr_factor(s, total=10, warmup=2) for s in range(10)]
     assert factors[:2] == [0.5, 1.0]

@@ -22,6 +22,7 @@ __all__ = [
     "indicator_matrix",
     "is_label_lists",
     "label_lists",
+    "multilabel_eval",
     "multilabel_metrics",
     "multilabel_prf",
     "multilabel_split",
@@ -218,4 +219,21 @@ def multilabel_metrics(
         "cardinality_true": float(y.sum(axis=1).mean()),
         "cardinality_predicted": float(pred.sum(axis=1).mean()),
         "per_class": per_class,
+    }
+
+
+def multilabel_eval(y_true: Any, proba: Any, class_names: Sequence[str]) -> dict[str, Any]:
+    """The training curve's row for multi-label (answers at 0.5), under the single-label keys the early stopping
+    and the curves read: ``accuracy`` is the subset accuracy, ``nll`` the mean binary NLL (BCE), ``ece`` the mean
+    per-class ECE; plus ``micro_f1``."""
+    m = multilabel_metrics(y_true, proba, class_names)
+    return {
+        "accuracy": m["subset_accuracy"],
+        "macro_f1": m["macro_f1"],
+        "micro_f1": m["micro_f1"],
+        "nll": m["bce"],
+        "ece": m["per_class_ece_mean"],
+        "calibration_ratio_min": m["calibration_ratio_min"],
+        "calibration_ratio_max": m["calibration_ratio_max"],
+        "calibration_ratio": {c: v["calibration_ratio"] for c, v in m["per_class"].items()},
     }

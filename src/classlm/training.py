@@ -41,36 +41,16 @@ from classlm.kernels import lean_training
 from classlm.machine import peak_rss_mib
 from classlm.methods.base import Method
 from classlm.metrics import classification_metrics, softmax
+from classlm.multilabel import multilabel_eval
+from classlm.objectives import ClassBias, class_weight_vector, lr_factor, start_offsets
 from classlm.progress import progress_bar
 from classlm.scoring import length_sorted_batches
+from classlm.thresholds import sigmoid
 
 log = logging.getLogger(__name__)
 
 # callback(event, info): events "backward" (after each micro-batch's backward) and "step" (after each optimiser step).
 Callback = Callable[[str, dict[str, Any]], None]
-
-
-def class_weight_vector(config: TrainConfig, y: np.ndarray, names: Sequence[str]) -> torch.Tensor | None:
-    cw = config.class_weights
-    if cw is None:
-        return None
-    if cw == "balanced":
-        counts = np.bincount(y, minlength=len(names)).astype(np.float64)
-        w = np.where(counts > 0, len(y) / (len(names) * np.maximum(counts, 1)), 0.0)
-    else:
-        assert isinstance(cw, dict)
-        unknown = sorted(set(cw) - set(names))
-        if unknown:
-            raise ConfigError(f"class_weights names {unknown} are not classes; the classes are {list(names)}")
-        w = np.array([float(cw.get(n, 1.0)) for n in names])
-    return torch.as_tensor(w, dtype=torch.float32)
-
-
-def lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then linear decay to 0 at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (total - step) / max(1, total - warmup))
 
 
 @dataclass
@@ -133,6 +113,14 @@ class Trainer:
         # On CUDA the forward runs under bf16 autocast over fp32 weights; the logits come back in float32.
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             z, full = self.method.train_logits(rows, full_vocab=vocab, reuse_prefix=self.config.reuse_prefix)
+        if y.ndim == 2:  # multi-label: a yes/no per class, with the per-class offset learned alongside LoRA
+            per_row = torch.nn.functional.binary_cross_entropy_with_logits(
+                z + self.model.class_bias,
+                y.float(),
+                pos_weight=None if weights is None else weights.to(self.device),
+                reduction="none",
+            ).mean(dim=1)
+            return per_row.sum()
         if vocab:
             assert full is not None
             targets = torch.as_tensor(self.method.class_token_ids(), device=self.device)[y]
@@ -258,7 +246,8 @@ class Trainer:
     ) -> float:
         """Gradients of one step's (class-weighted) mean loss over the rows ``idx``, micro-batch by micro-batch;
         returns that loss."""
-        total_w = float(len(idx)) if weights is None else float(weights[y[idx]].sum())
+        # Multi-label weights are per class inside each row's loss (BCE's pos_weight): every row weighs 1.
+        total_w = float(len(idx)) if weights is None or y.ndim == 2 else float(weights[y[idx]].sum())
         step_loss = 0.0
         for k, chunk in enumerate(self._micro_batches(rows, idx)):
             loss = self.loss_sum([rows[i] for i in chunk], torch.as_tensor(y[chunk], device=self.device), weights)
@@ -288,9 +277,14 @@ class Trainer:
             list(texts), batch_size=self.eval_batch_size, batch_tokens=self.eval_batch_tokens, class_mass=True
         )
         self.model.train()
-        m = classification_metrics(y, softmax(scores.logits), self.names)
-        ev = {k: m[k] for k in ("accuracy", "macro_f1", "nll", "ece", "calibration_ratio_min", "calibration_ratio_max")}
-        ev["calibration_ratio"] = {c: v["calibration_ratio"] for c, v in m["per_class"].items()}
+        if y.ndim == 2:
+            bias = self.model.class_bias.detach().float().cpu().numpy()
+            ev = multilabel_eval(y, sigmoid(scores.logits + bias), self.names)
+        else:
+            m = classification_metrics(y, softmax(scores.logits), self.names)
+            keys = ("accuracy", "macro_f1", "nll", "ece", "calibration_ratio_min", "calibration_ratio_max")
+            ev = {k: m[k] for k in keys}
+            ev["calibration_ratio"] = {c: v["calibration_ratio"] for c, v in m["per_class"].items()}
         ev["class_mass"] = float(np.mean(scores.class_mass)) if scores.class_mass is not None else None
         row = {
             "step": state.step,
@@ -362,6 +356,8 @@ def train_method(
     # parameters) comes from the warm start, which is deterministic.
     method.warm_start(train[0], train[1], config.seed)
     module = method.trainable_module()
+    if train[1].ndim == 2:
+        module = ClassBias(module, start_offsets(method, train[0], train[1], trainer.get("eval_batch_size", 64)))
     state = Trainer(method, module, config, **trainer).fit(
         train[0],
         train[1],
@@ -384,4 +380,5 @@ def train_method(
         "peak_rss_mib": peak_rss_mib(),
         "allocator": active_allocator(),  # glibc's malloc trains slower and fatter on CPU: see classlm.allocator
         "history": state.history,
+        **({"class_bias": module.class_bias.detach().float().cpu().tolist()} if train[1].ndim == 2 else {}),
     }
