@@ -139,8 +139,9 @@ def test_save_load_round_trip(clf, tmp_path):
     loaded = LMClassifier.load(path, batch_size=2)
     np.testing.assert_allclose(loaded.predict_proba(TEXTS), clf.predict_proba(TEXTS), atol=1e-6)
     assert loaded.batch_size == 2 and list(loaded.classes_) == LABELS
-    # No pickle anywhere in the folder.
-    assert sorted(p.name for p in path.iterdir()) == ["classlm.json"]
+    # No pickle anywhere in the folder: the manifest, and the out-of-scope distance's arrays (fit saw labels).
+    assert doc["out_of_scope"]["score"] == "mahalanobis" and doc["out_of_scope"]["n_fit"] == len(TEXTS)
+    assert sorted(p.name for p in path.iterdir()) == ["classlm.json", doc["out_of_scope"]["file"]]
 
 
 def test_save_overwrites_a_run_but_not_other_folders(clf, tmp_path):

@@ -110,3 +110,51 @@ def test_evaluate_reports_out_of_scope_rows_apart(tiny_model_dir, tmp_path, monk
     assert json.loads((tmp_path / "r.json").read_text())["metrics"]["out_of_scope"]["n_out_of_scope"] == 3
     code, out, err = run_cli(monkeypatch, capsys, *base)  # without the flag, 'oos' is an unknown label
     assert code != 0 and "oos" in err and "Traceback" not in err
+
+
+def test_the_feature_distance_is_the_mahalanobis_distance_to_the_nearest_class_mean():
+    from classlm.errors import ArtifactError
+    from classlm.feature_distance import FeatureGaussian
+
+    rng = np.random.default_rng(0)
+    means = np.array([[0.0, 0.0, 0.0], [6.0, 0.0, 0.0], [0.0, 6.0, 0.0]])
+    y = rng.integers(0, 3, 300)
+    f = means[y] + rng.normal(0, [1.0, 2.0, 0.5], (300, 3))
+    g = FeatureGaussian(shrinkage=0.2).fit(f, y)
+    # By hand: class means, the shared covariance shrunk toward its mean variance, the nearest mean's distance.
+    mu = np.stack([f[y == c].mean(0) for c in range(3)])
+    r = f - mu[y]
+    s = r.T @ r / len(f)
+    s = 0.8 * s + 0.2 * np.trace(s) / 3 * np.eye(3)
+    x = np.array([[0.5, 0.2, 0.1], [6.1, 0.3, 0.0], [3.0, 3.0, 5.0]])
+    by_hand = [min((v - m) @ np.linalg.inv(s) @ (v - m) for m in mu) for v in x]
+    np.testing.assert_allclose(g.distance(x), by_hand, rtol=1e-9)
+    assert g.distance(x)[2] > 10 * g.distance(x)[:2].max()  # far from every class: far out of scope
+    back = FeatureGaussian.from_saved(g.arrays(), g.info())
+    np.testing.assert_allclose(back.distance(x), g.distance(x), rtol=1e-12)
+    with pytest.raises(ArtifactError, match="do not fit together"):
+        FeatureGaussian.from_saved({"whiten": np.eye(3), "means": np.zeros((2, 4)), "center": np.zeros(3)}, g.info())
+
+
+def test_fit_on_labelled_rows_adds_the_feature_distance_and_keeps_it_through_save(tiny_model_dir, tmp_path):
+    from classlm.feature_distance import FeatureGaussian
+
+    y = ["Business", "Sports", "World", "Business"]
+    clf = LMClassifier(model=str(tiny_model_dir), labels=LABELS).fit(TEXTS, y)
+    assert clf.feature_model_ is not None and clf.feature_model_.n_fit_ == 4
+    scores = clf.out_of_scope_scores(TEXTS)
+    assert set(scores) == {"class_mass", "energy", "max_proba", "answer_mass", "mahalanobis"}
+    features = clf.predict_scores(TEXTS, features=True).features
+    assert features.shape == (4, clf.backbone_.model.config.hidden_size)
+    expected = FeatureGaussian().fit(features, clf.class_indices(y)).distance(features)
+    np.testing.assert_allclose(scores["mahalanobis"], expected, rtol=1e-6)
+    clf.save(tmp_path / "run")
+    back = LMClassifier.load(tmp_path / "run")
+    np.testing.assert_allclose(back.out_of_scope_scores(TEXTS)["mahalanobis"], scores["mahalanobis"], rtol=1e-6)
+    # No labels, nothing to fit it on; a scoring that reads no single hidden state has none either.
+    assert LMClassifier(model=str(tiny_model_dir), labels=LABELS).fit([]).feature_model_ is None
+    exact = LMClassifier(model=str(tiny_model_dir), labels=LABELS, scoring="exact").fit(TEXTS, y)
+    assert exact.feature_model_ is None and "mahalanobis" not in exact.out_of_scope_scores(TEXTS)
+    no_features = LMClassifier(model=str(tiny_model_dir), labels=LABELS).fit([])
+    no_features.save(tmp_path / "zero")
+    assert LMClassifier.load(tmp_path / "zero").feature_model_ is None

@@ -42,6 +42,8 @@ MANIFEST = "classlm.json"
 ADAPTER = "adapter"
 # What a method learned besides LoRA (a head, TF-IDF weights, few-shot pool embeddings): method-<id>.safetensors.
 STATE = "method"
+# The out-of-scope distance's Gaussians over hidden features (classlm.feature_distance): features-<id>.safetensors.
+FEATURES = "features"
 # What a training run writes into its folder before the classifier itself is saved there.
 RUN_FILES = ("metrics.jsonl", "checkpoints", "train_args.json", "eval.json", "report.html")
 # Options that describe how to run, not what was learned: a loader may override them.
@@ -65,8 +67,10 @@ def manifest(
     adapter: str | None = None,
     state_file: str | None = None,
     state_json: Mapping[str, Any] | None = None,
+    features_file: str | None = None,
 ) -> dict[str, Any]:
-    """The JSON document describing a fitted classifier (``state_json``: the JSON half of ``method_.state()``)."""
+    """The JSON document describing a fitted classifier (``state_json``: the JSON half of ``method_.state()``;
+    ``features_file``: where ``feature_model_``'s arrays go)."""
     if not hasattr(clf, "method_"):
         raise NotFittedError("only a fitted classifier can be saved; call fit first")
     info = clf.method_.info()
@@ -111,6 +115,7 @@ def manifest(
             else {"head": info.prompt.head, "tail": info.prompt.tail, "chat": info.prompt.chat_template}
         ),
         "method_state": {"file": state_file, "json": dict(state_json or {})},
+        "out_of_scope": (None if features_file is None else {"file": features_file, **clf.feature_model_.info()}),
         "calibration": {**clf.calibrator_.to_dict(), **clf.calibration_info_},
         "lora": None if lora is None else config_to_dict(lora),
         "train": None if lora is None else config_to_dict(clf.train_config()),
@@ -136,7 +141,9 @@ def save_classifier(clf: Any, path: str | Path, *, metrics: Mapping[str, Any] | 
     adapter = f"{ADAPTER}-{save_id}" if clf.lora_config() is not None else None
     tensors, state_json = clf.method_.state() if hasattr(clf, "method_") else ({}, {})
     state_file = f"{STATE}-{save_id}.safetensors" if tensors else None
-    doc = manifest(clf, metrics, adapter, state_file, state_json)
+    feature_model = getattr(clf, "feature_model_", None)
+    features_file = f"{FEATURES}-{save_id}.safetensors" if feature_model is not None else None
+    doc = manifest(clf, metrics, adapter, state_file, state_json, features_file)
     if target.exists() and not target.is_dir():
         raise ConfigError(f"{target} is a file; a classifier is saved as a folder — choose another path")
     if target.is_dir() and not (target / MANIFEST).is_file():
@@ -159,13 +166,17 @@ def save_classifier(clf: Any, path: str | Path, *, metrics: Mapping[str, Any] | 
         from safetensors.numpy import save
 
         write_bytes_atomic(target / state_file, save({n: _numpy(t) for n, t in tensors.items()}))
+    if features_file is not None and feature_model is not None:
+        from safetensors.numpy import save
+
+        write_bytes_atomic(target / features_file, save(feature_model.arrays()))
     write_text_atomic(target / MANIFEST, json.dumps(doc, indent=2, allow_nan=False))
     for old in target.iterdir():  # now unreferenced: earlier adapters/states and leftovers of interrupted saves
-        if old.name in (adapter, state_file):
+        if old.name in (adapter, state_file, features_file):
             continue
         if old.is_dir() and old.name.startswith((f"{ADAPTER}-", f".{ADAPTER}.")):
             shutil.rmtree(old, ignore_errors=True)
-        elif old.is_file() and old.name.startswith((f"{STATE}-", f".{STATE}-")):
+        elif old.is_file() and old.name.startswith(tuple(f"{p}{k}-" for p in ("", ".") for k in (STATE, FEATURES))):
             old.unlink(missing_ok=True)
     return target
 
@@ -181,7 +192,8 @@ def _numpy(t: Any) -> Any:
 
 def is_run_entry(name: str) -> bool:
     """Names classlm writes into a run folder (a folder holding anything else is refused as a save target)."""
-    return name in (MANIFEST, *RUN_FILES) or name.endswith(".png") or name.startswith((".", f"{ADAPTER}-", f"{STATE}-"))
+    own = (".", f"{ADAPTER}-", f"{STATE}-", f"{FEATURES}-")
+    return name in (MANIFEST, *RUN_FILES) or name.endswith(".png") or name.startswith(own)
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -221,6 +233,7 @@ class SavedClassifier:
     state_file: Path | None
     state_json: dict[str, Any]
     saved_tokens: list[list[int]] | None
+    features_file: Path | None = None  # the out-of-scope Gaussians' arrays (None: none were fitted)
 
     @property
     def calibration_info(self) -> dict[str, Any]:
@@ -267,11 +280,30 @@ def read_classifier(path: str | Path, overrides: Mapping[str, Any]) -> SavedClas
                 f"{path}: the manifest names method state {state_file!r}, which is not a file in {path}"
             )
         check_safetensors(root / state_file)
+    features = doc.get("out_of_scope")
+    features_file = features.get("file") if isinstance(features, dict) else None
+    if features is not None:
+        if not _inside(features_file, FEATURES) or not (root / str(features_file)).is_file():
+            raise ArtifactError(
+                f"{path}: the manifest names out-of-scope features {features_file!r}, which is not a file in {path}"
+            )
+        check_safetensors(root / str(features_file))
     return SavedClassifier(
         root, doc, {**options, **overrides}, method, method_options, labels, prompt, classes, calibrator,
         None if adapter is None else root / adapter, None if state_file is None else root / state_file,
-        state_json, saved_tokens,
+        state_json, saved_tokens, None if features_file is None else root / str(features_file),
     )  # fmt: skip
+
+
+def load_feature_model(saved: SavedClassifier) -> Any:
+    """The saved out-of-scope Gaussians (:class:`~classlm.feature_distance.FeatureGaussian`), or None."""
+    if saved.features_file is None:
+        return None
+    from safetensors.numpy import load_file
+
+    from classlm.feature_distance import FeatureGaussian
+
+    return FeatureGaussian.from_saved(load_file(str(saved.features_file)), saved.doc["out_of_scope"])
 
 
 def _inside(name: Any, prefix: str) -> bool:

@@ -26,6 +26,7 @@ from classlm.config import (
 from classlm.data import as_texts, calibration_split, validate_labels
 from classlm.errors import ConfigError, DataError
 from classlm.estimator import CalibratedClassifier, NotFittedError, resolve_classes
+from classlm.feature_distance import OutOfScopeFeatures
 from classlm.labels import LabelSet
 from classlm.methods import Method, available_methods, get_method
 from classlm.priors import class_balance
@@ -33,7 +34,7 @@ from classlm.prompts import PromptTemplate
 from classlm.scores import Scores
 
 
-class LMClassifier(CalibratedClassifier):
+class LMClassifier(OutOfScopeFeatures, CalibratedClassifier):
     """Classify texts with a causal language model; a probability for every class.
 
     ``__init__`` only stores its arguments (the scikit-learn contract, so ``clone``, ``Pipeline``, ``GridSearchCV``
@@ -205,6 +206,7 @@ class LMClassifier(CalibratedClassifier):
         self.classes_ = np.array(label_set.names, dtype=object) if classes is None else classes
         self.calibrator_ = make_calibrator(self.calibration)
         self.calibration_info_: dict[str, Any] = {"fitted": False}
+        self.feature_model_ = None
 
     # -- estimator API ------------------------------------------------------------------------------------------
     def fit(
@@ -249,6 +251,7 @@ class LMClassifier(CalibratedClassifier):
                 if y_list is not None
                 else "fit(X): zero-shot, the texts unlabelled",
             )
+            self.fit_feature_distance(texts, y_list)
             return self
         assert y_list is not None
         train_texts, train_y, calib, source = self._hold_out(texts, y_list, calib_set)
@@ -270,6 +273,7 @@ class LMClassifier(CalibratedClassifier):
             }
         if calib is not None:
             self.calibrate(calib[0], calib[1], source=source)
+        self.fit_feature_distance(texts, y_list)  # every labelled row: training and calibration rows alike
         return self
 
     def _learning(
@@ -365,8 +369,9 @@ class LMClassifier(CalibratedClassifier):
         )
         return info
 
-    def predict_scores(self, X: Any, *, class_mass: bool = False) -> Scores:
-        """Raw (uncalibrated) class logits, plus the class mass and truncation count."""
+    def predict_scores(self, X: Any, *, class_mass: bool = False, features: bool = False) -> Scores:
+        """Raw (uncalibrated) class logits, plus the class mass and truncation flags; with ``features``, the hidden
+        state the logits are read from (methods that have one)."""
         self.check_fitted()
         texts = as_texts(X)
         if not texts:
@@ -377,6 +382,7 @@ class LMClassifier(CalibratedClassifier):
             batch_tokens=token_budget(self.batch_tokens, self.backbone_),
             class_mass=class_mass,
             progress=self.progress,
+            features=features,
         )
 
     # -- persistence --------------------------------------------------------------------------------------------
@@ -389,7 +395,7 @@ class LMClassifier(CalibratedClassifier):
     @classmethod
     def load(cls, path: str | Path, **overrides: Any) -> LMClassifier:
         """Load a saved classifier; ``overrides`` may set run options (device, dtype, batch_size, progress, …)."""
-        from classlm.artifacts import read_classifier, restore_method_state
+        from classlm.artifacts import load_feature_model, read_classifier, restore_method_state
 
         saved = read_classifier(path, overrides)
         options = dict(saved.options)
@@ -405,6 +411,7 @@ class LMClassifier(CalibratedClassifier):
         restore_method_state(clf.method_, saved)
         clf.calibrator_ = saved.calibrator
         clf.calibration_info_ = saved.calibration_info
+        clf.feature_model_ = load_feature_model(saved)
         clf.metrics_ = saved.doc.get("metrics", {})
         if saved.doc.get("training"):
             clf.training_ = dict(saved.doc["training"])

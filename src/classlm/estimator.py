@@ -125,11 +125,28 @@ class CalibratedClassifier(ClassPriors, ClassifierMixin, BaseEstimator):
 
     def out_of_scope_scores(self, X: Any, priors: Any = None) -> dict[str, np.ndarray]:
         """Per text, how likely it is out of scope (:mod:`classlm.out_of_scope`; higher: more likely): ``energy``
-        and ``max_proba`` always, ``class_mass`` and ``answer_mass`` for methods with class tokens."""
+        and ``max_proba`` always, ``class_mass`` and ``answer_mass`` for methods with class tokens, ``mahalanobis``
+        (:mod:`classlm.feature_distance`) where ``fit`` saw labelled rows and the method reads a hidden state."""
+        scores = self.predict_scores(X, **self.scoring_for_out_of_scope())
+        return self.out_of_scope_of(scores, self.calibrated_logits(scores.logits, priors))
+
+    def scoring_for_out_of_scope(self) -> dict[str, bool]:
+        """What ``predict_scores`` must return for every out-of-scope score: the class mass (methods with class
+        tokens) and the hidden features (a classifier with a fitted ``feature_model_``)."""
+        wanted = {"class_mass": self.class_mass_available}
+        if getattr(self, "feature_model_", None) is not None:
+            wanted["features"] = True
+        return wanted
+
+    def out_of_scope_of(self, scores: Any, calibrated: np.ndarray) -> dict[str, np.ndarray]:
+        """:meth:`out_of_scope_scores` from scores taken with :meth:`scoring_for_out_of_scope`."""
         from classlm.out_of_scope import out_of_scope_scores
 
-        scores = self.predict_scores(X, class_mass=self.class_mass_available)
-        return out_of_scope_scores(self.calibrated_logits(scores.logits, priors), scores.class_mass)
+        out = out_of_scope_scores(calibrated, scores.class_mass)
+        model, features = getattr(self, "feature_model_", None), getattr(scores, "features", None)
+        if model is not None and features is not None:
+            out["mahalanobis"] = model.distance(features)
+        return out
 
     @property
     def temperature_(self) -> float:

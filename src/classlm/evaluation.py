@@ -12,7 +12,7 @@ from classlm.classifier import LMClassifier
 from classlm.data import as_texts, validate_labels
 from classlm.errors import DataError
 from classlm.metrics import softmax
-from classlm.out_of_scope import out_of_scope_report, out_of_scope_scores
+from classlm.out_of_scope import out_of_scope_report
 from classlm.reports import EvalReport, build_report
 
 
@@ -42,7 +42,8 @@ def evaluate(
     inside = ~oos if oos_label is not None and not oos_is_class else np.ones(len(labels), dtype=bool)
     validate_labels([v for v, keep in zip(labels, inside) if keep], names)
     start = time.perf_counter()
-    scores = clf.predict_scores(texts, class_mass=clf.class_mass_available)
+    wanted = clf.scoring_for_out_of_scope() if oos_label is not None else {"class_mass": clf.class_mass_available}
+    scores = clf.predict_scores(texts, **wanted)
     seconds = time.perf_counter() - start
     calibrated = clf.calibrated_logits(scores.logits)
     proba = softmax(calibrated)
@@ -63,7 +64,7 @@ def evaluate(
     details.update(info or {})
     report = build_report(y_idx, proba[inside], names, info=details)
     if oos_label is not None:
-        oos_scores = out_of_scope_scores(calibrated, scores.class_mass)
+        oos_scores = clf.out_of_scope_of(scores, calibrated)
         found = out_of_scope_report(y_all, proba, oos_scores, oos, index.get(str(oos_label)))
         report.metrics["out_of_scope"] = {"label": str(oos_label), "is_a_class": oos_is_class, **found}
     return report

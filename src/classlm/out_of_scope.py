@@ -1,6 +1,6 @@
 """Out-of-scope signals: how far a text is from every class the classifier knows, and what abstaining buys.
 
-Pure numpy. Three scores per text, each *higher* for a text more likely out of scope:
+Pure numpy. Four scores per text, each *higher* for a text more likely out of scope:
 
 - ``class_mass``: ``1 - class mass``, the share of the model's next-token probability that falls on *no* class token
   (methods with class tokens only). A text the prompt's classes do not fit makes the model want to say something
@@ -11,6 +11,9 @@ Pure numpy. Three scores per text, each *higher* for a text more likely out of s
   give.
 - ``answer_mass``: ``1 - class mass * max p``, the share of the model's next-token probability that is not on the
   answer it gives (methods with class tokens only): low when the model both means to name a class and is sure which.
+
+A fifth, ``mahalanobis``, needs more than one text's logits: the distance of its hidden features to the labelled
+rows' classes (:mod:`classlm.feature_distance`), which estimators add where they fitted it.
 
 :func:`out_of_scope_report` compares them on rows whose truth is known: AUROC for telling out-of-scope rows apart, and
 the accuracy left when the classifier abstains on the rows each score ranks most out of scope.

@@ -19,12 +19,14 @@ class Scores:
 
     ``truncated`` marks, per text, a text cut to fit (the prompt's text slot, or the encoder's input limit); None
     means unknown (no texts). ``class_mass`` is the share of the full-vocabulary probability on the class tokens,
-    where asked for and the method has class tokens.
+    where asked for and the method has class tokens. ``features`` ``(n, d)`` is the hidden state the logits are
+    read from, where asked for and the method has one (the out-of-scope distance).
     """
 
     logits: np.ndarray
     class_mass: np.ndarray | None = None
     truncated: np.ndarray | None = None
+    features: np.ndarray | None = None
 
     @property
     def n_truncated(self) -> int:

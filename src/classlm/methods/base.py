@@ -12,6 +12,9 @@ and methods with defaults, so no caller probes for attributes:
   ``training_rows``, ``prepare_training``, ``train_logits``, ``warm_start``.
 - ``has_class_tokens``: its logits are LM-head rows of the classes' answer tokens, so the class mass and the
   full-vocabulary loss (``vocab_ce``, through ``class_token_ids``) exist.
+- ``has_features``: ``score(..., features=True)`` can also return the hidden state its logits are read from (for
+  the out-of-scope distance, :mod:`classlm.feature_distance`); ``Scores.features`` is None where a scoring reads
+  none.
 
 The life of a method inside ``LMClassifier``: ``__init__`` (labels, prompt, validated options) → ``check(tokenizer)``
 (what the tokenizer alone can refuse, before any weights load) → ``prepare(backbone)`` → ``fit_data`` when it learns
@@ -43,6 +46,7 @@ class ScoringRun:
     batch_tokens: int | None = None
     class_mass: bool = False
     progress: bool | str = False  # a string: the progress bar's label (e.g. "scoring the test rows")
+    features: bool = False  # also the hidden state the logits are read from (methods with has_features)
 
 
 class Method(ABC):
@@ -55,6 +59,7 @@ class Method(ABC):
     learns_from_data: ClassVar[bool] = False
     trains_backbone: ClassVar[bool] = False
     has_class_tokens: ClassVar[bool] = False
+    has_features: ClassVar[bool] = False
     # A method that learns from data sets this once fit_data (or load_state) gave it what scoring needs.
     fitted: bool = False
 
@@ -114,12 +119,15 @@ class Method(ABC):
         batch_tokens: int | None = None,
         class_mass: bool = False,
         progress: bool | str = False,
+        features: bool = False,
     ) -> Scores:
         """Class logits for ``texts`` in input order; batches of at most ``batch_size`` rows and ``batch_tokens``
-        padded tokens; with ``class_mass``, the class-token mass too (methods with class tokens)."""
+        padded tokens; with ``class_mass``, the class-token mass too (methods with class tokens); with
+        ``features``, the hidden state the logits are read from (methods with ``has_features``, where scoring
+        reads one)."""
         if self.learns_from_data and not self.fitted:
             raise NotFittedError(f"{self.name}: nothing learned yet (fit_data was not called, and no state loaded)")
-        return self.scores(list(texts), ScoringRun(batch_size, batch_tokens, class_mass, progress))
+        return self.scores(list(texts), ScoringRun(batch_size, batch_tokens, class_mass, progress, features))
 
     @abstractmethod
     def scores(self, texts: Sequence[str], run: ScoringRun) -> Scores:

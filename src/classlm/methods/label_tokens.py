@@ -42,6 +42,7 @@ class LabelTokensMethod(UsesPromptedLM, Method):
 
     trains_backbone = True
     has_class_tokens = True
+    has_features = True  # the answer position's hidden state, except with scoring="exact" (the trie reads its own)
 
     def check(self, tokenizer: Any) -> None:
         _, labels, _ = self.resolve_head(tokenizer)
@@ -112,6 +113,9 @@ class LabelTokensMethod(UsesPromptedLM, Method):
         mass = np.zeros(len(texts), dtype=np.float32) if run.class_mass else None
         # The trie runs after the shared prefix; with no reusable prefix, exact takes the k-row path (same values).
         trie = prefix if self.scoring == "exact" else None
+        features: np.ndarray | None = None
+        if run.features and self.scoring != "exact":
+            features = np.zeros((len(texts), int(self.backbone.model.config.hidden_size)), dtype=np.float32)
 
         def step(idx: np.ndarray, rows: list[list[int]]) -> None:
             m: torch.Tensor | None
@@ -121,7 +125,10 @@ class LabelTokensMethod(UsesPromptedLM, Method):
             elif self.scoring == "exact":
                 z, m = self._exact(rows, run.batch_size)
             else:
-                z, m = self._first_token(rows, prefix, run.class_mass and self.scoring in ONE_TOKEN)
+                h = self.lm.hidden(rows, prefix)
+                z, m = self._first_token(h, run.class_mass and self.scoring in ONE_TOKEN)
+                if features is not None:
+                    features[idx] = h.float().cpu().numpy()
             logits[idx] = z.cpu().numpy()
             if mass is not None and m is not None:
                 mass[idx] = m.cpu().numpy()
@@ -130,12 +137,11 @@ class LabelTokensMethod(UsesPromptedLM, Method):
         extra = self.trie.size if trie is not None else 0
         self.lm.run_batches(encoded.ids, step, batch_size=run.batch_size, batch_tokens=run.batch_tokens,
                             prefix=prefix, progress=run.progress, extra_tokens=extra)  # fmt: skip
-        return Scores(logits, mass, encoded.truncated)
+        return Scores(logits, mass, encoded.truncated, features)
 
-    def _first_token(
-        self, rows: list[list[int]], prefix: SharedPrefix | None, class_mass: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        z, full = self._head(self.lm.hidden(rows, prefix), full_vocab=class_mass)
+    def _first_token(self, h: torch.Tensor, class_mass: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Class logits from last-token hidden states ``h``; with ``class_mass``, the class-token mass too."""
+        z, full = self._head(h, full_vocab=class_mass)
         if full is None:
             return z, None
         return z, torch.exp(torch.logsumexp(z, -1) - torch.logsumexp(full, -1))
