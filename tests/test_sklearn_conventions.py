@@ -157,7 +157,7 @@ def test_a_real_datasets_classlabel_column(tiny_model_dir):
         (["World", None, "Sports", "World", "Sports", "World"], r"Unknown label type: row 1: None"),
         ([1.0, float("nan"), 2.0, 1.0, 2.0, 1.0], r"Unknown label type: row 1: nan"),
         (["World", 1, "Sports", "World", "Sports", "World"], r"Mix of label input types \(string and number\)"),
-        ([("a",), ("b",), ("a",), ("b",), ("a",), ("b",)], "Unknown label type: row 0: \\('a',\\)"),
+        ([{"a": 1}, {"b": 1}, {"a": 1}, {"b": 1}, {"a": 1}, {"b": 1}], "Unknown label type: row 0: \\{'a': 1\\}"),
     ],
 )
 def test_targets_that_are_not_classes_are_refused(tiny_model_dir, y, match):

@@ -129,7 +129,8 @@ def test_save_load_round_trip_and_plain_peft_loads_the_adapter(tiny_model_dir, t
     clf.save(tmp_path / "run")
     second = adapter_dir(tmp_path / "run")
     assert second != first and not first.exists()
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(["classlm.json", second.name])
+    features = json.loads((tmp_path / "run" / "classlm.json").read_text())["out_of_scope"]["file"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(["classlm.json", second.name, features])
 
 
 def test_a_manifest_cannot_point_the_loader_outside_the_run(tiny_model_dir, tmp_path):

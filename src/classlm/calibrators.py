@@ -208,13 +208,17 @@ class CalibratorChain:
         return chain
 
 
-def calibrator_from_dict(d: Any) -> TemperatureScaler | CalibratorChain:
+def calibrator_from_dict(d: Any) -> Any:
     """A saved calibrator: a lone temperature (every artifact before chains, and ``"temperature"`` / ``"none"``
-    since) or a chain. Raises ArtifactError on a bad dict."""
+    since), a chain, or a multi-label classifier's per-class calibrator. Raises ArtifactError on a bad dict."""
     if not isinstance(d, Mapping):
         raise ArtifactError(f"calibration: expected a JSON object, got {type(d).__name__}")
     if d.get("method") == "temperature":
         return TemperatureScaler.from_dict(d)
+    if d.get("method") == "multi_label":
+        from classlm.thresholds import MultiLabelCalibrator
+
+        return MultiLabelCalibrator.from_dict(d)
     return CalibratorChain.from_dict(d)
 
 

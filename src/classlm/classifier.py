@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from classlm.calibrators import make_calibrator, parse_calibration
+from classlm.calibrators import make_calibrator
 from classlm.config import (
     DEFAULT_BATCH_TOKENS,
     RUN_LIMITS,
@@ -23,18 +23,20 @@ from classlm.config import (
     options_arg,
     token_budget,
 )
-from classlm.data import as_texts, calibration_split, validate_labels
+from classlm.data import as_texts, validate_labels
 from classlm.errors import ConfigError, DataError
 from classlm.estimator import CalibratedClassifier, NotFittedError, resolve_classes
 from classlm.feature_distance import OutOfScopeFeatures
+from classlm.fitting import Fitting, is_multi_label_target, multi_label_info
 from classlm.labels import LabelSet
 from classlm.methods import Method, available_methods, get_method
+from classlm.multilabel_outputs import MultiLabelOutputs
 from classlm.priors import class_balance
 from classlm.prompts import PromptTemplate
 from classlm.scores import Scores
 
 
-class LMClassifier(OutOfScopeFeatures, CalibratedClassifier):
+class LMClassifier(Fitting, MultiLabelOutputs, OutOfScopeFeatures, CalibratedClassifier):
     """Classify texts with a causal language model; a probability for every class.
 
     ``__init__`` only stores its arguments (the scikit-learn contract, so ``clone``, ``Pipeline``, ``GridSearchCV``
@@ -232,6 +234,8 @@ class LMClassifier(OutOfScopeFeatures, CalibratedClassifier):
         and optimiser step.
         """
         texts = as_texts(X)
+        if is_multi_label_target(y):  # a list of labels per text, or an indicator matrix
+            return self._fit_multi_label(texts, y, eval_set, calib_set, run_dir, resume, callback)
         spec, classes, y_list = resolve_classes(self.labels, y)
         if y_list is not None and len(y_list) != len(texts):
             raise DataError(f"X has {len(texts)} texts but y has {len(y_list)} labels; they must match")
@@ -260,7 +264,15 @@ class LMClassifier(OutOfScopeFeatures, CalibratedClassifier):
             training=class_balance(self.class_indices(train_y), len(self.classes_)), training_source="training rows"
         )
         if backbone_training:
-            self._train_backbone(train_texts, train_y, eval_set, calib, run_dir, resume, callback)
+            evaluation = self.labelled_rows(eval_set, "eval_set") if eval_set is not None else calib
+            self._train_backbone(
+                (train_texts, self.class_indices(train_y)),
+                None if evaluation is None else (evaluation[0], self.class_indices(evaluation[1])),
+                "eval_set" if eval_set is not None else ("calibration split" if calib else None),
+                run_dir,
+                resume,
+                callback,
+            )
         else:
             t0 = time.perf_counter()
             summary = self.method_.fit_data(train_texts, self.class_indices(train_y), progress=bool(self.progress))
@@ -300,47 +312,6 @@ class LMClassifier(OutOfScopeFeatures, CalibratedClassifier):
             raise ConfigError(f"loss='vocab_ce' needs class tokens; method {self.method!r} trains with 'class_ce'")
         return learns, backbone_training
 
-    def _hold_out(
-        self, texts: list[str], y: list[str], calib_set: Any
-    ) -> tuple[list[str], list[str], tuple[list[str], list[str]] | None, str]:
-        """(training texts, training labels, calibration rows, where they come from): ``calib_set``, or a
-        stratified slice of (X, y) held out from training (DESIGN §5 rule 5)."""
-        train_cfg = self.train_config()
-        if calib_set is not None:
-            return texts, y, self.labelled_rows(calib_set, "calib_set"), "calib_set"
-        if not parse_calibration(self.calibration):  # "none": nothing to hold out for
-            return texts, y, None, ""
-        keep, held, source = calibration_split(y, train_cfg.calib_fraction, seed=train_cfg.seed)
-        return [texts[i] for i in keep], [y[i] for i in keep], ([texts[i] for i in held], [y[i] for i in held]), source
-
-    def _train_backbone(
-        self,
-        train_texts: list[str],
-        train_y: list[str],
-        eval_set: tuple[Any, Any] | None,
-        calib: tuple[list[str], list[str]] | None,
-        run_dir: str | Path | None,
-        resume: bool,
-        callback: Any,
-    ) -> None:
-        from classlm.training import train_method
-
-        evaluation = self.labelled_rows(eval_set, "eval_set") if eval_set is not None else calib
-        summary = train_method(
-            self.method_,
-            self.train_config(),
-            (train_texts, self.class_indices(train_y)),
-            None if evaluation is None else (evaluation[0], self.class_indices(evaluation[1])),
-            resume=resume,
-            run_dir=run_dir,
-            progress=self.progress,
-            callback=callback,
-            eval_batch_size=self.batch_size,
-            eval_batch_tokens=token_budget(self.batch_tokens, self.backbone_),
-        )
-        eval_name = "eval_set" if eval_set is not None else ("calibration split" if calib else None)
-        self.training_ = {**summary, "eval_set": eval_name}
-
     def check_fitted(self) -> None:
         if not hasattr(self, "method_"):
             raise NotFittedError(
@@ -367,6 +338,8 @@ class LMClassifier(OutOfScopeFeatures, CalibratedClassifier):
             },
             run=self.run_info(),
         )
+        if self.multi_label_:
+            info.update(multi_label_info(self.calibrator_, [str(c) for c in self.classes_]))
         return info
 
     def predict_scores(self, X: Any, *, class_mass: bool = False, features: bool = False) -> Scores:

@@ -45,10 +45,11 @@ _SHOW = 5  # how many offending rows/labels an error message names
 
 @dataclass(frozen=True)
 class TextDataset:
-    """Texts with optional string labels, where they came from, and the canonical class names if known."""
+    """Texts with optional string labels (multi-label: a tuple of them per row), where they came from, and the
+    canonical class names if known."""
 
     texts: tuple[str, ...]
-    labels: tuple[str, ...] | None
+    labels: tuple[Any, ...] | None  # class names; for multi-label data a tuple of names per row
     source: str
     label_names: tuple[str, ...] | None = None
     dropped: int = 0  # rows left out by ``load_dataset(drop_invalid=True)``
@@ -85,8 +86,9 @@ class TextDataset:
         return self.subset(range(min(n, len(self))))
 
     def sample(self, n: int | None, seed: int = 0) -> TextDataset:
-        """A seeded random sample of ``n`` rows, stratified by label, in file order (all rows when ``n`` is None or
-        not smaller). Files are often sorted by class, so their first rows can hold a few classes only.
+        """A seeded random sample of ``n`` rows, stratified by label (single-label rows), in file order (all rows
+        when ``n`` is None or not smaller). Files are often sorted by class, so their first rows can hold a few
+        classes only.
 
         Labelled rows: every class gets one row first when ``n`` allows it, the rest goes to the classes in
         proportion to their remaining rows (largest remainders, ties broken by the seed).
@@ -96,7 +98,8 @@ class TextDataset:
         if n < 1:
             raise ConfigError(f"sample(n) needs n >= 1, got {n}")
         rng = np.random.default_rng(seed)
-        if self.labels is None:
+        # Multi-label rows are not stratified: one row per distinct label set first would over-sample rare sets.
+        if self.labels is None or any(isinstance(v, tuple) for v in self.labels):
             return self.subset(np.sort(rng.permutation(len(self))[:n]))
         groups: dict[str, list[int]] = {}
         for i, lab in enumerate(self.labels):
@@ -198,8 +201,10 @@ def _without_invalid(table: Table, text_col: str, label_col: str | None) -> tupl
     return kept, table.n_rows - len(keep)
 
 
-def _labels(table: Table, label_col: str) -> tuple[str, ...]:
+def _labels(table: Table, label_col: str) -> tuple[Any, ...]:
     raw = table.columns[label_col]
+    if raw and all(isinstance(v, (list, tuple)) for v in raw):
+        return _label_lists(table, label_col, raw)
     missing = [i for i, v in enumerate(raw) if is_missing(v) or (isinstance(v, str) and not v.strip())]
     nonscalar = [i for i, v in enumerate(raw) if isinstance(v, (Mapping, list, tuple, set))]
     if missing or nonscalar:
@@ -227,6 +232,17 @@ def _labels(table: Table, label_col: str) -> tuple[str, ...]:
             "labelled split"
         )
     return tuple(out)
+
+
+def _label_lists(table: Table, label_col: str, raw: list[Any]) -> tuple[tuple[str, ...], ...]:
+    """Multi-label rows (``"labels": ["joy", "love"]``, ``[]`` for none): a tuple of class names per row."""
+    bad = [i for i, v in enumerate(raw) if any(is_missing(x) or isinstance(x, (Mapping, list, tuple, set)) for x in v)]
+    if bad:
+        raise DataError(
+            f"{len(bad)} label list(s) in column {label_col!r} of {table.source} hold a missing or nested value: "
+            f"{_rows(table, bad, raw)}; expected a list of class names in every row ([] for none)"
+        )
+    return tuple(tuple(str(x) for x in v) for v in raw)
 
 
 def is_missing(value: Any) -> bool:

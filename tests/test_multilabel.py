@@ -1,0 +1,125 @@
+"""Multi-label classification on the tiny model: label lists and indicator matrices, LoRA learning a toy rule with
+BCE, per-class calibration and cuts from held-out rows only, save/load, and the errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from classlm import LMClassifier
+from classlm.errors import ConfigError, DataError
+
+LABELS = ["sport", "money", "tech"]
+WORDS = {"sport": ["match", "goal", "coach"], "money": ["stocks", "bank", "profit"], "tech": ["phone", "robot", "code"]}
+FAST = {"lr": 2e-2, "batch_size": 8, "eval_every": 0, "warmup_ratio": 0.0, "calib_fraction": 0.25}
+
+
+def toy(n: int, seed: int) -> tuple[list[str], list[list[str]]]:
+    """Texts mentioning the words of zero to three topics; a text's labels are the topics it mentions."""
+    rng = np.random.default_rng(seed)
+    texts, labels = [], []
+    for _ in range(n):
+        on = [c for c in LABELS if rng.random() < 0.4]
+        words = [str(rng.choice(WORDS[c])) for c in on] or ["weather"]
+        texts.append("a story about the " + " and the ".join(words))
+        labels.append(on)
+    return texts, labels
+
+
+def test_lists_and_indicator_matrices_train_the_same_classifier(tiny_model_dir):
+    X, y = toy(12, seed=0)
+    matrix = np.array([[int(c in row) for c in LABELS] for row in y])
+    a = LMClassifier(model=str(tiny_model_dir), labels=LABELS).fit(X, y)
+    b = LMClassifier(model=str(tiny_model_dir), labels=LABELS).fit(X, matrix)
+    assert a.multi_label_ and b.multi_label_ and list(a.classes_) == LABELS
+    np.testing.assert_allclose(a.predict_proba(X), b.predict_proba(X))
+    np.testing.assert_array_equal(a.predict(X), b.predict(X))
+    assert a.predict_proba(X).shape == (12, 3) and not np.allclose(a.predict_proba(X).sum(1), 1.0)
+    # Without labels=, the classes are the sorted labels found in the lists.
+    c = LMClassifier(model=str(tiny_model_dir)).fit(X, y)
+    assert list(c.classes_) == sorted(LABELS)
+
+
+def test_lora_learns_a_toy_multi_label_rule_and_keeps_it_through_save(tiny_model_dir, tmp_path):
+    X, y = toy(48, seed=1)
+    clf = LMClassifier(
+        model=str(tiny_model_dir), labels=LABELS, lora={"r": 8, "alpha": 16, "dropout": 0.0},
+        train={**FAST, "max_steps": 150, "lr": 1e-2},
+    )  # fmt: skip
+    untrained = LMClassifier(model=str(tiny_model_dir), labels=LABELS).fit(X, y)
+    truth = np.array([[int(c in row) for c in LABELS] for row in y])
+    clf.fit(X, y)
+    # Per-label accuracy (1 - Hamming loss) on the rows it learnt from: the rule was learnt (untrained: near chance).
+    assert np.mean(clf.predict(X) == truth) >= 0.95 > np.mean(untrained.predict(X) == truth) + 0.2
+    X_test, y_test = toy(40, seed=2)
+    pred = clf.predict(X_test)
+    assert pred.shape == (40, 3) and set(np.unique(pred)) <= {0, 1}
+    labels = clf.predict_labels(X_test)
+    assert labels == [[c for c, on in zip(LABELS, row) if on] for row in pred]
+    # The per-class offset learnt with LoRA, then Platt scaling and cuts from the held-out rows only.
+    assert len(clf.training_["class_bias"]) == 3
+    info = clf.calibration_info_
+    assert info["fitted"] and info["multi_label"] and info["n"] == len(X) - clf.training_["n_train"]
+    assert info["after"]["bce"] <= info["before"]["bce"] + 1e-9
+    assert clf.model_info()["multi_label"] and set(clf.model_info()["thresholds"]) == set(LABELS)
+    clf.save(tmp_path / "run")
+    doc = json.loads((tmp_path / "run" / "classlm.json").read_text())
+    assert doc["calibration"]["method"] == "multi_label" and len(doc["calibration"]["thresholds"]) == 3
+    back = LMClassifier.load(tmp_path / "run")
+    assert back.multi_label_
+    np.testing.assert_allclose(back.predict_proba(X_test), clf.predict_proba(X_test), atol=1e-6)
+    np.testing.assert_array_equal(back.thresholds_, clf.thresholds_)
+
+
+def test_cuts_come_from_the_held_out_rows_only(tiny_model_dir):
+    X, y = toy(40, seed=3)
+    clf = LMClassifier(
+        model=str(tiny_model_dir), labels=LABELS, lora={"r": 4, "alpha": 8, "dropout": 0.0},
+        train={**FAST, "max_steps": 2},
+    )  # fmt: skip
+    clf.fit(X, y)
+    from classlm.multilabel import indicator_matrix, multilabel_split
+    from classlm.thresholds import MultiLabelCalibrator
+
+    target = indicator_matrix(y, LABELS)
+    keep, held = multilabel_split(target, 0.25, seed=0)
+    assert clf.calibration_info_["n"] == len(held) and clf.training_["n_train"] == len(keep)
+    refit = MultiLabelCalibrator(3, offset=clf.calibrator_.offset).fit(
+        clf.predict_scores([X[i] for i in held]).logits, target[held]
+    )
+    np.testing.assert_allclose(refit.thresholds_, clf.thresholds_)
+
+
+def test_multi_label_says_what_does_not_apply(tiny_model_dir):
+    X, y = toy(8, seed=4)
+    with pytest.raises(ConfigError, match="calibrates each class on its own"):
+        LMClassifier(model=str(tiny_model_dir), labels=LABELS, calibration="batch+temperature").fit(X, y)
+    with pytest.raises(ConfigError, match="method='label_tokens' or 'letters'"):
+        LMClassifier(model=str(tiny_model_dir), labels=LABELS, method="tfidf").fit(X, y)
+    with pytest.raises(DataError, match="label 'art' is not one of the 3 classes"):
+        LMClassifier(model=str(tiny_model_dir), labels=LABELS).fit(X, [*y[:-1], ["art"]])
+    clf = LMClassifier(model=str(tiny_model_dir), labels=LABELS).fit(X, y)
+    with pytest.raises(ConfigError, match="priors apply to single-label"):
+        clf.predict_proba(X, priors={"sport": 1, "money": 1, "tech": 1})
+    with pytest.raises(ConfigError, match="may answer no class"):
+        clf.predict(X, abstain_below=0.5)
+    single = LMClassifier(model=str(tiny_model_dir), labels=LABELS).fit([])
+    with pytest.raises(ConfigError, match="for multi-label classifiers"):
+        single.predict_labels(X)
+
+
+def test_jsonl_label_lists_load_as_a_tuple_per_row_and_sample_unstratified(tmp_path):
+    from classlm.data import load_dataset
+
+    rows = [{"text": f"t{i}", "labels": ["joy", "love"] if i % 3 == 0 else ([] if i % 3 == 1 else ["anger"])}
+            for i in range(30)]  # fmt: skip
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    data = load_dataset(tmp_path, split="train", label_col="labels")
+    assert data.labels[:3] == (("joy", "love"), (), ("anger",))
+    sample = data.sample(9, seed=0)
+    assert len(sample) == 9 and all(isinstance(v, tuple) for v in sample.labels)
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"text": "x", "labels": ["joy", None]}) + "\n")
+    with pytest.raises(DataError, match="hold a missing or nested value"):
+        load_dataset(tmp_path / "bad.jsonl", label_col="labels")
