@@ -188,3 +188,28 @@ def test_calibration_benchmark_resamples_to_the_asked_balance_and_renders():
     doc = {"zero_shot": {"command": "c", "machine": "m", "sst2": dict.fromkeys(calibration.CALIBRATORS, row)}}
     md = calibration.to_markdown(doc)
     assert "| batch+temperature | 0.400 (0.100) | 0.400 |" in md
+
+
+def test_multilabel_benchmark_scores_a_tfidf_cell_and_renders(tmp_path, monkeypatch):
+    import json
+
+    multilabel = pytest.importorskip("multilabel")
+    rng = np.random.default_rng(0)
+    names = ["joy", "anger", "fear"]
+    words = {"joy": "happy glad", "anger": "mad furious", "fear": "scared afraid"}
+    for split, n in (("train", 120), ("test", 40)):
+        rows = []
+        for _ in range(n):
+            on = [c for c in names if rng.random() < 0.4]
+            rows.append({"text": " ".join([words[c] for c in on] or ["plain"]) + " text", "labels": on})
+        (tmp_path / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path / "labels.json").write_text(json.dumps(names))
+    monkeypatch.setattr(multilabel, "DATA", tmp_path.parent)
+    monkeypatch.setattr(multilabel, "OUT", tmp_path / "out" / "multilabel")
+    (tmp_path / "out").mkdir()
+    monkeypatch.setattr(sys, "argv", ["x", "--datasets", tmp_path.name, "--methods", "tfidf", "--n-test", "40"])
+    multilabel.main()
+    cell = json.loads((tmp_path / "out" / "multilabel.json").read_text())[tmp_path.name]["tfidf"]
+    assert cell["macro_f1"] > 0.9  # the words name the labels: a bag of words learns them
+    assert set(multilabel.KEEP) <= set(cell) and cell["n_test"] == 40
+    assert "| tfidf | " in (tmp_path / "out" / "multilabel.md").read_text()

@@ -27,6 +27,7 @@ __all__ = [
     "log_softmax",
     "nll",
     "precision_recall_f1",
+    "prf_from_counts",
     "reliability_bins",
     "softmax",
 ]
@@ -144,27 +145,30 @@ def precision_recall_f1(y_true: Any, y_pred: Any, n_classes: int) -> dict[str, A
     ``macro_over`` says how many classes they average.
     """
     cm = confusion_matrix(y_true, y_pred, n_classes).astype(np.float64)
-    tp = np.diag(cm)
-    predicted = cm.sum(axis=0)
     support = cm.sum(axis=1)
+    out = prf_from_counts(np.diag(cm), cm.sum(axis=0), support)
+    weights = support / support.sum()  # support.sum() == n >= 1
+    out.update({f"weighted_{k}": float(out[k] @ weights) for k in ("precision", "recall", "f1")})
+    return out
+
+
+def prf_from_counts(tp: np.ndarray, predicted: np.ndarray, support: np.ndarray) -> dict[str, Any]:
+    """Per-class precision, recall, F1 and support from per-class counts (true positives, rows predicted, true rows),
+    and their macro means over the classes present in the labels or the predictions (0.0 where there is none)."""
     precision = _safe_div(tp, predicted)
     recall = _safe_div(tp, support)
     # 2TP / (2TP + FP + FN) equals the harmonic mean where it is defined and is 0 exactly where sklearn says 0.
     f1 = _safe_div(2 * tp, predicted + support)
-    weights = support / support.sum()  # support.sum() == n >= 1
-    seen = (support > 0) | (predicted > 0)  # never empty: n >= 1
+    seen = (support > 0) | (predicted > 0)
     return {
         "precision": precision,
         "recall": recall,
         "f1": f1,
         "support": support.astype(np.int64),
         "macro_over": int(seen.sum()),
-        "macro_precision": float(precision[seen].mean()),
-        "macro_recall": float(recall[seen].mean()),
-        "macro_f1": float(f1[seen].mean()),
-        "weighted_precision": float(precision @ weights),
-        "weighted_recall": float(recall @ weights),
-        "weighted_f1": float(f1 @ weights),
+        "macro_precision": float(precision[seen].mean()) if seen.any() else 0.0,
+        "macro_recall": float(recall[seen].mean()) if seen.any() else 0.0,
+        "macro_f1": float(f1[seen].mean()) if seen.any() else 0.0,
     }
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from classlm.errors import ConfigError, DataError
-from classlm.metrics import DEFAULT_BINS, _binned_gap, _positive_int, _safe_div
+from classlm.metrics import DEFAULT_BINS, _binned_gap, _positive_int, _safe_div, prf_from_counts
 
 __all__ = [
     "bce",
@@ -135,20 +135,11 @@ def multilabel_prf(y_true: Any, y_pred: Any) -> dict[str, Any]:
     tp = (yt & yp).sum(axis=0).astype(np.float64)
     predicted = yp.sum(axis=0).astype(np.float64)
     support = yt.sum(axis=0).astype(np.float64)
-    precision, recall, f1 = _safe_div(tp, predicted), _safe_div(tp, support), _safe_div(2 * tp, predicted + support)
-    seen = (support > 0) | (predicted > 0)
     row_tp = (yt & yp).sum(axis=1).astype(np.float64)
     row_sum = (yt.sum(axis=1) + yp.sum(axis=1)).astype(np.float64)
     samples = np.where(row_sum > 0, _safe_div(2 * row_tp, row_sum), 1.0)
     return {
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
-        "support": support.astype(np.int64),
-        "macro_over": int(seen.sum()),
-        "macro_f1": float(f1[seen].mean()) if seen.any() else 0.0,
-        "macro_precision": float(precision[seen].mean()) if seen.any() else 0.0,
-        "macro_recall": float(recall[seen].mean()) if seen.any() else 0.0,
+        **prf_from_counts(tp, predicted, support),
         "micro_f1": float(_safe_div(2 * tp.sum(), predicted.sum() + support.sum())),
         "samples_f1": float(samples.mean()),
         "hamming_loss": float(np.mean(yt != yp)),
