@@ -123,3 +123,19 @@ def test_jsonl_label_lists_load_as_a_tuple_per_row_and_sample_unstratified(tmp_p
     (tmp_path / "bad.jsonl").write_text(json.dumps({"text": "x", "labels": ["joy", None]}) + "\n")
     with pytest.raises(DataError, match="hold a missing or nested value"):
         load_dataset(tmp_path / "bad.jsonl", label_col="labels")
+
+
+def test_what_takes_one_label_per_text_says_so_for_multi_label(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from classlm.evaluation import evaluate
+    from classlm.serving.served import ServedModel
+    from test_cli import run_cli
+
+    X, y = toy(8, seed=5)
+    clf = LMClassifier(model=str(tiny_model_dir), labels=LABELS).fit(X, y)
+    with pytest.raises(ConfigError, match="multilabel_metrics"):
+        evaluate(clf, X, y)
+    with pytest.raises(ConfigError, match="serving multi-label classifiers comes later"):
+        ServedModel(clf)
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps({"text": t, "label": v}) for t, v in zip(X, y)) + "\n")
+    code, _, err = run_cli(monkeypatch, capsys, "train", tmp_path, "--model", tiny_model_dir, "-o", tmp_path / "run")
+    assert code != 0 and "a list of labels per row (multi-label)" in err and "Traceback" not in err

@@ -10,7 +10,7 @@ import numpy as np
 
 from classlm.classifier import LMClassifier
 from classlm.data import as_texts, validate_labels
-from classlm.errors import DataError
+from classlm.errors import ConfigError, DataError
 from classlm.metrics import softmax
 from classlm.out_of_scope import out_of_scope_report
 from classlm.reports import EvalReport, build_report
@@ -31,6 +31,11 @@ def evaluate(
     (``metrics["out_of_scope"]``). Where it is not one of the classifier's classes, the other metrics are over the
     in-scope rows."""
     clf.check_fitted()
+    if getattr(clf, "multi_label_", False):
+        raise ConfigError(
+            "evaluate() reports single-label metrics; for a multi-label classifier use classlm.multilabel."
+            "multilabel_metrics(y, clf.predict_proba(X), classes, clf.thresholds_)"
+        )
     texts = as_texts(X)
     # Matched by name, str(class): labels read from a file are strings, a classifier fit on integers has int classes.
     labels = [str(v) for v in y]

@@ -35,6 +35,11 @@ def load_rows(
         label_names=not labels_given,
         drop_invalid=drop_invalid,
     )
+    if dataset.labels is not None and any(isinstance(v, tuple) for v in dataset.labels):
+        raise ConfigError(
+            f"{dataset.source} has a list of labels per row (multi-label); the command line takes one label per row "
+            "for now: fit from Python, LMClassifier(...).fit(texts, label_lists) (README: Multi-label)"
+        )
     if dataset.dropped:
         err.print(f"--drop-invalid: left out {dataset.dropped} row(s) of {dataset.source} (empty text or no label)")
     return dataset.sample(limit, seed)

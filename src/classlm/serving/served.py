@@ -20,6 +20,8 @@ class ServedModel:
     """
 
     def __init__(self, classifier: Any) -> None:
+        if getattr(classifier, "multi_label_", False):
+            raise ConfigError("the service answers one class per text; serving multi-label classifiers comes later")
         self.classifier = classifier
         self.classes = [str(c) for c in classifier.classes_]
         self.labels = np.asarray(classifier.classes_).tolist()  # JSON values of their own type: ints stay ints
