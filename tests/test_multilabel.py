@@ -96,6 +96,8 @@ def test_multi_label_says_what_does_not_apply(tiny_model_dir):
     X, y = toy(8, seed=4)
     with pytest.raises(ConfigError, match="calibrates each class on its own"):
         LMClassifier(model=str(tiny_model_dir), labels=LABELS, calibration="batch+temperature").fit(X, y)
+    with pytest.raises(ConfigError, match="use loss='class_ce'"):
+        LMClassifier(model=str(tiny_model_dir), labels=LABELS, train={"loss": "vocab_ce"}).fit(X, y)
     with pytest.raises(ConfigError, match="method='label_tokens' or 'letters'"):
         LMClassifier(model=str(tiny_model_dir), labels=LABELS, method="tfidf").fit(X, y)
     with pytest.raises(DataError, match="label 'art' is not one of the 3 classes"):

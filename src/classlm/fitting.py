@@ -144,6 +144,11 @@ class Fitting:
                 f"multi-label classification reads one logit per class from its LM-head row: method='label_tokens' "
                 f"or 'letters' (got {self.method!r})"
             )
+        if self.train_config().loss == "vocab_ce":
+            raise ConfigError(
+                "loss='vocab_ce' trains one answer token per text; multi-label trains a yes/no per class with BCE: "
+                "use loss='class_ce' (the default)"
+            )
         spec, classes = self._multi_label_classes(y)
         names = [str(c) for c in classes]
         target = indicator_matrix(y, names)
