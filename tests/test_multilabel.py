@@ -127,15 +127,24 @@ def test_jsonl_label_lists_load_as_a_tuple_per_row_and_sample_unstratified(tmp_p
         load_dataset(tmp_path / "bad.jsonl", label_col="labels")
 
 
-def test_what_takes_one_label_per_text_says_so_for_multi_label(tiny_model_dir, tmp_path, monkeypatch, capsys):
+def test_evaluate_reports_multi_label_metrics_and_the_rest_says_what_it_does_not_take(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
     from classlm.evaluation import evaluate
     from classlm.serving.served import ServedModel
     from test_cli import run_cli
 
     X, y = toy(8, seed=5)
     clf = LMClassifier(model=str(tiny_model_dir), labels=LABELS).fit(X, y)
-    with pytest.raises(ConfigError, match="multilabel_metrics"):
-        evaluate(clf, X, y)
+    report = evaluate(clf, X, y)  # answered at the classifier's cuts, with multi-label metrics
+    truth = np.array([[int(c in row) for c in LABELS] for row in y])
+    assert report.metrics["multi_label"] and report.metrics["n"] == 8
+    assert report.metrics["hamming_loss"] == pytest.approx(np.mean(clf.predict(X) != truth))
+    assert "multi-label" in report.to_markdown() and "| cut |" in report.to_markdown()
+    assert report.summary_line().startswith("micro-F1 ")
+    json.dumps(report.to_dict())
+    with pytest.raises(ConfigError, match="oos_label is for single-label"):
+        evaluate(clf, X, y, oos_label="none")
     with pytest.raises(ConfigError, match="serving multi-label classifiers comes later"):
         ServedModel(clf)
     (tmp_path / "train.jsonl").write_text("\n".join(json.dumps({"text": t, "label": v}) for t, v in zip(X, y)) + "\n")

@@ -32,10 +32,9 @@ def evaluate(
     in-scope rows."""
     clf.check_fitted()
     if getattr(clf, "multi_label_", False):
-        raise ConfigError(
-            "evaluate() reports single-label metrics; for a multi-label classifier use classlm.multilabel."
-            "multilabel_metrics(y, clf.predict_proba(X), classes, clf.thresholds_)"
-        )
+        if oos_label is not None:
+            raise ConfigError("oos_label is for single-label classifiers: a multi-label one may answer no class")
+        return _evaluate_multi_label(clf, as_texts(X), y, info)
     texts = as_texts(X)
     # Matched by name, str(class): labels read from a file are strings, a classifier fit on integers has int classes.
     labels = [str(v) for v in y]
@@ -73,3 +72,27 @@ def evaluate(
         found = out_of_scope_report(y_all, proba, oos_scores, oos, index.get(str(oos_label)))
         report.metrics["out_of_scope"] = {"label": str(oos_label), "is_a_class": oos_is_class, **found}
     return report
+
+
+def _evaluate_multi_label(clf: Any, texts: list[str], y: Any, info: Mapping[str, Any] | None) -> EvalReport:
+    """:func:`evaluate` for a multi-label classifier: ``y`` label lists or an indicator matrix; answers at the
+    classifier's cuts (``thresholds_``)."""
+    from classlm.multilabel import indicator_matrix, multilabel_metrics
+
+    names = [str(c) for c in clf.classes_]
+    truth = indicator_matrix([list(v) for v in y] if isinstance(y, (list, tuple)) else y, names)
+    if len(truth) != len(texts):
+        raise DataError(f"X has {len(texts)} texts but y has {len(truth)} rows of labels; they must match")
+    start = time.perf_counter()
+    proba = clf.predict_proba(texts)
+    seconds = time.perf_counter() - start
+    details = {
+        "model": clf.model,
+        "method": clf.method,
+        "multi_label": True,
+        "seconds": round(seconds, 3),
+        "texts_per_second": round(len(texts) / seconds, 3) if seconds > 0 else None,
+        **dict(info or {}),
+    }
+    metrics = multilabel_metrics(truth, proba, names, clf.thresholds_)
+    return EvalReport(tuple(names), metrics, details)

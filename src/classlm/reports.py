@@ -133,8 +133,14 @@ class EvalReport:
         return write_text_atomic(path, text + "\n")
 
     def summary_line(self) -> str:
-        """One line, e.g. ``acc 0.912 · macro-F1 0.905 · NLL 0.31 · ECE 0.021``."""
+        """One line, e.g. ``acc 0.912 · macro-F1 0.905 · NLL 0.31 · ECE 0.021`` (multi-label: micro- and macro-F1,
+        BCE, per-class ECE)."""
         m = self.metrics
+        if m.get("multi_label"):
+            return (
+                f"micro-F1 {_num(m.get('micro_f1'))} · macro-F1 {_num(m.get('macro_f1'))} · "
+                f"BCE {_nll(m.get('bce'))} · per-class ECE {_num(m.get('per_class_ece_mean'))}"
+            )
         return (
             f"acc {_num(m.get('accuracy'))} · macro-F1 {_num(m.get('macro_f1'))} · "
             f"NLL {_nll(m.get('nll'))} · ECE {_num(m.get('ece'))}"
@@ -143,6 +149,8 @@ class EvalReport:
     def to_markdown(self) -> str:
         """Headline metrics, per-class table, confusion matrix and the info items, as markdown."""
         m = self.metrics
+        if m.get("multi_label"):
+            return self._multi_label_markdown()
         lo, hi = m.get("calibration_ratio_min"), m.get("calibration_ratio_max")
         ratio = "–" if lo is None or hi is None else f"{lo:.2f} – {hi:.2f}"
         lines = [f"## Evaluation ({m.get('n', '?')} texts, {len(self.classes)} classes)", ""]
@@ -185,6 +193,29 @@ class EvalReport:
             lines += _table(["true", "predicted", "rows", "share of the true class"], pairs) if pairs else ["none"]
         if m.get("out_of_scope"):
             lines += ["", *out_of_scope_lines(m["out_of_scope"])]
+        if self.info:
+            lines += ["", "### Info", ""]
+            lines += [f"- **{_cell(k)}**: {_cell(_jsonable(v))}" for k, v in self.info.items()]
+        return "\n".join(lines) + "\n"
+
+    def _multi_label_markdown(self) -> str:
+        m = self.metrics
+        lines = [f"## Evaluation ({m.get('n', '?')} texts, {len(self.classes)} classes, multi-label)", ""]
+        keys = ("micro_f1", "macro_f1", "samples_f1", "hamming_loss", "subset_accuracy", "bce", "per_class_ece_mean")
+        lines += _table(
+            ["micro-F1", "macro-F1", "samples-F1", "Hamming loss", "subset accuracy", "BCE", "per-class ECE",
+             "labels per text (true / predicted)"],
+            [[*(_num(m.get(k)) for k in keys), f"{_num(m.get('cardinality_true'))} / "
+              f"{_num(m.get('cardinality_predicted'))}"]],
+        )  # fmt: skip
+        per_class = m.get("per_class") or {}
+        if per_class:
+            lines += ["", "### Per class", ""]
+            fields = ("precision", "recall", "f1", "support", "ece", "calibration_ratio", "threshold")
+            lines += _table(
+                ["class", "precision", "recall", "F1", "support", "ECE", "calibration ratio", "cut"],
+                [[name, *(_num(row.get(k)) for k in fields)] for name, row in per_class.items()],
+            )
         if self.info:
             lines += ["", "### Info", ""]
             lines += [f"- **{_cell(k)}**: {_cell(_jsonable(v))}" for k, v in self.info.items()]
