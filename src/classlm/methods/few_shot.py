@@ -125,6 +125,9 @@ class FewShotMethod(LabelTokensMethod):
     learns_from_data = True
     # The Trainer would train on the prompt without the per-text examples; few_shot is a prompting method.
     trains_backbone = False
+    # The out-of-scope distance would be fitted on the pool's own rows, whose prompts may hold the row itself (and
+    # its label) as an example: their features are not those of a new text.
+    has_features = False
     options: FewShotOptions
 
     def prepare(self, backbone: Any) -> None:
