@@ -105,6 +105,25 @@ def test_priors_estimated_from_a_requests_own_texts(client, clf):
     assert client.post("/v1/classify", json={"text": TEXTS[0], "priors": "mle"}).status_code == 422
 
 
+def test_out_of_scope_scores_per_text_when_asked(clf, tiny_model_dir):
+    labelled = LMClassifier(model=str(tiny_model_dir), labels=LABELS, batch_size=4).fit(
+        TEXTS, ["Business", "Sports", "Sci/Tech", "World"]
+    )  # fit saw labels: the Mahalanobis distance too
+    for model, names in (
+        (clf, {"class_mass", "energy", "max_proba", "answer_mass"}),
+        (labelled, {"class_mass", "energy", "max_proba", "answer_mass", "mahalanobis"}),
+    ):
+        with _client(model) as c:
+            rows = c.post("/v1/classify", json={"texts": TEXTS, "out_of_scope": True}).json()["results"]
+            expected = model.out_of_scope_scores(TEXTS)
+            assert set(rows[0]["out_of_scope"]) == names
+            for name in names:
+                np.testing.assert_allclose([r["out_of_scope"][name] for r in rows], expected[name], rtol=1e-5)
+            assert "class_mass" not in rows[0]  # asked for the scores only
+            plain = c.post("/v1/classify", json={"texts": TEXTS}).json()["results"]
+            assert "out_of_scope" not in plain[0]
+
+
 def test_abstaining_below_a_threshold_by_setting_or_per_request(clf):
     top = clf.predict_proba(TEXTS).max(axis=1)
     cut = float(np.sort(top)[1]) + 1e-9  # the two least sure texts fall below it

@@ -116,6 +116,8 @@ def create_app(
                 "class_mass is only available for methods with class tokens (their logits are LM-head rows); "
                 "this classifier has none",
             )
+        if body.out_of_scope and not model.out_of_scope_names:
+            raise ApiError(422, "invalid_request", "out_of_scope needs a classlm classifier; this one is not")
         try:  # checked before the request takes a place in the queue
             target = model.target_priors(body.priors)
             below = settings.abstain_below if body.abstain_below is None else body.abstain_below
@@ -123,16 +125,19 @@ def create_app(
         except (ConfigError, DataError) as exc:
             raise ApiError(422, "invalid_request", str(exc)) from None
         try:
-            future = state["batcher"].submit(texts, body.class_mass)
+            future = state["batcher"].submit(texts, body.class_mass or body.out_of_scope)
         except (QueueFull, ShuttingDown) as exc:
             reason = "queue_full" if isinstance(exc, QueueFull) else "shutting_down"
             metrics.rejected.inc(reason=reason)
             raise ApiError(503, reason, str(exc), {"Retry-After": str(settings.retry_after_s)}) from None
-        proba, mass, truncated = await _answer(future, request, settings)
+        proba, mass, truncated, oos = await _answer(future, request, settings)
         if truncated is not None:
             metrics.truncated.inc(int(np.count_nonzero(truncated)))
         proba, target = model.shift(proba, target)
         results = _rows(model, proba, mass if body.class_mass else None, truncated, abstain)
+        if body.out_of_scope and oos is not None:
+            for row, values in zip(results, oos, strict=True):
+                row["out_of_scope"] = dict(zip(model.out_of_scope_names, map(float, values), strict=True))
         if target is None:
             return {"results": results}
         return {"results": results, "priors": dict(zip(model.classes, map(float, target), strict=True))}
@@ -291,7 +296,7 @@ async def _until_disconnect(receive: Receive) -> None:
         pass
 
 
-async def _answer(future: Any, request: Request, settings: ServeSettings) -> tuple[Any, Any, Any]:
+async def _answer(future: Any, request: Request, settings: ServeSettings) -> tuple[Any, ...]:
     """The scored columns, or an ApiError: 504 past the request's deadline, 499 when the client left first.
 
     Giving up cancels the batcher's future, which drops the request's texts not yet scored: nobody is left to

@@ -28,7 +28,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-# score_fn(texts, class_mass) -> a tuple of per-text arrays (n, ...), each or None: probabilities, class mass, …
+# score_fn(texts, extras) -> a tuple of per-text arrays (n, ...), each or None: probabilities, class mass, …
+# ("extras": some request of the call asked for more than probabilities; its flag is the item's class_mass)
 ScoreFn = Callable[[list[str], bool], tuple[Any, ...]]
 
 

@@ -30,13 +30,33 @@ class ServedModel:
         self._core = hasattr(classifier, "probabilities")
         self.class_mass_available = bool(getattr(classifier, "class_mass_available", False))
 
-    def score(self, texts: list[str], class_mass: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """Per text: probabilities, class mass (if asked for and available), truncated (if the classifier says)."""
+    @property
+    def out_of_scope_names(self) -> list[str]:
+        """The out-of-scope scores this classifier gives (:meth:`CalibratedClassifier.out_of_scope_scores`), in the
+        order of :meth:`score`'s columns; empty for a classifier that is not classlm's."""
         if not self._core:
-            return np.asarray(self.classifier.predict_proba(texts)), None, None
-        wanted = class_mass and self.class_mass_available
-        scores = self.classifier.predict_scores(texts, class_mass=wanted)
-        return self.classifier.probabilities(scores.logits), scores.class_mass if wanted else None, scores.truncated
+            return []
+        names = ["class_mass", "energy", "max_proba", "answer_mass"] if self.class_mass_available else []
+        names = names or ["energy", "max_proba"]
+        return names + (["mahalanobis"] if getattr(self.classifier, "feature_model_", None) is not None else [])
+
+    def score(
+        self, texts: list[str], extras: bool
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """Per text: probabilities, and where ``extras`` are asked for (a request wants the class mass or the
+        out-of-scope scores) the class mass (methods with class tokens) and the out-of-scope scores ``(n, m)`` in
+        :attr:`out_of_scope_names` order; truncated (if the classifier says)."""
+        if not self._core:
+            return np.asarray(self.classifier.predict_proba(texts)), None, None, None
+        clf = self.classifier
+        scores = clf.predict_scores(texts, **(clf.scoring_for_out_of_scope() if extras else {}))
+        proba = clf.probabilities(scores.logits)
+        if not extras:
+            return proba, None, scores.truncated, None
+        # At the classifier's own balance: a request's priors move its probabilities, not these scores.
+        found = clf.out_of_scope_of(scores, clf.calibrated_logits(scores.logits))
+        oos = np.stack([found[name] for name in self.out_of_scope_names], axis=1)
+        return proba, scores.class_mass, scores.truncated, oos
 
     def target_priors(self, priors: dict[str, float] | str | None) -> np.ndarray | str | None:
         """A request's priors as a vector in class order, or ``"em"``/``"bbse"`` (estimated from the request's own
