@@ -11,8 +11,8 @@ cuts (``classlm.multilabel.multilabel_split``: every class with two or more rows
 ``--n-test`` seeded test rows. ``lora``: LMClassifier with LoRA r 16 on every projection, BCE with a per-class offset,
 ``--epochs`` passes, the best adapter by eval BCE on the hold-out, then per-class Platt scaling and F1 cuts on it.
 ``zero_shot``: the same head untrained, Platt and cuts fitted on all training rows (nothing is trained).
-``tfidf``: TF-IDF (word 1-2 grams) + one logistic regression per class on the training rows minus the hold-out,
-per-class cuts from the hold-out (no Platt: LR's probabilities are its own). Keys
+``tfidf``: ``method="tfidf"``, one logistic regression per class on the training rows minus the same hold-out,
+then Platt scaling and cuts on it as for the others. Keys
 ``<dataset>.<method>.{macro_f1,micro_f1,samples_f1,hamming_loss,subset_accuracy,bce,per_class_ece_mean,
 train_seconds}``. rte (text pairs) waits for inputs with several fields.
 """
@@ -34,8 +34,7 @@ from classlm import LMClassifier, allocator
 from classlm.data import load_dataset
 from classlm.io import write_results
 from classlm.machine import machine_block, machine_line
-from classlm.multilabel import indicator_matrix, multilabel_metrics, multilabel_split
-from classlm.thresholds import best_thresholds
+from classlm.multilabel import indicator_matrix, multilabel_metrics
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data"
@@ -78,28 +77,11 @@ def zero_shot(data: dict[str, Any], args: argparse.Namespace) -> Result:
 
 
 def tfidf(data: dict[str, Any], args: argparse.Namespace) -> Result:
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.multiclass import OneVsRestClassifier
-
-    texts = list(data["train"].texts)
-    target = indicator_matrix([list(v) for v in data["train"].labels], data["names"])
-    keep, held = multilabel_split(target, 0.1, seed=args.seed)
+    clf = LMClassifier(method="tfidf", labels=data["names"], train={"seed": args.seed})
     t0 = time.perf_counter()
-    vec = TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True)
-    x = vec.fit_transform([texts[i] for i in keep])
-    # A class with no positive training row gets a constant-0 column (OvR refuses a one-class target).
-    present = target[keep].any(axis=0)
-    model = OneVsRestClassifier(LogisticRegression(C=10.0, max_iter=1000)).fit(x, target[keep][:, present])
-
-    def proba_of(rows_texts: list[str]) -> np.ndarray:
-        p = np.zeros((len(rows_texts), target.shape[1]))
-        p[:, present] = model.predict_proba(vec.transform(rows_texts))
-        return p
-
-    cuts = best_thresholds(target[held], proba_of([texts[i] for i in held]))
+    clf.fit(list(data["train"].texts), [list(v) for v in data["train"].labels])
     seconds = time.perf_counter() - t0
-    return proba_of(list(data["test"].texts)), cuts, seconds, {}
+    return clf.predict_proba(list(data["test"].texts)), clf.thresholds_, seconds, {}
 
 
 RUN = {"lora": lora, "zero_shot": zero_shot, "tfidf": tfidf}

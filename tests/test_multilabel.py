@@ -99,7 +99,7 @@ def test_multi_label_says_what_does_not_apply(tiny_model_dir):
     with pytest.raises(ConfigError, match="use loss='class_ce'"):
         LMClassifier(model=str(tiny_model_dir), labels=LABELS, train={"loss": "vocab_ce"}).fit(X, y)
     with pytest.raises(ConfigError, match="method='label_tokens' or 'letters'"):
-        LMClassifier(model=str(tiny_model_dir), labels=LABELS, method="tfidf").fit(X, y)
+        LMClassifier(model=str(tiny_model_dir), labels=LABELS, method="embedding").fit(X, y)
     with pytest.raises(DataError, match="label 'art' is not one of the 3 classes"):
         LMClassifier(model=str(tiny_model_dir), labels=LABELS).fit(X, [*y[:-1], ["art"]])
     clf = LMClassifier(model=str(tiny_model_dir), labels=LABELS).fit(X, y)
@@ -150,3 +150,16 @@ def test_evaluate_reports_multi_label_metrics_and_the_rest_says_what_it_does_not
     (tmp_path / "train.jsonl").write_text("\n".join(json.dumps({"text": t, "label": v}) for t, v in zip(X, y)) + "\n")
     code, _, err = run_cli(monkeypatch, capsys, "train", tmp_path, "--model", tiny_model_dir, "-o", tmp_path / "run")
     assert code != 0 and "a list of labels per row (multi-label)" in err and "Traceback" not in err
+
+
+def test_tfidf_learns_one_logistic_regression_per_class(tmp_path):
+    X, y = toy(120, seed=6)
+    clf = LMClassifier(method="tfidf", labels=LABELS).fit(X, y)
+    assert clf.multi_label_ and clf.training_["n_train"] < len(X)  # the hold-out set the cuts
+    X_test, y_test = toy(60, seed=7)
+    truth = np.array([[int(c in row) for c in LABELS] for row in y_test])
+    assert np.mean(clf.predict(X_test) == truth) >= 0.95  # the words name the labels: a bag of words learns them
+    clf.save(tmp_path / "run")
+    np.testing.assert_allclose(LMClassifier.load(tmp_path / "run").predict_proba(X_test), clf.predict_proba(X_test))
+    raw = LMClassifier(method="tfidf", labels=LABELS, calibration="none").fit(X, y)
+    assert raw.training_["n_train"] == len(X) and list(raw.thresholds_) == [0.5, 0.5, 0.5]

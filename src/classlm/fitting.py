@@ -8,6 +8,7 @@ training (:mod:`classlm.training`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,13 +20,14 @@ from classlm.config import token_budget
 from classlm.data import as_texts, calibration_split
 from classlm.errors import ConfigError, DataError
 from classlm.labels import LabelSet
-from classlm.methods import get_method
 from classlm.multilabel import indicator_matrix, is_label_lists, multilabel_metrics, multilabel_split
 from classlm.thresholds import MultiLabelCalibrator, sigmoid
 
 # calibration= for multi-label: each class gets its own Platt scaling (a scale and an offset); "none" keeps LoRA's
 # offset and the 0.5 cut.
 MULTI_LABEL_CALIBRATION = {"temperature": "platt", "none": None}
+# Methods whose logits can be read as one yes/no per class.
+MULTI_LABEL_METHODS = ("label_tokens", "letters", "tfidf")
 
 
 def is_multi_label_target(y: Any) -> bool:
@@ -138,11 +140,10 @@ class Fitting:
                 f"calibration={self.calibration!r} does not apply to multi-label classification, which calibrates "
                 "each class on its own (Platt scaling): use calibration='temperature' (the default) or 'none'"
             )
-        method_cls = get_method(self.method)
-        if not method_cls.has_class_tokens or method_cls.name not in ("label_tokens", "letters"):
+        if self.method not in MULTI_LABEL_METHODS:
             raise ConfigError(
-                f"multi-label classification reads one logit per class from its LM-head row: method='label_tokens' "
-                f"or 'letters' (got {self.method!r})"
+                f"multi-label classification needs one yes/no logit per class: method='label_tokens' or 'letters' "
+                f"(its LM-head row) or 'tfidf' (a logistic regression per class); got {self.method!r}"
             )
         if self.train_config().loss == "vocab_ce":
             raise ConfigError(
@@ -164,22 +165,30 @@ class Fitting:
                 calib_texts, calib_y = self._multi_label_rows(calib_set, "calib_set", names)
                 train_texts, train_y = texts, target
                 source = "calib_set"
+            elif scaling is None:  # calibration="none": nothing to hold out for
+                train_texts, train_y, calib_texts, calib_y, source = texts, target, [], target[:0], ""
             else:
                 keep, held = multilabel_split(target, cfg.calib_fraction, seed=cfg.seed)
                 train_texts, train_y = [texts[i] for i in keep], target[keep]
                 calib_texts, calib_y = [texts[i] for i in held], target[held]
                 source = f"held out from fit(X, y): {len(held)} of {len(texts)} rows (seed {cfg.seed}), every class"
                 source += " with two or more rows on both sides"
-            evaluation = self._multi_label_rows(eval_set, "eval_set", names) if eval_set is not None else None
-            summary = self._train_backbone(
-                (train_texts, train_y),
-                evaluation or (calib_texts, calib_y),
-                "eval_set" if eval_set is not None else "calibration split",
-                run_dir,
-                resume,
-                callback,
-            )
-            offset = summary.get("class_bias")
+            if training:
+                evaluation = self._multi_label_rows(eval_set, "eval_set", names) if eval_set is not None else None
+                summary = self._train_backbone(
+                    (train_texts, train_y),
+                    evaluation or ((calib_texts, calib_y) if calib_texts else None),
+                    "eval_set" if eval_set is not None else ("calibration split" if calib_texts else None),
+                    run_dir,
+                    resume,
+                    callback,
+                )
+                offset = summary.get("class_bias")
+            else:  # tfidf: a logistic regression per class, its own intercepts
+                t0 = time.perf_counter()
+                fitted = self.method_.fit_data(train_texts, train_y, progress=bool(self.progress))
+                seconds = time.perf_counter() - t0
+                self.training_ = {"n_train": len(train_texts), "seconds": round(seconds, 2), **fitted}
         else:
             calib_texts, calib_y = texts, target
             source = "fit(X, y): zero-shot, no weights trained, so all of it is held out for calibration"

@@ -74,6 +74,8 @@ class TfidfMethod(Method):
             self.vocabularies[name] = {str(t): int(i) for t, i in vec.vocabulary_.items()}
             self.idf[name] = np.asarray(vec.idf_, dtype=np.float64)
         k = len(self.labels)
+        if y.ndim == 2:  # multi-label: a yes/no logistic regression per class on the same features
+            return self._fit_per_class(hstack(blocks).tocsr(), y)
         present = np.unique(y)
         if len(present) < 2:
             raise DataError(f"tfidf needs examples of at least two classes to learn from; got only {present.size}")
@@ -94,6 +96,27 @@ class TfidfMethod(Method):
             "iterations": int(np.max(lr.n_iter_)),
             "trainable_parameters": int(lr.coef_.size + lr.intercept_.size),
         }
+
+    def _fit_per_class(self, x: Any, y: np.ndarray) -> dict[str, Any]:
+        """One logistic regression per class (one-vs-rest): each class's logit is its own log-odds. A class that is
+        on in no training row (or in every one) gets a constant logit of -30 (or +30)."""
+        from sklearn.linear_model import LogisticRegression
+
+        coef = np.zeros((y.shape[1], x.shape[1]))
+        intercept = np.zeros(y.shape[1])
+        iterations = 0
+        for c in range(y.shape[1]):
+            positives = int(y[:, c].sum())
+            if positives in (0, len(y)):
+                intercept[c] = -30.0 if positives == 0 else 30.0
+                continue
+            lr = LogisticRegression(C=self.options.C, max_iter=self.options.max_iter).fit(x, y[:, c])
+            coef[c], intercept[c] = lr.coef_[0], lr.intercept_[0]
+            iterations = max(iterations, int(np.max(lr.n_iter_)))
+        self.coef, self.intercept = coef, intercept
+        self.fitted = True
+        parameters = int(coef.size + intercept.size)
+        return {"features": int(coef.shape[1]), "iterations": iterations, "trainable_parameters": parameters}
 
     def _features(self, texts: Sequence[str]) -> Any:
         from scipy.sparse import hstack
