@@ -163,3 +163,33 @@ def test_tfidf_learns_one_logistic_regression_per_class(tmp_path):
     np.testing.assert_allclose(LMClassifier.load(tmp_path / "run").predict_proba(X_test), clf.predict_proba(X_test))
     raw = LMClassifier(method="tfidf", labels=LABELS, calibration="none").fit(X, y)
     assert raw.training_["n_train"] == len(X) and list(raw.thresholds_) == [0.5, 0.5, 0.5]
+
+
+def test_an_interrupted_multi_label_run_resumes_to_the_same_offsets_and_weights(tiny_model_dir, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    X, y = toy(24, seed=8)
+    train = {**FAST, "max_steps": 6, "checkpoint_every": 2}
+
+    def make() -> LMClassifier:
+        return LMClassifier(model=str(tiny_model_dir), labels=LABELS, lora={"r": 4, "alpha": 8, "dropout": 0.0},
+                            train=train)  # fmt: skip
+
+    full = make().fit(X, y, run_dir=tmp_path / "full")
+
+    def stop_after_step_5(event: str, info: dict) -> None:
+        if event == "step" and info["step"] == 5:
+            raise KeyboardInterrupt  # as if killed after the step-4 checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        make().fit(X, y, run_dir=tmp_path / "cut", callback=stop_after_step_5)
+    # The per-class offset is part of the checkpointed trainable state, beside LoRA's tensors.
+    saved = [load_file(str(f)) for f in (tmp_path / "cut" / "checkpoints").rglob("*.safetensors")]
+    assert any("class_bias" in tensors for tensors in saved)
+    resumed = make().fit(X, y, run_dir=tmp_path / "cut", resume=True)
+    np.testing.assert_allclose(resumed.training_["class_bias"], full.training_["class_bias"], rtol=1e-6)
+    for (name, a), (_, b) in zip(resumed.backbone_.model.named_parameters(), full.backbone_.model.named_parameters()):
+        if a.requires_grad:
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
+    np.testing.assert_allclose(resumed.predict_proba(X), full.predict_proba(X), atol=1e-6)
