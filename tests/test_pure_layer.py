@@ -14,6 +14,8 @@ PURE_MODULES = [
     "classlm.out_of_scope",
     "classlm.multilabel",
     "classlm.thresholds",
+    "classlm.feature_distance",
+    "classlm.multilabel_outputs",
     "classlm.class_priors",
     "classlm.labels",
     "classlm.prompts",
