@@ -1,5 +1,5 @@
-"""Multi-label on the sliced head against TF-IDF + one-vs-rest LR on the same rows: goemotions_ekman (7 labels) and
-goemotions (28), on CPU with a fixed training budget.
+"""Multi-label on the sliced head against TF-IDF and embedding + one-vs-rest LR on the same rows: goemotions_ekman
+(7 labels) and goemotions (28), on CPU with a fixed training budget.
 
 Writes ``benchmarks/results/multilabel.json`` and ``.md`` (rewritten after every cell; ``--merge`` keeps the cells of
 earlier commands, each recording the command that made it)::
@@ -12,7 +12,8 @@ cuts (``classlm.multilabel.multilabel_split``: every class with two or more rows
 ``--epochs`` passes, the best adapter by eval BCE on the hold-out, then per-class Platt scaling and F1 cuts on it.
 ``zero_shot``: the same head untrained, Platt and cuts fitted on all training rows (nothing is trained).
 ``tfidf``: ``method="tfidf"``, one logistic regression per class on the training rows minus the same hold-out,
-then Platt scaling and cuts on it as for the others. Keys
+then Platt scaling and cuts on it as for the others; ``embedding``: the same with all-MiniLM-L6-v2 sentence
+embeddings. Keys
 ``<dataset>.<method>.{macro_f1,micro_f1,samples_f1,hamming_loss,subset_accuracy,bce,per_class_ece_mean,
 train_seconds}``. rte (text pairs) waits for inputs with several fields.
 """
@@ -40,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data"
 OUT = HERE / "results" / "multilabel"
 DATASETS = ("goemotions_ekman", "goemotions")
-METHODS = ("lora", "zero_shot", "tfidf")
+METHODS = ("lora", "zero_shot", "tfidf", "embedding")
 KEEP = ("macro_f1", "micro_f1", "samples_f1", "hamming_loss", "subset_accuracy", "bce", "per_class_ece_mean")
 INSTRUCTION = "Which emotions does this text express?"
 
@@ -84,7 +85,15 @@ def tfidf(data: dict[str, Any], args: argparse.Namespace) -> Result:
     return clf.predict_proba(list(data["test"].texts)), clf.thresholds_, seconds, {}
 
 
-RUN = {"lora": lora, "zero_shot": zero_shot, "tfidf": tfidf}
+def embedding(data: dict[str, Any], args: argparse.Namespace) -> Result:
+    clf = LMClassifier(method="embedding", labels=data["names"], train={"seed": args.seed}, progress=True)
+    t0 = time.perf_counter()
+    clf.fit(list(data["train"].texts), [list(v) for v in data["train"].labels])
+    seconds = time.perf_counter() - t0
+    return clf.predict_proba(list(data["test"].texts)), clf.thresholds_, seconds, {}
+
+
+RUN = {"lora": lora, "zero_shot": zero_shot, "tfidf": tfidf, "embedding": embedding}
 
 
 def cell(name: str, method: str, data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
