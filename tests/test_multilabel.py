@@ -206,3 +206,25 @@ def test_the_embedding_head_learns_a_logistic_regression_per_class():
     truth = np.array([[int(c in row) for c in LABELS] for row in y_test])
     assert clf.multi_label_ and clf.predict_proba(X_test).shape == (60, 3)
     assert np.mean(clf.predict(X_test) == truth) >= 0.9  # the sentence encoder knows sport from money from tech
+
+
+def test_classify_on_a_saved_multi_label_run_answers_label_lists(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from test_cli import run_cli
+
+    X, y = toy(12, seed=11)
+    clf = LMClassifier(model=str(tiny_model_dir), labels=LABELS).fit(X, y)
+    clf.save(tmp_path / "run")
+    texts = ["a story about the goal", "a story about the bank and the robot"]
+    code, out, err = run_cli(monkeypatch, capsys, "classify", "--run", tmp_path / "run", "--format", "jsonl", *texts)
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    expected = clf.predict_labels(texts)
+    assert [r["labels"] for r in rows] == expected and "label" not in rows[0]
+    assert list(rows[0]["probabilities"]) == LABELS
+    code, out, err = run_cli(monkeypatch, capsys, "classify", "--run", tmp_path / "run", *texts)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert any("labels" in line for line in lines[:3])  # the header
+    assert all(any(f"│ {c}" in line for line in lines) for e in expected for c in e)  # a class per line
+    code, out, err = run_cli(monkeypatch, capsys, "classify", "--run", tmp_path / "run", "--priors", "em", *texts)
+    assert code != 0 and "single-label" in err and "Traceback" not in err

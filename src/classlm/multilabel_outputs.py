@@ -43,6 +43,16 @@ class MultiLabelOutputs:
         if priors is not None and not (isinstance(priors, str) and priors == "training"):
             raise ConfigError("priors apply to single-label classifiers (one class per text); this one is multi-label")
 
+    def check_prior_method(self, method: str) -> None:
+        if self.multi_label_:  # EM and BBSE estimate one class balance over classes that exclude each other
+            self._no_priors(method)
+        super().check_prior_method(method)  # type: ignore[misc]
+
+    def set_priors(self, priors: Any) -> None:
+        if self.multi_label_:
+            self._no_priors(priors)
+        super().set_priors(priors)  # type: ignore[misc]
+
     def calibrated_logits(self, logits: np.ndarray, priors: Any = None) -> np.ndarray:
         if not self.multi_label_:
             return super().calibrated_logits(logits, priors)  # type: ignore[misc]

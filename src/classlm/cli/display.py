@@ -18,10 +18,16 @@ def show_classifications(
     backend's estimate of the mass outside its top-k, or None."""
     proba = clf.probabilities(scores.logits, priors)
     mass = scores.class_mass if class_mass else None
-    if fmt == "jsonl":
-        _print_jsonl(clf, items, proba, mass, missing, scores.truncated)
+    values = clf.classes_.tolist()  # the labels as JSON values of their own type: integer classes stay integers
+    if getattr(clf, "multi_label_", False):  # every class at or above its cut, in class order
+        on = proba >= clf.thresholds_
+        answers: list[Any] = [[v for v, yes in zip(values, row) if yes] for row in on]
     else:
-        _print_table([str(c) for c in clf.classes_], items, proba, mass, missing)
+        answers = [values[int(p.argmax())] for p in proba]
+    if fmt == "jsonl":
+        _print_jsonl(clf, items, proba, answers, mass, missing, scores.truncated)
+    else:
+        _print_table([str(c) for c in clf.classes_], items, proba, answers, mass, missing)
     if scores.n_truncated:
         err.print(
             f"{scores.n_truncated} text(s) were longer than the classifier reads and were truncated (raise "
@@ -29,13 +35,15 @@ def show_classifications(
         )
 
 
-def _print_jsonl(clf: Any, items: list[str], proba: Any, mass: Any, missing: Any, truncated: Any) -> None:
+def _print_jsonl(
+    clf: Any, items: list[str], proba: Any, answers: list[Any], mass: Any, missing: Any, truncated: Any
+) -> None:
     classes = [str(c) for c in clf.classes_]
-    values = clf.classes_.tolist()  # the labels as JSON values of their own type: integer classes stay integers
+    key = "labels" if getattr(clf, "multi_label_", False) else "label"
     for i, text in enumerate(items):
         row: dict[str, Any] = {
             "text": text,
-            "label": values[int(proba[i].argmax())],
+            key: answers[i],
             "probabilities": {c: round(float(p), 6) for c, p in zip(classes, proba[i])},
         }
         if mass is not None:
@@ -48,12 +56,13 @@ def _print_jsonl(clf: Any, items: list[str], proba: Any, mass: Any, missing: Any
         print(json.dumps(row, ensure_ascii=False))
 
 
-def _print_table(classes: list[str], items: list[str], proba: Any, mass: Any, missing: Any) -> None:
+def _print_table(classes: list[str], items: list[str], proba: Any, answers: list[Any], mass: Any, missing: Any) -> None:
     # Piped output is 80 columns wide. The text gives way first (cut with an ellipsis: --format jsonl keeps it whole);
     # a probability is never cut ("0.…" reads as nothing): a column per class only when they all fit, else each
     # row's top classes, one per line.
     extra = [name for name, v in (("class mass", mass), ("missing", missing)) if v is not None]
-    label_w = min(12, max(map(len, classes)))
+    multi = any(isinstance(a, list) for a in answers)  # multi-label: a class per line in "labels"
+    label_w = max(min(12, max(map(len, classes))), 6 if multi else 0)
     widths = {c: min(8, max(5, len(c))) for c in classes}  # longer names fold in the header
     # Each column costs its width + 3 (padding and border); +1 for the table's last border.
     others = label_w + 3 + 8 * len(extra) + 3 + 1
@@ -61,9 +70,9 @@ def _print_table(classes: list[str], items: list[str], proba: Any, mass: Any, mi
     shown = classes if len(classes) <= 8 and 12 + others + per_class <= out.width else []
     top_w = 6 + min(14, max(map(len, classes)))  # "0.716 Business"
     text_w = max(12, min(48, out.width - others - (per_class if shown else top_w + 3)))
-    table = Table(show_lines=bool(not shown and len(items) > 1))
+    table = Table(show_lines=bool((not shown or multi) and len(items) > 1))
     table.add_column("text", overflow="ellipsis", max_width=text_w, no_wrap=True)
-    table.add_column("label", style="bold", overflow="fold", max_width=label_w)
+    table.add_column("labels" if multi else "label", style="bold", overflow="fold", max_width=label_w)
     for c in shown:
         table.add_column(c, justify="right", overflow="fold", width=widths[c])
     if not shown:
@@ -71,7 +80,9 @@ def _print_table(classes: list[str], items: list[str], proba: Any, mass: Any, mi
     for name in extra:
         table.add_column(name, justify="right", overflow="fold", width=5)
     for i, text in enumerate(items):
-        cells = [text.replace("\n", " "), classes[int(proba[i].argmax())]]
+        answer = answers[i]
+        shown_answer = ("\n".join(map(str, answer)) or "–") if isinstance(answer, list) else str(answer)
+        cells = [text.replace("\n", " "), shown_answer]
         if shown:
             cells += [f"{p:.3f}" for p in proba[i]]
         else:
