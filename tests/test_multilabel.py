@@ -145,8 +145,25 @@ def test_evaluate_reports_multi_label_metrics_and_the_rest_says_what_it_does_not
     json.dumps(report.to_dict())
     with pytest.raises(ConfigError, match="oos_label is for single-label"):
         evaluate(clf, X, y, oos_label="none")
-    with pytest.raises(ConfigError, match="serving multi-label classifiers comes later"):
-        ServedModel(clf)
+    from fastapi.testclient import TestClient
+
+    from classlm.serving import ServeSettings, create_app
+
+    assert ServedModel(clf).answers(clf.predict_proba(X)) == clf.predict_labels(X)
+    with TestClient(create_app(clf, ServeSettings())) as c:
+        body = c.post("/v1/classify", json={"texts": X[:3]}).json()
+        assert [r["labels"] for r in body["results"]] == clf.predict_labels(X[:3])
+        assert "label" not in body["results"][0] and "priors" not in body
+        np.testing.assert_allclose(
+            [list(r["probabilities"].values()) for r in body["results"]], clf.predict_proba(X[:3]), atol=1e-6
+        )
+        for extra in ({"priors": "em"}, {"abstain_below": 0.5}, {"out_of_scope": True}):
+            bad = c.post("/v1/classify", json={"texts": X[:2], **extra})
+            assert bad.status_code == 422, extra
+        assert c.get("/v1/model").json()["multi_label"] is True
+    with pytest.raises(ConfigError, match="--abstain-below is for single-label"):
+        with TestClient(create_app(clf, ServeSettings(abstain_below=0.5))):
+            pass
     (tmp_path / "train.jsonl").write_text("\n".join(json.dumps({"text": t, "label": v}) for t, v in zip(X, y)) + "\n")
     code, _, err = run_cli(monkeypatch, capsys, "train", tmp_path, "--model", tiny_model_dir, "-o", tmp_path / "run")
     assert code != 0 and "a list of labels per row (multi-label)" in err and "Traceback" not in err

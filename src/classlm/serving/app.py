@@ -117,7 +117,9 @@ def create_app(
                 "this classifier has none",
             )
         if body.out_of_scope and not model.out_of_scope_names:
-            raise ApiError(422, "invalid_request", "out_of_scope needs a classlm classifier; this one is not")
+            raise ApiError(
+                422, "invalid_request", "out_of_scope needs a single-label classlm classifier; this one is not"
+            )
         try:  # checked before the request takes a place in the queue
             target = model.target_priors(body.priors)
             below = settings.abstain_below if body.abstain_below is None else body.abstain_below
@@ -154,6 +156,11 @@ def _lifespan(load: Any, settings: ServeSettings, metrics: ServiceMetrics, state
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         classifier = await run_in_threadpool(load) if callable(load) else load
         model = ServedModel(classifier)
+        if model.multi_label and settings.abstain_below is not None:
+            raise ConfigError(
+                "--abstain-below is for single-label classifiers: a multi-label one answers the classes at or above "
+                "their cuts, maybe none; start the service without it"
+            )
 
         def on_batch(n_texts: int, n_requests: int) -> None:
             metrics.batch_texts.observe(n_texts)
@@ -184,11 +191,9 @@ def _rows(model: ServedModel, proba: Any, mass: Any, truncated: Any, abstain: An
     """One answer per text, in request order: the label and every class's probability (and what was asked);
     ``abstain``: ``(threshold, label)`` for texts whose top probability is below the threshold."""
     results = []
-    for i in range(len(proba)):
-        row: dict[str, Any] = {
-            "label": model.labels[int(np.argmax(proba[i]))],
-            "probabilities": {c: float(p) for c, p in zip(model.classes, proba[i])},
-        }
+    key = "labels" if model.multi_label else "label"
+    for i, answer in enumerate(model.answers(proba)):
+        row: dict[str, Any] = {key: answer, "probabilities": {c: float(p) for c, p in zip(model.classes, proba[i])}}
         if abstain is not None:
             row["abstained"] = bool(np.max(proba[i]) < abstain[0])
             if row["abstained"]:

@@ -56,7 +56,13 @@ class ClassifyRequest(BaseModel):
 
 
 class ClassifyResult(BaseModel):
-    label: str | int | float | bool = Field(description="The most probable class (a number for number classes).")
+    label: str | int | float | bool | None = Field(
+        default=None, description="The most probable class (a number for number classes); single-label classifiers."
+    )
+    labels: list[str | int | float | bool] | None = Field(
+        default=None,
+        description="Multi-label classifiers: every class at or above its cut (GET /v1/model), maybe none.",
+    )
     probabilities: dict[str, float] = Field(description="Every class's calibrated probability, in class order.")
     class_mass: float | None = Field(default=None, description="Only when the request asked for it.")
     out_of_scope: dict[str, float] | None = Field(

@@ -20,9 +20,10 @@ class ServedModel:
     """
 
     def __init__(self, classifier: Any) -> None:
-        if getattr(classifier, "multi_label_", False):
-            raise ConfigError("the service answers one class per text; serving multi-label classifiers comes later")
         self.classifier = classifier
+        # A multi-label classifier answers every class at or above its cut (``thresholds``), maybe none.
+        self.multi_label = bool(getattr(classifier, "multi_label_", False))
+        self.thresholds = np.asarray(classifier.thresholds_) if self.multi_label else None
         self.classes = [str(c) for c in classifier.classes_]
         self.labels = np.asarray(classifier.classes_).tolist()  # JSON values of their own type: ints stay ints
         # classlm's estimators (their shared core) give raw scores, with the class mass and truncation flags, and
@@ -34,7 +35,7 @@ class ServedModel:
     def out_of_scope_names(self) -> list[str]:
         """The out-of-scope scores this classifier gives (:meth:`CalibratedClassifier.out_of_scope_scores`), in the
         order of :meth:`score`'s columns; empty for a classifier that is not classlm's."""
-        if not self._core:
+        if not self._core or self.multi_label:  # scores of one answer among classes that exclude each other
             return []
         names = ["class_mass", "energy", "max_proba", "answer_mass"] if self.class_mass_available else []
         names = names or ["energy", "max_proba"]
@@ -66,6 +67,12 @@ class ServedModel:
             if priors is not None:
                 raise ConfigError("priors need a classlm classifier (its training class balance); this one has none")
             return None
+        if self.multi_label:
+            if priors is not None:
+                raise ConfigError(
+                    "priors apply to single-label classifiers (one class per text); this one is multi-label"
+                )
+            return None
         if priors is None:
             return self.classifier.priors_
         if isinstance(priors, str):
@@ -89,8 +96,16 @@ class ServedModel:
             return proba, wanted
         return shift_priors(proba, source, wanted), wanted
 
+    def answers(self, proba: np.ndarray) -> list[Any]:
+        """Per text: the most probable class, or (multi-label) the list of classes at or above their cuts."""
+        if self.multi_label:
+            return [[v for v, on in zip(self.labels, row) if on] for row in proba >= self.thresholds]
+        return [self.labels[int(np.argmax(p))] for p in proba]
+
     def abstain_label(self, label: str) -> Any:
         """The service's abstain label as an answer of the classes' type (a number for number classes)."""
+        if self.multi_label:
+            raise ConfigError("abstaining is for single-label classifiers: a multi-label one may answer no class")
         value: Any = label
         if np.issubdtype(np.asarray(self.classifier.classes_).dtype, np.number):
             try:
