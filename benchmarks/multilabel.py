@@ -56,41 +56,35 @@ def rows(name: str, n_train: int, n_test: int, seed: int) -> dict[str, Any]:
 Result = tuple[np.ndarray, np.ndarray, float, dict[str, Any]]  # test probabilities, cuts, training seconds, extras
 
 
+def _fitted(clf: LMClassifier, data: dict[str, Any]) -> Result:
+    """Fit ``clf`` on the training rows (label lists); its test probabilities, cuts and fit seconds."""
+    t0 = time.perf_counter()
+    clf.fit(list(data["train"].texts), [list(v) for v in data["train"].labels])
+    seconds = time.perf_counter() - t0
+    return clf.predict_proba(list(data["test"].texts)), clf.thresholds_, seconds, {}
+
+
 def lora(data: dict[str, Any], args: argparse.Namespace) -> Result:
     train_cfg = {"seed": args.seed, "epochs": args.epochs, "eval_every": args.eval_every}
     clf = LMClassifier(
         labels=data["names"], instruction=INSTRUCTION, lora={"r": 16, "alpha": 32}, train=train_cfg, progress=True
     )
-    t0 = time.perf_counter()
-    clf.fit(list(data["train"].texts), [list(v) for v in data["train"].labels])
-    seconds = time.perf_counter() - t0
-    proba = clf.predict_proba(list(data["test"].texts))
+    proba, cuts, seconds, _ = _fitted(clf, data)
     training = {k: clf.training_.get(k) for k in ("steps", "epochs", "best_step", "examples_per_second")}
-    return proba, clf.thresholds_, seconds, {"training": training}
+    return proba, cuts, seconds, {"training": training}
 
 
 def zero_shot(data: dict[str, Any], args: argparse.Namespace) -> Result:
-    clf = LMClassifier(labels=data["names"], instruction=INSTRUCTION, progress=True)
-    t0 = time.perf_counter()
-    clf.fit(list(data["train"].texts), [list(v) for v in data["train"].labels])
-    seconds = time.perf_counter() - t0
-    return clf.predict_proba(list(data["test"].texts)), clf.thresholds_, seconds, {}
+    return _fitted(LMClassifier(labels=data["names"], instruction=INSTRUCTION, progress=True), data)
 
 
 def tfidf(data: dict[str, Any], args: argparse.Namespace) -> Result:
-    clf = LMClassifier(method="tfidf", labels=data["names"], train={"seed": args.seed})
-    t0 = time.perf_counter()
-    clf.fit(list(data["train"].texts), [list(v) for v in data["train"].labels])
-    seconds = time.perf_counter() - t0
-    return clf.predict_proba(list(data["test"].texts)), clf.thresholds_, seconds, {}
+    return _fitted(LMClassifier(method="tfidf", labels=data["names"], train={"seed": args.seed}), data)
 
 
 def embedding(data: dict[str, Any], args: argparse.Namespace) -> Result:
     clf = LMClassifier(method="embedding", labels=data["names"], train={"seed": args.seed}, progress=True)
-    t0 = time.perf_counter()
-    clf.fit(list(data["train"].texts), [list(v) for v in data["train"].labels])
-    seconds = time.perf_counter() - t0
-    return clf.predict_proba(list(data["test"].texts)), clf.thresholds_, seconds, {}
+    return _fitted(clf, data)
 
 
 RUN = {"lora": lora, "zero_shot": zero_shot, "tfidf": tfidf, "embedding": embedding}

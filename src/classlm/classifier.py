@@ -338,7 +338,8 @@ class LMClassifier(Fitting, MultiLabelOutputs, OutOfScopeFeatures, CalibratedCla
             },
             run=self.run_info(),
         )
-        if self.multi_label_:
+        if self.multi_label_:  # no single temperature: each class has its own scale and offset
+            info["calibration"] = {k: v for k, v in info["calibration"].items() if k != "temperature"}
             info.update(multi_label_info(self.calibrator_, [str(c) for c in self.classes_]))
         return info
 

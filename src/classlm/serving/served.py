@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from classlm.errors import ConfigError
-from classlm.out_of_scope import abstain_value
+from classlm.out_of_scope import OOS_SCORES, abstain_value
 from classlm.priors import prior_vector, shift_priors
 
 
@@ -37,8 +37,8 @@ class ServedModel:
         order of :meth:`score`'s columns; empty for a classifier that is not classlm's."""
         if not self._core or self.multi_label:  # scores of one answer among classes that exclude each other
             return []
-        names = ["class_mass", "energy", "max_proba", "answer_mass"] if self.class_mass_available else []
-        names = names or ["energy", "max_proba"]
+        # The class mass and answer mass need class tokens; energy and the top probability come from the logits.
+        names = [n for n in OOS_SCORES if self.class_mass_available or n in ("energy", "max_proba")]
         return names + (["mahalanobis"] if getattr(self.classifier, "feature_model_", None) is not None else [])
 
     def score(
