@@ -80,7 +80,7 @@ def _evaluate_multi_label(clf: Any, texts: list[str], y: Any, info: Mapping[str,
     from classlm.multilabel import indicator_matrix, multilabel_metrics
 
     names = [str(c) for c in clf.classes_]
-    truth = indicator_matrix([list(v) for v in y] if isinstance(y, (list, tuple)) else y, names)
+    truth = indicator_matrix(y, names)
     if len(truth) != len(texts):
         raise DataError(f"X has {len(texts)} texts but y has {len(truth)} rows of labels; they must match")
     start = time.perf_counter()

@@ -8,6 +8,7 @@ from typing import Any
 from rich.table import Table
 
 from classlm.cli.common import err, out
+from classlm.multilabel import label_lists
 
 
 def show_classifications(
@@ -20,8 +21,7 @@ def show_classifications(
     mass = scores.class_mass if class_mass else None
     values = clf.classes_.tolist()  # the labels as JSON values of their own type: integer classes stay integers
     if getattr(clf, "multi_label_", False):  # every class at or above its cut, in class order
-        on = proba >= clf.thresholds_
-        answers: list[Any] = [[v for v, yes in zip(values, row) if yes] for row in on]
+        answers: list[Any] = label_lists(proba >= clf.thresholds_, values)
     else:
         answers = [values[int(p.argmax())] for p in proba]
     if fmt == "jsonl":

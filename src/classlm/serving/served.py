@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from classlm.errors import ConfigError
+from classlm.multilabel import label_lists
 from classlm.out_of_scope import OOS_SCORES, abstain_value
 from classlm.priors import prior_vector, shift_priors
 
@@ -99,7 +100,7 @@ class ServedModel:
     def answers(self, proba: np.ndarray) -> list[Any]:
         """Per text: the most probable class, or (multi-label) the list of classes at or above their cuts."""
         if self.multi_label:
-            return [[v for v, on in zip(self.labels, row) if on] for row in proba >= self.thresholds]
+            return label_lists(proba >= self.thresholds, self.labels)
         return [self.labels[int(np.argmax(p))] for p in proba]
 
     def abstain_label(self, label: str) -> Any:
