@@ -1,5 +1,5 @@
 """Multi-label on the sliced head against TF-IDF and embedding + one-vs-rest LR on the same rows: goemotions_ekman
-(7 labels) and goemotions (28), on CPU with a fixed training budget.
+(7 labels) and goemotions (28), on CPU with a fixed training budget; and text pairs (rte).
 
 Writes ``benchmarks/results/multilabel.json`` and ``.md`` (rewritten after every cell; ``--merge`` keeps the cells of
 earlier commands, each recording the command that made it)::
@@ -15,7 +15,12 @@ cuts (``classlm.multilabel.multilabel_split``: every class with two or more rows
 then Platt scaling and cuts on it as for the others; ``embedding``: the same with all-MiniLM-L6-v2 sentence
 embeddings. Keys
 ``<dataset>.<method>.{macro_f1,micro_f1,samples_f1,hamming_loss,subset_accuracy,bce,per_class_ece_mean,
-train_seconds}``. rte (text pairs) waits for inputs with several fields.
+train_seconds}``.
+
+``rte`` (premise + hypothesis, single-label): the pair in the prompt's two slots (``benchmarks/prompts/rte.json``),
+``lora`` with the default recipe (auto epochs, temperature on the 10% hold-out), ``zero_shot`` with the temperature
+fitted on the training rows, ``tfidf`` / ``embedding`` over the pair laid out as one text. Keys
+``rte.<method>.{accuracy,macro_f1,nll,ece,train_seconds}``.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import torch
 
 from classlm import LMClassifier, allocator
 from classlm.data import load_dataset
+from classlm.evaluation import evaluate
 from classlm.io import write_results
 from classlm.machine import machine_block, machine_line
 from classlm.multilabel import indicator_matrix, multilabel_metrics
@@ -40,17 +46,47 @@ from classlm.multilabel import indicator_matrix, multilabel_metrics
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data"
 OUT = HERE / "results" / "multilabel"
-DATASETS = ("goemotions_ekman", "goemotions")
+DATASETS = ("goemotions_ekman", "goemotions", "rte")
+PAIRS = ("rte",)  # single-label text pairs: accuracy, macro-F1, NLL, ECE
 METHODS = ("lora", "zero_shot", "tfidf", "embedding")
 KEEP = ("macro_f1", "micro_f1", "samples_f1", "hamming_loss", "subset_accuracy", "bce", "per_class_ece_mean")
 INSTRUCTION = "Which emotions does this text express?"
 
 
 def rows(name: str, n_train: int, n_test: int, seed: int) -> dict[str, Any]:
-    train = load_dataset(DATA / name, split="train", label_col="labels").sample(n_train, seed=seed)
-    test = load_dataset(DATA / name, split="test", label_col="labels").sample(n_test, seed=seed)
+    label_col = "label" if name in PAIRS else "labels"
+    full = load_dataset(DATA / name, split="train", label_col=label_col)
+    train = full.sample(min(n_train, len(full)), seed=seed)
+    test = load_dataset(DATA / name, split="test", label_col=label_col).sample(n_test, seed=seed)
     names = json.loads((DATA / name / "labels.json").read_text())
     return {"train": train, "test": test, "names": names}
+
+
+def pair_cell(method: str, data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """A single-label classifier of text pairs fitted on the training rows; its figures on the test rows."""
+    spec = json.loads((HERE / "prompts" / "rte.json").read_text())
+    prompt = {"input_format": spec["input_format"]}
+    options: dict[str, Any] = {
+        "lora": {"lora": {"r": 16, "alpha": 32}, "train": {"seed": args.seed, "eval_every": args.eval_every}},
+        "zero_shot": {},
+        "tfidf": {"method": "tfidf", "train": {"seed": args.seed}},
+        "embedding": {"method": "embedding", "train": {"seed": args.seed}},
+    }[method]
+    clf = LMClassifier(labels=spec["labels"], instruction=spec["instruction"], prompt=prompt, progress=True, **options)
+    t0 = time.perf_counter()
+    clf.fit(list(data["train"].texts), list(data["train"].labels))
+    seconds = time.perf_counter() - t0
+    m = evaluate(clf, list(data["test"].texts), list(data["test"].labels)).metrics
+    extra = {}
+    if method == "lora":
+        extra["training"] = {k: clf.training_.get(k) for k in ("steps", "epochs", "best_step", "examples_per_second")}
+    return {
+        **{k: m[k] for k in ("accuracy", "macro_f1", "nll", "ece")},
+        "train_seconds": round(seconds, 1) if method != "zero_shot" else 0.0,
+        "n_train": len(data["train"]),
+        "n_test": len(data["test"]),
+        **extra,
+    }
 
 
 Result = tuple[np.ndarray, np.ndarray, float, dict[str, Any]]  # test probabilities, cuts, training seconds, extras
@@ -91,6 +127,8 @@ RUN = {"lora": lora, "zero_shot": zero_shot, "tfidf": tfidf, "embedding": embedd
 
 
 def cell(name: str, method: str, data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    if name in PAIRS:
+        return pair_cell(method, data, args)
     proba, cuts, seconds, extra = RUN[method](data, args)
     truth = indicator_matrix([list(v) for v in data["test"].labels], data["names"])
     m = multilabel_metrics(truth, proba, data["names"], cuts)
@@ -109,6 +147,9 @@ def cell(name: str, method: str, data: dict[str, Any], args: argparse.Namespace)
 def to_markdown(doc: dict[str, Any]) -> str:
     lines = ["# Multi-label: the sliced head against TF-IDF + one-vs-rest LR", ""]
     for name in (k for k in doc if k != "machine"):
+        if name in PAIRS:
+            lines += _pair_table(name, doc[name])
+            continue
         lines += [f"## {name}", "", "| method | macro-F1 | micro-F1 | samples-F1 | Hamming loss | BCE | per-class ECE |"
                   " labels per text (true / predicted) | train s |", "|---" * 9 + "|"]  # fmt: skip
         for method, r in doc[name].items():
@@ -122,6 +163,17 @@ def to_markdown(doc: dict[str, Any]) -> str:
         commands = sorted({r["command"] for r in doc[name].values() if isinstance(r, dict) and "command" in r})
         lines += ["", "Made by " + "; ".join(f"`{c}`" for c in commands) + f"; {doc[name].get('machine', '')}", ""]
     return "\n".join(lines)
+
+
+def _pair_table(name: str, section: dict[str, Any]) -> list[str]:
+    lines = [f"## {name} (text pairs, single-label)", "", "| method | accuracy | macro-F1 | NLL | ECE | train s |",
+             "|---" * 6 + "|"]  # fmt: skip
+    for method, r in section.items():
+        if isinstance(r, dict) and "accuracy" in r:
+            lines.append(f"| {method} | {r['accuracy']:.3f} | {r['macro_f1']:.3f} | {r['nll']:.3f} | {r['ece']:.3f} "
+                         f"| {r['train_seconds']} |")  # fmt: skip
+    commands = sorted({r["command"] for r in section.values() if isinstance(r, dict) and "command" in r})
+    return [*lines, "", "Made by " + "; ".join(f"`{c}`" for c in commands) + f"; {section.get('machine', '')}", ""]
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ PURE_MODULES = [
     "classlm.priors",
     "classlm.out_of_scope",
     "classlm.multilabel",
+    "classlm.fields",
     "classlm.thresholds",
     "classlm.feature_distance",
     "classlm.multilabel_outputs",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +28,7 @@ from classlm.data import as_texts, validate_labels
 from classlm.errors import ConfigError, DataError
 from classlm.estimator import CalibratedClassifier, NotFittedError, resolve_classes
 from classlm.feature_distance import OutOfScopeFeatures
+from classlm.fields import TEXT, fields_of
 from classlm.fitting import Fitting, is_multi_label_target, multi_label_info
 from classlm.labels import LabelSet
 from classlm.methods import Method, available_methods, get_method
@@ -139,7 +141,23 @@ class LMClassifier(Fitting, MultiLabelOutputs, OutOfScopeFeatures, CalibratedCla
         return ModelConfig(name=self.model, device=self.device, dtype=self.dtype, cache_dir=self.cache_dir)
 
     def _prompt_template(self) -> PromptTemplate:
-        return PromptTemplate.resolve(self.prompt, self.instruction)
+        template = PromptTemplate.resolve(self.prompt, self.instruction)
+        fields = getattr(self, "text_fields_", None)  # what fit read; a saved prompt carries its own
+        if fields is not None and template.input_format is None and fields != template.fields:
+            template = dataclasses.replace(template, fields=fields)
+        return template
+
+    def read_inputs(self, X: Any, *, fitting: bool = False) -> list[str]:
+        """``X`` as texts in the fields this classifier reads: strings, or :class:`~classlm.fields.Record` s for
+        inputs of several fields (dicts, tuples, a DataFrame). ``fitting``: the fields come from ``X`` (unless the
+        prompt's ``input_format`` names them) and are kept as ``text_fields_``."""
+        if fitting:
+            template = PromptTemplate.resolve(self.prompt, self.instruction)
+            named = template.input_format is not None or template.fields != (TEXT,)
+            X = as_texts(X, template.fields if named else None)
+            self.text_fields_ = template.fields if named else fields_of(X)
+        template = self._prompt_template() if fitting else self.method_.prompt
+        return as_texts(X, template.fields, template.layout())
 
     def _method_setup(self) -> tuple[type[Method], Any]:
         """The method class and its validated options."""
@@ -233,7 +251,7 @@ class LMClassifier(Fitting, MultiLabelOutputs, OutOfScopeFeatures, CalibratedCla
         run in ``run_dir`` from its last checkpoint. ``callback(event, info)`` is called after every backward pass
         and optimiser step.
         """
-        texts = as_texts(X)
+        texts = self.read_inputs(X, fitting=True)
         if is_multi_label_target(y):  # a list of labels per text, or an indicator matrix
             return self._fit_multi_label(texts, y, eval_set, calib_set, run_dir, resume, callback)
         spec, classes, y_list = resolve_classes(self.labels, y)
@@ -347,7 +365,7 @@ class LMClassifier(Fitting, MultiLabelOutputs, OutOfScopeFeatures, CalibratedCla
         """Raw (uncalibrated) class logits, plus the class mass and truncation flags; with ``features``, the hidden
         state the logits are read from (methods that have one)."""
         self.check_fitted()
-        texts = as_texts(X)
+        texts = self.read_inputs(X)
         if not texts:
             return Scores(np.zeros((0, len(self.classes_)), dtype=np.float32), np.zeros(0) if class_mass else None)
         return self.method_.score(

@@ -22,6 +22,7 @@ from typing import IO, Any
 import numpy as np
 
 from classlm.errors import ConfigError, DataError
+from classlm.fields import PAIR, TEXT, Record, as_texts
 from classlm.label_files import find_label_names, find_label_spec, read_labels_file
 from classlm.readers import ABSENT, DATA_EXTENSIONS, SPLIT_EXTENSIONS, Table, not_utf8, read_source
 
@@ -124,7 +125,7 @@ def load_dataset(
     source: Any,
     *,
     split: str | None = None,
-    text_col: str = "text",
+    text_col: str | Sequence[str] = "text",
     label_col: str | None = "label",
     require_labels: bool = True,
     limit: int | None = None,
@@ -133,6 +134,9 @@ def load_dataset(
 ) -> TextDataset:
     """Load texts and labels from a file, a dataset folder, a DataFrame, a HF Dataset/DatasetDict or dicts.
 
+    ``text_col`` may name several columns (``"premise,hypothesis"`` or a list): each row becomes a
+    :class:`~classlm.fields.Record` of those fields. The default ``"text"`` also reads a ``text_pair`` column where
+    the data has one (text pairs such as rte).
     ``split`` picks ``<split>.jsonl|csv|tsv|parquet`` in a folder (default ``"test"``) or a DatasetDict entry;
     it is ignored for a single file. ``label_col=None`` skips labels. ``limit`` keeps the first N rows (for a
     random, stratified sample use :meth:`TextDataset.sample`). ``label_names=False`` does not read a
@@ -143,21 +147,51 @@ def load_dataset(
         raise ConfigError(f"limit must be a positive int or None, got {limit!r}")
     if label_col is None and require_labels:
         raise ConfigError("label_col=None reads no labels; pass require_labels=False with it")
-    wanted = [c for c in (text_col, label_col) if c is not None]
+    text_cols = text_columns(text_col)
+    pair = text_cols == [TEXT]  # the default also reads a text_pair column where there is one
+    wanted = [*text_cols, *(PAIR[1:] if pair else []), *([label_col] if label_col is not None else [])]
     table = read_source(source, split, wanted, label_col, limit, label_names)
-    return _to_dataset(table, text_col, label_col, require_labels, drop_invalid)
+    if pair and PAIR[1] in table.columns:
+        text_cols = list(PAIR)
+    return _to_dataset(table, text_cols, label_col, require_labels, drop_invalid)
+
+
+def text_columns(text_col: str | Sequence[str]) -> list[str]:
+    """``"a,b"`` or ``["a", "b"]``: the text columns, in order."""
+    cols = [c.strip() for c in text_col.split(",")] if isinstance(text_col, str) else list(text_col)
+    if not cols or not all(isinstance(c, str) and c for c in cols) or len(set(cols)) != len(cols):
+        raise ConfigError(
+            f"text_col must name one or more distinct columns ('text' or 'premise,hypothesis'), got {text_col!r}"
+        )
+    return cols
 
 
 def _to_dataset(
-    table: Table, text_col: str, label_col: str | None, require_labels: bool, drop_invalid: bool = False
+    table: Table, text_cols: list[str], label_col: str | None, require_labels: bool, drop_invalid: bool = False
 ) -> TextDataset:
     if table.n_rows == 0:
-        raise DataError(f"{table.source} has no rows; expected at least one record with a {text_col!r} field")
-    if text_col not in table.columns:
-        raise _missing_column(table, text_col, "text")
+        raise DataError(f"{table.source} has no rows; expected at least one record with a {text_cols[0]!r} field")
+    for col in text_cols:
+        if col not in table.columns:
+            raise _missing_column(table, col, "text")
     dropped = 0
     if drop_invalid:
-        table, dropped = _without_invalid(table, text_col, label_col if label_col in table.columns else None)
+        table, dropped = _without_invalid(table, text_cols, label_col if label_col in table.columns else None)
+    for col in text_cols:
+        _check_text_column(table, col)
+    labels = None
+    if label_col is not None and label_col in table.columns:
+        labels = _labels(table, label_col)
+    elif require_labels and label_col is not None:
+        raise _missing_column(table, label_col, "label")
+    if len(text_cols) == 1:
+        texts: list[str] = table.columns[text_cols[0]]
+    else:
+        texts = [Record(values, text_cols) for values in zip(*(table.columns[c] for c in text_cols))]
+    return TextDataset(tuple(texts), labels, table.source, table.label_names, dropped)
+
+
+def _check_text_column(table: Table, text_col: str) -> None:
     texts = table.columns[text_col]
     bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
     if bad:
@@ -173,21 +207,15 @@ def _to_dataset(
             f"{_rows(table, blank)}; expected non-empty text: fill in or drop these rows, or load with "
             "drop_invalid=True to leave them out"
         )
-    labels = None
-    if label_col is not None and label_col in table.columns:
-        labels = _labels(table, label_col)
-    elif require_labels and label_col is not None:
-        raise _missing_column(table, label_col, "label")
-    return TextDataset(tuple(texts), labels, table.source, table.label_names, dropped)
 
 
-def _without_invalid(table: Table, text_col: str, label_col: str | None) -> tuple[Table, int]:
+def _without_invalid(table: Table, text_cols: list[str], label_col: str | None) -> tuple[Table, int]:
     """The table without rows whose text is empty/non-string or whose label is missing/empty, and their count."""
-    texts = table.columns[text_col]
+    text_values = [table.columns[c] for c in text_cols]
     labels = table.columns[label_col] if label_col is not None else None
 
     def ok(i: int) -> bool:
-        if not isinstance(texts[i], str) or not texts[i].strip():
+        if not all(isinstance(col[i], str) and col[i].strip() for col in text_values):
             return False
         v = labels[i] if labels is not None else "x"
         return not (is_missing(v) or (isinstance(v, str) and not v.strip()))
@@ -322,21 +350,6 @@ def read_texts(path_or_dash: str | os.PathLike[str], *, text_col: str = "text") 
 
 def _text_lines(stream: IO[str]) -> list[str]:
     return [line.rstrip("\r\n") for line in stream if line.strip()]
-
-
-def as_texts(X: Any) -> list[str]:
-    """Validate ``X`` as a 1-D collection of strings (list, tuple, numpy array, pandas Series)."""
-    if isinstance(X, str):
-        raise DataError(f"expected a list of texts, got a single string ({X[:40]!r}…); wrap it in a list: [text]")
-    if hasattr(X, "ndim") and getattr(X, "ndim", 1) != 1:
-        raise DataError(f"expected a 1-D collection of texts, got an array of shape {getattr(X, 'shape', '?')}")
-    if not isinstance(X, Iterable):
-        raise DataError(f"expected a list of texts, got {type(X).__name__}")
-    texts = list(X)
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise DataError(f"text #{i} is a {type(t).__name__} ({t!r}), expected a string")
-    return texts
 
 
 def stratified_split(labels: Sequence[str], fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from classlm.config import config_from_dict, config_to_dict
 from classlm.errors import ConfigError
+from classlm.fields import TEXT, Record, check_layout, default_layout, layout_fields, layout_pieces
 from classlm.labels import LabelSet, needs_leading_space
 
 # A private-use code point cannot occur in a chat template, so splitting the rendered chat on it is unambiguous.
@@ -43,8 +44,14 @@ class RenderedPrompt:
     tail: str
     chat: bool
     class_list: str = "descriptions"  # what the head's class list shows: one of CLASS_LISTS
+    # Inputs of several fields: the text between their slots (one fewer than the fields); the head ends before the
+    # first slot and the tail starts after the last.
+    separators: tuple[str, ...] = ()
 
     def format(self, text: str) -> str:
+        if isinstance(text, Record) and len(text.values) == len(self.separators) + 1:
+            body = "".join(v.strip() + sep for v, sep in zip(text.values, (*self.separators, "")))
+            return self.head + body + self.tail
         return self.head + text + self.tail
 
     @property
@@ -76,6 +83,13 @@ class PromptTemplate:
         Plain-text mode only: what ends the prompt, e.g. ``"Answer:"``. Chat mode ends at the assistant tag.
     examples:
         Few-shot ``(text, class name)`` pairs placed before the text.
+    input_format:
+        Where each field of an input goes, with a ``{name}`` slot per field, e.g.
+        ``"Premise:\n{text}\n\nHypothesis:\n{text_pair}"``; it replaces ``text_header``. ``None``: the text
+        under ``text_header``, or for inputs of several fields each under a header made from its name (``Text:``,
+        ``Text pair:``). A newline before each slot and after it tokenises each field as it reads alone.
+    fields:
+        The input's field names (set by ``fit`` from the inputs, or by ``input_format``'s slots): ``("text",)``.
     """
 
     instruction: str | None = None
@@ -86,8 +100,15 @@ class PromptTemplate:
     text_header: str = "Text:"
     answer_cue: str = "Answer:"
     examples: tuple[tuple[str, str], ...] = ()
+    input_format: str | None = None
+    fields: tuple[str, ...] = (TEXT,)
 
     def __post_init__(self) -> None:
+        check_layout(self.input_format)
+        fields = layout_fields(self.input_format) if self.input_format is not None else self.fields
+        if isinstance(fields, str) or not fields or not all(isinstance(f, str) and f for f in fields):
+            raise ConfigError(f"fields must be a list of field names, got {self.fields!r}")
+        object.__setattr__(self, "fields", tuple(fields))
         if self.instruction is not None and not isinstance(self.instruction, str):
             raise ConfigError(f"instruction must be a string or None, got {type(self.instruction).__name__}")
         if not isinstance(self.answer_cue, str) or not self.answer_cue.strip():
@@ -113,12 +134,13 @@ class PromptTemplate:
         if chat and not has_template:
             raise ConfigError("chat=True but the tokenizer has no chat template; use chat=False (plain text)")
         body = self.body(labels)
+        pieces = self.slot_pieces()
         if chat:
             assert tokenizer is not None
             messages = []
             if self.system is not None:
                 messages.append({"role": "system", "content": self.system})
-            messages.append({"role": "user", "content": body + _TEXT_SLOT})
+            messages.append({"role": "user", "content": body + _TEXT_SLOT + pieces[-1]})
             rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             if not isinstance(rendered, str) or rendered.count(_TEXT_SLOT) != 1:
                 raise ConfigError("the tokenizer's chat template did not keep the user message intact; use chat=False")
@@ -126,8 +148,31 @@ class PromptTemplate:
         else:
             head = (self.system + "\n\n" if self.system else "") + body
             # The cue ends the prompt with no trailing space: the model's next token carries the space (" World").
-            tail = "\n" + self.answer_cue.rstrip()
-        return RenderedPrompt(head=head, tail=tail, chat=chat, class_list=self.class_list(labels))
+            tail = pieces[-1] + "\n" + self.answer_cue.rstrip()
+        return RenderedPrompt(
+            head=head, tail=tail, chat=chat, class_list=self.class_list(labels), separators=tuple(pieces[1:-1])
+        )
+
+    def layout(self) -> str | None:
+        """The input's layout with a slot per field; None: the single text under ``text_header``."""
+        if self.input_format is not None:
+            return self.input_format
+        return None if self.fields == (TEXT,) else default_layout(self.fields, self.text_header)
+
+    def slot_pieces(self) -> list[str]:
+        """The literal text before, between and after the fields' slots (``len(fields) + 1`` pieces)."""
+        layout = self.layout()
+        return [self.text_header + "\n", ""] if layout is None else layout_pieces(layout, self.fields)
+
+    def input_text(self, text: str) -> str:
+        """One input as the prompt lays it out (a few-shot example's text): slots filled, headers included."""
+        if isinstance(text, Record):
+            return self.format_fields(text.values)
+        return self.format_fields((text,)) if len(self.fields) == 1 else text
+
+    def format_fields(self, values: tuple[str, ...]) -> str:
+        pieces = self.slot_pieces()
+        return (pieces[0] + "".join(v.strip() + after for v, after in zip(values, pieces[1:]))).rstrip("\n")
 
     def body(self, labels: LabelSet) -> str:
         """The user message before the text: instruction, class list, examples, text header."""
@@ -143,11 +188,10 @@ class PromptTemplate:
         if self.examples:
             answers = dict(zip(labels.names, labels.answers))
             shots = [
-                f"{self.text_header}\n{text.strip()}\n{self.answer_cue.rstrip()} {answers[label]}"
-                for text, label in self.examples
+                f"{self.input_text(text)}\n{self.answer_cue.rstrip()} {answers[label]}" for text, label in self.examples
             ]
             parts.append("Examples:\n\n" + "\n\n".join(shots))
-        parts.append(self.text_header + "\n")
+        parts.append(self.slot_pieces()[0])
         return "\n\n".join(parts)
 
     def class_list(self, labels: LabelSet) -> str:

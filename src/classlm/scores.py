@@ -20,13 +20,15 @@ class Scores:
     ``truncated`` marks, per text, a text cut to fit (the prompt's text slot, or the encoder's input limit); None
     means unknown (no texts). ``class_mass`` is the share of the full-vocabulary probability on the class tokens,
     where asked for and the method has class tokens. ``features`` ``(n, d)`` is the hidden state the logits are
-    read from, where asked for and the method has one (the out-of-scope distance).
+    read from, where asked for and the method has one (the out-of-scope distance). ``cut_fields``: for inputs of
+    several text fields read by a prompt, the names of the fields cut, per text.
     """
 
     logits: np.ndarray
     class_mass: np.ndarray | None = None
     truncated: np.ndarray | None = None
     features: np.ndarray | None = None
+    cut_fields: tuple[tuple[str, ...], ...] | None = None
 
     @property
     def n_truncated(self) -> int:

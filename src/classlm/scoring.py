@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from classlm.errors import ConfigError
+from classlm.fields import Record, share_budget
 from classlm.kernels import softmax_to
 from classlm.prompts import RenderedPrompt
 
@@ -36,6 +37,7 @@ def context_length(tokenizer: Any, model: Any = None) -> int | None:
 class EncodedTexts:
     ids: list[list[int]]
     truncated: np.ndarray  # bool per text: cut to fit the text slot
+    cut_fields: tuple[tuple[str, ...], ...] | None = None  # inputs of several fields: the ones cut, per text
 
 
 class PromptEncoder:
@@ -69,7 +71,8 @@ class PromptEncoder:
             if isinstance(bos, int) and tokenizer("a").input_ids[:1] == [bos]:
                 self.head_ids = [bos, *self.head_ids]
         self.tail_ids = self._encode(rendered.tail)
-        used = len(self.head_ids) + len(self.tail_ids)
+        self.separator_ids = [self._encode(s) for s in rendered.separators]
+        used = len(self.head_ids) + len(self.tail_ids) + sum(map(len, self.separator_ids))
         limits = [(n, what) for n, what in ((context, "the model's context"), (max_prompt_length,
                   "max_prompt_length")) if n is not None]  # fmt: skip
         self.text_budget = min([max_length, *(n - used for n, _ in limits)])
@@ -88,10 +91,43 @@ class PromptEncoder:
     def encode(self, texts: Sequence[str]) -> EncodedTexts:
         if not texts:
             return EncodedTexts([], np.zeros(0, dtype=bool))
-        text_ids = self.tokenizer([t.strip() for t in texts], add_special_tokens=False).input_ids
-        truncated = np.array([len(t) > self.text_budget for t in text_ids], dtype=bool)
-        ids = [[*self.head_ids, *t[: self.text_budget], *self.tail_ids] for t in text_ids]
-        return EncodedTexts(ids, truncated)
+        bodies = [self.fit_text(parts, self.text_budget) for parts in self.text_ids(texts)]
+        ids = [[*self.head_ids, *body, *self.tail_ids] for body, _ in bodies]
+        return EncodedTexts(ids, *self.cut_report(texts, [cut for _, cut in bodies]))
+
+    def text_ids(self, texts: Sequence[str]) -> list[list[list[int]]]:
+        """Each text's token ids per field (one field: the whole text), tokenised in one call."""
+        n = len(self.separator_ids) + 1
+        if n == 1:
+            # A Record read by a one-slot prompt is its laid-out string (e.g. a classifier fitted on strings).
+            return [[t] for t in self.tokenizer([str(t).strip() for t in texts], add_special_tokens=False).input_ids]
+        records = [t for t in texts if isinstance(t, Record) and len(t.values) == n]
+        if len(records) != len(texts):  # the estimator reads inputs in the prompt's fields; a method called directly
+            i = next(i for i, t in enumerate(texts) if not (isinstance(t, Record) and len(t.values) == n))
+            raise ConfigError(
+                f"input #{i} has {len(getattr(texts[i], 'values', ()) or (1,))} field(s); the prompt has {n} slots"
+            )
+        flat = self.tokenizer([v.strip() for t in records for v in t.values], add_special_tokens=False).input_ids
+        return [flat[i * n : (i + 1) * n] for i in range(len(texts))]
+
+    def fit_text(self, parts: list[list[int]], budget: int) -> tuple[list[int], tuple[int, ...]]:
+        """A text's tokens within ``budget``, its fields sharing it fairly (:func:`classlm.fields.share_budget`)
+        with the separators between them; and the indices of the fields that were cut."""
+        keep = share_budget([len(p) for p in parts], budget) if len(parts) > 1 else [budget]
+        ids = list(parts[0][: keep[0]])
+        for sep, part, k in zip(self.separator_ids, parts[1:], keep[1:]):
+            ids += [*sep, *part[:k]]
+        return ids, tuple(i for i, (p, k) in enumerate(zip(parts, keep)) if len(p) > k)
+
+    @staticmethod
+    def cut_report(
+        texts: Sequence[str], cuts: Sequence[tuple[int, ...]]
+    ) -> tuple[np.ndarray, tuple[tuple[str, ...], ...] | None]:
+        """Per text: whether anything was cut, and (inputs of several fields) the names of the fields cut."""
+        truncated = np.array([bool(c) for c in cuts], dtype=bool)
+        if not texts or not isinstance(texts[0], Record):
+            return truncated, None
+        return truncated, tuple(tuple(t.fields[i] for i in c) for t, c in zip(texts, cuts))  # type: ignore[attr-defined]
 
 
 def length_sorted_batches(

@@ -80,9 +80,11 @@ def zero_shot(
     progress: bool = True,
     fit_texts: Sequence[str] | None = None,
     fit_labels: Sequence[Any] | None = None,
+    fields: Sequence[str] | None = None,
 ) -> LMClassifier:
     """A zero-shot classifier of ``model`` over ``labels``, fitted: on ``fit_texts``/``fit_labels`` when given (its
-    temperature is fitted on them), else on no data (temperature 1)."""
+    temperature is fitted on them), else on no data (temperature 1). ``fields``: the text fields of its inputs
+    (default: one text, or those of ``fit_texts``)."""
     from classlm.classifier import LMClassifier
 
     clf = LMClassifier(
@@ -90,6 +92,7 @@ def zero_shot(
         method=method,
         labels=labels,
         instruction=instruction,
+        prompt={"fields": tuple(fields)} if fields else None,
         scoring=scoring,
         batch_size=batch_size,
         batch_tokens=batch_tokens,

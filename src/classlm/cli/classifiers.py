@@ -45,6 +45,7 @@ def build_classifier(
     batch_tokens: int | None = None,
     fit_texts: list[str] | None = None,
     fit_labels: list[str] | None = None,
+    fields: tuple[str, ...] | None = None,
 ) -> Any:
     """A ready classifier: loaded from ``run``, or zero-shot from the options (labels required); with
     ``fit_texts``/``fit_labels`` the zero-shot classifier's temperature is fitted on them."""
@@ -75,6 +76,7 @@ def build_classifier(
             dtype=dtype or "auto",
             fit_texts=fit_texts,
             fit_labels=fit_labels,
+            fields=fields,
         )
 
 

@@ -26,6 +26,7 @@ from classlm.cli.options import (
     ScoringOpt,
 )
 from classlm.errors import ConfigError
+from classlm.fields import fields_of
 
 
 def classify(
@@ -42,7 +43,9 @@ def classify(
     instruction: InstructionOpt = None,
     scoring: ScoringOpt = "auto",
     fmt: Annotated[str, typer.Option("--format", help="table or jsonl.")] = "table",
-    text_col: Annotated[str, typer.Option("--text-col", help="Text column of a data file.")] = "text",
+    text_col: Annotated[
+        str, typer.Option("--text-col", help="Text column(s) of a data file: 'a,b' for inputs of several fields.")
+    ] = "text",
     class_mass: Annotated[bool, typer.Option("--class-mass", help="Also report the class-token mass.")] = False,
     priors: PriorsOpt = None,
     batch_size: BatchOpt = 64,
@@ -102,6 +105,7 @@ def classify(
             max_length=max_length,
             device=device,
             dtype=dtype,
+            fields=None if run is not None else fields_of(items),
         )
         scores = clf.predict_scores(items, class_mass=class_mass)
     else:

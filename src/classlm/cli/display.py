@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
 
 from rich.table import Table
 
 from classlm.cli.common import err, out
+from classlm.fields import Record
 from classlm.multilabel import label_lists
 
 
@@ -25,24 +27,28 @@ def show_classifications(
     else:
         answers = [values[int(p.argmax())] for p in proba]
     if fmt == "jsonl":
-        _print_jsonl(clf, items, proba, answers, mass, missing, scores.truncated)
+        _print_jsonl(clf, items, proba, answers, mass, missing, scores)
     else:
         _print_table([str(c) for c in clf.classes_], items, proba, answers, mass, missing)
     if scores.n_truncated:
+        cut = Counter(f for fields in scores.cut_fields or () for f in fields)
+        which = f" (fields cut: {', '.join(f'{f} in {n}' for f, n in cut.items())})" if cut else ""
         err.print(
-            f"{scores.n_truncated} text(s) were longer than the classifier reads and were truncated (raise "
+            f"{scores.n_truncated} text(s) were longer than the classifier reads and were truncated{which} (raise "
             "--max-length for the prompt methods; a sentence encoder reads a fixed number of tokens)"
         )
 
 
 def _print_jsonl(
-    clf: Any, items: list[str], proba: Any, answers: list[Any], mass: Any, missing: Any, truncated: Any
+    clf: Any, items: list[str], proba: Any, answers: list[Any], mass: Any, missing: Any, scores: Any
 ) -> None:
     classes = [str(c) for c in clf.classes_]
     key = "labels" if getattr(clf, "multi_label_", False) else "label"
     for i, text in enumerate(items):
+        # An input of several fields is shown by field; one text as it came.
+        shown = dict(zip(text.fields, text.values)) if isinstance(text, Record) else {"text": text}
         row: dict[str, Any] = {
-            "text": text,
+            **shown,
             key: answers[i],
             "probabilities": {c: round(float(p), 6) for c, p in zip(classes, proba[i])},
         }
@@ -51,8 +57,10 @@ def _print_jsonl(
         if missing is not None:
             # Probability given to classes absent from the server's top-k: an upper-bound estimate, not a reading.
             row["missing_mass"] = round(float(missing[i]), 6)
-        if truncated is not None:
-            row["truncated"] = bool(truncated[i])
+        if scores.truncated is not None:
+            row["truncated"] = bool(scores.truncated[i])
+        if scores.cut_fields is not None and scores.cut_fields[i]:
+            row["fields_cut"] = list(scores.cut_fields[i])
         print(json.dumps(row, ensure_ascii=False))
 
 

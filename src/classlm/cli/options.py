@@ -76,7 +76,14 @@ DropInvalidOpt = Annotated[
         "--drop-invalid", help="Leave out rows with an empty text or a missing label (counted) instead of stopping."
     ),
 ]
-TextColOpt = Annotated[str, typer.Option("--text-col", help="Name of the text column.")]
+TextColOpt = Annotated[
+    str,
+    typer.Option(
+        "--text-col",
+        help="Name of the text column; several for inputs of several fields ('premise,hypothesis'). The default "
+        "'text' also reads a 'text_pair' column where the data has one.",
+    ),
+]
 LabelColOpt = Annotated[str, typer.Option("--label-col", help="Name of the label column.")]
 
 

@@ -234,21 +234,21 @@ class FewShotMethod(LabelTokensMethod):
             raise NotFittedError("few_shot: no training examples (fit_data was not called)")
         tok = self.backbone.tokenizer
         enc = self.encoder
-        fixed = len(enc.head_ids) + len(enc.tail_ids)
+        fixed = len(enc.head_ids) + len(enc.tail_ids) + sum(map(len, enc.separator_ids))
         examples = self.examples_for(texts)
         blocks = [self._block(ex) for ex in examples]
         block_ids = tok(blocks, add_special_tokens=False).input_ids
-        text_ids = tok([t.strip() for t in texts], add_special_tokens=False).input_ids
-        rows, truncated = [], np.zeros(len(texts), dtype=bool)
-        for i, (ex, b, t) in enumerate(zip(examples, block_ids, text_ids)):
+        rows, cuts = [], []
+        for ex, b, t in zip(examples, block_ids, enc.text_ids(texts)):
             # Too long a block: drop the least similar examples (the first ones) until the text has its room.
             while ex and self.prompt_limit - fixed - len(b) < self.min_text_tokens:
                 ex = ex[1:]
                 b = tok(self._block(ex), add_special_tokens=False).input_ids
             budget = min(self.max_length, self.prompt_limit - fixed - len(b))
-            truncated[i] = len(t) > budget
-            rows.append([*enc.head_ids, *b, *t[:budget], *enc.tail_ids])
-        return EncodedTexts(rows, truncated)
+            body, cut = enc.fit_text(t, budget)
+            rows.append([*enc.head_ids, *b, *body, *enc.tail_ids])
+            cuts.append(cut)
+        return EncodedTexts(rows, *enc.cut_report(texts, cuts))
 
     # -- the Method interface ---------------------------------------------------------------------------------------
     def fit_data(self, texts: Sequence[str], y: np.ndarray, *, progress: bool = False) -> dict[str, Any]:

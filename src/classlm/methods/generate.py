@@ -189,7 +189,7 @@ class GenerateMethod(Method):
         self.last_unparsed = unparsed
         self.unparsed_total += unparsed
         self.scored_total += len(texts)
-        return Scores(logits, None, encoded.truncated)
+        return Scores(logits, None, encoded.truncated, cut_fields=encoded.cut_fields)
 
     def scoring_stats(self) -> dict[str, Any]:
         return {"unparsed": self.last_unparsed}

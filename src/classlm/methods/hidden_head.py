@@ -164,7 +164,7 @@ class HiddenHeadMethod(UsesPromptedLM, Method):
         self.lm.run_batches(encoded.ids, step, batch_size=run.batch_size, batch_tokens=run.batch_tokens, prefix=prefix,
                             progress=run.progress)  # fmt: skip
         # No class mass: the head's logits are not vocabulary logits.
-        return Scores(logits, None, encoded.truncated)
+        return Scores(logits, None, encoded.truncated, cut_fields=encoded.cut_fields)
 
     def info(self) -> MethodInfo:
         return MethodInfo(self.name, prompt=self.lm.prompt_info(), extra={"options": self.options_dict()})

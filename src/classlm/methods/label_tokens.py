@@ -137,7 +137,7 @@ class LabelTokensMethod(UsesPromptedLM, Method):
         extra = self.trie.size if trie is not None else 0
         self.lm.run_batches(encoded.ids, step, batch_size=run.batch_size, batch_tokens=run.batch_tokens,
                             prefix=prefix, progress=run.progress, extra_tokens=extra)  # fmt: skip
-        return Scores(logits, mass, encoded.truncated, features)
+        return Scores(logits, mass, encoded.truncated, features, encoded.cut_fields)
 
     def _first_token(self, h: torch.Tensor, class_mass: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Class logits from last-token hidden states ``h``; with ``class_mass``, the class-token mass too."""

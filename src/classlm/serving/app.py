@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive
 
 from classlm.errors import ConfigError, DataError
+from classlm.fields import Record
 from classlm.serving.batcher import MicroBatcher, QueueFull, ShuttingDown
 from classlm.serving.docs import docs_page
 from classlm.serving.guard import START_KEY, Guard, error_response
@@ -106,9 +107,12 @@ def create_app(
     @app.post("/v1/classify", response_model=ClassifyResponse, response_model_exclude_none=True, dependencies=security)
     async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
         """Classify one text or several: the label and every class's calibrated probability for each."""
-        texts = body.all_texts()
-        _check_limits(texts, settings)
         model: ServedModel = state["model"]
+        try:
+            texts = model.read(body.all_texts())
+        except DataError as exc:
+            raise ApiError(422, "invalid_request", str(exc)) from None
+        _check_limits(texts, settings)
         if body.class_mass and not model.class_mass_available:
             raise ApiError(
                 422,
@@ -334,6 +338,16 @@ async def _answer(future: Any, request: Request, settings: ServeSettings) -> tup
     return scored.result()
 
 
+def _field_values(texts: list[str]) -> list[tuple[str, str]]:
+    """What the limits apply to, named: each text, or each field of an input of several fields (an empty field is
+    refused even when the others have content)."""
+    return [
+        (f"input {i} field {f!r}", v) if isinstance(t, Record) else (f"text {i}", t)
+        for i, t in enumerate(texts)
+        for f, v in (zip(t.fields, t.values) if isinstance(t, Record) else [("text", t)])
+    ]
+
+
 def _check_limits(texts: list[str], settings: ServeSettings) -> None:
     if not texts:
         raise ApiError(422, "invalid_request", "'texts' is empty; give at least one text")
@@ -343,14 +357,14 @@ def _check_limits(texts: list[str], settings: ServeSettings) -> None:
             "too_many_texts",
             f"{len(texts)} texts in one request; the limit is {settings.max_texts}: split it into several requests",
         )
-    for i, text in enumerate(texts):
+    for where, text in _field_values(texts):
         visible = text.strip()
         # Stops at the first visible character, which is the first one in almost every text.
         if not any(not c.isspace() and unicodedata.category(c) not in _INVISIBLE for c in visible):
             raise ApiError(
                 422,
                 "empty_text",
-                f"text {i} is empty or only whitespace or invisible characters (zero-width, control); every text "
+                f"{where} is empty or only whitespace or invisible characters (zero-width, control); every text "
                 "needs content",
             )
         if not text.isascii():
@@ -362,12 +376,12 @@ def _check_limits(texts: list[str], settings: ServeSettings) -> None:
                 raise ApiError(
                     422,
                     "invalid_text",
-                    f"text {i} has a lone surrogate U+{ord(text[exc.start]):04X} at character {exc.start}, which is "
+                    f"{where} has a lone surrogate U+{ord(text[exc.start]):04X} at character {exc.start}, which is "
                     "not a Unicode character; send valid Unicode (a \\ud83d\\ude00-style escape needs both halves)",
                 ) from None
         if len(text) > settings.max_chars:
             raise ApiError(
                 422,
                 "text_too_long",
-                f"text {i} has {len(text)} characters; the limit is {settings.max_chars}: shorten or split it",
+                f"{where} has {len(text)} characters; the limit is {settings.max_chars}: shorten or split it",
             )

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-REQUEST_FIELDS = ("text", "texts", "class_mass", "out_of_scope", "priors", "abstain_below")
+REQUEST_FIELDS = ("text", "texts", "inputs", "class_mass", "out_of_scope", "priors", "abstain_below")
 
 
 class ClassifyRequest(BaseModel):
@@ -16,6 +16,12 @@ class ClassifyRequest(BaseModel):
 
     text: str | None = Field(default=None, description="A single text to classify.", examples=["The team won 3-1."])
     texts: list[str] | None = Field(default=None, description="Several texts, answered in the same order.")
+    inputs: list[dict[str, str]] | None = Field(
+        default=None,
+        description="Inputs of several text fields, for a classifier trained on them (GET /v1/model, 'fields'), "
+        "answered in the same order.",
+        examples=[None],
+    )
     class_mass: bool = Field(
         default=False,
         description="Also return the class mass: the probability the model puts on the class tokens, out of the "
@@ -47,11 +53,17 @@ class ClassifyRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_of(self) -> ClassifyRequest:
-        if (self.text is None) == (self.texts is None):
-            raise ValueError("give exactly one of 'text' (a string) or 'texts' (a list of strings)")
+        if sum(v is not None for v in (self.text, self.texts, self.inputs)) != 1:
+            raise ValueError(
+                "give exactly one of 'text' (a string), 'texts' (a list of strings) or 'inputs' (a list of objects "
+                "with a string per text field)"
+            )
         return self
 
-    def all_texts(self) -> list[str]:
+    def all_texts(self) -> list[Any]:
+        """The request's texts; ``inputs``' objects as they came (the classifier reads their fields)."""
+        if self.inputs is not None:
+            return list(self.inputs)
         return [self.text] if self.text is not None else list(self.texts or [])
 
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from classlm.errors import ConfigError
+from classlm.errors import ConfigError, DataError
+from classlm.fields import TEXT, as_texts
 from classlm.multilabel import label_lists
 from classlm.out_of_scope import OOS_SCORES, abstain_value
 from classlm.priors import prior_vector, shift_priors
@@ -31,6 +32,19 @@ class ServedModel:
         # turn them into probabilities; anything else with classes_ and predict_proba is asked for probabilities.
         self._core = hasattr(classifier, "probabilities")
         self.class_mass_available = bool(getattr(classifier, "class_mass_available", False))
+        # The text fields each input has: one "text", or those of a classifier trained on inputs of several fields.
+        prompt = getattr(getattr(classifier, "method_", None), "prompt", None)
+        self.fields: tuple[str, ...] = prompt.fields if prompt is not None else (TEXT,)
+
+    def read(self, items: list[Any]) -> list[str]:
+        """A request's texts or ``inputs`` in the fields the classifier reads (DataError says what is wrong)."""
+        if len(self.fields) > 1 and items and isinstance(items[0], str):
+            raise DataError(
+                f"this classifier reads inputs of the fields {list(self.fields)}: send them as 'inputs': "
+                f"[{{{', '.join(f'{f!r}: …' for f in self.fields)}}}, …]"
+            )
+        reader = getattr(self.classifier, "read_inputs", None)
+        return reader(items) if reader is not None else as_texts(items, self.fields)
 
     @property
     def out_of_scope_names(self) -> list[str]:
@@ -123,4 +137,5 @@ class ServedModel:
         if self._core:
             info.update(self.classifier.model_info())
         info["class_mass_available"] = self.class_mass_available
+        info["fields"] = list(self.fields)
         return info
