@@ -15,11 +15,11 @@ Writes ``benchmarks/results/calibration.json`` and ``.md``; each section is re-r
   by the library's own classes. Keys ``zero_shot.<dataset>.<calibrator>.{accuracy,macro_f1,nll,ece,ratio_min,
   ratio_max}``; ``bias_50`` uses 50 of the 500 labelled rows.
 - ``prior_shift``: a classifier trained on a balanced-as-given train sample (``--shift-classifier``: ``lora``, the
-  default LoRA recipe on 1,000 rows, or ``tfidf``), calibrated on its hold-out; its test rows resampled to other class
-  balances; EM and BBSE estimates. Keys ``prior_shift.<dataset>.<balance>.{nll_before,nll_after,ece_before,ece_after,
-  prior_error,bbse_prior_error}`` (errors: the largest absolute error over classes) for the classifier's temperature,
-  and the same under ``.bias`` for a bias calibration (temperature + per-class offset) fitted on the same held-out
-  rows.
+  default LoRA recipe on ``--shift-n-train`` rows (1,000), or ``tfidf``), calibrated on its hold-out; its test rows
+  resampled to other class balances; EM and BBSE estimates. Keys ``prior_shift.<dataset>.<balance>.{nll_before,
+  nll_after,ece_before,ece_after,prior_error,bbse_prior_error}`` (errors: the largest absolute error over classes) for
+  the classifier's temperature, and the same under ``.bias`` for a bias calibration (temperature + per-class offset)
+  fitted on the same held-out rows.
 - ``oos``: LoRA (the default recipe) on clinc150 rows of in-scope classes only, ``--n-oos-train`` of them; its
   ``--n-test`` seeded test rows, ``oos`` ones included, scored by each out-of-scope score. Keys
   ``oos.<score>.{auroc,accuracy_at_90}``.
@@ -156,11 +156,13 @@ def zero_shot(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def shift_classifier(name: str, kind: str, seed: int) -> tuple[Any, Any, tuple[list[str], list[str]]]:
-    """A classifier of ``kind`` fitted on 1,000 seeded train rows (its own calibration hold-out), the test split, and
-    the held-out calibration rows (the classifier's own split, rebuilt)."""
+def shift_classifier(
+    name: str, kind: str, seed: int, n_train: int = 1000
+) -> tuple[Any, Any, tuple[list[str], list[str]]]:
+    """A classifier of ``kind`` fitted on ``n_train`` seeded train rows (its own calibration hold-out), the test
+    split, and the held-out calibration rows (the classifier's own split, rebuilt)."""
     spec = PROMPTS[name]
-    train = load_dataset(DATA / name, split="train").sample(1000, seed=seed)
+    train = load_dataset(DATA / name, split="train").sample(n_train, seed=seed)
     options: dict[str, Any] = {"labels": spec["labels"], "instruction": spec["instruction"], "progress": True}
     if kind == "lora":
         options.update(lora={"r": 16, "alpha": 32}, train={"seed": seed})
@@ -203,7 +205,7 @@ def prior_shift(name: str, args: argparse.Namespace) -> dict[str, Any]:
     weights with ``bias`` calibration (a temperature and a per-class offset) fitted on the same held-out rows: EM
     assumes probabilities calibrated per class, which a per-class offset gives (Alexandari et al. 2020, "bias-corrected
     temperature scaling")."""
-    clf, test, (held_texts, held_labels) = shift_classifier(name, args.shift_classifier, args.seed)
+    clf, test, (held_texts, held_labels) = shift_classifier(name, args.shift_classifier, args.seed, args.shift_n_train)
     names = [str(c) for c in clf.classes_]
     y_all = indices(clf, test.labels)
     logits = clf.predict_scores(list(test.texts)).logits
@@ -225,6 +227,7 @@ def prior_shift(name: str, args: argparse.Namespace) -> dict[str, Any]:
     rng = np.random.default_rng(args.seed)
     out: dict[str, Any] = {
         "classifier": args.shift_classifier,
+        "n_train": args.shift_n_train,
         "training_priors": clf.priors()["training"],
         "n_calibration_rows": len(held_y),
     }
@@ -314,7 +317,8 @@ def to_markdown(doc: dict[str, Any]) -> str:
                 for cal, c in (("temperature", r), ("bias", r.get("bias"))):
                     if c is not None:
                         lines.append(
-                            f"| {d} ({sec[d]['classifier']}) | {cal} | {b} | {r['n']} | {c['nll_before']:.3f} | "
+                            f"| {d} ({sec[d]['classifier']}, {sec[d].get('n_train', 1000)} rows) | {cal} | {b} | "
+                            f"{r['n']} | {c['nll_before']:.3f} | "
                             f"{c['nll_after']:.3f} | {c['nll_known_priors']:.3f} | {c['ece_before']:.3f} | "
                             f"{c['ece_after']:.3f} | {c['prior_error']:.3f} | {c['bbse_prior_error']:.3f} |"
                         )
@@ -338,6 +342,7 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=1000)
     parser.add_argument("--n-oos-train", type=int, default=1000)
     parser.add_argument("--shift-classifier", choices=("lora", "tfidf"), default="lora")
+    parser.add_argument("--shift-n-train", type=int, default=1000, help="prior_shift's training rows")
     parser.add_argument("--save-oos", type=Path, default=None, help="save the oos section's classifier here")
     parser.add_argument(
         "--load-oos", type=Path, default=None, help="the oos section scores this saved classifier instead of training"
