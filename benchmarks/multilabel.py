@@ -17,6 +17,8 @@ embeddings. Keys
 ``<dataset>.<method>.{macro_f1,micro_f1,samples_f1,hamming_loss,subset_accuracy,bce,per_class_ece_mean,
 train_seconds}``.
 
+``pairwise``: ``method="pairwise"`` (a yes/no question per class after the text, one tree pass) with LoRA, as ``lora``.
+
 ``rte`` (premise + hypothesis, single-label): the pair in the prompt's two slots (``benchmarks/prompts/rte.json``),
 ``lora`` with the default recipe (auto epochs, temperature on the 10% hold-out), ``zero_shot`` with the temperature
 fitted on the training rows, ``tfidf`` / ``embedding`` over the pair laid out as one text. Keys
@@ -48,7 +50,7 @@ DATA = HERE.parent.parent / "shared" / "data"
 OUT = HERE / "results" / "multilabel"
 DATASETS = ("goemotions_ekman", "goemotions", "rte")
 PAIRS = ("rte",)  # single-label text pairs: accuracy, macro-F1, NLL, ECE
-METHODS = ("lora", "zero_shot", "tfidf", "embedding")
+METHODS = ("lora", "zero_shot", "tfidf", "embedding", "pairwise")
 KEEP = ("macro_f1", "micro_f1", "samples_f1", "hamming_loss", "subset_accuracy", "bce", "per_class_ece_mean")
 INSTRUCTION = "Which emotions does this text express?"
 
@@ -68,6 +70,11 @@ def pair_cell(method: str, data: dict[str, Any], args: argparse.Namespace) -> di
     prompt = {"input_format": spec["input_format"]}
     options: dict[str, Any] = {
         "lora": {"lora": {"r": 16, "alpha": 32}, "train": {"seed": args.seed, "eval_every": args.eval_every}},
+        "pairwise": {
+            "method": "pairwise",
+            "lora": {"r": 16, "alpha": 32},
+            "train": {"seed": args.seed, "eval_every": args.eval_every},
+        },  # fmt: skip
         "zero_shot": {},
         "tfidf": {"method": "tfidf", "train": {"seed": args.seed}},
         "embedding": {"method": "embedding", "train": {"seed": args.seed}},
@@ -78,7 +85,7 @@ def pair_cell(method: str, data: dict[str, Any], args: argparse.Namespace) -> di
     seconds = time.perf_counter() - t0
     m = evaluate(clf, list(data["test"].texts), list(data["test"].labels)).metrics
     extra = {}
-    if method == "lora":
+    if method in ("lora", "pairwise"):
         extra["training"] = {k: clf.training_.get(k) for k in ("steps", "epochs", "best_step", "examples_per_second")}
     return {
         **{k: m[k] for k in ("accuracy", "macro_f1", "nll", "ece")},
@@ -123,7 +130,16 @@ def embedding(data: dict[str, Any], args: argparse.Namespace) -> Result:
     return _fitted(clf, data)
 
 
-RUN = {"lora": lora, "zero_shot": zero_shot, "tfidf": tfidf, "embedding": embedding}
+def pairwise(data: dict[str, Any], args: argparse.Namespace) -> Result:
+    train_cfg = {"seed": args.seed, "epochs": args.epochs, "eval_every": args.eval_every}
+    clf = LMClassifier(method="pairwise", labels=data["names"], instruction=INSTRUCTION, lora={"r": 16, "alpha": 32},
+                       train=train_cfg, progress=True)  # fmt: skip
+    proba, cuts, seconds, _ = _fitted(clf, data)
+    training = {k: clf.training_.get(k) for k in ("steps", "epochs", "best_step", "examples_per_second")}
+    return proba, cuts, seconds, {"training": training}
+
+
+RUN = {"lora": lora, "zero_shot": zero_shot, "tfidf": tfidf, "embedding": embedding, "pairwise": pairwise}
 
 
 def cell(name: str, method: str, data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:

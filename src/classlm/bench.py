@@ -51,6 +51,8 @@ ENTRIES: dict[str, Entry] = {
     "hidden_head_top2": Entry("hidden_head", {"top_k": 2}, note="head + top 2 blocks + final norm"),
     "hidden_head_lora": Entry("hidden_head", lora=True, note="head + LoRA"),
     "lora": Entry("label_tokens", lora=True, note="label_tokens + LoRA (class_ce)"),
+    "pairwise": Entry("pairwise", note="zero-shot, a yes/no question per class"),
+    "pairwise_lora": Entry("pairwise", lora=True, note="pairwise + LoRA (class_ce)"),
 }
 
 

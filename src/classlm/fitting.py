@@ -27,7 +27,7 @@ from classlm.thresholds import MultiLabelCalibrator, sigmoid
 # offset and the 0.5 cut.
 MULTI_LABEL_CALIBRATION = {"temperature": "platt", "none": None}
 # Methods whose logits can be read as one yes/no per class.
-MULTI_LABEL_METHODS = ("label_tokens", "letters", "tfidf", "embedding")
+MULTI_LABEL_METHODS = ("label_tokens", "letters", "pairwise", "tfidf", "embedding")
 
 
 def is_multi_label_target(y: Any) -> bool:
@@ -143,7 +143,8 @@ class Fitting:
         if self.method not in MULTI_LABEL_METHODS:
             raise ConfigError(
                 f"multi-label classification needs one yes/no logit per class: method='label_tokens' or 'letters' "
-                f"(its LM-head row), 'tfidf' or 'embedding' (a logistic regression per class); got {self.method!r}"
+                f"(its LM-head row), 'pairwise' (a yes/no question per class), 'tfidf' or 'embedding' (a logistic "
+                f"regression per class); got {self.method!r}"
             )
         if self.train_config().loss == "vocab_ce":
             raise ConfigError(

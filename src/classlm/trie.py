@@ -133,16 +133,8 @@ def answer_logprobs(
     """``(b, k)``: each class's answer log-probability after each full prompt row of ``rows`` (prefix included),
     in float32; with gradients when they are enabled (training)."""
     device = weight.device
-    suffix = [r[prefix.length :] for r in rows]
-    ids, _ = pad_right(suffix, pad_id, device)
-    stash: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    h = prefix.hidden(ids, stash=stash)
-    lengths = torch.as_tensor([len(r) for r in suffix], device=device)
     b = len(rows)
-    hidden = [h[torch.arange(b, device=device), lengths - 1][:, None]]
-    if trie.size:
-        hidden.append(_node_hidden(model, prefix, stash, lengths, ids.shape[1], trie))
-    states = torch.cat(hidden, dim=1).float()  # (b, 1 + N, d): where each answer token is predicted from
+    states = trie_states(model, prefix, rows, pad_id, trie).float()  # where each answer token is predicted from
     w = weight.float()
     lse = _logsumexp(states.reshape(-1, states.shape[-1]), w, bias).view(b, -1)
     read = torch.as_tensor(trie.read_at, device=device)
@@ -153,6 +145,21 @@ def answer_logprobs(
     logp = picked - lse[:, read]
     out = torch.zeros(b, trie.n_classes, device=device, dtype=logp.dtype)
     return out.index_add(1, torch.as_tensor(trie.owner, device=device), logp)
+
+
+def trie_states(model: Any, prefix: SharedPrefix, rows: list[list[int]], pad_id: int, trie: AnswerTrie) -> torch.Tensor:
+    """Final-norm hidden states ``(b, 1 + N, d)``: each full prompt row's last token (prefix included in ``rows``),
+    then the trie's ``N`` nodes after it; with gradients when they are enabled."""
+    device = prefix.layers[0][0].device
+    suffix = [r[prefix.length :] for r in rows]
+    ids, _ = pad_right(suffix, pad_id, device)
+    stash: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    h = prefix.hidden(ids, stash=stash)
+    lengths = torch.as_tensor([len(r) for r in suffix], device=device)
+    hidden = [h[torch.arange(len(rows), device=device), lengths - 1][:, None]]
+    if trie.size:
+        hidden.append(_node_hidden(model, prefix, stash, lengths, ids.shape[1], trie))
+    return torch.cat(hidden, dim=1)
 
 
 def _node_hidden(

@@ -223,7 +223,7 @@ M = TypeVar("M", bound=type[Method])
 _REGISTRY: dict[str, type[Method]] = {}
 # The methods this package ships, imported (and so registered) on the first lookup: the contract above imports
 # without torch, and the method modules do not import each other through the package.
-SHIPPED = ("label_tokens", "few_shot", "generate", "hidden_head", "sentence", "tfidf")
+SHIPPED = ("label_tokens", "few_shot", "generate", "hidden_head", "pairwise", "sentence", "tfidf")
 
 
 def _load_shipped() -> None:
