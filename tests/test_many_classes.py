@@ -268,8 +268,9 @@ def test_auto_epochs_follow_the_rows_and_the_rows_per_class(tiny_model_dir):
     assert TrainConfig().epochs is None  # the default: by the rows and the rows per class
     # Per class (48 examples of each): 151 classes in 900 rows → 8 passes, in 3,000 → 3; 50 in 900 → 3.
     assert (auto_epochs(900, 151), auto_epochs(3000, 151), auto_epochs(900, 50)) == (8, 3, 3)
-    # In all (2,400 examples): a few classes in 810 or 900 rows → 3 passes, in 1,200 → 2, from 2,400 rows → 1.
-    assert [auto_epochs(n, 4) for n in (810, 900, 1200, 2400, 3000)] == [3, 3, 2, 1, 1]
+    # In all (2,400 examples): a few classes in 810 or 900 rows → 3 passes, in 1,200 → 2; at least 2 up to 10,000 rows.
+    assert [auto_epochs(n, 4) for n in (810, 900, 1200, 2400, 3000, 10_000, 20_000)] == [3, 3, 2, 2, 2, 2, 1]
+    assert [auto_epochs(n, 4, min_examples=0) for n in (900, 3000)] == [1, 1]  # the rule before the recipe study
     assert auto_epochs(5, 2) == 8  # at most 8
     with pytest.raises(ConfigError, match="epochs must be a positive number or None"):
         TrainConfig(epochs=0)
