@@ -127,12 +127,9 @@ def test_jsonl_label_lists_load_as_a_tuple_per_row_and_sample_unstratified(tmp_p
         load_dataset(tmp_path / "bad.jsonl", label_col="labels")
 
 
-def test_evaluate_reports_multi_label_metrics_and_the_rest_says_what_it_does_not_take(
-    tiny_model_dir, tmp_path, monkeypatch, capsys
-):
+def test_evaluate_reports_multi_label_metrics_and_the_rest_says_what_it_does_not_take(tiny_model_dir):
     from classlm.evaluation import evaluate
     from classlm.serving.served import ServedModel
-    from test_cli import run_cli
 
     X, y = toy(8, seed=5)
     clf = LMClassifier(model=str(tiny_model_dir), labels=LABELS).fit(X, y)
@@ -164,9 +161,6 @@ def test_evaluate_reports_multi_label_metrics_and_the_rest_says_what_it_does_not
     with pytest.raises(ConfigError, match="--abstain-below is for single-label"):
         with TestClient(create_app(clf, ServeSettings(abstain_below=0.5))):
             pass
-    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps({"text": t, "label": v}) for t, v in zip(X, y)) + "\n")
-    code, _, err = run_cli(monkeypatch, capsys, "train", tmp_path, "--model", tiny_model_dir, "-o", tmp_path / "run")
-    assert code != 0 and "a list of labels per row (multi-label)" in err and "Traceback" not in err
 
 
 def test_tfidf_learns_one_logistic_regression_per_class(tmp_path):
@@ -245,3 +239,34 @@ def test_classify_on_a_saved_multi_label_run_answers_label_lists(tiny_model_dir,
     assert all(any(f"│ {c}" in line for line in lines) for e in expected for c in e)  # a class per line
     code, out, err = run_cli(monkeypatch, capsys, "classify", "--run", tmp_path / "run", "--priors", "em", *texts)
     assert code != 0 and "single-label" in err and "Traceback" not in err
+
+
+def test_cli_trains_and_evaluates_multi_label_data_with_its_report(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from test_cli import run_cli
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for split, n, seed in (("train", 48, 0), ("validation", 20, 1), ("test", 20, 2)):
+        X, y = toy(n, seed)  # rows {"text", "labels": [...]}: the default label column reads them
+        (data / f"{split}.jsonl").write_text("".join(json.dumps({"text": t, "labels": v}) + "\n" for t, v in zip(X, y)))
+    run = tmp_path / "run"
+    code, out, err = run_cli(monkeypatch, capsys, "train", data, "-o", run, "--model", tiny_model_dir,
+                             "--max-steps", "40", "--lr", "1e-2", "--eval-every", "20")  # fmt: skip
+    assert code == 0, err
+    doc = json.loads((run / "eval.json").read_text())
+    assert doc["metrics"]["multi_label"] and set(doc["classes"]) == set(LABELS)
+    assert {"hamming_loss", "per_class_ece_mean", "cardinality_predicted"} <= set(doc["metrics"])
+    checks = json.loads((run / "classlm.json").read_text())["training"]["checks"]
+    assert checks["baseline"]["method"] == "tfidf" and "macro_f1" in checks["baseline"]["eval"]
+    html = (run / "report.html").read_text()
+    assert "Hamming loss" in html and "pooled over every text and class" in html and "cut" in html
+    assert (run / "reliability.png").stat().st_size > 0 and "labels per text" in out
+    code, out, err = run_cli(monkeypatch, capsys, "evaluate", run, data)
+    assert code == 0, err
+    assert "multi-label" in out and "| sport |" in out
+    # A zero-shot multi-label evaluation needs labelled rows for its cuts, and says so.
+    code, _, err = run_cli(monkeypatch, capsys, "evaluate", data, "--model", tiny_model_dir)
+    assert code != 0 and "--calibrate-on SPLIT" in err
+    code, out, err = run_cli(monkeypatch, capsys, "evaluate", data, "--model", tiny_model_dir,
+                             "--calibrate-on", "validation")  # fmt: skip
+    assert code == 0 and "labels per text" in out, err

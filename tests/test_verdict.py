@@ -80,3 +80,20 @@ def test_cli_train_warns_of_a_collapse_and_records_it(monkeypatch, capsys, tmp_p
     assert code == 2 and "--class-weights weights the LoRA training loss" in err
     html = (run / "report.html").read_text()
     assert 'class="note warn"' in html and "has collapsed" in html
+
+
+def test_multi_label_collapse_is_answering_no_label_or_every_label():
+    from classlm.multilabel import multilabel_metrics
+    from classlm.verdict import collapse_multi_label
+
+    rng = np.random.default_rng(0)
+    truth = (rng.random((40, 4)) < 0.3).astype(int)
+    truth[0] = [1, 0, 0, 0]  # every row count is real
+    names = ["a", "b", "c", "d"]
+    good = np.clip(truth * 0.8 + rng.random((40, 4)) * 0.2, 0, 1)
+    assert collapse_multi_label(multilabel_metrics(truth, good, names)) is None
+    silent = collapse_multi_label(multilabel_metrics(truth, np.full((40, 4), 0.1), names))
+    assert silent is not None and "no label" in silent.message and silent.predicted_per_text == 0.0
+    loud = collapse_multi_label(multilabel_metrics(truth, np.full((40, 4), 0.9), names))
+    assert loud is not None and "every label" in loud.message and loud.predicted_per_text == 4.0
+    assert collapse_multi_label(multilabel_metrics(truth[:5], np.full((5, 4), 0.1), names)) is None  # too few rows

@@ -137,6 +137,8 @@ def load_dataset(
     ``text_col`` may name several columns (``"premise,hypothesis"`` or a list): each row becomes a
     :class:`~classlm.fields.Record` of those fields. The default ``"text"`` also reads a ``text_pair`` column where
     the data has one (text pairs such as rte).
+    The default ``label_col="label"`` reads a ``labels`` column (lists of labels: multi-label) where there is no
+    ``label`` one.
     ``split`` picks ``<split>.jsonl|csv|tsv|parquet`` in a folder (default ``"test"``) or a DatasetDict entry;
     it is ignored for a single file. ``label_col=None`` skips labels. ``limit`` keeps the first N rows (for a
     random, stratified sample use :meth:`TextDataset.sample`). ``label_names=False`` does not read a
@@ -149,10 +151,15 @@ def load_dataset(
         raise ConfigError("label_col=None reads no labels; pass require_labels=False with it")
     text_cols = text_columns(text_col)
     pair = text_cols == [TEXT]  # the default also reads a text_pair column where there is one
+    lists = (
+        label_col == "label"
+    )  # ... and the default label column a "labels" one (multi-label) where "label" is absent
     wanted = [*text_cols, *(PAIR[1:] if pair else []), *([label_col] if label_col is not None else [])]
-    table = read_source(source, split, wanted, label_col, limit, label_names)
+    table = read_source(source, split, [*wanted, *(["labels"] if lists else [])], label_col, limit, label_names)
     if pair and PAIR[1] in table.columns:
         text_cols = list(PAIR)
+    if lists and "label" not in table.columns and "labels" in table.columns:
+        label_col = "labels"
     return _to_dataset(table, text_cols, label_col, require_labels, drop_invalid)
 
 

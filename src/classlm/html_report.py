@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from classlm.io import write_text_atomic
-from classlm.reports import PER_CLASS_HEADER, EvalReport, logged_baseline, per_class_rows
+from classlm.reports import PER_CLASS_HEADER, EvalReport, logged_baseline, multi_label_tables, per_class_rows
 
 __all__ = ["classifier_context", "render_html", "write_html"]
 
@@ -222,9 +222,10 @@ def _evaluation(name: str, report: EvalReport) -> str:
     m = report.metrics
     parts = [f"<h2>{_t(name)}: {m.get('n', '?')} texts, {len(report.classes)} classes</h2>"]
     per_class = m.get("per_class") or {}
-    parts.append(
-        _table(PER_CLASS_HEADER, per_class_rows(per_class, num=_f))  # _f: NaN and missing read "–"
-    )
+    if m.get("multi_label"):
+        parts += [_table(header, rows) for header, rows in multi_label_tables(m, num=_f)]
+    else:
+        parts.append(_table(PER_CLASS_HEADER, per_class_rows(per_class, num=_f)))  # _f: NaN and missing read "–"
     charts = []
     confusion = m.get("confusion")
     if confusion and len(confusion) == len(report.classes):
@@ -238,7 +239,10 @@ def _evaluation(name: str, report: EvalReport) -> str:
         charts.append(
             _figure(
                 reliability_svg(m["reliability"]),
-                "Reliability: accuracy per confidence bin (bars) "
+                "Reliability, pooled over every text and class: how often the label is there per probability bin "
+                "(bars) against the diagonal; red = the bin's mean probability; numbers = (text, class) pairs per bin."
+                if m.get("multi_label")
+                else "Reliability: accuracy per confidence bin (bars) "
                 "against the diagonal; red = the bin's mean confidence; numbers = texts per bin.",
             )
         )

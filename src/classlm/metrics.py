@@ -242,11 +242,18 @@ def reliability_bins(y_true: Any, proba: Any, n_bins: int = DEFAULT_BINS) -> lis
     nb = _positive_int(n_bins, "n_bins")
     y, p = _pair(y_true, proba)
     pred = np.argmax(p, axis=1)
-    conf = p[np.arange(y.shape[0]), pred]
+    return binned_table(p[np.arange(y.shape[0]), pred], pred == y, nb)
+
+
+def binned_table(confidence: np.ndarray, hit: np.ndarray, n_bins: int) -> list[dict[str, Any]]:
+    """Per equal-width bin of ``confidence``: ``lo``, ``hi``, ``count``, the mean ``confidence`` and the share of
+    ``hit`` (``accuracy``); None for an empty bin. Top-label (:func:`reliability_bins`) or pooled multi-label."""
+    nb = n_bins
+    conf = np.asarray(confidence, dtype=np.float64)
     idx, edges = _bin_index(conf, nb)
     count = np.bincount(idx, minlength=nb)
     conf_sum = np.bincount(idx, weights=conf, minlength=nb)
-    hit_sum = np.bincount(idx, weights=(pred == y).astype(np.float64), minlength=nb)
+    hit_sum = np.bincount(idx, weights=np.asarray(hit, dtype=np.float64), minlength=nb)
     bins = []
     for b in range(nb):
         c = int(count[b])

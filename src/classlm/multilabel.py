@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from classlm.errors import ConfigError, DataError
-from classlm.metrics import DEFAULT_BINS, _binned_gap, _positive_int, _safe_div, prf_from_counts
+from classlm.metrics import DEFAULT_BINS, _binned_gap, _positive_int, _safe_div, binned_table, prf_from_counts
 
 __all__ = [
     "bce",
@@ -177,6 +177,7 @@ def multilabel_metrics(
     if len(names) != k or len(set(names)) != k:
         raise ConfigError(f"class_names: expected {k} unique names (one per column), got {len(names)}")
     p = _probabilities(proba, n, k)
+    nb = _positive_int(n_bins, "n_bins")
     cut = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (k,))
     pred = p >= cut
     prf = multilabel_prf(y, pred)
@@ -210,6 +211,8 @@ def multilabel_metrics(
         "cardinality_true": float(y.sum(axis=1).mean()),
         "cardinality_predicted": float(pred.sum(axis=1).mean()),
         "per_class": per_class,
+        # Pooled over every (text, class): how often a label is there at each predicted probability.
+        "reliability": binned_table(p.ravel(), y.ravel(), nb),
     }
 
 

@@ -201,25 +201,31 @@ class EvalReport:
     def _multi_label_markdown(self) -> str:
         m = self.metrics
         lines = [f"## Evaluation ({m.get('n', '?')} texts, {len(self.classes)} classes, multi-label)", ""]
-        keys = ("micro_f1", "macro_f1", "samples_f1", "hamming_loss", "subset_accuracy", "bce", "per_class_ece_mean")
-        lines += _table(
-            ["micro-F1", "macro-F1", "samples-F1", "Hamming loss", "subset accuracy", "BCE", "per-class ECE",
-             "labels per text (true / predicted)"],
-            [[*(_num(m.get(k)) for k in keys), f"{_num(m.get('cardinality_true'))} / "
-              f"{_num(m.get('cardinality_predicted'))}"]],
-        )  # fmt: skip
-        per_class = m.get("per_class") or {}
-        if per_class:
-            lines += ["", "### Per class", ""]
-            fields = ("precision", "recall", "f1", "support", "ece", "calibration_ratio", "threshold")
-            lines += _table(
-                ["class", "precision", "recall", "F1", "support", "ECE", "calibration ratio", "cut"],
-                [[name, *(_num(row.get(k)) for k in fields)] for name, row in per_class.items()],
-            )
+        headline, per_class = multi_label_tables(m)
+        lines += _table(*headline)
+        if per_class[1]:
+            lines += ["", "### Per class", "", *_table(*per_class)]
         if self.info:
             lines += ["", "### Info", ""]
             lines += [f"- **{_cell(k)}**: {_cell(_jsonable(v))}" for k, v in self.info.items()]
         return "\n".join(lines) + "\n"
+
+
+def multi_label_tables(m: Mapping[str, Any], num: Any = _num) -> tuple[tuple[list[str], list[list[Any]]], ...]:
+    """A multi-label evaluation's two tables as ``(header, rows)``: the headline metrics, and per class (with its
+    ECE and cut); shared by the markdown and HTML reports."""
+    keys = ("micro_f1", "macro_f1", "samples_f1", "hamming_loss", "subset_accuracy", "bce", "per_class_ece_mean")
+    headline = (
+        ["micro-F1", "macro-F1", "samples-F1", "Hamming loss", "subset accuracy", "BCE", "per-class ECE",
+         "labels per text (true / predicted)"],
+        [[*(num(m.get(k)) for k in keys), f"{num(m.get('cardinality_true'))} / {num(m.get('cardinality_predicted'))}"]],
+    )  # fmt: skip
+    fields = ("precision", "recall", "f1", "support", "ece", "calibration_ratio", "threshold")
+    per_class = (
+        ["class", "precision", "recall", "F1", "support", "ECE", "calibration ratio", "cut"],
+        [[name, *(num(row.get(k)) for k in fields)] for name, row in (m.get("per_class") or {}).items()],
+    )
+    return headline, per_class
 
 
 def out_of_scope_lines(oos: Mapping[str, Any]) -> list[str]:
@@ -302,8 +308,10 @@ def plot_reliability(report_or_bins: EvalReport | Sequence[Mapping[str, Any]], p
     ax.plot([], [], color="tab:red", linewidth=1.5, label="mean confidence")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence (top-class probability)")
-    ax.set_ylabel("accuracy")
+    pooled = isinstance(report_or_bins, EvalReport) and report_or_bins.metrics.get("multi_label")
+    # Multi-label: every (text, class) probability against how often that label is there.
+    ax.set_xlabel("probability of each class for each text" if pooled else "confidence (top-class probability)")
+    ax.set_ylabel("share of them with the label" if pooled else "accuracy")
     ax.set_title(title, fontsize=8)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()

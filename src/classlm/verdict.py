@@ -2,7 +2,8 @@
 almost only one class, or sits at chance) and whether it beats TF-IDF + LR trained on the same rows, the
 seconds-cheap baseline an LM classifier has to earn its cost against.
 
-Pure: works on :func:`classlm.metrics.classification_metrics` dicts (their ``confusion`` matrix and macro-F1).
+Pure: works on :func:`classlm.metrics.classification_metrics` dicts (their ``confusion`` matrix and macro-F1) and on
+:func:`classlm.multilabel.multilabel_metrics` ones (labels per text, predicted and true).
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ COLLAPSE_EXCESS = 0.1
 CHANCE_MARGIN = 0.05
 # Fewer evaluation rows than this say nothing either way.
 MIN_ROWS = 10
+# Multi-label: answering fewer labels per text than this share of the true count is answering (almost) none...
+EMPTY_SHARE = 0.1
+# ...and answering more than this share of all the classes, where the texts truly carry at most half, is all of them.
+FULL_SHARE = 0.9
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,39 @@ def collapse(metrics: Mapping[str, Any], names: list[str]) -> Collapse | None:
         f"scores {chance:.3f}. It was saved, but do not use it as is"
     )
     return Collapse(names[top], share, true_share, recall, chance, n, message)
+
+
+@dataclass(frozen=True)
+class MultiLabelCollapse:
+    """A collapsed multi-label classifier: it answers (almost) no label, or (almost) every label, for every text."""
+
+    predicted_per_text: float
+    true_per_text: float
+    n_classes: int
+    n: int
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def collapse_multi_label(metrics: Mapping[str, Any]) -> MultiLabelCollapse | None:
+    """The collapse found in one multi-label evaluation (labels per text, predicted against true), or None."""
+    n, k = int(metrics["n"]), int(metrics["n_classes"])
+    predicted, true = float(metrics["cardinality_predicted"]), float(metrics["cardinality_true"])
+    if n < MIN_ROWS or true <= 0:
+        return None
+    if predicted < EMPTY_SHARE * true:
+        what = "(almost) no label"
+    elif predicted > FULL_SHARE * k and true <= k / 2:
+        what = "(almost) every label"
+    else:
+        return None
+    message = (
+        f"the classifier has collapsed: it answers {what} — {predicted:.2f} labels per text on the {n} evaluation "
+        f"rows, which truly carry {true:.2f} of the {k} classes. It was saved, but do not use it as is"
+    )
+    return MultiLabelCollapse(predicted, true, k, n, message)
 
 
 @dataclass(frozen=True)

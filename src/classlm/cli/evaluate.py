@@ -81,6 +81,12 @@ def evaluate(
     given = labels is not None or run is not None
     dataset = load_rows(data, split=split, limit=limit, labels_given=given, **rows)
     label_spec = None if run is not None else label_spec_for(labels, data, dataset)
+    multi = any(isinstance(v, tuple) for v in dataset.labels or ())
+    if multi and run is None and calibrate_on is None:
+        raise ConfigError(
+            f"{dataset.source} has a list of labels per row (multi-label): a zero-shot classifier needs labelled rows "
+            "for its per-class calibration and cuts: pass --calibrate-on SPLIT (e.g. validation), or --run RUN"
+        )
     calib = None
     if calibrate_on is not None:
         _check_calibrate_on(calibrate_on, run=run, data=data, split=split)
@@ -100,6 +106,12 @@ def evaluate(
         fit_texts=list(calib.texts) if calib is not None else None,
         fit_labels=list(calib.labels or []) if calib is not None else None,
     )
+    if multi != bool(getattr(clf, "multi_label_", False)):
+        kinds = ("one label per row", "a list of labels per row (multi-label)")
+        raise ConfigError(
+            f"{dataset.source} has {kinds[multi]}, but the classifier was trained on {kinds[not multi]}: evaluate it "
+            "on data of its own kind"
+        )
     info: dict[str, Any] = {"data": dataset.source, "n": len(dataset)}
     if limit is not None:
         info["sample"] = f"seeded stratified sample of {len(dataset)} rows (--limit {limit}, --seed {seed})"

@@ -23,7 +23,7 @@ MethodOpt = Annotated[
     str,
     typer.Option(
         "--method",
-        help="label_tokens, letters, few_shot, generate, hidden_head, embedding, similarity or tfidf.",
+        help="label_tokens, letters, pairwise, few_shot, generate, hidden_head, embedding, similarity or tfidf.",
     ),
 ]
 InstructionOpt = Annotated[str | None, typer.Option("--instruction", "-i", help="The task sentence of the prompt.")]

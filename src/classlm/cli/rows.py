@@ -35,11 +35,6 @@ def load_rows(
         label_names=not labels_given,
         drop_invalid=drop_invalid,
     )
-    if dataset.labels is not None and any(isinstance(v, tuple) for v in dataset.labels):
-        raise ConfigError(
-            f"{dataset.source} has a list of labels per row (multi-label); the command line takes one label per row "
-            "for now: fit from Python, LMClassifier(...).fit(texts, label_lists) (README: Multi-label)"
-        )
     if dataset.dropped:
         err.print(f"--drop-invalid: left out {dataset.dropped} row(s) of {dataset.source} (empty text or no label)")
     return dataset.sample(limit, seed)
@@ -52,7 +47,11 @@ def label_spec_for(labels: str | None, data: str, dataset: Any) -> Any:
     spec = parse_labels(labels)
     if spec is None and Path(data).exists():
         spec = find_label_spec(data)
-    return spec if spec is not None else sorted(set(dataset.labels))
+    if spec is not None:
+        return spec
+    if any(isinstance(v, tuple) for v in dataset.labels):  # multi-label: the classes of every row's list
+        return sorted({label for row in dataset.labels for label in row})
+    return sorted(set(dataset.labels))
 
 
 def held_out_rows(

@@ -182,16 +182,17 @@ def _tfidf_baseline(clf: Any, rows: tuple[Any, Any], texts: list[str], labels: l
 
 def _checks(clf: Any, report: Any, baseline: Any) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """The verdicts (classlm.verdict) as JSON for the manifest, and as ``(level, text)`` notes for the reports."""
-    from classlm.verdict import against_baseline, collapse
+    from classlm.verdict import against_baseline, collapse, collapse_multi_label
 
     checks: dict[str, Any] = {}
     notes: list[tuple[str, str]] = []
-    found = collapse(report.metrics, list(report.classes))
+    multi = bool(report.metrics.get("multi_label"))
+    found = collapse_multi_label(report.metrics) if multi else collapse(report.metrics, list(report.classes))
     checks["collapse"] = found.to_dict() if found is not None else None
     if found is not None:
         tries = (
             "more training rows (--limit), more passes (--epochs), a lower --lr, or --class-weights balanced when "
-            "one class dominates the labels"
+            + ("rare labels are missed" if multi else "one class dominates the labels")
             if clf.trains_backbone()
             else "more training rows (--limit), or another --method"
         )
