@@ -17,7 +17,8 @@ embeddings. Keys
 ``<dataset>.<method>.{macro_f1,micro_f1,samples_f1,hamming_loss,subset_accuracy,bce,per_class_ece_mean,
 train_seconds}``.
 
-``pairwise``: ``method="pairwise"`` (a yes/no question per class after the text, one tree pass) with LoRA, as ``lora``.
+``pairwise``: ``method="pairwise"`` (a yes/no question per class after the text, one tree pass) with LoRA, as ``lora``;
+``pairwise_zero_shot``: the same untrained, as ``zero_shot``. ``texts_per_second``: scoring the test rows.
 
 ``rte`` (premise + hypothesis, single-label): the pair in the prompt's two slots (``benchmarks/prompts/rte.json``),
 ``lora`` with the default recipe (auto epochs, temperature on the 10% hold-out), ``zero_shot`` with the temperature
@@ -83,8 +84,9 @@ def pair_cell(method: str, data: dict[str, Any], args: argparse.Namespace) -> di
     t0 = time.perf_counter()
     clf.fit(list(data["train"].texts), list(data["train"].labels))
     seconds = time.perf_counter() - t0
-    m = evaluate(clf, list(data["test"].texts), list(data["test"].labels)).metrics
-    extra = {}
+    report = evaluate(clf, list(data["test"].texts), list(data["test"].labels))
+    m = report.metrics
+    extra: dict[str, Any] = {"texts_per_second": report.info.get("texts_per_second")}
     if method in ("lora", "pairwise"):
         extra["training"] = {k: clf.training_.get(k) for k in ("steps", "epochs", "best_step", "examples_per_second")}
     return {
@@ -104,7 +106,10 @@ def _fitted(clf: LMClassifier, data: dict[str, Any]) -> Result:
     t0 = time.perf_counter()
     clf.fit(list(data["train"].texts), [list(v) for v in data["train"].labels])
     seconds = time.perf_counter() - t0
-    return clf.predict_proba(list(data["test"].texts)), clf.thresholds_, seconds, {}
+    t0 = time.perf_counter()
+    proba = clf.predict_proba(list(data["test"].texts))
+    speed = {"texts_per_second": round(len(proba) / (time.perf_counter() - t0), 1)}  # scoring the test rows
+    return proba, clf.thresholds_, seconds, speed
 
 
 def lora(data: dict[str, Any], args: argparse.Namespace) -> Result:
@@ -112,9 +117,9 @@ def lora(data: dict[str, Any], args: argparse.Namespace) -> Result:
     clf = LMClassifier(
         labels=data["names"], instruction=INSTRUCTION, lora={"r": 16, "alpha": 32}, train=train_cfg, progress=True
     )
-    proba, cuts, seconds, _ = _fitted(clf, data)
+    proba, cuts, seconds, speed = _fitted(clf, data)
     training = {k: clf.training_.get(k) for k in ("steps", "epochs", "best_step", "examples_per_second")}
-    return proba, cuts, seconds, {"training": training}
+    return proba, cuts, seconds, {**speed, "training": training}
 
 
 def zero_shot(data: dict[str, Any], args: argparse.Namespace) -> Result:
@@ -134,12 +139,17 @@ def pairwise(data: dict[str, Any], args: argparse.Namespace) -> Result:
     train_cfg = {"seed": args.seed, "epochs": args.epochs, "eval_every": args.eval_every}
     clf = LMClassifier(method="pairwise", labels=data["names"], instruction=INSTRUCTION, lora={"r": 16, "alpha": 32},
                        train=train_cfg, progress=True)  # fmt: skip
-    proba, cuts, seconds, _ = _fitted(clf, data)
+    proba, cuts, seconds, speed = _fitted(clf, data)
     training = {k: clf.training_.get(k) for k in ("steps", "epochs", "best_step", "examples_per_second")}
-    return proba, cuts, seconds, {"training": training}
+    return proba, cuts, seconds, {**speed, "training": training}
 
 
-RUN = {"lora": lora, "zero_shot": zero_shot, "tfidf": tfidf, "embedding": embedding, "pairwise": pairwise}
+def pairwise_zero_shot(data: dict[str, Any], args: argparse.Namespace) -> Result:
+    return _fitted(LMClassifier(method="pairwise", labels=data["names"], instruction=INSTRUCTION, progress=True), data)
+
+
+RUN = {"lora": lora, "zero_shot": zero_shot, "tfidf": tfidf, "embedding": embedding, "pairwise": pairwise,
+       "pairwise_zero_shot": pairwise_zero_shot}  # fmt: skip
 
 
 def cell(name: str, method: str, data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -167,14 +177,15 @@ def to_markdown(doc: dict[str, Any]) -> str:
             lines += _pair_table(name, doc[name])
             continue
         lines += [f"## {name}", "", "| method | macro-F1 | micro-F1 | samples-F1 | Hamming loss | BCE | per-class ECE |"
-                  " labels per text (true / predicted) | train s |", "|---" * 9 + "|"]  # fmt: skip
+                  " labels per text (true / predicted) | train s | texts/s |", "|---" * 10 + "|"]  # fmt: skip
         for method, r in doc[name].items():
             if not isinstance(r, dict) or "macro_f1" not in r:
                 continue
             lines.append(
                 f"| {method} | {r['macro_f1']:.3f} | {r['micro_f1']:.3f} | {r['samples_f1']:.3f} | "
                 f"{r['hamming_loss']:.4f} | {r['bce']:.4f} | {r['per_class_ece_mean']:.4f} | "
-                f"{r['cardinality_true']:.2f} / {r['cardinality_predicted']:.2f} | {r['train_seconds']} |"
+                f"{r['cardinality_true']:.2f} / {r['cardinality_predicted']:.2f} | {r['train_seconds']} | "
+                f"{r.get('texts_per_second', '–')} |"
             )
         commands = sorted({r["command"] for r in doc[name].values() if isinstance(r, dict) and "command" in r})
         lines += ["", "Made by " + "; ".join(f"`{c}`" for c in commands) + f"; {doc[name].get('machine', '')}", ""]
@@ -182,12 +193,12 @@ def to_markdown(doc: dict[str, Any]) -> str:
 
 
 def _pair_table(name: str, section: dict[str, Any]) -> list[str]:
-    lines = [f"## {name} (text pairs, single-label)", "", "| method | accuracy | macro-F1 | NLL | ECE | train s |",
-             "|---" * 6 + "|"]  # fmt: skip
+    lines = [f"## {name} (text pairs, single-label)", "",
+             "| method | accuracy | macro-F1 | NLL | ECE | train s | texts/s |", "|---" * 7 + "|"]  # fmt: skip
     for method, r in section.items():
         if isinstance(r, dict) and "accuracy" in r:
             lines.append(f"| {method} | {r['accuracy']:.3f} | {r['macro_f1']:.3f} | {r['nll']:.3f} | {r['ece']:.3f} "
-                         f"| {r['train_seconds']} |")  # fmt: skip
+                         f"| {r['train_seconds']} | {r.get('texts_per_second', '–')} |")  # fmt: skip
     commands = sorted({r["command"] for r in section.values() if isinstance(r, dict) and "command" in r})
     return [*lines, "", "Made by " + "; ".join(f"`{c}`" for c in commands) + f"; {section.get('machine', '')}", ""]
 
