@@ -56,11 +56,13 @@ KEEP = ("macro_f1", "micro_f1", "samples_f1", "hamming_loss", "subset_accuracy",
 INSTRUCTION = "Which emotions does this text express?"
 
 
-def rows(name: str, n_train: int, n_test: int, seed: int) -> dict[str, Any]:
+def rows(name: str, n_train: int | None, n_test: int | None, seed: int) -> dict[str, Any]:
+    """Seeded samples of the train and test splits (``None``: the whole split)."""
     label_col = "label" if name in PAIRS else "labels"
     full = load_dataset(DATA / name, split="train", label_col=label_col)
-    train = full.sample(min(n_train, len(full)), seed=seed)
-    test = load_dataset(DATA / name, split="test", label_col=label_col).sample(n_test, seed=seed)
+    train = full if n_train is None else full.sample(min(n_train, len(full)), seed=seed)
+    test = load_dataset(DATA / name, split="test", label_col=label_col)
+    test = test if n_test is None else test.sample(min(n_test, len(test)), seed=seed)
     names = json.loads((DATA / name / "labels.json").read_text())
     return {"train": train, "test": test, "names": names}
 
@@ -80,7 +82,14 @@ def pair_cell(method: str, data: dict[str, Any], args: argparse.Namespace) -> di
         "tfidf": {"method": "tfidf", "train": {"seed": args.seed}},
         "embedding": {"method": "embedding", "train": {"seed": args.seed}},
     }[method]
-    clf = LMClassifier(labels=spec["labels"], instruction=spec["instruction"], prompt=prompt, progress=True, **options)
+    clf = LMClassifier(
+        device=args.device,
+        labels=spec["labels"],
+        instruction=spec["instruction"],
+        prompt=prompt,
+        progress=True,
+        **options,
+    )
     t0 = time.perf_counter()
     clf.fit(list(data["train"].texts), list(data["train"].labels))
     seconds = time.perf_counter() - t0
@@ -115,7 +124,12 @@ def _fitted(clf: LMClassifier, data: dict[str, Any]) -> Result:
 def lora(data: dict[str, Any], args: argparse.Namespace) -> Result:
     train_cfg = {"seed": args.seed, "epochs": args.epochs, "eval_every": args.eval_every}
     clf = LMClassifier(
-        labels=data["names"], instruction=INSTRUCTION, lora={"r": 16, "alpha": 32}, train=train_cfg, progress=True
+        device=args.device,
+        labels=data["names"],
+        instruction=INSTRUCTION,
+        lora={"r": 16, "alpha": 32},
+        train=train_cfg,
+        progress=True,
     )
     proba, cuts, seconds, speed = _fitted(clf, data)
     training = {k: clf.training_.get(k) for k in ("steps", "epochs", "best_step", "examples_per_second")}
@@ -123,29 +137,38 @@ def lora(data: dict[str, Any], args: argparse.Namespace) -> Result:
 
 
 def zero_shot(data: dict[str, Any], args: argparse.Namespace) -> Result:
-    return _fitted(LMClassifier(labels=data["names"], instruction=INSTRUCTION, progress=True), data)
+    return _fitted(LMClassifier(device=args.device, labels=data["names"], instruction=INSTRUCTION, progress=True), data)
 
 
 def tfidf(data: dict[str, Any], args: argparse.Namespace) -> Result:
-    return _fitted(LMClassifier(method="tfidf", labels=data["names"], train={"seed": args.seed}), data)
+    return _fitted(
+        LMClassifier(device=args.device, method="tfidf", labels=data["names"], train={"seed": args.seed}), data
+    )
 
 
 def embedding(data: dict[str, Any], args: argparse.Namespace) -> Result:
-    clf = LMClassifier(method="embedding", labels=data["names"], train={"seed": args.seed}, progress=True)
+    clf = LMClassifier(
+        device=args.device, method="embedding", labels=data["names"], train={"seed": args.seed}, progress=True
+    )
     return _fitted(clf, data)
 
 
 def pairwise(data: dict[str, Any], args: argparse.Namespace) -> Result:
     train_cfg = {"seed": args.seed, "epochs": args.epochs, "eval_every": args.eval_every}
-    clf = LMClassifier(method="pairwise", labels=data["names"], instruction=INSTRUCTION, lora={"r": 16, "alpha": 32},
-                       train=train_cfg, progress=True)  # fmt: skip
+    clf = LMClassifier(device=args.device, method="pairwise", labels=data["names"], instruction=INSTRUCTION,
+                       lora={"r": 16, "alpha": 32}, train=train_cfg, progress=True)  # fmt: skip
     proba, cuts, seconds, speed = _fitted(clf, data)
     training = {k: clf.training_.get(k) for k in ("steps", "epochs", "best_step", "examples_per_second")}
     return proba, cuts, seconds, {**speed, "training": training}
 
 
 def pairwise_zero_shot(data: dict[str, Any], args: argparse.Namespace) -> Result:
-    return _fitted(LMClassifier(method="pairwise", labels=data["names"], instruction=INSTRUCTION, progress=True), data)
+    return _fitted(
+        LMClassifier(
+            device=args.device, method="pairwise", labels=data["names"], instruction=INSTRUCTION, progress=True
+        ),
+        data,
+    )
 
 
 RUN = {"lora": lora, "zero_shot": zero_shot, "tfidf": tfidf, "embedding": embedding, "pairwise": pairwise,
@@ -172,24 +195,29 @@ def cell(name: str, method: str, data: dict[str, Any], args: argparse.Namespace)
 
 def to_markdown(doc: dict[str, Any]) -> str:
     lines = ["# Multi-label: the sliced head against TF-IDF + one-vs-rest LR", ""]
-    for name in (k for k in doc if k != "machine"):
-        if name in PAIRS:
-            lines += _pair_table(name, doc[name])
-            continue
-        lines += [f"## {name}", "", "| method | macro-F1 | micro-F1 | samples-F1 | Hamming loss | BCE | per-class ECE |"
-                  " labels per text (true / predicted) | train s | texts/s |", "|---" * 10 + "|"]  # fmt: skip
-        for method, r in doc[name].items():
-            if not isinstance(r, dict) or "macro_f1" not in r:
-                continue
+    for title, part in (("", doc), ("GPU, full data: ", doc.get("gpu", {}))):
+        for name in (k for k in part if k not in ("machine", "gpu")):
+            lines += (_pair_table if name in PAIRS else _label_table)(title + name, part[name])
+    return "\n".join(lines)
+
+
+def _made_by(section: dict[str, Any]) -> list[str]:
+    commands = sorted({r["command"] for r in section.values() if isinstance(r, dict) and "command" in r})
+    return ["", "Made by " + "; ".join(f"`{c}`" for c in commands) + f"; {section.get('machine', '')}", ""]
+
+
+def _label_table(name: str, section: dict[str, Any]) -> list[str]:
+    lines = [f"## {name}", "", "| method | macro-F1 | micro-F1 | samples-F1 | Hamming loss | BCE | per-class ECE |"
+             " labels per text (true / predicted) | train s | texts/s |", "|---" * 10 + "|"]  # fmt: skip
+    for method, r in section.items():
+        if isinstance(r, dict) and "macro_f1" in r:
             lines.append(
                 f"| {method} | {r['macro_f1']:.3f} | {r['micro_f1']:.3f} | {r['samples_f1']:.3f} | "
                 f"{r['hamming_loss']:.4f} | {r['bce']:.4f} | {r['per_class_ece_mean']:.4f} | "
                 f"{r['cardinality_true']:.2f} / {r['cardinality_predicted']:.2f} | {r['train_seconds']} | "
                 f"{r.get('texts_per_second', '–')} |"
             )
-        commands = sorted({r["command"] for r in doc[name].values() if isinstance(r, dict) and "command" in r})
-        lines += ["", "Made by " + "; ".join(f"`{c}`" for c in commands) + f"; {doc[name].get('machine', '')}", ""]
-    return "\n".join(lines)
+    return lines + _made_by(section)
 
 
 def _pair_table(name: str, section: dict[str, Any]) -> list[str]:
@@ -199,8 +227,7 @@ def _pair_table(name: str, section: dict[str, Any]) -> list[str]:
         if isinstance(r, dict) and "accuracy" in r:
             lines.append(f"| {method} | {r['accuracy']:.3f} | {r['macro_f1']:.3f} | {r['nll']:.3f} | {r['ece']:.3f} "
                          f"| {r['train_seconds']} | {r.get('texts_per_second', '–')} |")  # fmt: skip
-    commands = sorted({r["command"] for r in section.values() if isinstance(r, dict) and "command" in r})
-    return [*lines, "", "Made by " + "; ".join(f"`{c}`" for c in commands) + f"; {section.get('machine', '')}", ""]
+    return lines + _made_by(section)
 
 
 def main() -> None:
@@ -213,6 +240,8 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--merge", action="store_true", help="keep the cells of earlier commands")
+    parser.add_argument("--device", default="auto", help="cuda: the GPU mode, results under gpu.<dataset>")
+    parser.add_argument("--full", action="store_true", help="every train and test row (the GPU mode's budget)")
     args = parser.parse_args()
     names = [d for d in args.datasets.split(",") if d]
     methods = [m for m in args.methods.split(",") if m]
@@ -227,9 +256,11 @@ def main() -> None:
     doc: dict[str, Any] = json.loads(path.read_text()) if args.merge and path.is_file() else {}
     doc["machine"] = machine_block(training="lora" in methods)
     command = "python benchmarks/multilabel.py " + shlex.join(sys.argv[1:])
+    # A GPU run is another budget (full data, published figures to meet): its cells go apart, under "gpu".
+    root = doc.setdefault("gpu", {}) if args.device.startswith("cuda") else doc
     for name in names:
-        data = rows(name, args.n_train, args.n_test, args.seed)
-        section = doc.setdefault(name, {})
+        data = rows(name, None if args.full else args.n_train, None if args.full else args.n_test, args.seed)
+        section = root.setdefault(name, {})
         section["machine"] = machine_line(doc["machine"])
         for method in methods:
             print(f"[{name} {method}]", file=sys.stderr, flush=True)
