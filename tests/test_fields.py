@@ -198,3 +198,17 @@ def test_cli_classify_reads_named_text_columns_and_reports_the_field_cut(monkeyp
     assert lines[-1]["fields_cut"] == ["premise"] and "fields cut: premise in" in " ".join(err.split())
     code, out, err = run_cli(monkeypatch, capsys, *args, "--file", tmp_path / "pairs.jsonl", "--text-col", "premise,x")
     assert code != 0 and "text column 'x' not found" in err
+
+
+@pytest.mark.parametrize("method", ["few_shot", "generate", "hidden_head"])
+def test_every_prompt_method_reads_pairs_into_their_slots(tiny_model_dir, method):
+    dicts = [{"text": a, "text_pair": b} for a, b in PAIRS] * 2
+    options = {"k": 2} if method == "few_shot" else None
+    clf = LMClassifier(model=str(tiny_model_dir), labels=LABELS, method=method, method_options=options,
+                       prompt={"chat": False}).fit(dicts, Y * 2)  # fmt: skip
+    scores = clf.predict_scores(dicts)
+    assert scores.logits.shape == (8, 2) and scores.cut_fields == ((),) * 8
+    rendered = clf.method_.rendered.format(clf.read_inputs(dicts[:1])[0])
+    assert f"Text:\n{PAIRS[0][0]}\n\nText pair:\n{PAIRS[0][1]}" in rendered  # hidden_head reads no answer cue
+    if method == "few_shot":  # the examples are laid out as the inputs are: each field under its header
+        assert clf.method_.rendered.head.count("\n\nText pair:\n") == 2
