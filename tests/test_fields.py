@@ -181,6 +181,8 @@ def test_server_answers_inputs_and_refuses_plain_texts(tiny_model_dir):
         assert r.status_code == 422 and "input 0 field 'text_pair' is empty" in r.json()["error"]["message"]
         r = client.post("/v1/classify", json={"inputs": [{"text": "a"}]})
         assert r.status_code == 422 and "missing: ['text_pair']" in r.json()["error"]["message"]
+        r = client.post("/v1/classify", json={"inputs": [{"text": "a", "text_pair": "b", "note": "c"}]})
+        assert r.status_code == 422 and "['note'] this classifier does not read" in r.json()["error"]["message"]
 
 
 def test_cli_classify_reads_named_text_columns_and_reports_the_field_cut(monkeypatch, capsys, tiny_model_dir, tmp_path):
@@ -212,3 +214,64 @@ def test_every_prompt_method_reads_pairs_into_their_slots(tiny_model_dir, method
     assert f"Text:\n{PAIRS[0][0]}\n\nText pair:\n{PAIRS[0][1]}" in rendered  # hidden_head reads no answer cue
     if method == "few_shot":  # the examples are laid out as the inputs are: each field under its header
         assert clf.method_.rendered.head.count("\n\nText pair:\n") == 2
+
+
+def test_inputs_keep_their_fields_by_name_everywhere(tiny_model_dir):
+    dicts = [{"text": a, "text_pair": b} for a, b in PAIRS]
+    swapped = [{"text_pair": b, "id": i, "text": a} for i, (a, b) in enumerate(PAIRS)]  # other order, an extra key
+    clf = LMClassifier(model=str(tiny_model_dir), labels=LABELS).fit(dicts, Y)
+    # eval_set / calib_set rows are read by name, laid out as the classifier lays out its inputs.
+    assert clf.labelled_rows((swapped, Y), "eval_set")[0] == clf.read_inputs(dicts)
+    plain = LMClassifier(model=str(tiny_model_dir), labels=LABELS).fit([a for a, _ in PAIRS], Y)
+    with pytest.raises(DataError, match=r"this classifier reads \['text'\]"):  # text_pair would be dropped unseen
+        plain.predict_proba(as_texts(PAIRS))
+    # One named field: fit and predict read it alike.
+    one = [{"premise": a} for a, _ in PAIRS]
+    single = LMClassifier(model=str(tiny_model_dir), labels=LABELS).fit(one, Y)
+    assert single.method_.prompt.fields == ("premise",) and single.method_.rendered.head.endswith("Premise:\n")
+    np.testing.assert_allclose(single.predict_proba(one), single.predict_proba([a for a, _ in PAIRS]))
+
+
+def test_column_names_that_are_not_identifiers_or_are_numbers():
+    pd = pytest.importorskip("pandas")
+    records = as_texts(pd.DataFrame([list(p) for p in PAIRS]))  # columns 0 and 1
+    assert records[0].fields == ("0", "1") and records[0].values == PAIRS[0]
+    spaced = as_texts([{"sentence 1": a, "sentence 2": b} for a, b in PAIRS])
+    assert spaced[0] == f"Sentence 1:\n{PAIRS[0][0]}\n\nSentence 2:\n{PAIRS[0][1]}"
+    with pytest.raises(DataError, match="cannot name a prompt slot"):
+        as_texts([{"a:b": "x", "c": "y"}])
+    import copy
+    import pickle
+
+    custom = as_texts(PAIRS, fields=PAIR, layout="P: {text}\nH: {text_pair}")[0]
+    assert copy.deepcopy(custom) == custom == pickle.loads(pickle.dumps(custom)) == f"P: {PAIRS[0][0]}\nH: {PAIRS[0][1]}"
+
+
+def test_few_shot_examples_keep_every_field():
+    from classlm.methods.few_shot import cut_input
+
+    long = " ".join(["word"] * 200)
+    cut = cut_input(as_texts([(long, "the hypothesis")])[0], 120)
+    assert cut.values[1] == "the hypothesis" and len(cut.values[0]) <= 120 - len("the hypothesis")
+
+
+def test_nearest_few_shot_lays_out_pairs_once(tiny_model_dir):
+    pytest.importorskip("sentence_transformers")
+    dicts = [{"text": a, "text_pair": b} for a, b in PAIRS] * 2
+    clf = LMClassifier(model=str(tiny_model_dir), labels=LABELS, method="few_shot", prompt={"chat": False},
+                       method_options={"k": 2, "selection": "nearest"}).fit(dicts, Y * 2)  # fmt: skip
+    row = clf.method_.encoder.encode(clf.read_inputs(dicts[:1])).ids[0]
+    text = clf.backbone_.tokenizer.decode(row)
+    assert "Text:\nText:" not in text and text.count("Text pair:\n") == 3  # two examples and the text itself
+    assert text.endswith(f"Text:\n{PAIRS[0][0]}\n\nText pair:\n{PAIRS[0][1]}\nAnswer:")
+
+
+def test_pairwise_leaves_room_for_its_longest_question(tiny_model_dir):
+    clf = LMClassifier(model=str(tiny_model_dir), method="pairwise", max_prompt_length=200,
+                       labels={"entailment": "the second text follows from the first one, word for word",
+                               "not_entailment": "no"}).fit([])  # fmt: skip
+    m = clf.method_
+    long = " ".join(["the quick brown fox"] * 40)
+    row = m.encoder.encode([long]).ids[0]
+    shared = len(m.encoder.tail_ids)
+    assert max(len(row) + len(q) - shared for q in m.question_ids) <= 200  # every full question fits the limit

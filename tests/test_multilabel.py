@@ -260,6 +260,7 @@ def test_cli_trains_and_evaluates_multi_label_data_with_its_report(tiny_model_di
     assert checks["baseline"]["method"] == "tfidf" and "macro_f1" in checks["baseline"]["eval"]
     html = (run / "report.html").read_text()
     assert "Hamming loss" in html and "pooled over every text and class" in html and "cut" in html
+    assert "<span>micro-F1</span>" in html and "<span>per-class ECE</span>" in html  # the headline cards
     assert (run / "reliability.png").stat().st_size > 0 and "labels per text" in out
     code, out, err = run_cli(monkeypatch, capsys, "evaluate", run, data)
     assert code == 0, err

@@ -28,7 +28,7 @@ from classlm.data import as_texts, validate_labels
 from classlm.errors import ConfigError, DataError
 from classlm.estimator import CalibratedClassifier, NotFittedError, resolve_classes
 from classlm.feature_distance import OutOfScopeFeatures
-from classlm.fields import TEXT, fields_of
+from classlm.fields import TEXT, input_fields, input_rows
 from classlm.fitting import Fitting, is_multi_label_target, multi_label_info
 from classlm.labels import LabelSet
 from classlm.methods import Method, available_methods, get_method
@@ -154,9 +154,9 @@ class LMClassifier(Fitting, MultiLabelOutputs, OutOfScopeFeatures, CalibratedCla
         if fitting:
             template = PromptTemplate.resolve(self.prompt, self.instruction)
             named = template.input_format is not None or template.fields != (TEXT,)
-            X = as_texts(X, template.fields if named else None)
-            self.text_fields_ = template.fields if named else fields_of(X)
-        template = self._prompt_template() if fitting else self.method_.prompt
+            X = input_rows(X)  # once: an iterator is read a single time
+            self.text_fields_ = template.fields if named else input_fields(X)
+        template = self._prompt_template()  # the fields fit read (or the saved prompt's): what the method reads
         return as_texts(X, template.fields, template.layout())
 
     def _method_setup(self) -> tuple[type[Method], Any]:

@@ -68,6 +68,11 @@ class CalibratedClassifier(ClassPriors, ClassifierMixin, BaseEstimator):
     def predict_scores(self, X: Any, *, class_mass: bool = False) -> Any:
         raise NotImplementedError
 
+    def read_inputs(self, X: Any) -> list[str]:
+        """``X`` checked as this classifier's inputs (:func:`classlm.fields.as_texts`); a classifier that reads
+        inputs of several fields lays them out in its own fields and order."""
+        return as_texts(X)
+
     def check_fitted(self) -> None:
         """Raise NotFittedError (saying how to fit) unless the classifier is fitted."""
         raise NotImplementedError
@@ -159,7 +164,7 @@ class CalibratedClassifier(ClassPriors, ClassifierMixin, BaseEstimator):
         """``(texts, labels)`` checked: the same non-zero count, every label one of ``classes_`` (by name)."""
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
             raise errors.ConfigError(f"{name} must be a (texts, labels) pair, got {type(pair).__name__}")
-        texts, labels = as_texts(pair[0]), [str(v) for v in check_targets(pair[1], name)]
+        texts, labels = self.read_inputs(pair[0]), [str(v) for v in check_targets(pair[1], name)]
         if len(texts) != len(labels) or not texts:
             raise DataError(f"{name}: {len(texts)} texts and {len(labels)} labels; expected the same, non-zero count")
         validate_labels(labels, [str(c) for c in self.classes_])
@@ -199,7 +204,7 @@ class CalibratedClassifier(ClassPriors, ClassifierMixin, BaseEstimator):
                 f"calibrate_unlabelled fits a contextual or batch step, and calibration={self.calibration!r} has "
                 "none; use e.g. LMClassifier(calibration='batch+temperature')"
             )
-        texts = as_texts(X) if X is not None else []
+        texts = self.read_inputs(X) if X is not None else []
         if steps[0] == "batch" and not texts:
             raise DataError("batch calibration learns from unlabelled texts of the task: calibrate_unlabelled(texts)")
         self.fit_calibration(texts, None, "calibrate_unlabelled(X)")

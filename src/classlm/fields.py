@@ -26,17 +26,18 @@ class Record(str):
 
     fields: tuple[str, ...]
     values: tuple[str, ...]
+    layout: str | None
 
     def __new__(cls, values: Sequence[str], fields: Sequence[str], layout: str | None = None) -> Record:
         fields, values = tuple(fields), tuple(values)
         pieces = layout_pieces(layout or default_layout(fields), fields)
         joined = pieces[0] + "".join(v.strip() + after for v, after in zip(values, pieces[1:]))
         record = super().__new__(cls, joined)
-        record.fields, record.values = fields, values
+        record.fields, record.values, record.layout = fields, values, layout
         return record
 
     def __reduce__(self) -> Any:  # copies keep their fields (str's own reduce would make a plain string)
-        return (Record, (self.values, self.fields, None))
+        return (Record, (self.values, self.fields, self.layout))
 
 
 def field_header(name: str) -> str:
@@ -45,9 +46,10 @@ def field_header(name: str) -> str:
     return (words[:1].upper() + words[1:] if words else name) + ":"
 
 
-def default_layout(fields: Sequence[str], first_header: str | None = None) -> str:
-    """Each field under its header, blank lines between: ``Text:\\n{text}\\n\\nText pair:\\n{text_pair}``."""
-    heads = [first_header or field_header(fields[0]), *(field_header(f) for f in fields[1:])]
+def default_layout(fields: Sequence[str], text_header: str | None = None) -> str:
+    """Each field under its header, blank lines between: ``Text:\\n{text}\\n\\nText pair:\\n{text_pair}``;
+    ``text_header`` (the prompt's) heads a field named ``text``."""
+    heads = [text_header if f == TEXT and text_header else field_header(f) for f in fields]
     return "\n\n".join(f"{h}\n{{{f}}}" for h, f in zip(heads, fields))
 
 
@@ -61,7 +63,8 @@ def layout_fields(layout: str) -> tuple[str, ...]:
     for _, name, spec, conversion in parsed:
         if name is None:
             continue
-        if not name.isidentifier() or spec or conversion:
+        # Any column name may be a slot ("sentence 1", "0"): the template is only split, never formatted.
+        if not name.strip() or spec or conversion:
             raise ConfigError(
                 f"input_format slot {{{name}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}} "
                 "is not a plain field name; write slots as {name}, e.g. 'Premise:\\n{text}\\n\\nHypothesis:\\n"
@@ -110,7 +113,8 @@ def _field_names(n: int) -> tuple[str, ...]:
     return PAIR if n == 2 else (TEXT, *(f"text_{i}" for i in range(2, n + 1)))
 
 
-def _rows_of(X: Any) -> list[Any]:
+def input_rows(X: Any) -> list[Any]:
+    """``X`` as a list of rows (strings, dicts, tuples): a DataFrame's records, a 2-D array's rows."""
     if isinstance(X, str):
         raise DataError(f"expected a list of texts, got a single string ({X[:40]!r}…); wrap it in a list: [text]")
     if hasattr(X, "to_dict") and hasattr(X, "columns"):  # a pandas DataFrame: one field per column
@@ -133,10 +137,13 @@ def as_texts(X: Any, fields: Sequence[str] | None = None, layout: str | None = N
     them, tuple rows that many values); ``None`` takes them from the rows. ``layout``: the prompt's
     ``input_format`` (default :func:`default_layout`).
     """
-    rows = _rows_of(X)
-    want = tuple(fields) if fields is not None else None
-    if want is None:
-        want = _fields_of(rows)
+    rows = input_rows(X)
+    want = tuple(fields) if fields is not None else _fields_of(rows)
+    bad = [f for f in want if not f.strip() or any(c in f for c in "{}:!")]
+    if bad:
+        raise DataError(
+            f"field name(s) {bad} cannot name a prompt slot (no braces, colons or '!'): rename those keys or columns"
+        )
     out: list[str] = []
     for i, row in enumerate(rows):
         values = _values(row, want, i)
@@ -145,6 +152,12 @@ def as_texts(X: Any, fields: Sequence[str] | None = None, layout: str | None = N
         else:
             out.append(Record(values, want, layout))
     return out
+
+
+def input_fields(X: Any) -> tuple[str, ...]:
+    """The field names of the inputs ``X`` (:func:`as_texts`'s rows): ``("text",)`` for strings, a dict's keys,
+    ``("text", "text_pair")`` for pairs."""
+    return _fields_of(input_rows(X))
 
 
 def _fields_of(rows: list[Any]) -> tuple[str, ...]:
@@ -166,6 +179,11 @@ def _values(row: Any, fields: tuple[str, ...], i: int) -> tuple[str, ...]:
     if isinstance(row, Record):
         if row.fields == fields:
             return row.values
+        if set(row.fields) - set(fields):  # a field this classifier does not read would be dropped unseen
+            raise DataError(
+                f"input #{i} has the fields {list(row.fields)}, but this classifier reads {list(fields)}: train it on "
+                f"inputs with these fields, or pass only {list(fields)} (--text-col on the command line)"
+            )
         return _values(dict(zip(row.fields, row.values)), fields, i)
     if isinstance(row, str):
         if len(fields) == 1:
@@ -175,6 +193,7 @@ def _values(row: Any, fields: tuple[str, ...], i: int) -> tuple[str, ...]:
             "keys or a tuple of that many texts"
         )
     if isinstance(row, Mapping):
+        row = {str(k): v for k, v in row.items()}  # a DataFrame's columns may be numbers: the fields are their names
         missing = [f for f in fields if f not in row]
         if missing:  # other keys (a label, an id) are left alone
             raise DataError(

@@ -17,7 +17,7 @@ import numpy as np
 
 from classlm.calibrators import parse_calibration
 from classlm.config import token_budget
-from classlm.data import as_texts, calibration_split
+from classlm.data import calibration_split
 from classlm.errors import ConfigError, DataError
 from classlm.labels import LabelSet
 from classlm.multilabel import indicator_matrix, is_label_lists, multilabel_metrics, multilabel_split
@@ -60,6 +60,7 @@ class Fitting:
 
         def train_config(self) -> Any: ...
         def labelled_rows(self, pair: Any, name: str) -> tuple[list[str], list[str]]: ...
+        def read_inputs(self, X: Any) -> list[str]: ...
         def predict_scores(self, X: Any, *, class_mass: bool = False, features: bool = False) -> Any: ...
         def _build(
             self, label_set: Any, adapter: Any = None, classes: Any = None, *, training: bool = False
@@ -202,7 +203,7 @@ class Fitting:
     def _multi_label_rows(self, pair: Any, name: str, names: Sequence[str]) -> tuple[list[str], np.ndarray]:
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
             raise ConfigError(f"{name} must be a (texts, labels) pair, got {type(pair).__name__}")
-        texts, target = as_texts(pair[0]), indicator_matrix(pair[1], names)
+        texts, target = self.read_inputs(pair[0]), indicator_matrix(pair[1], names)
         if len(texts) != len(target) or not texts:
             raise DataError(
                 f"{name}: {len(texts)} texts and {len(target)} label rows; expected the same, non-zero count"

@@ -41,6 +41,9 @@ word-break:break-word;font-size:12px}code{font-size:12px}svg text{font-family:sy
 BLUE, RED, GREY = "#3b6fb6", "#c8412c", "#8a94a0"
 SERIES = ("#3b6fb6", "#c8412c", "#2e8b57", "#b8860b", "#7b4fa0", "#1f8a99", "#a0522d", "#556b2f")
 HEADLINE = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("nll", "NLL"), ("ece", "ECE"))
+# A multi-label evaluation's headline: the same four places, its own metrics (no argmax accuracy, NLL or ECE).
+MULTI_LABEL_HEADLINE = (("micro_f1", "micro-F1"), ("macro_f1", "macro-F1"), ("bce", "BCE"), ("per_class_ece_mean",
+                        "per-class ECE"))  # fmt: skip
 
 
 def _f(v: Any, fmt: str = ".3f") -> str:
@@ -72,10 +75,12 @@ def _axes(x0: int, y0: int, w: int, h: int, ymax: float, yticks: Sequence[float]
     return out
 
 
-def reliability_svg(bins: Sequence[Mapping[str, Any]]) -> str:
-    """Accuracy per confidence bin (bars) against the diagonal, each bin's mean confidence (red) and count."""
+def reliability_svg(bins: Sequence[Mapping[str, Any]], pooled: bool = False) -> str:
+    """Accuracy per confidence bin (bars) against the diagonal, each bin's mean confidence (red) and count;
+    ``pooled`` (multi-label): the share of (text, class) pairs with the label per probability bin."""
     x0, y0, s = 44, 12, 300
-    out = _axes(x0, y0, s, s, 1.0, (0, 0.25, 0.5, 0.75, 1.0), "accuracy")
+    what, unit = ("share with the label", "(text, class) pairs") if pooled else ("accuracy", "texts")
+    out = _axes(x0, y0, s, s, 1.0, (0, 0.25, 0.5, 0.75, 1.0), what)
     out.append(f'<line x1="{x0}" y1="{y0 + s}" x2="{x0 + s}" y2="{y0}" stroke="{GREY}" stroke-dasharray="4 3"/>')
     for b in bins:
         if not b.get("count"):
@@ -84,7 +89,7 @@ def reliability_svg(bins: Sequence[Mapping[str, Any]]) -> str:
         x, w, hgt = x0 + lo * s, (hi - lo) * s, acc * s
         out.append(
             f'<rect x="{x:.1f}" y="{y0 + s - hgt:.1f}" width="{max(w - 1, 1):.1f}" height="{hgt:.1f}" '
-            f'fill="{BLUE}" opacity="0.85"><title>{lo:.2f}–{hi:.2f}: accuracy {acc:.3f}, {b["count"]} texts'
+            f'fill="{BLUE}" opacity="0.85"><title>{lo:.2f}–{hi:.2f}: {what} {acc:.3f}, {b["count"]} {unit}'
             "</title></rect>"
         )
         if conf is not None:
@@ -238,7 +243,7 @@ def _evaluation(name: str, report: EvalReport) -> str:
     if m.get("reliability"):
         charts.append(
             _figure(
-                reliability_svg(m["reliability"]),
+                reliability_svg(m["reliability"], pooled=bool(m.get("multi_label"))),
                 "Reliability, pooled over every text and class: how often the label is there per probability bin "
                 "(bars) against the diagonal; red = the bin's mean probability; numbers = (text, class) pairs per bin."
                 if m.get("multi_label")
@@ -368,20 +373,21 @@ def render_html(
     body += [f'<p class="note{" warn" if level == "warn" else ""}">{_t(text)}</p>' for level, text in notes]
     if reports:
         first = reports[0][1].metrics
+        headline = MULTI_LABEL_HEADLINE if first.get("multi_label") else HEADLINE
         cards = "".join(
-            f'<div class="card"><b>{_f(first.get(k))}</b><span>{label}</span></div>' for k, label in HEADLINE
+            f'<div class="card"><b>{_f(first.get(k))}</b><span>{label}</span></div>' for k, label in headline
         )
         body.append(f'<div class="cards">{cards}</div>')
         extra = [("calibration ratio", "calibration_ratio_min", "calibration_ratio_max")]
         rows = [
             [
                 name,
-                *(_f(r.metrics.get(k)) for k, _ in HEADLINE),
+                *(_f(r.metrics.get(k)) for k, _ in headline),
                 *(f"{_f(r.metrics.get(lo), '.2f')} – {_f(r.metrics.get(hi), '.2f')}" for _, lo, hi in extra),
             ]
             for name, r in reports
         ]
-        body.append(_table(["evaluation", *(label for _, label in HEADLINE), "calibration ratio"], rows))
+        body.append(_table(["evaluation", *(label for _, label in headline), "calibration ratio"], rows))
     if comparison:
         body.append(_comparison(comparison))
     if training:

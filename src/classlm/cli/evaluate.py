@@ -30,6 +30,7 @@ from classlm.cli.options import (
 )
 from classlm.cli.rows import label_spec_for, load_rows
 from classlm.errors import ConfigError
+from classlm.fields import fields_of
 
 
 def evaluate(
@@ -105,6 +106,7 @@ def evaluate(
         dtype=dtype,
         fit_texts=list(calib.texts) if calib is not None else None,
         fit_labels=list(calib.labels or []) if calib is not None else None,
+        fields=None if run is not None else fields_of(dataset.texts),  # zero-shot: the data's text fields
     )
     if multi != bool(getattr(clf, "multi_label_", False)):
         kinds = ("one label per row", "a list of labels per row (multi-label)")

@@ -77,7 +77,13 @@ def held_out_rows(
     if eval_split is not None:
         evaluation = load_rows(data, split=eval_split, **rows)
     else:
-        keep, held = stratified_split(list(dataset.labels), 0.1, seed=seed + 1)
+        if any(isinstance(v, tuple) for v in dataset.labels):  # multi-label: 10%, every class on both sides
+            from classlm.multilabel import indicator_matrix, multilabel_split
+
+            names = sorted({label for row in dataset.labels for label in row})
+            keep, held = multilabel_split(indicator_matrix(list(dataset.labels), names), 0.1, seed=seed + 1)
+        else:
+            keep, held = stratified_split(list(dataset.labels), 0.1, seed=seed + 1)
         dataset, evaluation = dataset.subset(keep), dataset.subset(held)
         eval_source = f"{evaluation.source}: {len(evaluation)} rows held out of the training split for evaluation"
         err.print(

@@ -205,6 +205,11 @@ def _checks(clf: Any, report: Any, baseline: Any) -> tuple[dict[str, Any], list[
 
 
 def _headline(m: dict[str, Any]) -> dict[str, Any]:
+    """The baseline's figures under the curves' keys (multi-label: subset accuracy, BCE, per-class ECE, as
+    ``multilabel_eval`` logs them)."""
+    if m.get("multi_label"):
+        return {"accuracy": m.get("subset_accuracy"), "macro_f1": m.get("macro_f1"), "nll": m.get("bce"),
+                "ece": m.get("per_class_ece_mean")}  # fmt: skip
     return {k: m.get(k) for k in ("accuracy", "macro_f1", "nll", "ece")}
 
 

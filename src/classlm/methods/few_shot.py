@@ -33,6 +33,7 @@ import numpy as np
 
 from classlm.config import DEFAULT_ENCODER, check_positive
 from classlm.errors import ArtifactError, ConfigError, NotFittedError
+from classlm.fields import Record, share_budget
 from classlm.methods.base import register
 from classlm.methods.label_tokens import LabelTokensMethod
 from classlm.prompts import RenderedPrompt
@@ -90,6 +91,15 @@ def cut_text(text: str, max_chars: int) -> str:
         if space > 0:
             keep = keep[:space]
     return keep.rstrip() + ELLIPSIS
+
+
+def cut_input(text: str, max_chars: int) -> str:
+    """:func:`cut_text` for an example; an input of several fields shares ``max_chars`` between them
+    (:func:`classlm.fields.share_budget`), so a long first field cannot cut the others out."""
+    if not isinstance(text, Record):
+        return cut_text(text, max_chars)
+    keep = share_budget([len(v.strip()) for v in text.values], max_chars)
+    return Record(tuple(cut_text(v, max(k, 1)) for v, k in zip(text.values, keep)), text.fields, text.layout)
 
 
 def balanced_pick(y: Sequence[int], k: int, seed: int) -> list[int]:
@@ -184,7 +194,7 @@ class FewShotMethod(LabelTokensMethod):
         # parts tokenise as the joined head does (checked on the tiny tokenizer and SmolLM2's).
         last_space = max((i for i, ch in enumerate(same) if ch.isspace()), default=0)
         self.common_head = same[:last_space].rstrip()
-        common = RenderedPrompt(head=self.common_head, tail=bare.tail, chat=bare.chat)
+        common = RenderedPrompt(head=self.common_head, tail=bare.tail, chat=bare.chat, separators=bare.separators)
         self.bind_prompt(common)
         self.encoder = _NearestEncoder(self.prompt_encoder(tok, common, self.backbone.model), self)
 
@@ -257,7 +267,7 @@ class FewShotMethod(LabelTokensMethod):
         names = self.labels.names
         # Empty texts make no example (the template refuses them).
         keep = [i for i, t in enumerate(texts) if t.strip()]
-        cut = {i: cut_text(texts[i], self.options.max_example_chars) for i in keep}
+        cut = {i: cut_input(texts[i], self.options.max_example_chars) for i in keep}
         if self.options.selection == "fixed":
             picked = balanced_pick([int(y[i]) for i in keep], self.options.k, self.options.seed)
             wanted = [(cut[keep[j]], names[int(y[keep[j]])]) for j in picked]

@@ -50,15 +50,24 @@ class PairwiseMethod(LabelTokensMethod):
                 f"method 'pairwise' reads a yes/no answer per class, so scoring={self.scoring!r} does not apply; leave "
                 "scoring='auto'"
             )
-        self._questions(tokenizer)
+        rendered, suffixes, _, _ = self._questions(tokenizer)
+        self._longest(tokenizer, rendered, suffixes)  # raises when the text has no room
+
+    def _longest(self, tokenizer: Any, rendered: RenderedPrompt, suffixes: list[list[int]], model: Any = None) -> Any:
+        """An encoder of the prompt with the longest class question as its tail: the room it leaves the text is
+        what every question leaves it (the tree runs each question's tokens after the text, at their positions)."""
+        longest = dataclasses.replace(rendered, tail=tokenizer.decode(max(suffixes, key=len)))
+        return self.prompt_encoder(tokenizer, longest, model)
 
     def prepare(self, backbone: Any) -> None:
         self.check(backbone.tokenizer)
         self.backbone = backbone
         rendered, suffixes, answer_ids, n_shared = self._questions(backbone.tokenizer)
         self.bind_prompt(rendered)
-        # The encoder's tail: the tokens every question starts with, as tokenised within the question.
+        # The encoder's tail: the tokens every question starts with, as tokenised within the question; its text
+        # budget: what the longest question leaves (max_length, the context and max_prompt_length hold for it).
         shared = self.encoder.tail_ids = suffixes[0][:n_shared]
+        self.encoder.text_budget = self._longest(backbone.tokenizer, rendered, suffixes, backbone.model).text_budget
         # Every question token is a tree node, the answer position being each class's last node: the trie reads
         # one "answer" token past it (yes), so each class's own tokens all run.
         self.trie = AnswerTrie.build([[*s[len(shared) :], answer_ids[0]] for s in suffixes])

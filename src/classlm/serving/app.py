@@ -108,6 +108,7 @@ def create_app(
     async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
         """Classify one text or several: the label and every class's calibrated probability for each."""
         model: ServedModel = state["model"]
+        _check_count(body.all_texts(), settings)
         try:
             texts = model.read(body.all_texts())
         except DataError as exc:
@@ -348,7 +349,8 @@ def _field_values(texts: list[str]) -> list[tuple[str, str]]:
     ]
 
 
-def _check_limits(texts: list[str], settings: ServeSettings) -> None:
+def _check_count(texts: list[Any], settings: ServeSettings) -> None:
+    """Before anything is read: at least one text, at most ``max_texts``."""
     if not texts:
         raise ApiError(422, "invalid_request", "'texts' is empty; give at least one text")
     if len(texts) > settings.max_texts:
@@ -357,6 +359,9 @@ def _check_limits(texts: list[str], settings: ServeSettings) -> None:
             "too_many_texts",
             f"{len(texts)} texts in one request; the limit is {settings.max_texts}: split it into several requests",
         )
+
+
+def _check_limits(texts: list[str], settings: ServeSettings) -> None:
     for where, text in _field_values(texts):
         visible = text.strip()
         # Stops at the first visible character, which is the first one in almost every text.

@@ -43,6 +43,12 @@ class ServedModel:
                 f"this classifier reads inputs of the fields {list(self.fields)}: send them as 'inputs': "
                 f"[{{{', '.join(f'{f!r}: …' for f in self.fields)}}}, …]"
             )
+        for i, item in enumerate(items):  # a request's fields are all meant to be read: none is dropped unseen
+            unread = sorted(set(item) - set(self.fields)) if isinstance(item, dict) else []
+            if unread:
+                raise DataError(
+                    f"input #{i} has field(s) {unread} this classifier does not read; it reads {list(self.fields)}"
+                )
         reader = getattr(self.classifier, "read_inputs", None)
         return reader(items) if reader is not None else as_texts(items, self.fields)
 
