@@ -244,7 +244,9 @@ def test_column_names_that_are_not_identifiers_or_are_numbers():
     import pickle
 
     custom = as_texts(PAIRS, fields=PAIR, layout="P: {text}\nH: {text_pair}")[0]
-    assert copy.deepcopy(custom) == custom == pickle.loads(pickle.dumps(custom)) == f"P: {PAIRS[0][0]}\nH: {PAIRS[0][1]}"
+    assert (
+        copy.deepcopy(custom) == custom == pickle.loads(pickle.dumps(custom)) == f"P: {PAIRS[0][0]}\nH: {PAIRS[0][1]}"
+    )
 
 
 def test_few_shot_examples_keep_every_field():
