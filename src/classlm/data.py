@@ -137,8 +137,8 @@ def load_dataset(
     ``text_col`` may name several columns (``"premise,hypothesis"`` or a list): each row becomes a
     :class:`~classlm.fields.Record` of those fields. The default ``"text"`` also reads a ``text_pair`` column where
     the data has one (text pairs such as rte).
-    The default ``label_col="label"`` reads a ``labels`` column (lists of labels: multi-label) where there is no
-    ``label`` one.
+    The default ``label_col="label"`` reads a ``labels`` column of lists (multi-label) where there is no ``label``
+    one.
     ``split`` picks ``<split>.jsonl|csv|tsv|parquet`` in a folder (default ``"test"``) or a DatasetDict entry;
     it is ignored for a single file. ``label_col=None`` skips labels. ``limit`` keeps the first N rows (for a
     random, stratified sample use :meth:`TextDataset.sample`). ``label_names=False`` does not read a
@@ -159,7 +159,8 @@ def load_dataset(
     if pair and PAIR[1] in table.columns:
         text_cols = list(PAIR)
     if lists and "label" not in table.columns and "labels" in table.columns:
-        label_col = "labels"
+        if any(isinstance(v, (list, tuple)) for v in table.columns["labels"]):  # lists: multi-label rows
+            label_col = "labels"
     return _to_dataset(table, text_cols, label_col, require_labels, drop_invalid)
 
 

@@ -59,6 +59,7 @@ class RemoteScores:
     n_absent: np.ndarray
     # The server truncates (or refuses) a long prompt on its own and does not say so: nothing is known here.
     truncated: None = None
+    cut_fields: None = None
 
     @property
     def n_truncated(self) -> int:
