@@ -12,9 +12,9 @@ import sys
 import pytest
 
 from classlm import LMClassifier
-from classlm.artifacts import export_merged
 from classlm.cli import main
 from classlm.errors import ArtifactError
+from classlm.export import export_merged
 
 LABELS = ["World", "Sports"]
 X = ["the team won the match", "stocks fell on monday", "a goal by the coach", "the president and the war"] * 2

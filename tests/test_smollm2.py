@@ -167,3 +167,22 @@ def test_bf16_scoring_stays_within_its_tolerance_of_float32(news_clf):
     for p16 in (reused, bf16.predict_proba(texts)):
         assert np.abs(p32 - p16).max() <= BF16_PROB_TOL and np.abs(p32 - p16).mean() <= BF16_MEAN_TOL
         assert np.mean(p32.argmax(1) == p16.argmax(1)) >= 0.95
+
+
+def test_seq_cls_export_of_the_real_model_gives_its_probabilities(tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from classlm.export import PROMPT_FILE, export_seq_cls
+
+    # float32 and a fitted temperature: the export folds it into the score rows.
+    clf = LMClassifier(labels=NEWS, dtype="float32", progress=False).fit(
+        TEXTS, ["Business", "Sports", "Sci/Tech", "World"]
+    )
+    out = export_seq_cls(clf, tmp_path / "seq")
+    template = json.loads((out / PROMPT_FILE).read_text())["template"]
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    with torch.no_grad():
+        got = [torch.softmax(model(**tok(template.replace("{text}", t), return_tensors="pt")).logits[0], -1).numpy()
+               for t in TEXTS]  # fmt: skip
+    np.testing.assert_allclose(np.array(got), clf.predict_proba(TEXTS), atol=1e-4)

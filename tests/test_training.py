@@ -148,7 +148,7 @@ def test_a_manifest_cannot_point_the_loader_outside_the_run(tiny_model_dir, tmp_
 def test_export_merge_gives_the_same_probabilities_in_plain_transformers(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from classlm.artifacts import export_merged
+    from classlm.export import export_merged
     from classlm.metrics import softmax
 
     X, y = toy_data(3)

@@ -25,8 +25,8 @@ from typing import Any
 
 from classlm.artifact_checks import FIX, check_adapter, check_safetensors, check_settings, note_leftovers
 from classlm.calibration import TemperatureScaler
-from classlm.calibrators import CalibratorChain, calibrator_from_dict, logit_affine
-from classlm.config import ONE_TOKEN, config_to_dict
+from classlm.calibrators import CalibratorChain, calibrator_from_dict
+from classlm.config import config_to_dict
 from classlm.errors import ArtifactError, ConfigError
 from classlm.estimator import NotFittedError
 from classlm.io import umask_modes, write_bytes_atomic, write_text_atomic
@@ -357,68 +357,3 @@ def _class_values(saved: Any, names: tuple[str, ...]) -> Any:
     if values.shape != (len(names),) or [str(v) for v in values] != list(names):
         raise ValueError(f"class_values {saved['values']!r} do not match the class names {list(names)}")
     return values
-
-
-EXPORT_INFO = "classlm_export.json"
-
-
-def export_merged(clf: Any, out: str | Path) -> Path:
-    """Write a plain Hugging Face model folder with the LoRA adapter merged into the weights, plus the tokenizer
-    and ``classlm_export.json`` (prompt, class token ids, temperature): transformers loads it without classlm and,
-    fed the same prompt, gives the same class probabilities. Built beside ``out`` and renamed into place."""
-    import copy
-
-    if not hasattr(clf, "method_"):
-        raise NotFittedError("only a fitted classifier can be exported; load or fit it first")
-    method_info = clf.method_.info()
-    if not clf.method_.has_class_tokens or method_info.prompt is None or clf.scoring_ not in ONE_TOKEN:
-        raise ConfigError(
-            f"export --merge writes a model whose class probabilities are its LM-head logits of the class tokens "
-            f"(e.g. methods label_tokens and letters); method {clf.method!r} is not that — use the saved run folder"
-        )
-    assert clf.backbone_ is not None  # class tokens are read from the LM
-    model = clf.backbone_.model
-    if not hasattr(model, "merge_and_unload"):
-        raise ConfigError(
-            "this classifier has no LoRA adapter to merge (it is zero-shot): its base model already is a plain "
-            f"Hugging Face model ({clf.backbone_.source.location})"
-        )
-    target = Path(out)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise ConfigError(f"{target} exists and is not empty; choose a new folder for the merged model")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Merging rewrites the base weights in place: do it on a copy so this classifier keeps working.
-    merged = copy.deepcopy(model).merge_and_unload()
-    prompt, tokens = method_info.prompt, method_info.class_tokens
-    assert tokens is not None  # has_class_tokens
-    temperature, offset = logit_affine(clf.calibrator_)
-    info = {
-        "merged_from": {"base_model": clf.backbone_.identity(), "lora": config_to_dict(clf.lora_config())},
-        "labels": list(clf.label_set_.names),
-        "class_token_ids": [s[0] for s in tokens.token_ids],
-        "prompt_head": prompt.head,
-        "prompt_tail": prompt.tail,
-        # The exact token ids (the head may start with a BOS that the strings do not show).
-        "prompt_head_ids": list(prompt.head_ids),
-        "prompt_tail_ids": list(prompt.tail_ids),
-        "temperature": temperature,
-        "how": (
-            "input_ids = prompt_head_ids + tokenizer(text.strip(), add_special_tokens=False) + prompt_tail_ids; "
-            "p = softmax(logits[last position][class_token_ids] / temperature"
-            + (" + logit_offset)" if offset is not None else ")")
-        ),
-    }
-    if offset is not None:  # a bias, contextual or batch step: every chain is logits / T + a per-class offset
-        info["logit_offset"] = [float(v) for v in offset]
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        merged.save_pretrained(str(tmp))
-        clf.backbone_.tokenizer.save_pretrained(str(tmp))
-        (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2))
-        umask_modes(tmp)
-        if target.exists():
-            target.rmdir()
-        os.rename(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target

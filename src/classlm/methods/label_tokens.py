@@ -168,6 +168,20 @@ class LabelTokensMethod(UsesPromptedLM, Method):
                 z = z + bias[ids].float()
             return z, None
 
+    def class_rows(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Each class's LM-head row ``(k, d)`` and bias ``(k,)`` (None without one) as the one-row heads read them:
+        the first answer token's, or with name_rows the mean over the name's tokens (what an export's score layer
+        holds). ``exact`` sums several tokens' log-probabilities: it has no such row."""
+        weight, bias = output_head(self.backbone.model)
+        if self.scoring == "name_rows":
+            seqs = [list(s) for s in self.tokens.sequences]
+            rows = torch.stack([weight[s].detach().float().mean(0) for s in seqs])
+            return rows, None if bias is None else torch.stack([bias[s].detach().float().mean() for s in seqs])
+        if self.scoring not in ONE_TOKEN:
+            raise ConfigError(f"scoring {self.scoring!r} has no single LM-head row per class")
+        ids = list(self.tokens.first_ids)
+        return weight[ids].detach().float(), None if bias is None else bias[ids].detach().float()
+
     def _name_rows(self, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """``h`` times each class's mean LM-head row over its name's tokens (frozen rows: no gradient to them)."""
         seqs = self.tokens.sequences
