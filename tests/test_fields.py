@@ -277,3 +277,13 @@ def test_pairwise_leaves_room_for_its_longest_question(tiny_model_dir):
     row = m.encoder.encode([long]).ids[0]
     shared = len(m.encoder.tail_ids)
     assert max(len(row) + len(q) - shared for q in m.question_ids) <= 200  # every full question fits the limit
+
+
+def test_inspect_shows_every_slot(monkeypatch, capsys, tiny_model_dir, tmp_path):
+    from test_cli import run_cli
+
+    dicts = [{"text": a, "text_pair": b} for a, b in PAIRS]
+    LMClassifier(model=str(tiny_model_dir), labels=LABELS).fit(dicts, Y).save(tmp_path / "run")
+    code, out, err = run_cli(monkeypatch, capsys, "inspect", "--run", tmp_path / "run")
+    assert code == 0, err
+    assert "Text:\n<text>\n\nText pair:\n<text_pair>" in out

@@ -68,7 +68,14 @@ def inspect(
         f"list: {desc['class_list']}); room for {desc['text_budget']} text tokens"
     )
     out.rule("rendered prompt")
-    out.print(desc["prompt_head"] + text + desc["prompt_tail"], markup=False, highlight=False)
+    fields = clf.method_.prompt.fields
+    if len(fields) > 1:  # every field in its slot: the example text in the first, the others by name
+        from classlm.fields import Record
+
+        shown = clf.method_.rendered.format(Record([text, *(f"<{f}>" for f in fields[1:])], fields))
+    else:
+        shown = desc["prompt_head"] + text + desc["prompt_tail"]
+    out.print(shown, markup=False, highlight=False)
     out.rule()
 
 
