@@ -1,4 +1,4 @@
-"""The ``classlm`` command line: demo, classify, evaluate, train, calibrate, export, bench, serve and inspect.
+"""The ``classlm`` command line: demo, classify, evaluate, train, calibrate, export, score, bench, serve, inspect.
 
 One module per verb; the options several verbs share are in :mod:`classlm.cli.options`, the consoles and error
 terms in :mod:`classlm.cli.common`, data rows in :mod:`classlm.cli.rows`, classifier loading in
@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 
 from classlm import allocator
-from classlm.cli import bench, calibrate, classify, demo, evaluate, export, inspect, serve, train
+from classlm.cli import bench, calibrate, classify, demo, evaluate, export, inspect, score, serve, train
 from classlm.cli.common import cli_terms, err, log_warnings
 from classlm.errors import ClasslmError
 
@@ -38,6 +38,7 @@ for verb in (
     train.train,
     calibrate.calibrate,
     export.export,
+    score.score,
     bench.bench,
     serve.serve,
     inspect.inspect,

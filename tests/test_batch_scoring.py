@@ -1,0 +1,79 @@
+"""classlm score / classlm.batch_scoring on a local Ray: two actors give local predict_proba's probabilities row for
+row, in input order with every id; an actor that dies mid-run is restarted and no row is lost or repeated."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from classlm import LMClassifier  # noqa: E402
+from classlm.batch_scoring import Predictor, score_file  # noqa: E402
+
+pytestmark = pytest.mark.slow  # a local Ray and two actors that each load torch: about a minute
+TEXTS = [f"text number {i} about the {('match', 'stocks', 'phone')[i % 3]}" for i in range(600)]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    # Two actors of one thread and one CPU for the tasks that read the file (set deliberately: 2 cores here).
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def saved_run(tiny_model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("score")
+    clf = LMClassifier(model=str(tiny_model_dir), labels=["Sports", "Business", "Tech"], progress=False)
+    clf.fit(TEXTS[:30], ["Sports", "Business", "Tech"] * 10).save(root / "run")
+    (root / "in.jsonl").write_text("".join(json.dumps({"id": f"r{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS)))
+    return root, clf
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_two_actors_give_the_local_probabilities_in_order(local_ray, saved_run, monkeypatch, capsys):
+    from test_cli import run_cli
+
+    root, clf = saved_run
+    stats = score_file(root / "run", root / "in.jsonl", root / "out.jsonl", actors=2, batch_size=50)
+    rows = _rows(root / "out.jsonl")
+    assert stats["rows"] == len(rows) == len(TEXTS) and [r["id"] for r in rows] == [f"r{i}" for i in range(len(TEXTS))]
+    got = np.array([[r["probabilities"][c] for c in clf.classes_] for r in rows])
+    np.testing.assert_allclose(got, clf.predict_proba(TEXTS), atol=1e-6)
+    assert [r["label"] for r in rows] == list(clf.predict(TEXTS))
+    # The command line, to another format (the suffix picks it).
+    code, out, err = run_cli(monkeypatch, capsys, "score", root / "run", root / "in.jsonl", "-o", root / "out.csv",
+                             "--actors", "2", "--batch-size", "50")  # fmt: skip
+    assert code == 0 and f"{len(TEXTS)} rows scored" in out, err
+    import pandas as pd
+
+    table = pd.read_csv(root / "out.csv")
+    assert list(table["id"]) == [f"r{i}" for i in range(len(TEXTS))]
+    assert json.loads(table["probabilities"][0]).keys() == set(clf.classes_)
+
+
+def test_an_actor_that_dies_is_restarted_and_no_row_is_lost_or_repeated(local_ray, saved_run, tmp_path):
+    root, clf = saved_run
+    marker = tmp_path / "died"
+
+    class DiesOnce(Predictor):  # defined here, so Ray ships it to the actors by value
+        def __call__(self, batch):
+            if not marker.exists():  # the first batch any actor gets: the process exits without a word
+                marker.write_text("x")
+                os._exit(1)
+            return super().__call__(batch)
+
+    score_file(root / "run", root / "in.jsonl", tmp_path / "out.jsonl", actors=2, batch_size=50, predictor=DiesOnce)
+    rows = _rows(tmp_path / "out.jsonl")
+    assert marker.exists()  # an actor did die mid-run
+    assert [r["id"] for r in rows] == [f"r{i}" for i in range(len(TEXTS))]  # each row once, in order
+    got = np.array([[r["probabilities"][c] for c in clf.classes_] for r in rows])
+    np.testing.assert_allclose(got, clf.predict_proba(TEXTS), atol=1e-6)
