@@ -218,3 +218,24 @@ def test_multilabel_benchmark_scores_a_tfidf_cell_and_renders(tmp_path, monkeypa
     multilabel.main()
     cell = json.loads((tmp_path / "out" / "multilabel.json").read_text())[tmp_path.name]["tfidf"]
     assert (cell["n_train"], cell["n_test"]) == (120, 40) and "--full" in cell["command"]
+
+
+def test_scale_out_benchmark_measures_the_seq_cls_export(tmp_path, monkeypatch, tiny_model_dir):
+    import json
+
+    scale_out = pytest.importorskip("scale_out")
+    rows = [{"text": f"news {i} about the {w}", "label": lab}
+            for i, (w, lab) in enumerate([("match", "Sports"), ("stocks", "Business"), ("war", "World"),
+                                          ("phone", "Sci/Tech")] * 10)]  # fmt: skip
+    data = tmp_path / "ag_news"
+    data.mkdir()
+    for split in ("train", "test"):
+        (data / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    monkeypatch.setattr(scale_out, "DATA", tmp_path)
+    monkeypatch.setattr(scale_out, "OUT", tmp_path / "out" / "scale_out")
+    monkeypatch.setattr(sys, "argv", ["x", "--sections", "seq_cls", "--model", str(tiny_model_dir), "--n-texts", "12",
+                                      "--n-calib", "20"])  # fmt: skip
+    scale_out.main()
+    doc = json.loads((tmp_path / "out" / "scale_out.json").read_text())
+    assert doc["seq_cls"]["max_abs_prob_delta"] < 1e-4 and doc["seq_cls"]["n_texts"] == 12
+    assert "max |Δp|" in (tmp_path / "out" / "scale_out.md").read_text()

@@ -1,0 +1,146 @@
+"""Scaling out: the sequence-classification export against classlm, and a file scored on Ray Data by 1 and 2 actors.
+
+Writes ``benchmarks/results/scale_out.json`` and ``.md`` (``--merge`` keeps the sections of earlier commands)::
+
+    .venv/bin/python benchmarks/scale_out.py --sections seq_cls,ray
+
+- ``seq_cls``: the default model zero-shot on ag_news (``benchmarks/prompts/ag_news.json``), float32, its temperature
+  fitted on ``--n-calib`` seeded train rows, exported by ``classlm.export.export_seq_cls``; plain transformers'
+  ``AutoModelForSequenceClassification`` on the rendered prompt against ``predict_proba`` over ``--n-texts`` seeded
+  test texts. Key ``seq_cls.max_abs_prob_delta``.
+- ``ray``: the same classifier saved, the same texts scored from a JSONL file by ``classlm.batch_scoring.score_file``
+  with 1 and then 2 actors of one torch thread each (a fresh local Ray each time; its start-up and the actors' model
+  loading are inside the seconds), and by local ``predict_proba`` with as many threads for scale. Keys
+  ``ray.<n_actors>.texts_per_second`` and ``ray.local.texts_per_second``. On 2 cores two actors cannot be much
+  faster than one: the figures say what the overhead costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from classlm import LMClassifier
+from classlm.data import load_dataset
+from classlm.io import write_results
+from classlm.machine import machine_block, machine_line
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent.parent / "shared" / "data"
+OUT = HERE / "results" / "scale_out"
+SECTIONS = ("seq_cls", "ray")
+
+
+def classifier(args: argparse.Namespace) -> tuple[LMClassifier, list[str]]:
+    """The zero-shot ag_news classifier with its temperature fitted, and the seeded test texts."""
+    spec = json.loads((HERE / "prompts" / "ag_news.json").read_text())
+    calib = load_dataset(DATA / "ag_news", split="train").sample(args.n_calib, seed=args.seed)
+    test = load_dataset(DATA / "ag_news", split="test").sample(args.n_texts, seed=args.seed)
+    clf = LMClassifier(model=args.model, labels=spec["labels"], instruction=spec["instruction"], dtype="float32",
+                       progress=False)  # fmt: skip
+    return clf.fit(list(calib.texts), list(calib.labels)), list(test.texts)
+
+
+def seq_cls(clf: LMClassifier, texts: list[str], work: Path) -> dict[str, Any]:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from classlm.export import PROMPT_FILE, export_seq_cls
+
+    out = export_seq_cls(clf, work / "seq_cls")
+    template = json.loads((out / PROMPT_FILE).read_text())["template"]
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    with torch.no_grad():
+        got = np.array([torch.softmax(model(**tok(template.replace("{text}", t.strip()), return_tensors="pt"))
+                                      .logits[0], -1).numpy() for t in texts])  # fmt: skip
+    delta = float(np.abs(got - clf.predict_proba(texts)).max())
+    return {"max_abs_prob_delta": delta, "n_texts": len(texts), "temperature": clf.temperature_}
+
+
+def ray_actors(clf: LMClassifier, texts: list[str], work: Path, actors: list[int]) -> dict[str, Any]:
+    import ray
+    import torch
+
+    from classlm.batch_scoring import score_file
+
+    clf.save(work / "run")
+    source = work / "texts.jsonl"
+    source.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)))
+    out: dict[str, Any] = {}
+    for n in actors:
+        stats = score_file(work / "run", source, work / f"scored_{n}.jsonl", actors=n, threads=1)
+        ray.shutdown()
+        rows = [json.loads(line) for line in (work / f"scored_{n}.jsonl").read_text().splitlines()]
+        got = np.array([[r["probabilities"][str(c)] for c in clf.classes_] for r in rows])
+        out[str(n)] = {**stats, "max_abs_prob_delta": float(np.abs(got - clf.predict_proba(texts)).max())}
+    torch.set_num_threads(max(actors))
+    t0 = time.perf_counter()
+    clf.predict_proba(texts)
+    out["local"] = {"texts_per_second": round(len(texts) / (time.perf_counter() - t0), 1), "threads": max(actors)}
+    return out
+
+
+def to_markdown(doc: dict[str, Any]) -> str:
+    lines = ["# Scaling out", ""]
+    if "seq_cls" in doc:
+        s = doc["seq_cls"]
+        lines += ["## Sequence-classification export", "", f"`{s['command']}`; {s['machine']}", "",
+                  f"max |Δp| against classlm over {s['n_texts']} texts: **{s['max_abs_prob_delta']:.2e}** "
+                  f"(temperature {s['temperature']:.3f} folded into the score rows)", ""]  # fmt: skip
+    if "ray" in doc:
+        r = doc["ray"]
+        header = "| scored by | texts/s | seconds (start-up included) | max abs. Δp |"
+        lines += ["## A file on Ray Data", "", f"`{r['command']}`; {r['machine']}", "", header, "|---|---|---|---|"]
+        for key, v in r.items():
+            if isinstance(v, dict) and key != "local":
+                lines.append(
+                    f"| {key} actor(s) | {v['texts_per_second']} | {v['seconds']} | {v['max_abs_prob_delta']:.1e} |"
+                )
+        if "local" in r:
+            lines.append(
+                f"| local predict_proba ({r['local']['threads']} threads) | {r['local']['texts_per_second']} | – | – |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sections", default=",".join(SECTIONS))
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--n-texts", type=int, default=2000)
+    parser.add_argument("--n-calib", type=int, default=200)
+    parser.add_argument("--actors", default="1,2")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--merge", action="store_true", help="keep the sections of earlier commands")
+    args = parser.parse_args()
+    sections = [s for s in args.sections.split(",") if s]
+    if not (DATA / "ag_news" / "test.jsonl").is_file():
+        sys.exit(f"scale_out.py needs ../shared/data/ag_news (not found at {DATA / 'ag_news'}); skipped")
+    path = OUT.with_suffix(".json")
+    doc: dict[str, Any] = json.loads(path.read_text()) if args.merge and path.is_file() else {}
+    machine = machine_line(machine_block(dtype="float32"))
+    command = "python benchmarks/scale_out.py " + shlex.join(sys.argv[1:])
+    clf, texts = classifier(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        if "seq_cls" in sections:
+            doc["seq_cls"] = {**seq_cls(clf, texts, Path(tmp)), "command": command, "machine": machine}
+            write_results(OUT, doc, to_markdown(doc))
+        if "ray" in sections:
+            found = ray_actors(clf, texts, Path(tmp), [int(n) for n in args.actors.split(",")])
+            doc["ray"] = {**found, "command": command, "machine": machine}
+            write_results(OUT, doc, to_markdown(doc))
+    print(to_markdown(doc))
+
+
+if __name__ == "__main__":
+    main()
