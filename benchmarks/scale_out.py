@@ -13,6 +13,9 @@ Writes ``benchmarks/results/scale_out.json`` and ``.md`` (``--merge`` keeps the 
   loading are inside the seconds), and by local ``predict_proba`` with as many threads for scale. Keys
   ``ray.<n_actors>.texts_per_second`` and ``ray.local.texts_per_second``. On 2 cores two actors cannot be much
   faster than one: the figures say what the overhead costs.
+- ``vllm`` (``make vllm-check``): the ``seq_cls`` export served by vLLM's offline ``LLM(runner="pooling")`` in its
+  own virtualenv (``benchmarks/vllm_classify.py``), prompts given as classlm's token ids; its probabilities against
+  ``predict_proba``. Keys ``vllm.max_abs_prob_delta``, or ``vllm.error`` with the failure's last lines.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from classlm.machine import machine_block, machine_line
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data"
 OUT = HERE / "results" / "scale_out"
-SECTIONS = ("seq_cls", "ray")
+SECTIONS = ("seq_cls", "ray")  # and "vllm" (make vllm-check: vLLM in its own virtualenv)
+VLLM_PYTHON = HERE.parent / ".venv-vllm" / "bin" / "python"
 
 
 def classifier(args: argparse.Namespace) -> tuple[LMClassifier, list[str]]:
@@ -64,6 +68,29 @@ def seq_cls(clf: LMClassifier, texts: list[str], work: Path) -> dict[str, Any]:
                                       .logits[0], -1).numpy() for t in texts])  # fmt: skip
     delta = float(np.abs(got - clf.predict_proba(texts)).max())
     return {"max_abs_prob_delta": delta, "n_texts": len(texts), "temperature": clf.temperature_}
+
+
+def vllm(clf: LMClassifier, texts: list[str], work: Path) -> dict[str, Any]:
+    import subprocess
+
+    from classlm.export import PROMPT_FILE, export_seq_cls
+
+    out = work / "seq_cls"
+    if not out.exists():
+        export_seq_cls(clf, out)
+    prompt = json.loads((out / PROMPT_FILE).read_text())
+    tok = clf.backbone_.tokenizer
+    ids = [prompt["head_ids"] + tok(t.strip(), add_special_tokens=False).input_ids + prompt["tail_ids"] for t in texts]
+    (work / "job.json").write_text(json.dumps({"model": str(out), "prompts": ids}))
+    if not VLLM_PYTHON.is_file():
+        return {"error": f"no vLLM virtualenv at {VLLM_PYTHON.parent.parent}: make vllm-env"}
+    proc = subprocess.run([str(VLLM_PYTHON), str(HERE / "vllm_classify.py"), str(work / "job.json"),
+                           str(work / "answer.json")], capture_output=True, text=True, check=False)  # fmt: skip
+    if proc.returncode:
+        return {"error": "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-12:])}
+    answer = json.loads((work / "answer.json").read_text())
+    delta = float(np.abs(np.array(answer["probs"]) - clf.predict_proba(texts)).max())
+    return {"max_abs_prob_delta": delta, "n_texts": len(texts), **{k: v for k, v in answer.items() if k != "probs"}}
 
 
 def ray_actors(clf: LMClassifier, texts: list[str], work: Path, actors: list[int]) -> dict[str, Any]:
@@ -96,6 +123,13 @@ def to_markdown(doc: dict[str, Any]) -> str:
         lines += ["## Sequence-classification export", "", f"`{s['command']}`; {s['machine']}", "",
                   f"max |Δp| against classlm over {s['n_texts']} texts: **{s['max_abs_prob_delta']:.2e}** "
                   f"(temperature {s['temperature']:.3f} folded into the score rows)", ""]  # fmt: skip
+    if "vllm" in doc:
+        v = doc["vllm"]
+        found = (f"max |Δp| against classlm over {v['n_texts']} texts: **{v['max_abs_prob_delta']:.2e}** (engine "
+                 f"start-up {v['startup_seconds']} s, {v['texts_per_second']} texts/s)" if "error" not in v
+                 else f"failed:\n\n```\n{v['error']}\n```")  # fmt: skip
+        lines += ["## vLLM's pooling runner on the --seq-cls export", "", f"`{v['command']}`; {v['machine']}", "",
+                  found, ""]  # fmt: skip
     if "ray" in doc:
         r = doc["ray"]
         header = "| scored by | texts/s | seconds (start-up included) | max abs. Δp |"
@@ -134,6 +168,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if "seq_cls" in sections:
             doc["seq_cls"] = {**seq_cls(clf, texts, Path(tmp)), "command": command, "machine": machine}
+            write_results(OUT, doc, to_markdown(doc))
+        if "vllm" in sections:
+            doc["vllm"] = {**vllm(clf, texts, Path(tmp)), "command": command, "machine": machine}
             write_results(OUT, doc, to_markdown(doc))
         if "ray" in sections:
             found = ray_actors(clf, texts, Path(tmp), [int(n) for n in args.actors.split(",")])
