@@ -111,7 +111,7 @@ def export_seq_cls(clf: Any, out: str | Path) -> Path:
     config.problem_type = "single_label_classification"
     # The pooled position is the last token that is not padding: transformers finds it by pad_token_id.
     config.pad_token_id = clf.backbone_.tokenizer.pad_token_id
-    seq = AutoModelForSequenceClassification.from_config(config, torch_dtype=next(base.parameters()).dtype)
+    seq = AutoModelForSequenceClassification.from_config(config, dtype=next(base.parameters()).dtype)
     score = getattr(seq, "score", None)
     if score is None or tuple(score.weight.shape) != tuple(rows.shape) or score.bias is not None:
         raise ConfigError(
