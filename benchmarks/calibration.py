@@ -19,7 +19,7 @@ Writes ``benchmarks/results/calibration.json`` and ``.md``; each section is re-r
   resampled to other class balances; EM and BBSE estimates. Keys ``prior_shift.<dataset>.<balance>.{nll_before,
   nll_after,ece_before,ece_after,prior_error,bbse_prior_error}`` (errors: the largest absolute error over classes) for
   the classifier's temperature, and the same under ``.bias`` for a bias calibration (temperature + per-class offset)
-  fitted on the same held-out rows.
+  fitted on the same held-out rows. Another ``--shift-n-train`` than 1,000 writes ``prior_shift_<rows>``.
 - ``oos``: LoRA (the default recipe) on clinc150 rows of in-scope classes only, ``--n-oos-train`` of them; its
   ``--n-test`` seeded test rows, ``oos`` ones included, scored by each out-of-scope score. Keys
   ``oos.<score>.{auroc,accuracy_at_90}``.
@@ -307,9 +307,10 @@ def to_markdown(doc: dict[str, Any]) -> str:
             cells = ["–" if g is None else f"{g['mean']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]" for g in gaps]
             lines.append(f"| {cal} | " + " | ".join(cells) + " |")
         lines.append("")
-    if "prior_shift" in doc:
-        sec = doc["prior_shift"]
-        lines += ["## Prior shift: EM on the resampled test rows", "", f"`{sec['command']}`; {sec['machine']}", ""]
+    for key in (k for k in doc if k.startswith("prior_shift")):  # prior_shift, and prior_shift_<rows> of other sizes
+        sec = doc[key]
+        lines += [f"## Prior shift: EM on the resampled test rows ({key})", "", f"`{sec['command']}`; {sec['machine']}",
+                  ""]  # fmt: skip
         lines += ["| dataset (classifier) | calibration | balance | rows | NLL before | after EM | with true priors |"
                   " ECE before | after | EM max error | BBSE max error |", "|---" * 11 + "|"]  # fmt: skip
         for d in (k for k in sec if k not in ("command", "machine")):
@@ -371,9 +372,12 @@ def main() -> None:
                 doc[section] = sec
                 write_results(OUT, doc, to_markdown(doc))
         elif section == "prior_shift":
+            # The classifier's size is part of the experiment: another --shift-n-train is a section of its own.
+            key = section if args.shift_n_train == 1000 else f"{section}_{args.shift_n_train}"
+            sec = {**doc.get(key, {}), "command": command, "machine": here} if args.merge else sec
             for name in SHIFTS:
                 sec[name] = prior_shift(name, args)
-                doc[section] = sec
+                doc[key] = sec
                 write_results(OUT, doc, to_markdown(doc))
         elif section == "oos":
             doc[section] = {**sec, **oos(args)}
