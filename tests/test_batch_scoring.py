@@ -60,6 +60,15 @@ def test_two_actors_give_the_local_probabilities_in_order(local_ray, saved_run, 
     assert json.loads(table["probabilities"][0]).keys() == set(clf.classes_)
 
 
+def test_a_missing_text_column_is_said_before_any_actor_starts(local_ray, saved_run, tmp_path):
+    from classlm.errors import ConfigError
+
+    root, _ = saved_run
+    (tmp_path / "in.jsonl").write_text(json.dumps({"id": 1, "body": "x"}) + "\n")
+    with pytest.raises(ConfigError, match=r"has no column\(s\) \['text'\].*--text-col"):
+        score_file(root / "run", tmp_path / "in.jsonl", tmp_path / "out.jsonl", actors=1)
+
+
 def test_an_actor_that_dies_is_restarted_and_no_row_is_lost_or_repeated(local_ray, saved_run, tmp_path):
     root, clf = saved_run
     marker = tmp_path / "died"

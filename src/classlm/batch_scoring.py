@@ -71,6 +71,16 @@ class Predictor:
         return out
 
 
+def saved_fields(classifier: str | Path) -> tuple[str, ...]:
+    """The text fields a saved run reads (its prompt's), without loading it; ``("text",)`` for an ensemble."""
+    from classlm.artifacts import MANIFEST
+
+    manifest = Path(classifier) / MANIFEST
+    if not manifest.is_file():
+        return ("text",)
+    return tuple(json.loads(manifest.read_text()).get("prompt", {}).get("fields") or ("text",))
+
+
 def read_dataset(source: str | Path) -> Any:
     """A Ray Dataset of a JSONL (``.jsonl``/``.json``, one object per line), CSV or Parquet file."""
     import ray.data
@@ -115,7 +125,15 @@ def score_file(
         ray.init(num_cpus=actors * threads + 1, include_dashboard=False, log_to_driver=False, configure_logging=False)
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # rows come back in input order
     start = time.perf_counter()
-    scored = read_dataset(source).map_batches(
+    dataset = read_dataset(source)
+    wanted = list(text_cols or saved_fields(classifier))
+    missing = [c for c in wanted if c not in dataset.schema().names]
+    if missing:  # said here, before any actor starts, not as a worker's traceback
+        raise ConfigError(
+            f"{source} has no column(s) {missing}; it has {dataset.schema().names}: name the text column(s) with "
+            "--text-col (text_cols=)"
+        )
+    scored = dataset.map_batches(
         predictor,
         fn_constructor_kwargs={
             "classifier": str(classifier),
