@@ -82,12 +82,7 @@ def evaluate(
     given = labels is not None or run is not None
     dataset = load_rows(data, split=split, limit=limit, labels_given=given, **rows)
     label_spec = None if run is not None else label_spec_for(labels, data, dataset)
-    multi = any(isinstance(v, tuple) for v in dataset.labels or ())
-    if multi and run is None and calibrate_on is None:
-        raise ConfigError(
-            f"{dataset.source} has a list of labels per row (multi-label): a zero-shot classifier needs labelled rows "
-            "for its per-class calibration and cuts: pass --calibrate-on SPLIT (e.g. validation), or --run RUN"
-        )
+    multi = _multi_label(dataset, zero_shot=run is None and calibrate_on is None)
     calib = None
     if calibrate_on is not None:
         _check_calibrate_on(calibrate_on, run=run, data=data, split=split)
@@ -110,10 +105,7 @@ def evaluate(
     )
     if multi != bool(getattr(clf, "multi_label_", False)):
         kinds = ("one label per row", "a list of labels per row (multi-label)")
-        raise ConfigError(
-            f"{dataset.source} has {kinds[multi]}, but the classifier was trained on {kinds[not multi]}: evaluate it "
-            "on data of its own kind"
-        )
+        raise ConfigError(f"{dataset.source} has {kinds[multi]}, but the classifier was trained on {kinds[not multi]}")
     info: dict[str, Any] = {"data": dataset.source, "n": len(dataset)}
     if limit is not None:
         info["sample"] = f"seeded stratified sample of {len(dataset)} rows (--limit {limit}, --seed {seed})"
@@ -121,6 +113,11 @@ def evaluate(
         clf.progress = f"scoring the {len(dataset)} evaluated rows"
     report = run_evaluation(clf, list(dataset.texts), list(dataset.labels), info=info, oos_label=oos_label)
     out.print(report.to_markdown(), soft_wrap=True, markup=False, highlight=False)
+    _write_reports(report, clf, dataset.source, output=output, markdown=markdown, html=html)
+
+
+def _write_reports(report: Any, clf: Any, source: str, *, output: Any, markdown: Any, html: Any) -> None:
+    """--out (JSON), --markdown and --html, where asked for."""
     if output is not None:
         report.to_json(output)
         err.print(f"report written to {output}")
@@ -131,9 +128,20 @@ def evaluate(
     if html is not None:
         from classlm.html_report import classifier_context, write_html
 
-        title = f"classlm evaluate: {dataset.source}"
+        title = f"classlm evaluate: {source}"
         write_html(html, title, [("evaluation", report)], command=command_line(), **classifier_context(clf))
         err.print(f"HTML report written to {html}")
+
+
+def _multi_label(dataset: Any, *, zero_shot: bool) -> bool:
+    """Whether the rows carry label lists; a zero-shot multi-label evaluation needs labelled rows for its cuts."""
+    multi = any(isinstance(v, tuple) for v in dataset.labels or ())
+    if multi and zero_shot:
+        raise ConfigError(
+            f"{dataset.source} has a list of labels per row (multi-label): a zero-shot classifier needs labelled rows "
+            "for its per-class calibration and cuts: pass --calibrate-on SPLIT (e.g. validation), or --run RUN"
+        )
+    return multi
 
 
 def _check_calibrate_on(calibrate_on: str, *, run: Path | None, data: str, split: str) -> None:
