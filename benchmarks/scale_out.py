@@ -81,13 +81,18 @@ def vllm(clf: LMClassifier, texts: list[str], work: Path) -> dict[str, Any]:
     prompt = json.loads((out / PROMPT_FILE).read_text())
     tok = clf.backbone_.tokenizer
     ids = [prompt["head_ids"] + tok(t.strip(), add_special_tokens=False).input_ids + prompt["tail_ids"] for t in texts]
-    (work / "job.json").write_text(json.dumps({"model": str(out), "prompts": ids}))
+    # On CPU, vLLM reserves this share of the machine's memory for itself (default 0.92): this process, holding the
+    # model too, leaves less than that free, and the engine refuses to start ("Available memory … less than desired").
+    job = {"model": str(out), "prompts": ids, "options": {"gpu_memory_utilization": 0.5}}
+    (work / "job.json").write_text(json.dumps(job))
     if not VLLM_PYTHON.is_file():
         return {"error": f"no vLLM virtualenv at {VLLM_PYTHON.parent.parent}: make vllm-env"}
     proc = subprocess.run([str(VLLM_PYTHON), str(HERE / "vllm_classify.py"), str(work / "job.json"),
                            str(work / "answer.json")], capture_output=True, text=True, check=False)  # fmt: skip
-    if proc.returncode:
-        return {"error": "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-12:])}
+    if proc.returncode:  # the root cause (vLLM logs it in a worker, above the last traceback) and the end
+        lines = f"{proc.stdout}\n{proc.stderr}".strip().splitlines()  # vLLM's workers log to stdout
+        causes = [line for line in lines if "Error:" in line][:6]
+        return {"error": "\n".join([*causes, "…", *lines[-8:]])}
     answer = json.loads((work / "answer.json").read_text())
     delta = float(np.abs(np.array(answer["probs"]) - clf.predict_proba(texts)).max())
     return {"max_abs_prob_delta": delta, "n_texts": len(texts), **{k: v for k, v in answer.items() if k != "probs"}}
