@@ -19,6 +19,7 @@ from typing import Any
 
 from classlm.errors import ConfigError
 from classlm.io import write_bytes_atomic
+from classlm.multilabel import answers
 
 FORMATS = (".jsonl", ".json", ".csv", ".parquet")
 
@@ -61,12 +62,8 @@ class Predictor:
             inputs = batch[list(self.text_cols)].to_dict("records")
         proba = self.clf.predict_proba(inputs)
         out = batch.copy()
-        if getattr(self.clf, "multi_label_", False):
-            from classlm.multilabel import label_lists
-
-            out["labels"] = label_lists(proba >= self.clf.thresholds_, self.values)
-        else:
-            out["label"] = [self.values[int(i)] for i in proba.argmax(axis=1)]
+        multi = getattr(self.clf, "multi_label_", False)
+        out["labels" if multi else "label"] = answers(proba, self.values, self.clf.thresholds_ if multi else None)
         out["probabilities"] = [dict(zip(self.names, map(float, row))) for row in proba]
         return out
 

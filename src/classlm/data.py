@@ -151,9 +151,7 @@ def load_dataset(
         raise ConfigError("label_col=None reads no labels; pass require_labels=False with it")
     text_cols = text_columns(text_col)
     pair = text_cols == [TEXT]  # the default also reads a text_pair column where there is one
-    lists = (
-        label_col == "label"
-    )  # ... and the default label column a "labels" one (multi-label) where "label" is absent
+    lists = label_col == "label"  # ... and the default label a "labels" column of lists where "label" is absent
     wanted = [*text_cols, *(PAIR[1:] if pair else []), *([label_col] if label_col is not None else [])]
     table = read_source(source, split, [*wanted, *(["labels"] if lists else [])], label_col, limit, label_names)
     if pair and PAIR[1] in table.columns:

@@ -30,14 +30,17 @@ class Record(str):
 
     def __new__(cls, values: Sequence[str], fields: Sequence[str], layout: str | None = None) -> Record:
         fields, values = tuple(fields), tuple(values)
-        pieces = layout_pieces(layout or default_layout(fields), fields)
-        joined = pieces[0] + "".join(v.strip() + after for v, after in zip(values, pieces[1:]))
-        record = super().__new__(cls, joined)
+        record = super().__new__(cls, fill_slots(layout_pieces(layout or default_layout(fields), fields), values))
         record.fields, record.values, record.layout = fields, values, layout
         return record
 
     def __reduce__(self) -> Any:  # copies keep their fields (str's own reduce would make a plain string)
         return (Record, (self.values, self.fields, self.layout))
+
+
+def fill_slots(pieces: Sequence[str], values: Sequence[str]) -> str:
+    """``pieces`` (the text before, between and after the slots) with each value, stripped, in its slot."""
+    return pieces[0] + "".join(v.strip() + after for v, after in zip(values, pieces[1:]))
 
 
 def field_header(name: str) -> str:
@@ -55,6 +58,8 @@ def default_layout(fields: Sequence[str], text_header: str | None = None) -> str
 
 def layout_fields(layout: str) -> tuple[str, ...]:
     """The slot names of ``layout`` in order (``"{premise} … {hypothesis}"`` → ``("premise", "hypothesis")``)."""
+    if not isinstance(layout, str):
+        raise ConfigError(f"input_format must be a string with {{field}} slots or None, got {layout!r}")
     try:
         parsed = list(string.Formatter().parse(layout))
     except ValueError as exc:
@@ -214,15 +219,3 @@ def _values(row: Any, fields: tuple[str, ...], i: int) -> tuple[str, ...]:
         if not isinstance(v, str):
             raise DataError(f"field {name!r} of input #{i} is a {type(v).__name__} ({v!r}), expected a string")
     return values
-
-
-def fields_of(texts: Sequence[str]) -> tuple[str, ...]:
-    """The field names of checked texts (from :func:`as_texts`): one ``text`` field unless they are Records."""
-    return texts[0].fields if texts and isinstance(texts[0], Record) else (TEXT,)
-
-
-def check_layout(layout: str | None) -> None:
-    if layout is not None:
-        if not isinstance(layout, str):
-            raise ConfigError(f"input_format must be a string with {{field}} slots or None, got {layout!r}")
-        layout_fields(layout)

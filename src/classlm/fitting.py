@@ -20,7 +20,7 @@ from classlm.config import token_budget
 from classlm.data import calibration_split
 from classlm.errors import ConfigError, DataError
 from classlm.labels import LabelSet
-from classlm.multilabel import indicator_matrix, is_label_lists, multilabel_metrics, multilabel_split
+from classlm.multilabel import indicator_matrix, is_label_lists, label_classes, multilabel_metrics, multilabel_split
 from classlm.thresholds import MultiLabelCalibrator, sigmoid
 
 # calibration= for multi-label: each class gets its own Platt scaling (a scale and an offset); "none" keeps LoRA's
@@ -122,7 +122,7 @@ class Fitting:
                 raise ConfigError("labels: expected a list or mapping of class names for multi-label classification")
             return spec, classes
         if is_label_lists(y):
-            found = sorted({label for row in y for label in row}, key=str)
+            found = label_classes(y)
             if not found:
                 raise DataError("y: every row's label list is empty; multi-label training needs some labels")
             classes = as_classes(found)

@@ -248,14 +248,13 @@ def reliability_bins(y_true: Any, proba: Any, n_bins: int = DEFAULT_BINS) -> lis
 def binned_table(confidence: np.ndarray, hit: np.ndarray, n_bins: int) -> list[dict[str, Any]]:
     """Per equal-width bin of ``confidence``: ``lo``, ``hi``, ``count``, the mean ``confidence`` and the share of
     ``hit`` (``accuracy``); None for an empty bin. Top-label (:func:`reliability_bins`) or pooled multi-label."""
-    nb = n_bins
     conf = np.asarray(confidence, dtype=np.float64)
-    idx, edges = _bin_index(conf, nb)
-    count = np.bincount(idx, minlength=nb)
-    conf_sum = np.bincount(idx, weights=conf, minlength=nb)
-    hit_sum = np.bincount(idx, weights=np.asarray(hit, dtype=np.float64), minlength=nb)
+    idx, edges = _bin_index(conf, n_bins)
+    count = np.bincount(idx, minlength=n_bins)
+    conf_sum = np.bincount(idx, weights=conf, minlength=n_bins)
+    hit_sum = np.bincount(idx, weights=np.asarray(hit, dtype=np.float64), minlength=n_bins)
     bins = []
-    for b in range(nb):
+    for b in range(n_bins):
         c = int(count[b])
         bins.append(
             {

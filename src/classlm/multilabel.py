@@ -20,7 +20,9 @@ from classlm.metrics import DEFAULT_BINS, _binned_gap, _positive_int, _safe_div,
 __all__ = [
     "bce",
     "indicator_matrix",
+    "answers",
     "is_label_lists",
+    "label_classes",
     "label_lists",
     "multilabel_eval",
     "multilabel_metrics",
@@ -68,6 +70,21 @@ def label_lists(indicators: Any, classes: Sequence[Any]) -> list[list[Any]]:
     arr = np.asarray(indicators)
     names = list(classes)
     return [[names[j] for j in np.flatnonzero(row)] for row in arr]
+
+
+def label_classes(rows: Any) -> list[Any]:
+    """The classes that label lists name, sorted (by ``str``: numbers and names alike)."""
+    return sorted({label for row in rows for label in row}, key=str)
+
+
+def answers(proba: Any, classes: Sequence[Any], thresholds: Any = None) -> list[Any]:
+    """Per row of ``proba``: the most probable of ``classes``, or with ``thresholds`` (a multi-label classifier's
+    cuts) the list of classes at or above their cut, maybe empty."""
+    p = np.asarray(proba)
+    if thresholds is not None:
+        return label_lists(p >= np.asarray(thresholds), classes)
+    names = list(classes)
+    return [names[int(i)] for i in p.argmax(axis=1)]
 
 
 def multilabel_split(y: Any, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from classlm.config import config_from_dict, config_to_dict
 from classlm.errors import ConfigError
-from classlm.fields import TEXT, Record, check_layout, default_layout, layout_fields, layout_pieces
+from classlm.fields import TEXT, Record, default_layout, fill_slots, layout_fields, layout_pieces
 from classlm.labels import LabelSet, needs_leading_space
 
 # A private-use code point cannot occur in a chat template, so splitting the rendered chat on it is unambiguous.
@@ -50,8 +50,7 @@ class RenderedPrompt:
 
     def format(self, text: str) -> str:
         if isinstance(text, Record) and len(text.values) == len(self.separators) + 1:
-            body = "".join(v.strip() + sep for v, sep in zip(text.values, (*self.separators, "")))
-            return self.head + body + self.tail
+            return fill_slots([self.head, *self.separators, self.tail], text.values)
         return self.head + text + self.tail
 
     @property
@@ -104,7 +103,6 @@ class PromptTemplate:
     fields: tuple[str, ...] = (TEXT,)
 
     def __post_init__(self) -> None:
-        check_layout(self.input_format)
         fields = layout_fields(self.input_format) if self.input_format is not None else self.fields
         if isinstance(fields, str) or not fields or not all(isinstance(f, str) and f for f in fields):
             raise ConfigError(f"fields must be a list of field names, got {self.fields!r}")
@@ -171,8 +169,7 @@ class PromptTemplate:
         return self.format_fields((text,)) if len(self.fields) == 1 else text
 
     def format_fields(self, values: tuple[str, ...]) -> str:
-        pieces = self.slot_pieces()
-        return (pieces[0] + "".join(v.strip() + after for v, after in zip(values, pieces[1:]))).rstrip("\n")
+        return fill_slots(self.slot_pieces(), values).rstrip("\n")
 
     def body(self, labels: LabelSet) -> str:
         """The user message before the text: instruction, class list, examples, text header."""

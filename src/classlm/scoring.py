@@ -101,13 +101,12 @@ class PromptEncoder:
         if n == 1:
             # A Record read by a one-slot prompt is its laid-out string (e.g. a classifier fitted on strings).
             return [[t] for t in self.tokenizer([str(t).strip() for t in texts], add_special_tokens=False).input_ids]
-        records = [t for t in texts if isinstance(t, Record) and len(t.values) == n]
-        if len(records) != len(texts):  # the estimator reads inputs in the prompt's fields; a method called directly
-            i = next(i for i, t in enumerate(texts) if not (isinstance(t, Record) and len(t.values) == n))
-            raise ConfigError(
-                f"input #{i} has {len(getattr(texts[i], 'values', ()) or (1,))} field(s); the prompt has {n} slots"
-            )
-        flat = self.tokenizer([v.strip() for t in records for v in t.values], add_special_tokens=False).input_ids
+        for i, t in enumerate(texts):  # the estimator reads inputs in the prompt's fields; a method called directly
+            if not (isinstance(t, Record) and len(t.values) == n):
+                raise ConfigError(
+                    f"input #{i} has {len(getattr(t, 'values', ()) or (1,))} field(s); the prompt has {n} slots"
+                )
+        flat = self.tokenizer([v.strip() for t in texts for v in t.values], add_special_tokens=False).input_ids  # type: ignore[attr-defined]
         return [flat[i * n : (i + 1) * n] for i in range(len(texts))]
 
     def fit_text(self, parts: list[list[int]], budget: int) -> tuple[list[int], tuple[int, ...]]:

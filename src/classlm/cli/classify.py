@@ -26,7 +26,7 @@ from classlm.cli.options import (
     ScoringOpt,
 )
 from classlm.errors import ConfigError
-from classlm.fields import fields_of
+from classlm.fields import input_fields
 
 
 def classify(
@@ -105,7 +105,7 @@ def classify(
             max_length=max_length,
             device=device,
             dtype=dtype,
-            fields=None if run is not None else fields_of(items),
+            fields=None if run is not None else input_fields(items),
         )
         scores = clf.predict_scores(items, class_mass=class_mass)
     else:

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from classlm.cli.common import err, out
 from classlm.fields import Record
-from classlm.multilabel import label_lists
+from classlm.multilabel import answers
 
 
 def show_classifications(
@@ -22,14 +22,12 @@ def show_classifications(
     proba = clf.probabilities(scores.logits, priors)
     mass = scores.class_mass if class_mass else None
     values = clf.classes_.tolist()  # the labels as JSON values of their own type: integer classes stay integers
-    if getattr(clf, "multi_label_", False):  # every class at or above its cut, in class order
-        answers: list[Any] = label_lists(proba >= clf.thresholds_, values)
-    else:
-        answers = [values[int(p.argmax())] for p in proba]
+    # Multi-label: every class at or above its cut, in class order.
+    found = answers(proba, values, clf.thresholds_ if getattr(clf, "multi_label_", False) else None)
     if fmt == "jsonl":
-        _print_jsonl(clf, items, proba, answers, mass, missing, scores)
+        _print_jsonl(clf, items, proba, found, mass, missing, scores)
     else:
-        _print_table([str(c) for c in clf.classes_], items, proba, answers, mass, missing)
+        _print_table([str(c) for c in clf.classes_], items, proba, found, mass, missing)
     if scores.n_truncated:
         cut = Counter(f for fields in scores.cut_fields or () for f in fields)
         which = f" (fields cut: {', '.join(f'{f} in {n}' for f, n in cut.items())})" if cut else ""

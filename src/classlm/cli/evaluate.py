@@ -30,7 +30,8 @@ from classlm.cli.options import (
 )
 from classlm.cli.rows import label_spec_for, load_rows
 from classlm.errors import ConfigError
-from classlm.fields import fields_of
+from classlm.fields import input_fields
+from classlm.multilabel import is_label_lists
 
 
 def evaluate(
@@ -101,7 +102,7 @@ def evaluate(
         dtype=dtype,
         fit_texts=list(calib.texts) if calib is not None else None,
         fit_labels=list(calib.labels or []) if calib is not None else None,
-        fields=None if run is not None else fields_of(dataset.texts),  # zero-shot: the data's text fields
+        fields=None if run is not None else input_fields(dataset.texts),  # zero-shot: the data's text fields
     )
     if multi != bool(getattr(clf, "multi_label_", False)):
         kinds = ("one label per row", "a list of labels per row (multi-label)")
@@ -135,7 +136,7 @@ def _write_reports(report: Any, clf: Any, source: str, *, output: Any, markdown:
 
 def _multi_label(dataset: Any, *, zero_shot: bool) -> bool:
     """Whether the rows carry label lists; a zero-shot multi-label evaluation needs labelled rows for its cuts."""
-    multi = any(isinstance(v, tuple) for v in dataset.labels or ())
+    multi = is_label_lists(dataset.labels or ())
     if multi and zero_shot:
         raise ConfigError(
             f"{dataset.source} has a list of labels per row (multi-label): a zero-shot classifier needs labelled rows "

@@ -8,6 +8,7 @@ from typing import Any
 
 from classlm.cli.common import err, parse_labels
 from classlm.errors import ConfigError
+from classlm.multilabel import indicator_matrix, is_label_lists, label_classes, multilabel_split
 
 
 def load_rows(
@@ -49,8 +50,8 @@ def label_spec_for(labels: str | None, data: str, dataset: Any) -> Any:
         spec = find_label_spec(data)
     if spec is not None:
         return spec
-    if any(isinstance(v, tuple) for v in dataset.labels):  # multi-label: the classes of every row's list
-        return sorted({label for row in dataset.labels for label in row})
+    if is_label_lists(dataset.labels):  # multi-label: the classes of every row's list
+        return label_classes(dataset.labels)
     return sorted(set(dataset.labels))
 
 
@@ -77,11 +78,9 @@ def held_out_rows(
     if eval_split is not None:
         evaluation = load_rows(data, split=eval_split, **rows)
     else:
-        if any(isinstance(v, tuple) for v in dataset.labels):  # multi-label: 10%, every class on both sides
-            from classlm.multilabel import indicator_matrix, multilabel_split
-
-            names = sorted({label for row in dataset.labels for label in row})
-            keep, held = multilabel_split(indicator_matrix(list(dataset.labels), names), 0.1, seed=seed + 1)
+        if is_label_lists(dataset.labels):  # multi-label: 10%, every class on both sides
+            labels = list(dataset.labels)
+            keep, held = multilabel_split(indicator_matrix(labels, label_classes(labels)), 0.1, seed=seed + 1)
         else:
             keep, held = stratified_split(list(dataset.labels), 0.1, seed=seed + 1)
         dataset, evaluation = dataset.subset(keep), dataset.subset(held)

@@ -201,14 +201,19 @@ class LabelTokensMethod(UsesPromptedLM, Method):
         if full_vocab:
             self.class_token_ids()  # refuses scorings without one token per class
         if self.scoring == "exact":
-            if not (reuse_prefix and self.lm.usable()):
-                raise ConfigError(
-                    "training with scoring='exact' runs the answer trie after the shared prompt prefix; it needs "
-                    "prefix reuse (train={'reuse_prefix': True}) and a prompt with a head and a tail"
-                )
-            bb = self.backbone
-            return self._trie(rows, SharedPrefix(bb.model, self.encoder.head_ids, bb.device)), None
+            return self._trie(rows, self.tree_prefix(reuse_prefix, "with scoring='exact' runs the answer trie")), None
         return self._head(self.lm.train_hidden(rows, reuse_prefix), full_vocab)
+
+    def tree_prefix(self, reuse_prefix: bool, what: str) -> SharedPrefix:
+        """A fresh prompt prefix with gradients, for training through a tree of tokens run after it (the exact
+        trie, pairwise's questions): the tree attends to the prefix's keys, so it needs prefix reuse."""
+        if not (reuse_prefix and self.lm.usable()):
+            raise ConfigError(
+                f"training {what} after the shared prompt prefix; it needs prefix reuse (train={{'reuse_prefix': "
+                "True}) and a prompt with a head and a tail"
+            )
+        bb = self.backbone
+        return SharedPrefix(bb.model, self.encoder.head_ids, bb.device)
 
     def _trie(self, rows: list[list[int]], prefix: SharedPrefix) -> torch.Tensor:
         """Exact answer log-probabilities ``(b, k)`` through the answer trie (:mod:`classlm.trie`)."""

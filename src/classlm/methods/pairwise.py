@@ -166,13 +166,7 @@ class PairwiseMethod(LabelTokensMethod):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if full_vocab:
             self.class_token_ids()
-        if not (reuse_prefix and self.lm.usable()):
-            raise ConfigError(
-                "training pairwise runs the class questions as a tree after the shared prompt prefix; it needs prefix "
-                "reuse (train={'reuse_prefix': True})"
-            )
-        bb = self.backbone
-        return self._tree(rows, SharedPrefix(bb.model, self.encoder.head_ids, bb.device)), None
+        return self._tree(rows, self.tree_prefix(reuse_prefix, "pairwise runs the class questions as a tree")), None
 
     def training_tokens(self, row: Sequence[int], reuse_prefix: bool) -> int:
         return super().training_tokens(row, reuse_prefix) + self.trie.size

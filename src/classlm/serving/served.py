@@ -9,7 +9,7 @@ import numpy as np
 
 from classlm.errors import ConfigError, DataError
 from classlm.fields import TEXT, as_texts
-from classlm.multilabel import label_lists
+from classlm.multilabel import answers
 from classlm.out_of_scope import OOS_SCORES, abstain_value
 from classlm.priors import prior_vector, shift_priors
 
@@ -119,9 +119,7 @@ class ServedModel:
 
     def answers(self, proba: np.ndarray) -> list[Any]:
         """Per text: the most probable class, or (multi-label) the list of classes at or above their cuts."""
-        if self.multi_label:
-            return label_lists(proba >= self.thresholds, self.labels)
-        return [self.labels[int(np.argmax(p))] for p in proba]
+        return answers(proba, self.labels, self.thresholds)
 
     def abstain_label(self, label: str) -> Any:
         """The service's abstain label as an answer of the classes' type (a number for number classes)."""
