@@ -13,6 +13,12 @@ Writes ``benchmarks/results/scale_out.json`` and ``.md`` (``--merge`` keeps the 
   loading are inside the seconds), and by local ``predict_proba`` with as many threads for scale. Keys
   ``ray.<n_actors>.texts_per_second`` and ``ray.local.texts_per_second``. On 2 cores two actors cannot be much
   faster than one: the figures say what the overhead costs.
+- ``accelerate``: ``classlm train`` (LoRA, the default recipe's batch of 16, ``--max-steps`` steps on ``--n-train``
+  ag_news train rows) in one process with every core's threads, then under ``accelerate launch --multi_gpu
+  --num_processes 2`` (torchrun's launcher; gloo on CPU), one thread each: the same global batch split across the
+  processes, gradients summed (``classlm.distributed``). Keys ``accelerate.<n_processes>.examples_per_second``
+  (training steps only) and ``accelerate.max_abs_loss_delta`` (the logged training losses of the two runs). On 2
+  cores two processes cannot be faster than one with 2 threads: the figures say what the split costs.
 - ``vllm`` (``make vllm-check``): the ``seq_cls`` export served by vLLM's offline ``LLM(runner="pooling")`` in its
   own virtualenv (``benchmarks/vllm_classify.py``), prompts given as classlm's token ids; its probabilities against
   ``predict_proba``. Keys ``vllm.max_abs_prob_delta``, or ``vllm.error`` with the failure's last lines.
@@ -39,7 +45,7 @@ from classlm.machine import machine_block, machine_line
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data"
 OUT = HERE / "results" / "scale_out"
-SECTIONS = ("seq_cls", "ray")  # and "vllm" (make vllm-check: vLLM in its own virtualenv)
+SECTIONS = ("seq_cls", "ray", "accelerate")  # and "vllm" (make vllm-check: vLLM in its own virtualenv)
 VLLM_PYTHON = HERE.parent / ".venv-vllm" / "bin" / "python"
 
 
@@ -121,6 +127,36 @@ def ray_actors(clf: LMClassifier, texts: list[str], work: Path, actors: list[int
     return out
 
 
+def accelerate_runs(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    import os
+    import subprocess
+
+    threads = os.cpu_count() or 1
+    base = ["train", str(DATA / "ag_news"), "--limit", str(args.n_train), "--max-steps", str(args.max_steps),
+            "--eval-every", str(args.max_steps // 2), "--no-baseline", "-m", args.model]  # fmt: skip
+    out: dict[str, Any] = {}
+    curves = {}
+    for n in (1, 2):
+        run = work / f"train_{n}"
+        launch = [sys.executable, "-m", "classlm"]
+        if n > 1:
+            launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
+                      "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                      "-m", "classlm"]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, threads // n))}
+        proc = subprocess.run([*launch, *base, "--out", str(run)], env=env, capture_output=True, text=True, check=False)
+        if proc.returncode:
+            return {"error": proc.stderr[-2000:]}
+        training = json.loads((run / "classlm.json").read_text())["training"]
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        curves[n] = np.array([r["train_loss"] for r in rows if "eval" in r])
+        out[str(n)] = {"examples_per_second": round(training["examples_per_second"], 2),
+                       "threads_per_process": max(1, threads // n), "steps": training["steps"],
+                       "dtype": training["dtype"]}  # fmt: skip
+    out["max_abs_loss_delta"] = float(np.abs(curves[1] - curves[2]).max())
+    return out
+
+
 def to_markdown(doc: dict[str, Any]) -> str:
     lines = ["# Scaling out", ""]
     if "seq_cls" in doc:
@@ -149,6 +185,21 @@ def to_markdown(doc: dict[str, Any]) -> str:
                 f"| local predict_proba ({r['local']['threads']} threads) | {r['local']['texts_per_second']} | – | – |"
             )
         lines.append("")
+    if "accelerate" in doc:
+        a = doc["accelerate"]
+        lines += [
+            "## Training under accelerate (LoRA, the same global batch)",
+            "",
+            f"`{a['command']}`; {a['machine']}",
+            "",
+        ]
+        if "error" in a:
+            lines += [f"failed:\n\n```\n{a['error']}\n```", ""]
+        else:
+            lines += ["| processes | threads each | training examples/s | dtype |", "|---|---|---|---|"]
+            lines += [f"| {n} | {a[n]['threads_per_process']} | {a[n]['examples_per_second']} | {a[n]['dtype']} |"
+                      for n in ("1", "2")]  # fmt: skip
+            lines += ["", f"max abs. difference of the logged training losses: {a['max_abs_loss_delta']:.1e}", ""]
     return "\n".join(lines)
 
 
@@ -159,6 +210,8 @@ def main() -> None:
     parser.add_argument("--n-texts", type=int, default=2000)
     parser.add_argument("--n-calib", type=int, default=200)
     parser.add_argument("--actors", default="1,2")
+    parser.add_argument("--n-train", type=int, default=400, help="accelerate: training rows")
+    parser.add_argument("--max-steps", type=int, default=20, help="accelerate: training steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--merge", action="store_true", help="keep the sections of earlier commands")
     args = parser.parse_args()
@@ -180,6 +233,10 @@ def main() -> None:
         if "ray" in sections:
             found = ray_actors(clf, texts, Path(tmp), [int(n) for n in args.actors.split(",")])
             doc["ray"] = {**found, "command": command, "machine": machine}
+            write_results(OUT, doc, to_markdown(doc))
+        if "accelerate" in sections:
+            trained = accelerate_runs(args, Path(tmp))
+            doc["accelerate"] = {**trained, "command": command, "machine": machine_line(machine_block())}
             write_results(OUT, doc, to_markdown(doc))
     print(to_markdown(doc))
 

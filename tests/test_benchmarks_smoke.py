@@ -239,3 +239,26 @@ def test_scale_out_benchmark_measures_the_seq_cls_export(tmp_path, monkeypatch, 
     doc = json.loads((tmp_path / "out" / "scale_out.json").read_text())
     assert doc["seq_cls"]["max_abs_prob_delta"] < 1e-4 and doc["seq_cls"]["n_texts"] == 12
     assert "max |Δp|" in (tmp_path / "out" / "scale_out.md").read_text()
+
+
+@pytest.mark.slow
+def test_scale_out_benchmark_trains_under_accelerate(tmp_path, monkeypatch, tiny_model_dir):
+    import json
+
+    scale_out = pytest.importorskip("scale_out")
+    rows = [{"text": f"news {i} about the {w}", "label": lab}
+            for i, (w, lab) in enumerate([("match", "Sports"), ("stocks", "Business")] * 20)]  # fmt: skip
+    data = tmp_path / "ag_news"
+    data.mkdir()
+    for split in ("train", "test"):
+        (data / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    monkeypatch.setattr(scale_out, "DATA", tmp_path)
+    monkeypatch.setattr(scale_out, "OUT", tmp_path / "out" / "scale_out")
+    monkeypatch.setattr(sys, "argv", ["x", "--sections", "accelerate", "--model", str(tiny_model_dir), "--n-texts",
+                                      "8", "--n-calib", "8", "--n-train", "32", "--max-steps", "4"])  # fmt: skip
+    scale_out.main()
+    found = json.loads((tmp_path / "out" / "scale_out.json").read_text())["accelerate"]
+    assert "error" not in found, found.get("error")
+    assert found["1"]["steps"] == found["2"]["steps"] == 4 and found["2"]["threads_per_process"] >= 1
+    assert found["max_abs_loss_delta"] < 1e-4  # the same global batch: the same losses
+    assert "| 2 |" in (tmp_path / "out" / "scale_out.md").read_text()

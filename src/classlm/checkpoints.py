@@ -10,6 +10,7 @@ evaluation log, ``metrics.jsonl``, lives beside them.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -20,6 +21,8 @@ import torch
 
 from classlm.errors import ArtifactError, ConfigError
 from classlm.io import write_text_atomic
+
+log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
@@ -59,8 +62,11 @@ def write_checkpoint(
     model: Any,
     best: dict[str, torch.Tensor] | None,
     optimizer: torch.optim.Optimizer,
+    *,
+    rng: list[dict[str, torch.Tensor]] | None = None,
 ) -> None:
-    """Checkpoint ``step-<counters["step"]>``: ``model``'s trainable tensors, ``best``, optimizer and RNG states."""
+    """Checkpoint ``step-<counters["step"]>``: ``model``'s trainable tensors, ``best``, optimizer and RNG states
+    (``rng``: each training process's :func:`rng_states`, rank 0 first; default this process's)."""
     from safetensors.torch import save_file
 
     root = run_dir / CHECKPOINTS
@@ -72,7 +78,10 @@ def write_checkpoint(
             save_file(best, str(tmp / "best.safetensors"))
         opt_tensors, opt_meta = _optimizer_to_flat(optimizer)
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-        save_file(_rng_states(), str(tmp / "rng.safetensors"))
+        ranks = rng if rng is not None else [rng_states()]
+        # Rank 0's under the plain names (as one process writes them), rank r's under "rank<r>.<name>".
+        states = {(f"rank{r}." if r else "") + k: v for r, s in enumerate(ranks) for k, v in s.items()}
+        save_file(states, str(tmp / "rng.safetensors"))
         (tmp / "state.json").write_text(json.dumps({"state": counters, "optimizer": opt_meta}, indent=1))
         for f in tmp.iterdir():  # the rename below publishes the folder: its files must be on disk first
             with open(f, "rb") as fh:
@@ -85,12 +94,13 @@ def write_checkpoint(
 
 
 def read_checkpoint(
-    run_dir: Path, model: Any, optimizer: torch.optim.Optimizer
+    run_dir: Path, model: Any, optimizer: torch.optim.Optimizer, *, rank: int = 0, tidy: bool = True
 ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, torch.Tensor] | None]:
-    """Restore ``model``'s trainable tensors, the optimizer and the RNG states from the newest checkpoint.
+    """Restore ``model``'s trainable tensors, the optimizer and (training process ``rank``'s) RNG states from the
+    newest checkpoint.
 
-    Returns its counters, the evaluation rows logged up to it (later ones are dropped from ``metrics.jsonl``: they
-    will be redone) and the best tensors as of it.
+    Returns its counters, the evaluation rows logged up to it (later ones are dropped from ``metrics.jsonl`` when
+    ``tidy``, the writing process: they will be redone) and the best tensors as of it.
     """
     from safetensors.torch import load_file
 
@@ -104,16 +114,18 @@ def read_checkpoint(
     meta = json.loads((ckpt / "state.json").read_text())
     load_trainable_state(model, load_file(str(ckpt / "adapter.safetensors")))
     _optimizer_from_flat(optimizer, load_file(str(ckpt / "optimizer.safetensors")), meta["optimizer"])
-    _set_rng_states(load_file(str(ckpt / "rng.safetensors")))
+    _set_rng_states(_rank_states(load_file(str(ckpt / "rng.safetensors")), rank, ckpt))
     counters = meta["state"]
-    _remove_leftovers(run_dir)
+    if tidy:
+        _remove_leftovers(run_dir)
     # Evaluations logged after the checkpoint will be redone: drop them so each step appears once. So is the
     # end-of-run baseline row (classlm train writes it again when the resumed run ends).
     history: list[dict[str, Any]] = []
     log = run_dir / METRICS_FILE
     if log.is_file():
         history = [r for r in _read_jsonl(log) if "eval" in r and r["step"] <= counters["step"]]
-        write_text_atomic(log, "".join(json.dumps(r) + "\n" for r in history))
+        if tidy:
+            write_text_atomic(log, "".join(json.dumps(r) + "\n" for r in history))
     best = ckpt / "best.safetensors"
     return counters, history, load_file(str(best)) if best.is_file() else None
 
@@ -140,12 +152,24 @@ def _remove_leftovers(run_dir: Path) -> None:
                     p.unlink(missing_ok=True)
 
 
-def _rng_states() -> dict[str, torch.Tensor]:
+def rng_states() -> dict[str, torch.Tensor]:
     """Every generator LoRA dropout may draw from: the CPU one and, where present, each CUDA device's."""
     states = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         states.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     return states
+
+
+def _rank_states(states: dict[str, torch.Tensor], rank: int, ckpt: Path) -> dict[str, torch.Tensor]:
+    """Training process ``rank``'s generator states out of a checkpoint's (see :func:`write_checkpoint`)."""
+    if rank == 0:
+        return {k: v for k, v in states.items() if not k.startswith("rank")}
+    prefix = f"rank{rank}."
+    mine = {k.removeprefix(prefix): v for k, v in states.items() if k.startswith(prefix)}
+    if not mine:  # the run started with fewer processes: the update is the same, LoRA dropout's masks are not
+        log.warning("%s has no RNG state for rank %d (the run had fewer processes); it uses rank 0's", ckpt, rank)
+        return _rank_states(states, 0, ckpt)
+    return mine
 
 
 def _set_rng_states(states: dict[str, torch.Tensor]) -> None:

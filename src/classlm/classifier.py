@@ -210,7 +210,8 @@ class LMClassifier(Fitting, MultiLabelOutputs, OutOfScopeFeatures, CalibratedCla
             # A backbone whose weights change or differ from the base model's is a private copy; zero-shot
             # classifiers share one in-process copy.
             private = adapter is not None or self.trains_backbone()  # training, or a loaded top_k's own weights
-            backbone = load_backbone(self._model_config(), shared=not private, training=training)
+            quantize = lora.quantize if lora is not None else None
+            backbone = load_backbone(self._model_config(), shared=not private, training=training, quantize=quantize)
             if adapter is not None or lora is not None:
                 from classlm.lora import add_lora, load_adapter
 

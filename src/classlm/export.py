@@ -40,6 +40,7 @@ def export_merged(clf: Any, out: str | Path) -> Path:
     and ``classlm_export.json`` (prompt, class token ids, temperature): transformers loads it without classlm and,
     fed the same prompt, gives the same class probabilities."""
     method_info = _fitted_info(clf)
+    _check_full_precision(clf)
     if not clf.method_.has_class_tokens or method_info.prompt is None or clf.scoring_ not in ONE_TOKEN:
         raise ConfigError(
             f"export --merge writes a model whose class probabilities are its LM-head logits of the class tokens "
@@ -143,6 +144,7 @@ def export_seq_cls(clf: Any, out: str | Path) -> Path:
 
 def _check_seq_cls(clf: Any, info: Any) -> None:
     """Refuse, with the reason, what a bias-free linear score over the last token cannot reproduce."""
+    _check_full_precision(clf)
     if getattr(clf, "multi_label_", False):
         raise ConfigError(
             "a multi-label classifier's probabilities are sigmoid(a_c * logit + b_c) per class: a bias-free score "
@@ -164,6 +166,16 @@ def _check_seq_cls(clf: Any, info: Any) -> None:
             f"calibration={clf.calibration!r} adds a per-class offset to the logits, which a bias-free score layer "
             "cannot carry; export a classifier calibrated by temperature only, or use --merge (its "
             "classlm_export.json records the offset)"
+        )
+
+
+def _check_full_precision(clf: Any) -> None:
+    lora = clf.lora_config()
+    if lora is not None and lora.quantize is not None:
+        raise ConfigError(
+            f"this classifier's frozen base is {lora.quantize} (QLoRA): merging the adapter into 4-bit weights "
+            "rounds them again, so the exported model would not give its probabilities; serve the run folder "
+            "(classlm serve), or train without quantize to export"
         )
 
 

@@ -130,6 +130,10 @@ def resolve_source(name: str) -> ModelSource:
 
 
 def choose_device(device: str) -> torch.device:
+    from classlm.distributed import launched_size, local_rank
+
+    if device in ("auto", "cuda") and torch.cuda.is_available() and launched_size() > 1:
+        return torch.device("cuda", local_rank())  # one GPU per training process on a machine
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -140,31 +144,36 @@ def choose_device(device: str) -> torch.device:
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-_LOADED: dict[tuple[str, str, str, str], Backbone] = {}
+_LOADED: dict[tuple[str, str, str, str, str], Backbone] = {}
 _MAX_LOADED = 2
 
 
-def load_backbone(config: ModelConfig, *, shared: bool = True, training: bool = False) -> Backbone:
+def load_backbone(
+    config: ModelConfig, *, shared: bool = True, training: bool = False, quantize: str | None = None
+) -> Backbone:
     """Load the model and tokenizer of ``config``, in the dtype its ``dtype`` resolves to (``training``: for a
     backbone whose weights will be trained, see :func:`classlm.machine.choose_dtype`).
 
     With ``shared=True`` the same in-memory model is shared by every load of the same source, device and dtype
     (zero-shot scoring never changes weights, so classifiers and their clones can share it); each load gets its own
     :class:`Backbone` record of how its dtype was chosen. Pass ``shared=False`` when the
-    weights will be modified.
+    weights will be modified. ``quantize="nf4"``: the linear layers' weights in 4-bit NF4 (bitsandbytes; QLoRA's
+    frozen base), computing in the resolved dtype; the embeddings and the LM head stay in it.
     """
     source = resolve_source(config.name)
     device = choose_device(config.device)
     choice = machine.choose_dtype(config.dtype, device.type, training=training)
     dtype = TORCH_DTYPES[choice.dtype]
-    key = (source.location, str(device), str(dtype), str(cache_root(config)))
+    key = (source.location, str(device), str(dtype), str(cache_root(config)), str(quantize))
     if shared and key in _LOADED:
         # The same weights, with this request's record of how its dtype was chosen (an explicit float32 and an
         # auto float32 share one model).
         return dataclasses.replace(_LOADED[key], dtype_choice=choice)
     location, local_only = _local_location(source, cache_root(config))
-    model, tokenizer = _load_folder(location, dtype, local_only=local_only, hub=source.kind == "hub")
-    model.to(device)
+    quantized = _quantization(quantize, dtype, device)
+    model, tokenizer = _load_folder(location, dtype, local_only=local_only, hub=source.kind == "hub", **quantized)
+    if not quantized:  # a 4-bit model is placed by its device_map (bitsandbytes refuses .to)
+        model.to(device)
     model.eval()
     if tokenizer.pad_token_id is None:
         # Pads are never attended to (right padding, last real token read by index), so any id will do.
@@ -227,13 +236,37 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _load_folder(location: str, dtype: torch.dtype, *, local_only: bool, hub: bool = False) -> tuple[Any, Any]:
+def _quantization(quantize: str | None, dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
+    """``from_pretrained``'s arguments for a 4-bit base (none for full precision)."""
+    if quantize is None:
+        return {}
+    try:
+        import bitsandbytes  # noqa: F401  # only to fail here, in the user's terms
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"lora quantize={quantize!r} loads the base model in 4-bit with bitsandbytes, which is not installed: "
+            "pip install bitsandbytes (or train without quantize)"
+        ) from exc
+    from transformers import BitsAndBytesConfig
+
+    config = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quantize,
+        bnb_4bit_compute_dtype=dtype,
+        bnb_4bit_use_double_quant=True,  # QLoRA's: the quantisation constants quantised too (~0.4 bit a weight)
+    )
+    return {"quantization_config": config, "device_map": {"": str(device)}}
+
+
+def _load_folder(
+    location: str, dtype: torch.dtype, *, local_only: bool, hub: bool = False, **quantized: Any
+) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only)
         model = AutoModelForCausalLM.from_pretrained(
-            location, dtype=dtype, local_files_only=local_only, **NO_HUB_KERNELS
+            location, dtype=dtype, local_files_only=local_only, **NO_HUB_KERNELS, **quantized
         )
     except OSError as exc:
         if not hub:

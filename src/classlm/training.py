@@ -30,12 +30,14 @@ from classlm.checkpoints import (
     METRICS_FILE,
     load_trainable_state,
     read_checkpoint,
+    rng_states,
     start_run,
     trainable_state,
     write_checkpoint,
 )
 from classlm.checkpoints import read_metrics as read_metrics  # re-exported: callers have imported it from here
 from classlm.config import STOP_METRICS, TrainConfig, auto_epochs, train_token_budget
+from classlm.distributed import current as current_world
 from classlm.errors import ConfigError
 from classlm.kernels import lean_training
 from classlm.machine import peak_rss_mib
@@ -104,6 +106,8 @@ class Trainer:
         self.dtype = str(frozen[0] if frozen else next(model.parameters()).dtype).removeprefix("torch.")
         self.micro_tokens = train_token_budget(config.micro_batch_tokens, self.device.type, self.dtype)
         self._best: dict[str, torch.Tensor] | None = None
+        # One rank of one, or a rank among the processes `accelerate launch` / `torchrun` started (joined here).
+        self.world = current_world()
 
     # -- the loss ---------------------------------------------------------------------------------------------------
     def loss_sum(self, rows: list[list[int]], y: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -172,13 +176,19 @@ class Trainer:
             state = TrainState(dtype=self.dtype, micro_batch_tokens=self.micro_tokens)
             if self.run_dir is not None:
                 self._start_fresh()
-            torch.manual_seed(cfg.seed)
+            torch.manual_seed(cfg.seed + self.world.rank)  # LoRA dropout: each rank its own masks
         self.method.prepare_training()  # e.g. the one-time prefix-reuse check: the same fresh or resumed
         self.model.train()
         if evaluation is not None and not resume and cfg.eval_every:
             # Step 0: the untrained model (LoRA's B matrices start at zero), where the curves and class mass start.
             self._evaluate(state, *evaluation, 0.0)
-        bar = progress_bar(total=total, initial=state.step, desc="training", unit="step", disable=not self.progress)
+        bar = progress_bar(
+            total=total,
+            initial=state.step,
+            desc="training",
+            unit="step",
+            disable=not (self.progress and self.world.main),
+        )
         with lean_training(self.model):
             self._loop(state, rows, y, weights, params, optimizer, total, warmup, per_epoch, evaluation, bar)
         bar.close()
@@ -208,6 +218,8 @@ class Trainer:
             t0 = time.perf_counter()
             idx = self._batch_indices(state.step, n, per_epoch)
             step_loss = self._backward(rows, y, idx, weights, state.step)
+            # Several processes: each has the gradient of its rows; their sum is the whole batch's.
+            (step_loss,) = self.world.sum_gradients(params, step_loss)
             if cfg.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             lr = cfg.lr * lr_factor(state.step, total, warmup)
@@ -245,11 +257,12 @@ class Trainer:
         self, rows: list[list[int]], y: np.ndarray, idx: np.ndarray, weights: torch.Tensor | None, step: int
     ) -> float:
         """Gradients of one step's (class-weighted) mean loss over the rows ``idx``, micro-batch by micro-batch;
-        returns that loss."""
+        returns that loss. Among several processes, of this rank's share of the rows (still divided by the whole
+        batch's weight, so the ranks' sums add up to the one-process gradient)."""
         # Multi-label weights are per class inside each row's loss (BCE's pos_weight): every row weighs 1.
         total_w = float(len(idx)) if weights is None or y.ndim == 2 else float(weights[y[idx]].sum())
         step_loss = 0.0
-        for k, chunk in enumerate(self._micro_batches(rows, idx)):
+        for k, chunk in enumerate(self._micro_batches(rows, self.world.shard(idx))):
             loss = self.loss_sum([rows[i] for i in chunk], torch.as_tensor(y[chunk], device=self.device), weights)
             (loss / total_w).backward()
             step_loss += float(loss.detach()) / total_w
@@ -273,19 +286,17 @@ class Trainer:
 
     def _evaluate(self, state: TrainState, texts: Sequence[str], y: np.ndarray, lr: float) -> dict[str, Any]:
         self.model.eval()
-        scores = self.method.score(
-            list(texts), batch_size=self.eval_batch_size, batch_tokens=self.eval_batch_tokens, class_mass=True
-        )
+        logits, class_mass = self._score_shared(texts)
         self.model.train()
         if y.ndim == 2:
             bias = self.model.class_bias.detach().float().cpu().numpy()
-            ev = multilabel_eval(y, sigmoid(scores.logits + bias), self.names)
+            ev = multilabel_eval(y, sigmoid(logits + bias), self.names)
         else:
-            m = classification_metrics(y, softmax(scores.logits), self.names)
+            m = classification_metrics(y, softmax(logits), self.names)
             keys = ("accuracy", "macro_f1", "nll", "ece", "calibration_ratio_min", "calibration_ratio_max")
             ev = {k: m[k] for k in keys}
             ev["calibration_ratio"] = {c: v["calibration_ratio"] for c, v in m["per_class"].items()}
-        ev["class_mass"] = float(np.mean(scores.class_mass)) if scores.class_mass is not None else None
+        ev["class_mass"] = float(np.mean(class_mass)) if class_mass is not None else None
         row = {
             "step": state.step,
             "examples_seen": state.examples_seen,
@@ -296,7 +307,7 @@ class Trainer:
         }
         state.loss_sum, state.loss_count = 0.0, 0
         state.history.append(row)
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.world.main:
             with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(row, allow_nan=False) + "\n")
         value = float(ev[self.config.early_stopping])
@@ -310,20 +321,42 @@ class Trainer:
                 state.stopped_early = True
         return row
 
+    def _score_shared(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """The eval texts' class logits and class mass; among several processes each scores its span and all get
+        the whole, so every rank computes the same metrics and early-stopping decision."""
+        part = list(texts)[self.world.span(len(texts))]
+        scores = (
+            self.method.score(
+                part, batch_size=self.eval_batch_size, batch_tokens=self.eval_batch_tokens, class_mass=True
+            )
+            if part
+            else None
+        )
+        found = self.world.gather(None if scores is None else (scores.logits, scores.class_mass))
+        shares = [f for f in found if f is not None]
+        logits = np.concatenate([f[0] for f in shares])
+        mass = [f[1] for f in shares if f[1] is not None]
+        return logits, np.concatenate(mass) if len(mass) == len(shares) else None
+
     # -- checkpoints: classlm.checkpoints does the I/O; these stay methods, the kill-and-resume tests wrap them ----
     def _start_fresh(self) -> None:
-        assert self.run_dir is not None
-        start_run(self.run_dir)
+        run_dir = self.run_dir
+        assert run_dir is not None
+        self.world.main_first(lambda: start_run(run_dir))
 
     def _checkpoint(self, state: TrainState, optimizer: torch.optim.Optimizer) -> None:
         assert self.run_dir is not None
         counters = {k: v for k, v in vars(state).items() if k != "history"}
-        write_checkpoint(self.run_dir, counters, self.model, self._best, optimizer)
+        rng = self.world.gather(rng_states())  # every rank's dropout generator, for an exact resume on each
+        if self.world.main:
+            write_checkpoint(self.run_dir, counters, self.model, self._best, optimizer, rng=rng)
 
     def _resume(self, optimizer: torch.optim.Optimizer) -> TrainState:
         if self.run_dir is None:
             raise ConfigError("resume needs the run folder of the interrupted run")
-        counters, history, self._best = read_checkpoint(self.run_dir, self.model, optimizer)
+        counters, history, self._best = read_checkpoint(
+            self.run_dir, self.model, optimizer, rank=self.world.rank, tidy=self.world.main
+        )
         state = TrainState(**counters, history=history)
         # Runs checkpointed before the dtype was recorded trained on CPU in float32 (auto was float32 for training).
         trained = state.dtype or ("float32" if self.device.type == "cpu" else self.dtype)

@@ -93,15 +93,23 @@ def _clear_run(entries: list[Path]) -> None:
 
 
 def fit_run(
-    clf: Any, method: str, out_dir: Path, args: dict[str, Any], rows: tuple[Any, Any, Any], *, resume: bool
+    clf: Any,
+    method: str,
+    out_dir: Path,
+    args: dict[str, Any],
+    rows: tuple[Any, Any, Any],
+    *,
+    resume: bool,
+    write: bool = True,
 ) -> None:
     """Fit ``clf`` on the training rows; backbone training runs through the Trainer into ``out_dir``: evaluated on
-    the evaluation rows as it goes, checkpointed, resumable."""
+    the evaluation rows as it goes, checkpointed, resumable. ``write``: whether this process writes the run's files
+    (False on the other ranks of a data-parallel run)."""
     dataset, evaluation, calibration = rows
     backbone_training = clf.trains_backbone()
     if resume and not backbone_training:
         raise ConfigError(f"--resume continues backbone training; method {method!r} here trains in one go: rerun it")
-    if not resume:
+    if not resume and write:
         _write_run_args(out_dir, args)
     quiet_transformers()
     loop: dict[str, Any] = {"eval_set": None, "run_dir": out_dir, "resume": resume} if backbone_training else {}

@@ -75,7 +75,9 @@ TRAIN_OPTIONS = ConfigOptions(
     },
 )
 LORA_OPTIONS = ConfigOptions(
-    LoraConfig, {"r": "lora_r", "alpha": "lora_alpha", "dropout": "lora_dropout"}, minimum={"r": 1, "alpha": 1}
+    LoraConfig,
+    {"r": "lora_r", "alpha": "lora_alpha", "dropout": "lora_dropout", "quantize": "lora_quantize"},
+    minimum={"r": 1, "alpha": 1},
 )
 
 
@@ -137,8 +139,12 @@ def train(
     # First, while locals() holds only the options; the generated ones under their flags' names, as always.
     given = {k: v for k, v in locals().items() if k not in ("training", "lora")}
     args = run_args({**given, **TRAIN_OPTIONS.as_params(training), **LORA_OPTIONS.as_params(lora)})
+    from classlm import distributed
     from classlm.classifier import LMClassifier
     from classlm.methods import get_method
+
+    # Started by `accelerate launch` / `torchrun` several times: one rank of a data-parallel run (rank 0 writes).
+    world = distributed.current()
 
     method_options, trains_lora = _method_options(options, method, get_method(method), use_lora=use_lora)
     training = {**training, "class_weights": _class_weights(class_weights, method, trains_lora)}
@@ -161,15 +167,17 @@ def train(
         max_length=max_length,
         device=device,
         dtype=dtype or "auto",
-        progress=True,
+        progress=world.main,
         method_options=method_options,
         lora=lora if trains_lora else None,
         train=training,
     )
     # Only now, with every option and the data checked: --overwrite must not delete a run for a command that fails.
-    prepare_run_folder(out_dir, args, resume=resume, overwrite=overwrite)
-    fit_run(clf, method, out_dir, args, (dataset, evaluation, calib), resume=resume)
-    finish_run(clf, out_dir, evaluation, eval_source, baseline_rows=(dataset, calib) if baseline else None)
+    world.main_first(lambda: prepare_run_folder(out_dir, args, resume=resume, overwrite=overwrite))
+    fit_run(clf, method, out_dir, args, (dataset, evaluation, calib), resume=resume, write=world.main)
+    if world.main:
+        finish_run(clf, out_dir, evaluation, eval_source, baseline_rows=(dataset, calib) if baseline else None)
+    distributed.finish()
 
 
 def _class_weights(value: str | None, method: str, lora: bool) -> str | dict[str, float] | None:
