@@ -104,6 +104,75 @@ def vllm(clf: LMClassifier, texts: list[str], work: Path) -> dict[str, Any]:
     return {"max_abs_prob_delta": delta, "n_texts": len(texts), **{k: v for k, v in answer.items() if k != "probs"}}
 
 
+def vllm_serve(clf: LMClassifier, texts: list[str], work: Path) -> dict[str, Any]:
+    """The seq-cls export behind ``vllm serve … --runner pooling``, asked by classlm's client
+    (``classify --backend vllm``)."""
+    import socket
+    import subprocess
+    import urllib.request
+
+    from classlm.backends.vllm import VLLMClassifier
+
+    out = work / "seq_cls"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [str(VLLM_PYTHON.parent / "vllm"), "serve", str(out), "--runner", "pooling", "--dtype", "float32",
+           "--enforce-eager", "--gpu-memory-utilization", "0.5", "--host", "127.0.0.1",
+           "--port", str(port)]  # fmt: skip
+    log = (work / "serve.log").open("w")
+    start = time.perf_counter()
+    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        while True:  # up when /health answers; vLLM on CPU takes tens of seconds
+            if server.poll() is not None or time.perf_counter() - start > 600:
+                lines = (work / "serve.log").read_text().splitlines()
+                return {"error": "\n".join([line for line in lines if "Error" in line][:6] + ["…", *lines[-8:]])}
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(2)
+        ready = time.perf_counter()
+        remote = VLLMClassifier(f"http://127.0.0.1:{port}", out, timeout=300).fit()
+        got = remote.predict_proba(texts)
+        done = time.perf_counter()
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    delta = float(np.abs(got - clf.predict_proba(texts)).max())
+    return {"max_abs_prob_delta": delta, "n_texts": len(texts), "startup_seconds": round(ready - start, 1),
+            "texts_per_second": round(len(texts) / (done - ready), 1)}  # fmt: skip
+
+
+def vllm_merged(clf: LMClassifier, texts: list[str], work: Path) -> dict[str, Any]:
+    """The --merge export (a causal LM) in vLLM's offline pooling runner with the overrides that make it a
+    classifier of the class tokens; temperature 1 (the export records T, vLLM does not apply it)."""
+    import subprocess
+
+    from classlm.export import export_merged
+    from classlm.metrics import softmax
+
+    out = export_merged(clf, work / "merged")
+    info = json.loads((out / "classlm_export.json").read_text())
+    tok = clf.backbone_.tokenizer
+    ids = [info["prompt_head_ids"] + tok(t.strip(), add_special_tokens=False).input_ids + info["prompt_tail_ids"]
+           for t in texts]  # fmt: skip
+    overrides = {"architectures": ["LlamaForSequenceClassification"], "method": "no_post_processing",
+                 "classifier_from_token": tok.convert_ids_to_tokens(info["class_token_ids"])}  # fmt: skip
+    job = {"model": str(out), "prompts": ids, "options": {"gpu_memory_utilization": 0.5, "hf_overrides": overrides}}
+    (work / "merged_job.json").write_text(json.dumps(job))
+    proc = subprocess.run([str(VLLM_PYTHON), str(HERE / "vllm_classify.py"), str(work / "merged_job.json"),
+                           str(work / "merged_answer.json")], capture_output=True, text=True, check=False)  # fmt: skip
+    if proc.returncode:
+        lines = f"{proc.stdout}\n{proc.stderr}".strip().splitlines()
+        return {"error": "\n".join([*[line for line in lines if "Error:" in line][:6], "…", *lines[-8:]])}
+    answer = json.loads((work / "merged_answer.json").read_text())
+    want = softmax(clf.predict_scores(texts).logits)  # the raw class logits: temperature 1
+    delta = float(np.abs(np.array(answer["probs"]) - want).max())
+    return {"max_abs_prob_delta": delta, "n_texts": len(texts), **{k: v for k, v in answer.items() if k != "probs"}}
+
+
 def ray_actors(clf: LMClassifier, texts: list[str], work: Path, actors: list[int]) -> dict[str, Any]:
     import ray
     import torch
@@ -171,6 +240,15 @@ def to_markdown(doc: dict[str, Any]) -> str:
                  else f"failed:\n\n```\n{v['error']}\n```")  # fmt: skip
         lines += ["## vLLM's pooling runner on the --seq-cls export", "", f"`{v['command']}`; {v['machine']}", "",
                   found, ""]  # fmt: skip
+        ways = {"serve": "`vllm serve EXPORT --runner pooling`, asked by `classify --backend vllm`",
+                "merged": "the --merge export, offline, with classifier_from_token overrides (T = 1)"}  # fmt: skip
+        for key, what in ways.items():
+            if key in v:
+                w = v[key]
+                lines += [f"- {what}: " + (f"max |Δp| **{w['max_abs_prob_delta']:.2e}** over {w['n_texts']} texts "
+                          f"(start-up {w['startup_seconds']} s, {w['texts_per_second']} texts/s)" if "error" not in w
+                          else f"failed: `{w['error'][-300:]}`")]  # fmt: skip
+        lines.append("")
     if "ray" in doc:
         r = doc["ray"]
         header = "| scored by | texts/s | seconds (start-up included) | max abs. Δp |"
@@ -229,6 +307,9 @@ def main() -> None:
             write_results(OUT, doc, to_markdown(doc))
         if "vllm" in sections:
             doc["vllm"] = {**vllm(clf, texts, Path(tmp)), "command": command, "machine": machine}
+            if VLLM_PYTHON.is_file():
+                doc["vllm"]["serve"] = vllm_serve(clf, texts, Path(tmp))
+                doc["vllm"]["merged"] = vllm_merged(clf, texts, Path(tmp))
             write_results(OUT, doc, to_markdown(doc))
         if "ray" in sections:
             found = ray_actors(clf, texts, Path(tmp), [int(n) for n in args.actors.split(",")])
