@@ -43,6 +43,14 @@ def test_seq_cls_export_gives_the_calibrated_probabilities_in_plain_transformers
     answers = pipeline("text-classification", model=str(out), top_k=None)(prompts)
     got = np.array([[next(a["score"] for a in row if a["label"] == c) for c in clf.classes_] for row in answers])
     np.testing.assert_allclose(got, clf.predict_proba(X), atol=1e-4)
+    # The export's tokenizer renders the prompt as its chat template: a server applying it to one user message
+    # feeds the model what classlm does.
+    from transformers import AutoTokenizer
+
+    assert prompt["chat_template"] is True
+    tok = AutoTokenizer.from_pretrained(out)
+    chats = [tok.apply_chat_template([{"role": "user", "content": f" {t} "}], tokenize=False) for t in X]
+    assert chats == prompts
     with pytest.raises(ConfigError, match="not empty"):
         export_seq_cls(clf, out)
 

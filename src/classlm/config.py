@@ -283,8 +283,20 @@ class TrainConfig:
         default=None,
         metadata={"help": "Padded tokens per training micro-batch (default: the measured budget for the dtype)."},
     )
+    # Distillation (fit with y_proba= or teacher=): a labelled row's loss is alpha * CE(hard label) + (1 - alpha) *
+    # T^2 * KL(teacher_T || student_T); a row with only the teacher's probabilities has the KL term alone.
+    distill_alpha: float = field(
+        default=0.5, metadata={"help": "Distillation: weight of the hard-label loss on labelled rows (0-1)."}
+    )
+    distill_temperature: float = field(
+        default=1.0, metadata={"help": "Distillation: temperature both distributions are softened by."}
+    )
 
     def __post_init__(self) -> None:
+        if not isinstance(self.distill_alpha, (int, float)) or not 0 <= self.distill_alpha <= 1:
+            raise ConfigError(f"distill_alpha must be in [0, 1], got {self.distill_alpha!r}")
+        if not isinstance(self.distill_temperature, (int, float)) or self.distill_temperature <= 0:
+            raise ConfigError(f"distill_temperature must be a positive number, got {self.distill_temperature!r}")
         if self.loss not in LOSSES:
             raise ConfigError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         for name in ("lr", "epochs"):

@@ -134,14 +134,42 @@ def export_seq_cls(clf: Any, out: str | Path) -> Path:
         "how": "input_ids = head_ids + tokenizer(text.strip(), add_special_tokens=False) + tail_ids (the template "
         "tokenised whole gives the same ids); probabilities = softmax(logits)",
     }
+    tokenizer = copy.deepcopy(clf.backbone_.tokenizer)
+    chat = _chat_template(tokenizer, template)
+    template["chat_template"] = chat is not None
+    if chat is not None:  # the export's tokenizer renders the classifier's prompt around one user message
+        tokenizer.chat_template = chat
 
     def write(tmp: Path) -> None:
         seq.save_pretrained(str(tmp))
-        clf.backbone_.tokenizer.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
         (tmp / PROMPT_FILE).write_text(json.dumps(template, indent=2, ensure_ascii=False))
         (tmp / "README.md").write_text(_model_card(clf, names, temperature, template["template"]))
 
     return _write_folder(_empty_target(out), write)
+
+
+def _chat_template(tokenizer: Any, prompt: dict[str, Any]) -> str | None:
+    """A chat template that renders the classifier's prompt around the (last) user message, where it fits: one
+    text field, and the rendered string tokenises to exactly the ids classlm builds (checked on probe texts), so a
+    server applying it (vLLM's /classify with messages, ``apply_chat_template``) feeds the model what classlm does."""
+    if len(prompt["fields"]) != 1:
+        return None
+    head, tail = tokenizer.decode(prompt["head_ids"]), tokenizer.decode(prompt["tail_ids"])
+    for probe in ("A short text.", "  Stocks fell 3% on Monday; the team won.\n"):
+        ids = tokenizer(probe.strip(), add_special_tokens=False).input_ids
+        if tokenizer(head + probe.strip() + tail, add_special_tokens=False).input_ids != [
+            *prompt["head_ids"],
+            *ids,
+            *prompt["tail_ids"],
+        ]:
+            return None
+    # Jinja string literals (json.dumps' escapes are Jinja's too); the message's content stripped, as classlm does.
+    literal = lambda text: json.dumps(text, ensure_ascii=False)  # noqa: E731
+    return (
+        "{{ " + literal(head) + " }}{{ (messages | selectattr('role', 'equalto', 'user') | list)[-1]['content'] "
+        "| trim }}{{ " + literal(tail) + " }}"
+    )
 
 
 def _check_seq_cls(clf: Any, info: Any) -> None:

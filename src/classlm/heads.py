@@ -80,9 +80,11 @@ def fit_head(
     *,
     seed: int = 0,
     class_weights: np.ndarray | None = None,
+    soft: bool = False,
 ) -> Head:
     """Train a head on ``features`` ``(n, d)`` with labels ``y`` (column indices ``0..k-1``, or a multi-label ``(n, k)``
-    0/1 indicator matrix); returns it in eval mode.
+    0/1 indicator matrix, or with ``soft`` a ``(n, k)`` matrix of target probabilities: distillation, the
+    cross-entropy to a teacher's distribution); returns it in eval mode.
 
     Linear: multinomial logistic regression, mean cross-entropy + ``l2/2 · ||W||²``, L-BFGS to convergence
     (deterministic, no learning rate to tune). MLP: AdamW, mini-batches of 64, ``epochs`` passes, seeded.
@@ -90,18 +92,25 @@ def fit_head(
     x = torch.as_tensor(np.asarray(features, dtype=np.float32) if isinstance(features, np.ndarray) else features)
     x = x.detach().float().cpu()
     # Multi-label: an indicator matrix, one yes/no (BCE) per class; else class indices (cross-entropy).
-    multi = np.ndim(y) == 2
-    target = torch.as_tensor(np.asarray(y), dtype=torch.float32 if multi else torch.long)
+    multi = np.ndim(y) == 2 and not soft
+    # CrossEntropyLoss takes class probabilities as targets too: soft targets train like hard ones.
+    target = torch.as_tensor(np.asarray(y), dtype=torch.float32 if multi or soft else torch.long)
     if x.ndim != 2 or len(x) != len(target):
         raise ValueError(f"features must be (n, d) with n = len(y) = {len(target)}, got {tuple(x.shape)}")
     # Seeded without touching the caller's global RNG (training draws LoRA dropout from it afterwards).
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _fit(x, target, k, options, seed, class_weights)
+        return _fit(x, target, k, options, seed, class_weights, soft)
 
 
 def _fit(
-    x: torch.Tensor, target: torch.Tensor, k: int, options: HeadOptions, seed: int, class_weights: np.ndarray | None
+    x: torch.Tensor,
+    target: torch.Tensor,
+    k: int,
+    options: HeadOptions,
+    seed: int,
+    class_weights: np.ndarray | None,
+    soft: bool = False,
 ) -> Head:
     head = build_head(x.shape[1], k, options)
     head.mean.copy_(x.mean(0))
@@ -112,7 +121,9 @@ def _fit(
     # With an indicator matrix, the weights are BCE's pos_weight; the linear head is then a logistic regression per
     # class on the same standardised features (the joint loss is their sum).
     loss_fn: Any = (
-        torch.nn.BCEWithLogitsLoss(pos_weight=weight) if target.ndim == 2 else torch.nn.CrossEntropyLoss(weight=weight)
+        torch.nn.BCEWithLogitsLoss(pos_weight=weight)
+        if target.ndim == 2 and not soft
+        else torch.nn.CrossEntropyLoss(weight=weight)
     )
     if options.head == "linear":
         linear = head.net

@@ -1,5 +1,5 @@
 """What a training step minimises, beyond the loss itself: class weights (single- and multi-label), the learning-rate
-schedule, and the per-class offset a multi-label head learns alongside LoRA."""
+schedule, the per-class offset a multi-label head learns alongside LoRA, and the distillation loss."""
 
 from __future__ import annotations
 
@@ -69,3 +69,13 @@ def start_offsets(method: Method, texts: Sequence[str], y: np.ndarray, batch_siz
     z = method.score(rows, batch_size=batch_size).logits.astype(np.float64)
     share = np.clip(y.mean(axis=0), 1e-3, 1 - 1e-3)
     return np.log(share / (1 - share)) - z.mean(axis=0)
+
+
+def distill_loss(z: torch.Tensor, y: torch.Tensor, soft: torch.Tensor, alpha: float, t: float) -> torch.Tensor:
+    """Per row: ``alpha * CE(z, y) + (1 - alpha) * t^2 * KL(p_t || q_t)`` where ``y >= 0`` (a hard label), the KL term
+    alone where ``y < 0``; ``p_t`` is the teacher's ``soft`` softened by ``t`` and ``q_t = softmax(z / t)``. For a
+    one-hot ``soft`` at ``t = 1`` every term is the cross-entropy (the KL of a one-hot is its CE)."""
+    teacher = torch.softmax(torch.log(soft.clamp_min(1e-12)) / t, dim=-1) if t != 1 else soft
+    kl = torch.nn.functional.kl_div(torch.log_softmax(z / t, dim=-1), teacher, reduction="none").sum(-1) * (t * t)
+    ce = torch.nn.functional.cross_entropy(z, y.clamp_min(0), reduction="none")
+    return torch.where(y >= 0, alpha * ce + (1 - alpha) * kl, kl)

@@ -44,7 +44,7 @@ from classlm.machine import peak_rss_mib
 from classlm.methods.base import Method
 from classlm.metrics import classification_metrics, softmax
 from classlm.multilabel import multilabel_eval
-from classlm.objectives import ClassBias, class_weight_vector, lr_factor, start_offsets
+from classlm.objectives import ClassBias, class_weight_vector, distill_loss, lr_factor, start_offsets
 from classlm.progress import progress_bar
 from classlm.scoring import length_sorted_batches
 from classlm.thresholds import sigmoid
@@ -77,7 +77,8 @@ class TrainState:
 
 class Trainer:
     """Trains the parameters of ``model`` that require grad (LoRA adapters; for ``hidden_head`` also its head and
-    unfrozen top blocks) through the method's ``train_logits``, on index labels ``y`` (columns of the method)."""
+    unfrozen top blocks) through the method's ``train_logits``, on index labels ``y`` (columns of the method); with
+    ``fit(..., soft=P)``, distilling a teacher's probabilities ``P`` (``y`` -1 where a row has no hard label)."""
 
     def __init__(
         self,
@@ -106,17 +107,23 @@ class Trainer:
         self.dtype = str(frozen[0] if frozen else next(model.parameters()).dtype).removeprefix("torch.")
         self.micro_tokens = train_token_budget(config.micro_batch_tokens, self.device.type, self.dtype)
         self._best: dict[str, torch.Tensor] | None = None
+        self.soft: torch.Tensor | None = None  # fit's teacher probabilities, when distilling
         # One rank of one, or a rank among the processes `accelerate launch` / `torchrun` started (joined here).
         self.world = current_world()
 
     # -- the loss ---------------------------------------------------------------------------------------------------
-    def loss_sum(self, rows: list[list[int]], y: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    def loss_sum(
+        self, rows: list[list[int]], y: torch.Tensor, weights: torch.Tensor | None, soft: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Sum over the rows of the (class-weighted) loss; divided by the whole batch's total weight, micro-batches
-        add up to the batch's weighted mean exactly."""
+        add up to the batch's weighted mean exactly. ``soft``: a teacher's probabilities per row (distillation;
+        ``y`` is then -1 where a row has no hard label)."""
         vocab = self.config.loss == "vocab_ce"
         # On CUDA the forward runs under bf16 autocast over fp32 weights; the logits come back in float32.
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             z, full = self.method.train_logits(rows, full_vocab=vocab, reuse_prefix=self.config.reuse_prefix)
+        if soft is not None:
+            return distill_loss(z.float(), y, soft, self.config.distill_alpha, self.config.distill_temperature).sum()
         if y.ndim == 2:  # multi-label: a yes/no per class, with the per-class offset learned alongside LoRA
             per_row = torch.nn.functional.binary_cross_entropy_with_logits(
                 z + self.model.class_bias,
@@ -144,8 +151,10 @@ class Trainer:
         eval_y: np.ndarray | None = None,
         *,
         resume: bool = False,
+        soft: np.ndarray | None = None,
     ) -> TrainState:
         cfg = self.config
+        self.soft = None if soft is None else torch.as_tensor(np.asarray(soft, dtype=np.float32))
         if len(texts) == 0:
             raise ConfigError("no training examples")
         rows = self.method.training_rows(texts)
@@ -263,7 +272,10 @@ class Trainer:
         total_w = float(len(idx)) if weights is None or y.ndim == 2 else float(weights[y[idx]].sum())
         step_loss = 0.0
         for k, chunk in enumerate(self._micro_batches(rows, self.world.shard(idx))):
-            loss = self.loss_sum([rows[i] for i in chunk], torch.as_tensor(y[chunk], device=self.device), weights)
+            targets = None if self.soft is None else self.soft[chunk].to(self.device)
+            loss = self.loss_sum(
+                [rows[i] for i in chunk], torch.as_tensor(y[chunk], device=self.device), weights, targets
+            )
             (loss / total_w).backward()
             step_loss += float(loss.detach()) / total_w
             if self.callback:
@@ -325,18 +337,11 @@ class Trainer:
         """The eval texts' class logits and class mass; among several processes each scores its span and all get
         the whole, so every rank computes the same metrics and early-stopping decision."""
         part = list(texts)[self.world.span(len(texts))]
-        scores = (
-            self.method.score(
-                part, batch_size=self.eval_batch_size, batch_tokens=self.eval_batch_tokens, class_mass=True
-            )
-            if part
-            else None
-        )
-        found = self.world.gather(None if scores is None else (scores.logits, scores.class_mass))
-        shares = [f for f in found if f is not None]
-        logits = np.concatenate([f[0] for f in shares])
+        kw: dict[str, Any] = {"batch_size": self.eval_batch_size, "batch_tokens": self.eval_batch_tokens}
+        scores = self.method.score(part, class_mass=True, **kw) if part else None
+        shares = [f for f in self.world.gather(None if scores is None else (scores.logits, scores.class_mass)) if f]
         mass = [f[1] for f in shares if f[1] is not None]
-        return logits, np.concatenate(mass) if len(mass) == len(shares) else None
+        return np.concatenate([f[0] for f in shares]), np.concatenate(mass) if len(mass) == len(shares) else None
 
     # -- checkpoints: classlm.checkpoints does the I/O; these stay methods, the kill-and-resume tests wrap them ----
     def _start_fresh(self) -> None:
@@ -377,7 +382,7 @@ class Trainer:
 def train_method(
     method: Method,
     config: TrainConfig,
-    train: tuple[Sequence[str], np.ndarray],
+    train: tuple[Sequence[str], np.ndarray] | tuple[Sequence[str], np.ndarray, np.ndarray],
     evaluation: tuple[Sequence[str], np.ndarray] | None,
     *,
     resume: bool = False,
@@ -396,6 +401,7 @@ def train_method(
         train[1],
         *(evaluation or (None, None)),
         resume=resume,
+        soft=train[2] if len(train) > 2 else None,  # (texts, y, teacher probabilities)
     )
     return {
         "n_train": len(train[0]),

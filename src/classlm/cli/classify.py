@@ -28,6 +28,18 @@ from classlm.cli.options import (
 from classlm.errors import ConfigError
 from classlm.fields import input_fields
 
+BackendOpt = Annotated[
+    str,
+    typer.Option(
+        "--backend",
+        help="local (the model runs here), openai (a server with logprobs) or vllm (`vllm serve` of a --seq-cls "
+        "export; --model is that export's folder).",
+    ),
+]
+BaseUrlOpt = Annotated[
+    str | None, typer.Option("--base-url", help="openai and vllm backends: the server, e.g. http://127.0.0.1:8080.")
+]
+
 
 def classify(
     texts: Annotated[
@@ -53,18 +65,8 @@ def classify(
     max_length: MaxLenOpt = 512,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = None,
-    backend: Annotated[
-        str,
-        typer.Option(
-            "--backend",
-            help="local (the model runs here), openai (a server with logprobs) or vllm (`vllm serve` of a "
-            "--seq-cls export; --model is that export's folder).",
-        ),
-    ] = "local",
-    base_url: Annotated[
-        str | None,
-        typer.Option("--base-url", help="openai and vllm backends: the server, e.g. http://127.0.0.1:8080."),
-    ] = None,
+    backend: BackendOpt = "local",
+    base_url: BaseUrlOpt = None,
     endpoint: Annotated[
         str, typer.Option("--endpoint", help="openai backend: completions (prompt rendered here) or chat.")
     ] = "completions",

@@ -47,6 +47,25 @@ ClassWeightsOpt = Annotated[
     ),
 ]
 
+EvalSplitOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--eval-split",
+        help="Held-out split evaluated during training and at the end (default: 'validation' when DATA has one, else "
+        "a stratified 10% of the training rows, disjoint from the calibration rows).",
+    ),
+]
+CalibSplitOpt = Annotated[
+    str | None,
+    typer.Option("--calib-split", help="Split for the temperature (default: a stratified slice of train)."),
+]
+LimitOpt = Annotated[
+    int | None, typer.Option("--limit", min=1, help="Train on a seeded random sample of N rows, stratified by class.")
+]
+MethodOptionsOpt = Annotated[
+    str | None, typer.Option("--options", help='The method\'s options as JSON, e.g. \'{"head": "mlp"}\'.')
+]
+
 # The TrainConfig and LoraConfig fields that `train` exposes, in --help order, under the flags they have always had.
 # A field added here becomes a flag (and a key of train_args.json, which --resume compares).
 TRAIN_OPTIONS = ConfigOptions(
@@ -93,31 +112,16 @@ def train(
     instruction: InstructionOpt = None,
     scoring: ScoringOpt = "auto",
     split: Annotated[str, typer.Option("--split", help="Training split when DATA is a folder.")] = "train",
-    eval_split: Annotated[
-        str | None,
-        typer.Option(
-            "--eval-split",
-            help="Held-out split evaluated during training and at the end (default: 'validation' when DATA has "
-            "one, else a stratified 10% of the training rows, disjoint from the calibration rows).",
-        ),
-    ] = None,
-    calib_split: Annotated[
-        str | None,
-        typer.Option("--calib-split", help="Split for the temperature (default: a stratified slice of train)."),
-    ] = None,
-    limit: Annotated[
-        int | None,
-        typer.Option("--limit", min=1, help="Train on a seeded random sample of N rows, stratified by class."),
-    ] = None,
+    eval_split: EvalSplitOpt = None,
+    calib_split: CalibSplitOpt = None,
+    limit: LimitOpt = None,
     *,
     training: dict[str, Any],  # TRAIN_OPTIONS' flags (--lr, --epochs, …), as {TrainConfig field: value}
     lora: dict[str, Any],  # --lora-r, --lora-alpha, as {LoraConfig field: value}
     use_lora: Annotated[
         bool, typer.Option("--lora/--no-lora", help="LoRA on the backbone, for methods that train one.")
     ] = True,
-    options: Annotated[
-        str | None, typer.Option("--options", help='The method\'s options as JSON, e.g. \'{"head": "mlp"}\'.')
-    ] = None,
+    options: MethodOptionsOpt = None,
     baseline: BaselineOpt = True,
     class_weights: ClassWeightsOpt = None,
     calibration: CalibrationOpt = "temperature",
@@ -144,7 +148,7 @@ def train(
     from classlm.methods import get_method
 
     # Started by `accelerate launch` / `torchrun` several times: one rank of a data-parallel run (rank 0 writes).
-    world = distributed.current()
+    world = distributed.current()  # joins the process group, before any collective below
 
     method_options, trains_lora = _method_options(options, method, get_method(method), use_lora=use_lora)
     training = {**training, "class_weights": _class_weights(class_weights, method, trains_lora)}

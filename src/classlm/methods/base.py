@@ -171,7 +171,9 @@ class Method(ABC):
         return backbone.identity() if backbone is not None else {}
 
     # -- learns_from_data ---------------------------------------------------------------------------------------------
-    def fit_data(self, texts: Sequence[str], y: np.ndarray, *, progress: bool = False) -> dict[str, Any]:
+    def fit_data(
+        self, texts: Sequence[str], y: np.ndarray, *, progress: bool = False, soft: np.ndarray | None = None
+    ) -> dict[str, Any]:
         """Learn from labelled texts (``y``: column indices); returns a JSON summary. Only for ``learns_from_data``."""
         raise ConfigError(f"method {self.name!r} learns nothing from data beyond the temperature")
 

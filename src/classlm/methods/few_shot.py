@@ -261,7 +261,10 @@ class FewShotMethod(LabelTokensMethod):
         return EncodedTexts(rows, *enc.cut_report(texts, cuts))
 
     # -- the Method interface ---------------------------------------------------------------------------------------
-    def fit_data(self, texts: Sequence[str], y: np.ndarray, *, progress: bool = False) -> dict[str, Any]:
+    def fit_data(
+        self, texts: Sequence[str], y: np.ndarray, *, progress: bool = False, soft: np.ndarray | None = None
+    ) -> dict[str, Any]:
+        # soft (distillation): the examples shown carry labels, so each text takes its most probable class (y).
         if len(texts) != len(y):
             raise ConfigError(f"fit_data got {len(texts)} texts and {len(y)} labels")
         names = self.labels.names

@@ -123,11 +123,16 @@ class HiddenHeadMethod(UsesPromptedLM, Method):
                             progress=progress, desc="features")  # fmt: skip
         return out
 
-    def fit_data(self, texts: Sequence[str], y: np.ndarray, *, progress: bool = False) -> dict[str, Any]:
+    def fit_data(
+        self, texts: Sequence[str], y: np.ndarray, *, progress: bool = False, soft: np.ndarray | None = None
+    ) -> dict[str, Any]:
         """The head alone on the frozen backbone (also the warm start of backbone training)."""
         from classlm.heads import fit_head
 
-        self.head = fit_head(self.features(texts, progress=progress), y, len(self.labels), self.options)
+        target = y if soft is None else soft  # a teacher's probabilities: the cross-entropy to them
+        self.head = fit_head(
+            self.features(texts, progress=progress), target, len(self.labels), self.options, soft=soft is not None
+        )
         self.head = self.head.to(self.backbone.device).eval()
         self.fitted = True
         return {"trainable_parameters": int(sum(p.numel() for p in self.head.parameters()))}

@@ -73,10 +73,13 @@ class EmbeddingMethod(_SentenceMethod):
         self.head = build_head(self.encoder.dim, len(self.labels), self.options).eval()
         self.fitted = False
 
-    def fit_data(self, texts: Sequence[str], y: np.ndarray, *, progress: bool = False) -> dict[str, Any]:
+    def fit_data(
+        self, texts: Sequence[str], y: np.ndarray, *, progress: bool = False, soft: np.ndarray | None = None
+    ) -> dict[str, Any]:
         from classlm.heads import fit_head
 
-        self.head = fit_head(self.embed(texts, progress), y, len(self.labels), self.options)
+        target = y if soft is None else soft  # a teacher's probabilities: the cross-entropy to them
+        self.head = fit_head(self.embed(texts, progress), target, len(self.labels), self.options, soft=soft is not None)
         self.fitted = True
         return {"trainable_parameters": int(sum(p.numel() for p in self.head.parameters()))}
 

@@ -58,7 +58,9 @@ class TfidfMethod(Method):
     def _blocks(self) -> list[tuple[str, str, tuple[int, int]]]:
         return [(n, a, getattr(self.options, o)) for n, a, o in BLOCKS if getattr(self.options, o) is not None]
 
-    def fit_data(self, texts: Sequence[str], y: np.ndarray, *, progress: bool = False) -> dict[str, Any]:
+    def fit_data(
+        self, texts: Sequence[str], y: np.ndarray, *, progress: bool = False, soft: np.ndarray | None = None
+    ) -> dict[str, Any]:
         from scipy.sparse import hstack
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
@@ -80,7 +82,9 @@ class TfidfMethod(Method):
         if len(present) < 2:
             raise DataError(f"tfidf needs examples of at least two classes to learn from; got only {present.size}")
         lr = LogisticRegression(C=self.options.C, max_iter=self.options.max_iter)
-        lr.fit(hstack(blocks).tocsr(), y)
+        # Distillation (soft): scikit-learn's logistic regression fits class labels, not distributions; each row
+        # takes its most probable class (y), weighted by that probability, so unsure rows count less.
+        lr.fit(hstack(blocks).tocsr(), y, sample_weight=None if soft is None else soft.max(axis=1))
         # Classes absent from the training data get no column from scikit-learn: give them -inf-like logits.
         coef = np.zeros((k, lr.coef_.shape[1]))
         intercept = np.full(k, -30.0)

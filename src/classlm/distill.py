@@ -1,0 +1,165 @@
+"""Learning from a bigger model: a teacher's probabilities over (many, unlabelled) texts, cached so a crash loses
+nothing already scored, and ``LMClassifier.fit(X, y, y_proba=P)`` / ``fit(X, y, teacher=T)`` training on them.
+
+The teacher is anything with ``classes_`` and ``predict_proba`` (a fitted classlm classifier, an ``Ensemble``, a
+``RemoteClassifier`` over an OpenAI-compatible server). Its columns are matched to the student's classes by name.
+A remote teacher reads the next token's top-k only: classes absent from it get an estimated share (its
+``missing_mass``), and :func:`teacher_probabilities` reports how much of the mass that was (coverage).
+
+The student's loss (:func:`classlm.objectives.distill_loss`): on a row with a hard label, ``alpha`` times its
+cross-entropy plus ``1 - alpha`` times ``T^2 KL(teacher_T || student_T)``; on a row with the teacher's probabilities
+only, the KL term alone. LoRA trains on exactly that; the hidden-state and embedding heads on the cross-entropy to the
+mixed target ``alpha * onehot + (1 - alpha) * teacher`` (the same thing at ``T = 1``); TF-IDF's logistic regression
+on each row's most probable class weighted by its probability (scikit-learn fits labels, not distributions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from classlm.errors import ConfigError, DataError
+
+CACHE_VERSION = 1
+
+
+def text_digest(texts: Sequence[str]) -> str:
+    """What a cache was made for: the texts, in order."""
+    digest = hashlib.sha256()
+    for t in texts:
+        digest.update(str(t).encode("utf-8"))
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def teacher_columns(teacher: Any, names: Sequence[str]) -> np.ndarray:
+    """For each student class (by name), its column in the teacher's ``classes_``; refused when one is missing."""
+    own = [str(c) for c in getattr(teacher, "classes_", [])]
+    missing = [n for n in names if n not in own]
+    if missing or len(own) != len(names):
+        raise ConfigError(
+            f"the teacher's classes {own} are not the student's {list(names)} (missing: {missing}); a teacher must "
+            "score the same classes, by name"
+        )
+    return np.array([own.index(n) for n in names])
+
+
+def teacher_probabilities(
+    teacher: Any,
+    texts: Sequence[str],
+    names: Sequence[str],
+    *,
+    cache: str | Path | None = None,
+    chunk: int = 256,
+    progress: bool = False,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The teacher's probabilities ``(n, k)`` of ``texts`` in the student's class order ``names``, and a report
+    (rows scored now and from the cache; for a remote teacher, the mass given to classes absent from its top-k).
+
+    ``cache``: a JSONL file (a header with the texts' digest and the classes, then one line per scored chunk, each
+    flushed to disk): a run stopped while scoring resumes after the last complete chunk; a cache made for other
+    texts or classes is refused, never mixed in."""
+    from classlm.progress import progress_bar
+
+    columns = teacher_columns(teacher, names)
+    header = {"classlm_teacher_cache": CACHE_VERSION, "texts": text_digest(texts), "n": len(texts),
+              "classes": list(names)}  # fmt: skip
+    rows: list[list[float]] = []
+    missing: list[float] = []
+    path = Path(cache) if cache is not None else None
+    if path is not None and path.is_file():
+        rows, missing = _read_cache(path, header)
+    cached = len(rows)
+    handle = None
+    if path is not None:
+        if not cached:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(header) + "\n")
+        handle = open(path, "a", encoding="utf-8")  # noqa: SIM115  # closed below; appended chunk by chunk
+    bar = progress_bar(total=len(texts), initial=cached, desc="teacher", unit="text", disable=not progress)
+    try:
+        for start in range(cached, len(texts), chunk):
+            part = list(texts[start : start + chunk])
+            proba, lost = _score(teacher, part)
+            proba = proba[:, columns]
+            rows += proba.tolist()
+            missing += lost
+            if handle is not None:
+                handle.write(json.dumps({"start": start, "probs": proba.tolist(), "missing_mass": lost}) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            bar.update(len(part))
+    finally:
+        bar.close()
+        if handle is not None:
+            handle.close()
+    probs = np.asarray(rows, dtype=np.float64).reshape(len(texts), len(names))
+    report: dict[str, Any] = {"n": len(texts), "from_cache": cached, "scored": len(texts) - cached}
+    if missing:
+        lost_mass = np.asarray(missing, dtype=np.float64)
+        report["missing_mass_mean"] = float(lost_mass.mean())
+        report["texts_with_missing_classes"] = float(np.mean(lost_mass > 0))
+    return probs, report
+
+
+def _score(teacher: Any, texts: list[str]) -> tuple[np.ndarray, list[float]]:
+    """A chunk's probabilities (the teacher's own column order) and, for a remote teacher, each text's mass on
+    classes absent from the server's top-k."""
+    if hasattr(teacher, "predict_scores") and hasattr(teacher, "probabilities"):
+        scores = teacher.predict_scores(texts)
+        lost = getattr(scores, "missing_mass", None)
+        return np.asarray(teacher.probabilities(scores.logits)), [] if lost is None else [float(v) for v in lost]
+    return np.asarray(teacher.predict_proba(texts)), []
+
+
+def _read_cache(path: Path, header: dict[str, Any]) -> tuple[list[list[float]], list[float]]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        found = json.loads(lines[0]) if lines else {}
+    except ValueError:
+        found = {}
+    if {k: found.get(k) for k in header} != header:
+        raise ConfigError(
+            f"{path} is a teacher cache for other texts or classes (or not one): delete it, or choose another cache "
+            "file for these texts"
+        )
+    rows: list[list[float]] = []
+    missing: list[float] = []
+    for line in lines[1:]:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            break  # the chunk a crash cut mid-write: scored again
+        if entry.get("start") != len(rows):
+            raise DataError(f"{path}: chunk at row {entry.get('start')} where row {len(rows)} was expected")
+        rows += entry["probs"]
+        missing += entry.get("missing_mass") or []
+    return rows, missing
+
+
+def check_soft_targets(y_proba: Any, n: int, k: int) -> np.ndarray:
+    """``y_proba`` as an ``(n, k)`` float array of probability rows; refused otherwise, in the caller's terms."""
+    try:
+        p = np.asarray(y_proba, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"y_proba must be an (n, k) array of probabilities ({exc})") from exc
+    if p.shape != (n, k):
+        raise DataError(f"y_proba has shape {p.shape}; expected ({n}, {k}): one row per text, a column per class")
+    if not np.isfinite(p).all() or (p < 0).any() or not np.allclose(p.sum(axis=1), 1.0, atol=1e-3):
+        raise DataError("y_proba: every row must be non-negative probabilities summing to 1 (a softmax's output)")
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def mixed_targets(soft: np.ndarray, y: np.ndarray, alpha: float) -> np.ndarray:
+    """The heads' training target: ``alpha * onehot(y) + (1 - alpha) * soft`` where ``y >= 0``, ``soft`` elsewhere."""
+    out = soft.copy()
+    labelled = y >= 0
+    onehot = np.eye(soft.shape[1])[y[labelled]]
+    out[labelled] = alpha * onehot + (1 - alpha) * soft[labelled]
+    return out
