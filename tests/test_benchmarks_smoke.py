@@ -262,3 +262,28 @@ def test_scale_out_benchmark_trains_under_accelerate(tmp_path, monkeypatch, tiny
     assert found["1"]["steps"] == found["2"]["steps"] == 4 and found["2"]["threads_per_process"] >= 1
     assert found["max_abs_loss_delta"] < 1e-4  # the same global batch: the same losses
     assert "| 2 |" in (tmp_path / "out" / "scale_out.md").read_text()
+
+
+def test_distill_benchmark_compares_students(tmp_path, monkeypatch, tiny_model_dir):
+    import json
+
+    distill = pytest.importorskip("distill")
+    words = {"World": "war", "Sports": "match", "Business": "stocks", "Sci/Tech": "phone"}
+    rows = [{"text": f"news {i} about the {w} {'and more ' * (i % 3)}", "label": lab}
+            for i in range(40) for lab, w in words.items()]  # fmt: skip
+    data = tmp_path / "ag_news"
+    data.mkdir()
+    for split in ("train", "test"):
+        (data / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    monkeypatch.setattr(distill, "DATA", tmp_path)
+    monkeypatch.setattr(distill, "OUT", tmp_path / "out" / "distill")
+    monkeypatch.setattr(sys, "argv", ["x", "--datasets", "ag_news", "--students", "lora,tfidf", "--model",
+                                      str(tiny_model_dir), "--n-labelled", "60", "--n-unlabelled", "60",
+                                      "--n-test", "20", "--max-steps", "3"])  # fmt: skip
+    distill.main()
+    doc = json.loads((tmp_path / "out" / "distill.json").read_text())["ag_news"]
+    for kind in ("lora", "tfidf"):
+        assert set(doc[kind]) == {"hard_only", "distilled", "teacher"}
+        assert all(0 <= doc[kind][run]["macro_f1"] <= 1 for run in doc[kind])
+    assert doc["n_labelled"] == 60 and doc["n_unlabelled"] == 60 and len(doc["lora"]["teacher"]["weights"]) == 2
+    assert "| lora | distilled |" in (tmp_path / "out" / "distill.md").read_text()
