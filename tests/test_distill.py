@@ -152,3 +152,38 @@ def test_distillation_errors_say_what_to_do(tiny_model_dir, teacher):
     with pytest.raises(ConfigError, match="class_weights"):
         make(tiny_model_dir, class_weights="balanced").fit(X, None, teacher=teacher)
     json.dumps(teacher.training_)  # the teacher's own summary is untouched JSON
+
+
+def test_cli_distill_writes_a_run_from_a_teacher_run(tiny_model_dir, teacher, tmp_path, monkeypatch, capsys):
+    from test_cli import run_cli
+
+    teacher.save(tmp_path / "teacher")
+    texts = toy_data(6, seed=11)[0]
+    unlabelled = tmp_path / "unlabelled.txt"
+    unlabelled.write_text("\n".join(texts) + "\n")
+    X, y = toy_data(3, seed=12)
+    labelled = tmp_path / "labelled.jsonl"
+    labelled.write_text("".join(json.dumps({"text": t, "label": c}) + "\n" for t, c in zip(X, y, strict=True)))
+    args = ["distill", "--teacher", tmp_path / "teacher", "--unlabelled", unlabelled, "-m", tiny_model_dir,
+            "--max-steps", "4", "--eval-every", "2"]  # fmt: skip
+    code, out, err = run_cli(monkeypatch, capsys, *args, "--out", tmp_path / "run")
+    assert code == 0, err
+    run = tmp_path / "run"
+    doc = json.loads((run / "classlm.json").read_text())
+    info = doc["training"]["distillation"]
+    assert info["n_labelled"] == 0 and info["n_teacher_only"] == len(texts) - len(texts) // 10
+    assert (run / "report.html").is_file() and (run / "metrics.jsonl").is_file() and (run / "train_args.json").is_file()
+    assert "labelled by the teacher" in out
+    cached = (run / ".teacher-probabilities.jsonl").read_text().splitlines()
+    assert json.loads(cached[0])["n"] == info["n_teacher_only"]
+    # With labelled data mixed in, and errors in the caller's terms.
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--labelled", labelled, "--out", tmp_path / "mixed")
+    assert code == 0, err
+    mixed = json.loads((tmp_path / "mixed" / "classlm.json").read_text())["training"]["distillation"]
+    assert mixed["n_labelled"] > 0 and "agreement_with_labels" in mixed
+    code, _, err = run_cli(monkeypatch, capsys, "distill", "--teacher", tmp_path / "nope", "--unlabelled", unlabelled,
+                           "--out", tmp_path / "bad")  # fmt: skip
+    assert code == 2 and "neither a run folder nor an http(s):// server URL" in err
+    code, _, err = run_cli(monkeypatch, capsys, "distill", "--teacher", "http://127.0.0.1:9", "--unlabelled",
+                           unlabelled, "--out", tmp_path / "bad")  # fmt: skip
+    assert code == 2 and "--teacher-model" in err

@@ -144,3 +144,21 @@ def test_completions_agree_with_the_local_model(llama_server, local_proba, texts
 def test_chat_endpoint_agrees_with_the_local_model(llama_server, local_proba, texts):
     remote = _remote(llama_server, endpoint="chat")  # llama-server applies the GGUF's own chat template
     _assert_agrees(remote.predict_proba(texts[:40]), local_proba[1][:40])
+
+
+def test_a_server_teacher_distils_into_a_fast_student(llama_server, local_proba, texts, tmp_path):
+    """Issue 28: the remote model as the teacher; its probabilities cached (resumable) and its coverage reported."""
+    from classlm import LMClassifier
+    from classlm.distill import teacher_probabilities
+
+    remote = _remote(llama_server, tokenizer="smollm2-135m")
+    names = list(PROMPT["labels"])
+    probs, report = teacher_probabilities(remote, texts[:60], names, cache=tmp_path / "teacher.jsonl", chunk=20)
+    assert report["scored"] == 60 and report["missing_mass_mean"] >= 0 and 0 <= report["texts_with_missing_classes"]
+    _assert_agrees(probs, local_proba[1][:60])  # the cached probabilities are the server's, in the student's order
+    again, report = teacher_probabilities(remote, texts[:60], names, cache=tmp_path / "teacher.jsonl", chunk=20)
+    assert report["from_cache"] == 60 and report["scored"] == 0 and np.allclose(again, probs)
+    student = LMClassifier(method="tfidf", labels=names, calibration="none")
+    student.fit(texts[:60], None, teacher=remote, teacher_cache=tmp_path / "teacher.jsonl")
+    assert student.training_["distillation"]["from_cache"] == 60
+    assert np.mean(student.predict(texts[:60]) == np.array(names)[probs.argmax(1)]) >= 0.9

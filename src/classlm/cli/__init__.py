@@ -1,4 +1,5 @@
-"""The ``classlm`` command line: demo, classify, evaluate, train, calibrate, export, score, bench, serve, inspect.
+"""The ``classlm`` command line: demo, classify, evaluate, train, distill, calibrate, export, score, bench, serve,
+inspect.
 
 One module per verb; the options several verbs share are in :mod:`classlm.cli.options`, the consoles and error
 terms in :mod:`classlm.cli.common`, data rows in :mod:`classlm.cli.rows`, classifier loading in
@@ -14,7 +15,7 @@ import typer
 from rich.markup import escape
 
 from classlm import allocator
-from classlm.cli import bench, calibrate, classify, demo, evaluate, export, inspect, score, serve, train
+from classlm.cli import bench, calibrate, classify, demo, distill, evaluate, export, inspect, score, serve, train
 from classlm.cli.common import cli_terms, err, log_warnings
 from classlm.errors import ClasslmError
 
@@ -36,6 +37,7 @@ for verb in (
     classify.classify,
     evaluate.evaluate,
     train.train,
+    distill.distill,
     calibrate.calibrate,
     export.export,
     score.score,

@@ -60,7 +60,7 @@ def prepare_run_folder(out_dir: Path, args: dict[str, Any], *, resume: bool, ove
         _clear_run(existing)
 
 
-def _write_run_args(out_dir: Path, args: dict[str, Any]) -> None:
+def write_run_args(out_dir: Path, args: dict[str, Any]) -> None:
     from classlm.io import write_text_atomic
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -110,7 +110,7 @@ def fit_run(
     if resume and not backbone_training:
         raise ConfigError(f"--resume continues backbone training; method {method!r} here trains in one go: rerun it")
     if not resume and write:
-        _write_run_args(out_dir, args)
+        write_run_args(out_dir, args)
     quiet_transformers()
     loop: dict[str, Any] = {"eval_set": None, "run_dir": out_dir, "resume": resume} if backbone_training else {}
     if backbone_training:
