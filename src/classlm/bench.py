@@ -44,6 +44,7 @@ ENTRIES: dict[str, Entry] = {
     "generate": Entry("generate", note="one-hot; temperature only"),
     "similarity": Entry("similarity", note="zero-shot, all-MiniLM-L6-v2"),
     "tfidf": Entry("tfidf"),
+    "tfidf_boosting": Entry("tfidf", {"model": "boosting"}, note="TF-IDF, 2,000 chi2 columns, gradient boosting"),
     "embedding": Entry("embedding", note="all-MiniLM-L6-v2 + logistic regression"),
     "embedding_mlp": Entry("embedding", {"head": "mlp"}, note="all-MiniLM-L6-v2 + MLP"),
     "hidden_head": Entry("hidden_head", note="frozen LM, linear head"),

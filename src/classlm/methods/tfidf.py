@@ -1,4 +1,5 @@
-"""``tfidf``: word and character n-gram TF-IDF + logistic regression (scikit-learn), the classic baseline.
+"""``tfidf``: word and character n-gram TF-IDF + logistic regression (scikit-learn), the classic baseline; or, with
+``model="boosting"``, gradient-boosted trees on its most class-dependent columns (:mod:`classlm.boosting`).
 
 Saved as data, not as a pickled scikit-learn object: the vocabularies go into the manifest's JSON, the idf vectors
 and the regression's coefficients into ``method-<id>.safetensors``. Scoring recomputes TF-IDF from the saved vocabulary
@@ -23,15 +24,23 @@ from classlm.scores import MethodInfo, Scores
 @dataclass(frozen=True)
 class TfidfOptions:
     """``tfidf``: word and character n-gram TF-IDF (sublinear tf, L2-normalised) + logistic regression (inverse L2
-    strength ``C``). Either n-gram range may be ``None`` to leave that part out; ``min_df`` applies to both."""
+    strength ``C``). Either n-gram range may be ``None`` to leave that part out; ``min_df`` applies to both.
+    ``model="boosting"``: scikit-learn's HistGradientBoosting (``boost_iter`` rounds) on the ``n_features`` columns
+    chi-squared ranks highest, instead of the regression (single-label only)."""
 
     word_ngrams: tuple[int, int] | None = (1, 2)
     char_ngrams: tuple[int, int] | None = (2, 5)
     min_df: int = 2
     C: float = 10.0
     max_iter: int = 2000
+    model: str = "lr"
+    n_features: int = 2000
+    boost_iter: int = 200
 
     def __post_init__(self) -> None:
+        if self.model not in ("lr", "boosting"):
+            raise ConfigError(f"tfidf model must be 'lr' (logistic regression) or 'boosting', got {self.model!r}")
+        check_positive(self, "n_features", "boost_iter", integer=True)
         check_ngram_range(self, "word_ngrams")
         check_ngram_range(self, "char_ngrams")
         if self.word_ngrams is None and self.char_ngrams is None:
@@ -54,6 +63,7 @@ class TfidfMethod(Method):
         self.idf: dict[str, np.ndarray] = {}
         self.coef: np.ndarray | None = None
         self.intercept: np.ndarray | None = None
+        self.boosting: dict[str, np.ndarray] | None = None
 
     def _blocks(self) -> list[tuple[str, str, tuple[int, int]]]:
         return [(n, a, getattr(self.options, o)) for n, a, o in BLOCKS if getattr(self.options, o) is not None]
@@ -76,11 +86,15 @@ class TfidfMethod(Method):
             self.vocabularies[name] = {str(t): int(i) for t, i in vec.vocabulary_.items()}
             self.idf[name] = np.asarray(vec.idf_, dtype=np.float64)
         k = len(self.labels)
+        if y.ndim == 2 and self.options.model == "boosting":
+            raise ConfigError("tfidf model='boosting' is single-label; use model='lr' for multi-label")
         if y.ndim == 2:  # multi-label: a yes/no logistic regression per class on the same features
             return self._fit_per_class(hstack(blocks).tocsr(), y)
         present = np.unique(y)
         if len(present) < 2:
             raise DataError(f"tfidf needs examples of at least two classes to learn from; got only {present.size}")
+        if self.options.model == "boosting":
+            return self._fit_boosting(hstack(blocks).tocsr(), y, soft)
         lr = LogisticRegression(C=self.options.C, max_iter=self.options.max_iter)
         # Distillation (soft): scikit-learn's logistic regression fits class labels, not distributions; each row
         # takes its most probable class (y), weighted by that probability, so unsure rows count less.
@@ -100,6 +114,18 @@ class TfidfMethod(Method):
             "iterations": int(np.max(lr.n_iter_)),
             "trainable_parameters": int(lr.coef_.size + lr.intercept_.size),
         }
+
+    def _fit_boosting(self, x: Any, y: np.ndarray, soft: np.ndarray | None) -> dict[str, Any]:
+        from classlm.boosting import fit_boosting
+
+        o = self.options
+        weight = None if soft is None else soft.max(axis=1)  # distillation: as for the regression
+        self.boosting = fit_boosting(x, y, len(self.labels), n_features=o.n_features, max_iter=o.boost_iter, seed=0,
+                                     sample_weight=weight)  # fmt: skip
+        self.coef = self.intercept = None
+        self.fitted = True
+        return {"features": int(len(self.boosting["columns"])), "trees": int(self.boosting["roots"].size),
+                "trainable_parameters": int(self.boosting["value"].size)}  # fmt: skip
 
     def _fit_per_class(self, x: Any, y: np.ndarray) -> dict[str, Any]:
         """One logistic regression per class (one-vs-rest): each class's logit is its own log-odds. A class that is
@@ -138,8 +164,13 @@ class TfidfMethod(Method):
         return hstack(blocks).tocsr()
 
     def scores(self, texts: Sequence[str], run: ScoringRun) -> Scores:
-        assert self.coef is not None and self.intercept is not None  # score() checked fitted
-        z = self._features(texts) @ self.coef.T + self.intercept
+        if self.boosting is not None:
+            from classlm.boosting import boosting_logits
+
+            z = boosting_logits(self.boosting, self._features(texts))
+        else:
+            assert self.coef is not None and self.intercept is not None  # score() checked fitted
+            z = self._features(texts) @ self.coef.T + self.intercept
         # Every word of every text is counted: nothing is ever cut.
         return Scores(np.asarray(z, dtype=np.float32), truncated=np.zeros(len(texts), dtype=bool))
 
@@ -148,15 +179,23 @@ class TfidfMethod(Method):
         return MethodInfo(self.name, extra={"features": features, "options": self.options_dict()})
 
     def state(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        if self.coef is None or self.intercept is None:
+        if self.boosting is not None:
+            tensors = {f"boosting.{n}": v for n, v in self.boosting.items()}
+        elif self.coef is None or self.intercept is None:
             return {}, {}
-        tensors = {"coef": self.coef, "intercept": self.intercept}
+        else:
+            tensors = {"coef": self.coef, "intercept": self.intercept}
         tensors.update({f"idf.{n}": v for n, v in self.idf.items()})
         return tensors, {"vocabularies": self.vocabularies}
 
     def load_state(self, tensors: dict[str, Any], info: dict[str, Any]) -> None:
         self.vocabularies = {n: dict(v) for n, v in info["vocabularies"].items()}
         self.idf = {n: np.asarray(tensors[f"idf.{n}"], dtype=np.float64) for n in self.vocabularies}
-        self.coef = np.asarray(tensors["coef"], dtype=np.float64)
-        self.intercept = np.asarray(tensors["intercept"], dtype=np.float64)
+        if "coef" in tensors:
+            self.coef = np.asarray(tensors["coef"], dtype=np.float64)
+            self.intercept = np.asarray(tensors["intercept"], dtype=np.float64)
+        else:
+            self.boosting = {
+                n.removeprefix("boosting."): np.asarray(v) for n, v in tensors.items() if n.startswith("boosting.")
+            }
         self.fitted = True
