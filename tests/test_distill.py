@@ -56,9 +56,9 @@ class CountingTeacher:
             raise RuntimeError("the teacher's server went away")
         self.calls += 1
         self.scored += len(texts)
-        rng = np.random.default_rng([len(t) for t in texts])
-        p = rng.dirichlet(np.ones(len(self.classes_)), size=len(texts))
-        return p
+        # Each text's own seeded row, whatever chunk it comes in.
+        k = len(self.classes_)
+        return np.array([np.random.default_rng(sum(map(ord, t))).dirichlet(np.ones(k)) for t in texts])
 
 
 def test_the_teacher_cache_resumes_after_a_crash_and_refuses_other_texts(tmp_path):
@@ -66,20 +66,29 @@ def test_the_teacher_cache_resumes_after_a_crash_and_refuses_other_texts(tmp_pat
     names = ["a", "b", "c"]
     cache = tmp_path / "teacher.jsonl"
     with pytest.raises(RuntimeError, match="went away"):
-        teacher_probabilities(CountingTeacher(names, fail_after=3), texts, names, cache=cache, chunk=8)
+        # One call for the probe that identifies the teacher, then three chunks, then it fails.
+        teacher_probabilities(CountingTeacher(names, fail_after=4), texts, names, cache=cache, chunk=8)
     assert len(cache.read_text().splitlines()) == 1 + 3  # the header and three complete chunks
     with open(cache, "a") as fh:
         fh.write('{"start": 24, "probs": [[0.1')  # a chunk a kill cut mid-write
     again = CountingTeacher(names)
     probs, report = teacher_probabilities(again, texts, names, cache=cache, chunk=8)
-    assert again.scored == 50 - 24 and report["from_cache"] == 24 and report["scored"] == 26
+    assert again.scored == 1 + 50 - 24 and report["from_cache"] == 24 and report["scored"] == 26
     fresh, _ = teacher_probabilities(CountingTeacher(names), texts, names, chunk=8)
     np.testing.assert_allclose(probs, fresh)
-    # Columns follow the student's class order, by name.
+    # The cut line was cut off the file: a third run reads every chunk, the appended ones included.
+    third = CountingTeacher(names)
+    _, report = teacher_probabilities(third, texts, names, cache=cache, chunk=8)
+    assert report["from_cache"] == 50 and third.scored == 1  # the probe that tells this teacher from others
+    # Columns follow the student's class order, by name: a teacher listing them as c, a, b gives its column 0 as c.
     swapped, _ = teacher_probabilities(CountingTeacher(["c", "a", "b"]), texts[:5], names)
-    assert swapped.shape == (5, 3)
+    np.testing.assert_allclose(swapped, fresh[:5][:, [1, 2, 0]])
     with pytest.raises(ConfigError, match="cache for other texts"):
         teacher_probabilities(CountingTeacher(names), texts[:10], names, cache=cache)
+    other = CountingTeacher(names)
+    other.predict_proba = lambda part: CountingTeacher.predict_proba(other, part)[:, ::-1]  # another teacher
+    with pytest.raises(ConfigError, match="or teacher"):  # the same texts and classes: refused all the same
+        teacher_probabilities(other, texts, names, cache=cache)
     with pytest.raises(ConfigError, match="not the student's"):
         teacher_probabilities(CountingTeacher(["a", "b"]), texts, names)
 
@@ -122,6 +131,14 @@ def test_hard_labels_mix_in_and_calibrate(tiny_model_dir, teacher):
     assert student.calibration_info_["fitted"] and "held out" in student.calibration_info_["source"]
 
 
+def test_a_hidden_head_student_with_lora_warm_starts_on_the_teachers_classes(tiny_model_dir, teacher):
+    X = toy_data(4, seed=8)[0]  # no hard label: the head's warm start takes the teacher's most probable classes
+    clf = LMClassifier(model=str(tiny_model_dir), method="hidden_head", labels=LABELS, lora={"r": 4, "alpha": 8},
+                       train={"max_steps": 3, "batch_size": 8, "eval_every": 0})  # fmt: skip
+    clf.fit(X, None, teacher=teacher)
+    assert clf.training_["steps"] == 3 and clf.predict_proba(X).shape == (len(X), 4)
+
+
 @pytest.mark.parametrize("method", ["tfidf", "embedding"])
 def test_fast_students_learn_from_soft_targets(method, teacher):
     if method == "embedding":
@@ -143,6 +160,8 @@ def test_distillation_errors_say_what_to_do(tiny_model_dir, teacher):
     clf = LMClassifier(method="tfidf", labels=LABELS)
     with pytest.raises(ConfigError, match="not both"):
         clf.fit(X, None, y_proba=np.full((len(X), 4), 0.25), teacher=teacher)
+    with pytest.raises(ConfigError, match="pass labels="):
+        LMClassifier(method="tfidf").fit(X, None, y_proba=np.full((len(X), 4), 0.25))
     with pytest.raises(DataError, match=r"expected \(8, 4\)"):
         clf.fit(X, None, y_proba=np.full((len(X), 3), 1 / 3))
     with pytest.raises(DataError, match="summing to 1"):

@@ -58,21 +58,26 @@ def teacher_probabilities(
     cache: str | Path | None = None,
     chunk: int = 256,
     progress: bool = False,
+    teacher_id: str | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """The teacher's probabilities ``(n, k)`` of ``texts`` in the student's class order ``names``, and a report
     (rows scored now and from the cache; for a remote teacher, the mass given to classes absent from its top-k).
 
-    ``cache``: a JSONL file (a header with the texts' digest and the classes, then one line per scored chunk, each
-    flushed to disk): a run stopped while scoring resumes after the last complete chunk; a cache made for other
-    texts or classes is refused, never mixed in."""
+    ``cache``: a JSONL file (a header with the texts' digest, the classes and ``teacher_id``, then one line per
+    scored chunk, each flushed to disk): a run stopped while scoring resumes after the last complete chunk; a cache
+    made for other texts, classes or teacher is refused, never mixed in. ``teacher_id`` names the teacher (default:
+    its type and its probabilities of a probe text, rounded: another teacher answers the probe differently)."""
     from classlm.progress import progress_bar
 
+    if getattr(teacher, "multi_label_", False):
+        raise ConfigError("a multi-label teacher gives a probability per class, not a distribution: not a teacher here")
     columns = teacher_columns(teacher, names)
-    header = {"classlm_teacher_cache": CACHE_VERSION, "texts": text_digest(texts), "n": len(texts),
-              "classes": list(names)}  # fmt: skip
     rows: list[list[float]] = []
     missing: list[float] = []
     path = Path(cache) if cache is not None else None
+    if path is not None:  # what the cache is for: these texts, these classes, this teacher
+        header = {"classlm_teacher_cache": CACHE_VERSION, "texts": text_digest(texts), "n": len(texts),
+                  "classes": list(names), "teacher": teacher_id or _identity(teacher)}  # fmt: skip
     if path is not None and path.is_file():
         rows, missing = _read_cache(path, header)
     cached = len(rows)
@@ -87,7 +92,7 @@ def teacher_probabilities(
         for start in range(cached, len(texts), chunk):
             part = list(texts[start : start + chunk])
             proba, lost = _score(teacher, part)
-            proba = proba[:, columns]
+            proba = check_soft_targets(proba, len(part), len(names))[:, columns]
             rows += proba.tolist()
             missing += lost
             if handle is not None:
@@ -99,13 +104,22 @@ def teacher_probabilities(
         bar.close()
         if handle is not None:
             handle.close()
-    probs = np.asarray(rows, dtype=np.float64).reshape(len(texts), len(names))
+    probs = check_soft_targets(np.asarray(rows, dtype=np.float64).reshape(len(texts), len(names)), len(texts),
+                               len(names))  # fmt: skip
     report: dict[str, Any] = {"n": len(texts), "from_cache": cached, "scored": len(texts) - cached}
     if missing:
         lost_mass = np.asarray(missing, dtype=np.float64)
         report["missing_mass_mean"] = float(lost_mass.mean())
         report["texts_with_missing_classes"] = float(np.mean(lost_mass > 0))
     return probs, report
+
+
+def _identity(teacher: Any) -> str:
+    """What a cache records of the teacher when not told: its type and a digest of its probabilities of a probe
+    text (three decimals: the same teacher gives them again, another one does not)."""
+    probe, _ = _score(teacher, ["A probe text, to tell one teacher from another."])
+    digest = hashlib.sha256(np.round(probe, 3).astype(np.float64).tobytes()).hexdigest()[:16]
+    return f"{type(teacher).__name__}:{digest}"
 
 
 def _score(teacher: Any, texts: list[str]) -> tuple[np.ndarray, list[float]]:
@@ -119,27 +133,35 @@ def _score(teacher: Any, texts: list[str]) -> tuple[np.ndarray, list[float]]:
 
 
 def _read_cache(path: Path, header: dict[str, Any]) -> tuple[list[list[float]], list[float]]:
-    lines = path.read_text(encoding="utf-8").splitlines()
+    """The complete chunks of a cache; a last line a crash cut mid-write is cut off the file, so the chunks appended
+    next start on a line of their own."""
+    lines = path.read_bytes().splitlines(keepends=True)
     try:
         found = json.loads(lines[0]) if lines else {}
     except ValueError:
         found = {}
-    if {k: found.get(k) for k in header} != header:
+    if not isinstance(found, dict) or {k: found.get(k) for k in header} != header:
         raise ConfigError(
-            f"{path} is a teacher cache for other texts or classes (or not one): delete it, or choose another cache "
-            "file for these texts"
+            f"{path} is a teacher cache for other texts, classes or teacher (or not one): delete it, or choose another "
+            "cache file for these texts and this teacher"
         )
     rows: list[list[float]] = []
     missing: list[float] = []
+    good = len(lines[0])  # bytes of complete lines so far
     for line in lines[1:]:
         try:
-            entry = json.loads(line)
+            entry = json.loads(line) if line.endswith(b"\n") else None
         except ValueError:
-            break  # the chunk a crash cut mid-write: scored again
+            entry = None
+        if entry is None:  # the chunk a crash cut mid-write: cut off the file, scored again
+            with open(path, "r+b") as fh:
+                fh.truncate(good)
+            break
         if entry.get("start") != len(rows):
             raise DataError(f"{path}: chunk at row {entry.get('start')} where row {len(rows)} was expected")
         rows += entry["probs"]
         missing += entry.get("missing_mass") or []
+        good += len(line)
     return rows, missing
 
 
@@ -173,6 +195,7 @@ class Distilling:
     def _fit_distilled(self, texts: list[str], y: Any, y_proba: Any, teacher: Any, fit_args: dict[str, Any]) -> Any:
         from classlm.calibrators import parse_calibration
         from classlm.data import calibration_split, is_missing, validate_labels
+        from classlm.distributed import launched_size
         from classlm.estimator import resolve_classes
         from classlm.labels import LabelSet
         from classlm.methods import get_method
@@ -180,6 +203,10 @@ class Distilling:
         me: Any = self
         if (y_proba is None) == (teacher is None):
             raise ConfigError("distillation takes the teacher's probabilities as y_proba= or a teacher=, not both")
+        if y_proba is not None and me.labels is None:
+            raise ConfigError("y_proba's columns are classes: pass labels=[...] to LMClassifier, in its column order")
+        if launched_size() > 1:
+            raise ConfigError("distillation runs in one process (every rank would label and cache the same texts)")
         cfg = me.train_config()
         if cfg.class_weights is not None or cfg.loss != "class_ce":
             raise ConfigError("distillation trains with loss='class_ce' and no class_weights (the teacher sets them)")
@@ -237,7 +264,10 @@ class Distilling:
         if calib is not None:
             me.calibrate(calib[0], calib[1], source=source)
         else:  # the student learned the teacher's (calibrated) probabilities: T stays 1
-            me.calibration_info_ = {"fitted": False, "note": "distilled without labelled rows to fit a temperature"}
+            me.calibration_info_ = {
+                "fitted": False,
+                "note": f"distilled with {len(hard)} labelled rows, fewer than 4 per class: no temperature fitted",
+            }
         me.fit_feature_distance([texts[i] for i in hard], hard_names or None)
         return me
 

@@ -75,21 +75,37 @@ class World:
         torch.distributed.all_gather_object(found, value)
         return found
 
+    def broadcast_(self, params: Sequence[torch.Tensor]) -> None:
+        """Every rank's ``params`` set to rank 0's, in place (one broadcast of them all, flattened)."""
+        if self.size == 1 or not params:
+            return
+        flat = torch.cat([p.detach().reshape(-1).float() for p in params])
+        torch.distributed.broadcast(flat, src=0)
+        offset = 0
+        with torch.no_grad():
+            for p in params:
+                p.copy_(flat[offset : offset + p.numel()].view_as(p).to(p.dtype))
+                offset += p.numel()
+
     def main_first(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` on rank 0 only (it writes), the others waiting; a ConfigError it raises is raised on every rank,
-        so none goes on to wait forever for a rank that stopped."""
-        failure = None
+        """Run ``fn`` on rank 0 only (it writes), the others waiting; whatever it raises is raised on every rank (a
+        ConfigError as itself), so none goes on to wait forever for a rank that stopped."""
+        failure: tuple[bool, str] | None = None
+        error: BaseException | None = None
         if self.main:
             try:
                 fn()
-            except ConfigError as exc:
-                failure = str(exc)
+            except Exception as exc:  # noqa: BLE001  # told to the other ranks, then raised here as it was
+                failure, error = (isinstance(exc, ConfigError), str(exc)), exc
         if self.size > 1:
             shared = [failure]
             torch.distributed.broadcast_object_list(shared, src=0)
             failure = shared[0]
+        if error is not None:
+            raise error
         if failure is not None:
-            raise ConfigError(failure)
+            config, text = failure
+            raise ConfigError(text) if config else RuntimeError(f"the main training process failed: {text}")
 
 
 def launched_size() -> int:
@@ -108,8 +124,9 @@ def current() -> World:
     if not dist.is_initialized():
         if launched_size() == 1:
             return World()
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":  # each process on its own GPU, before NCCL binds one
+        # gloo for CPU tensors, NCCL for CUDA ones: training on CPU works on a GPU machine too (--device cpu).
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available():  # each process on its own GPU, before NCCL binds one
             torch.cuda.set_device(local_rank())
         dist.init_process_group(backend)
         log.info("joined %d training processes as rank %d (%s)", dist.get_world_size(), dist.get_rank(), backend)

@@ -186,6 +186,7 @@ class Trainer:
             if self.run_dir is not None:
                 self._start_fresh()
             torch.manual_seed(cfg.seed + self.world.rank)  # LoRA dropout: each rank its own masks
+        self.world.broadcast_(params)  # every rank starts from rank 0's (a warm-started head may differ by a bit)
         self.method.prepare_training()  # e.g. the one-time prefix-reuse check: the same fresh or resumed
         self.model.train()
         if evaluation is not None and not resume and cfg.eval_every:
@@ -392,7 +393,8 @@ def train_method(
     ``trainer``: the Trainer's options. Returns the training summary the artifact records."""
     # Also on resume: the checkpoint restores a head's weights, but its feature standardisation (buffers, not
     # parameters) comes from the warm start, which is deterministic.
-    method.warm_start(train[0], train[1], config.seed)
+    y_warm = train[1] if len(train) < 3 else np.where(train[1] >= 0, train[1], train[2].argmax(1))
+    method.warm_start(train[0], y_warm, config.seed)  # a row only the teacher labels: its most probable class
     module = method.trainable_module()
     if train[1].ndim == 2:
         module = ClassBias(module, start_offsets(method, train[0], train[1], trainer.get("eval_batch_size", 64)))

@@ -67,6 +67,11 @@ class VLLMClassifier(CalibratedClassifier):
                 f"{folder} is not a `classlm export --seq-cls` folder ({type(exc).__name__}: {exc}); the vllm backend "
                 "reads the prompt, tokenizer and classes from the export that the server serves"
             ) from exc
+        if len(prompt.get("fields") or ["text"]) != 1:
+            raise ConfigError(
+                f"{folder} was exported from a classifier of several text fields {prompt['fields']}; the vllm backend "
+                "sends one text per prompt: serve the run folder with `classlm serve` instead"
+            )
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         self.text_tokens_ = prompt.get("text_tokens")  # exports before it was recorded: not cut here

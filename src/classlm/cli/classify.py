@@ -103,6 +103,8 @@ def classify(
         clf, scores = _remote_scores(items, base_url, model, labels, run=run, scoring=scoring, **remote)
         missing = scores.missing_mass
     elif backend == "vllm":
+        if priors is not None:  # the export carries no training class balance to shift from
+            raise ConfigError("--priors needs the training class balance, which a --seq-cls export does not carry")
         clf, scores = _vllm_scores(items, base_url, model, run=run, timeout=timeout, concurrency=concurrency,
                                    api_key=api_key)  # fmt: skip
     elif backend == "local":

@@ -58,14 +58,17 @@ def distill(
     lora: dict[str, Any],
     use_lora: Annotated[bool, typer.Option("--lora/--no-lora", help="LoRA for methods that train a backbone.")] = True,
     options: MethodOptionsOpt = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the interrupted run in --out: its labelling, then its training.")
+    ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in --out.")] = False,
     text_col: TextColOpt = "text",
     label_col: LabelColOpt = "label",
     dtype: DtypeOpt = None,
 ) -> None:
-    """Distil a teacher into a student: the teacher scores --unlabelled (cached in the run folder, so an interrupted
-    run resumes its labelling), the student trains on its probabilities (and on --labelled's labels), then the run
-    is evaluated and reported like `classlm train`'s."""
+    """Distil a teacher into a student: the teacher scores --unlabelled (cached in the run folder: --resume continues
+    an interrupted run's labelling, then its training), the student trains on its probabilities (and on --labelled's
+    labels), then the run is evaluated and reported like `classlm train`'s."""
     given = {k: v for k, v in locals().items() if k not in ("training", "lora")}
     args = run_args({**given, **DISTILL_OPTIONS.as_params(training), **LORA_OPTIONS.as_params(lora)})
     from classlm.classifier import LMClassifier
@@ -74,6 +77,8 @@ def distill(
     from classlm.methods import get_method
 
     method_options, trains_lora = _method_options(options, method, get_method(method), use_lora=use_lora)
+    if training["loss"] != "class_ce":
+        raise ConfigError("distill trains with --loss class_ce: the teacher's probabilities are over the classes")
     seed = training["seed"]
     texts = read_texts(str(unlabelled), text_col=text_col)
     source = _teacher(teacher, teacher_model, teacher_tokenizer, labels)
@@ -87,20 +92,28 @@ def distill(
     else:  # no labels at all: the held-out rows are judged against the teacher's own answers
         spec = parse_labels(labels) or [str(c) for c in source.classes_]
         held = _held_out(len(texts), seed)
+        kept = set(held)
         answers = tuple(str(v) for v in source.predict([texts[i] for i in held]))
         evaluation = TextDataset(tuple(texts[i] for i in held), answers,
                                  source=f"{unlabelled} (10% held out, labelled by the teacher)")  # fmt: skip
         eval_source = evaluation.source
-        texts = [t for i, t in enumerate(texts) if i not in set(held)]
+        texts = [t for i, t in enumerate(texts) if i not in kept]
         hard_texts, hard_labels = [], []
     clf = LMClassifier(model=model, method=method, labels=spec, instruction=instruction, dtype=dtype or "auto",
                        progress=True, method_options=method_options, lora=lora if trains_lora else None,
                        train=training)  # fmt: skip
-    prepare_run_folder(out_dir, args, resume=False, overwrite=overwrite)
-    write_run_args(out_dir, args)
+    from classlm.checkpoints import has_checkpoints
+    from classlm.distill import teacher_columns
+    from classlm.labels import LabelSet
+
+    teacher_columns(source, LabelSet.from_spec(spec).names)  # the same classes, before anything is written
+    prepare_run_folder(out_dir, args, resume=resume, overwrite=overwrite)
+    if not resume:
+        write_run_args(out_dir, args)
     fit: dict[str, Any] = {"teacher": source, "teacher_cache": out_dir / TEACHER_CACHE}
     if clf.trains_backbone():
         fit |= {"run_dir": out_dir, "eval_set": (list(evaluation.texts), list(evaluation.labels or []))}
+        fit["resume"] = resume and has_checkpoints(out_dir)  # stopped while labelling: no checkpoint yet
     if calib is not None:
         fit["calib_set"] = (list(calib.texts), list(calib.labels or []))
     clf.fit(hard_texts + texts, hard_labels + [None] * len(texts), **fit)

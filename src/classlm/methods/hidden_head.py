@@ -82,7 +82,13 @@ class HiddenHeadMethod(UsesPromptedLM, Method):
             # A model loads with every weight trainable; only the top blocks, the final norm (and LoRA) may train.
             for name, p in backbone.model.named_parameters():
                 p.requires_grad_("lora_" in name)
-            for p in self._top_parameters().values():
+            top = self._top_parameters()
+            if not all(p.is_floating_point() for p in top.values()):  # QLoRA: 4-bit blocks hold integer weights
+                raise ConfigError(
+                    "top_k trains whole blocks, whose weights are 4-bit under lora quantize='nf4' and cannot train: "
+                    "use top_k=0 (the head and LoRA train) or train without quantize"
+                )
+            for p in top.values():
                 p.requires_grad_(True)
 
     def _top_parameters(self) -> dict[str, torch.nn.Parameter]:
