@@ -153,9 +153,16 @@ def vllm_merged(clf: LMClassifier, texts: list[str], work: Path) -> dict[str, An
     from classlm.export import export_merged
     from classlm.metrics import softmax
 
-    out = export_merged(clf, work / "merged")
-    info = json.loads((out / "classlm_export.json").read_text())
     tok = clf.backbone_.tokenizer
+    out = work / "merged"
+    if hasattr(clf.backbone_.model, "merge_and_unload"):
+        info = json.loads((export_merged(clf, out) / "classlm_export.json").read_text())
+    else:  # zero-shot: nothing to merge, the base model is what --merge would hold
+        clf.backbone_.model.save_pretrained(out)
+        tok.save_pretrained(out)
+        prompt = clf.method_.info().prompt
+        info = {"prompt_head_ids": list(prompt.head_ids), "prompt_tail_ids": list(prompt.tail_ids),
+                "class_token_ids": [int(i) for i in clf.method_.class_token_ids()]}  # fmt: skip
     ids = [info["prompt_head_ids"] + tok(t.strip(), add_special_tokens=False).input_ids + info["prompt_tail_ids"]
            for t in texts]  # fmt: skip
     overrides = {"architectures": ["LlamaForSequenceClassification"], "method": "no_post_processing",
@@ -307,9 +314,11 @@ def main() -> None:
             write_results(OUT, doc, to_markdown(doc))
         if "vllm" in sections:
             doc["vllm"] = {**vllm(clf, texts, Path(tmp)), "command": command, "machine": machine}
-            if VLLM_PYTHON.is_file():
-                doc["vllm"]["serve"] = vllm_serve(clf, texts, Path(tmp))
-                doc["vllm"]["merged"] = vllm_merged(clf, texts, Path(tmp))
+            for key, check in (("serve", vllm_serve), ("merged", vllm_merged)) if VLLM_PYTHON.is_file() else ():
+                try:
+                    doc["vllm"][key] = check(clf, texts, Path(tmp))
+                except Exception as exc:  # noqa: BLE001  # one check's failure is a result, the others still run
+                    doc["vllm"][key] = {"error": f"{type(exc).__name__}: {exc}"}
             write_results(OUT, doc, to_markdown(doc))
         if "ray" in sections:
             found = ray_actors(clf, texts, Path(tmp), [int(n) for n in args.actors.split(",")])
