@@ -78,7 +78,7 @@ vllm-env: $(VLLM_VENV)/.installed
 
 # vLLM's pooling runner on the --seq-cls export against classlm (benchmarks/results/scale_out.{json,md}, "vllm").
 vllm-check: setup vllm-env
-	$(BIN)/python benchmarks/scale_out.py --sections vllm --merge
+	$(BIN)/python benchmarks/scale_out.py --sections seq_cls,vllm --n-texts 200 --merge
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

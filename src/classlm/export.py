@@ -152,7 +152,8 @@ def export_seq_cls(clf: Any, out: str | Path) -> Path:
 def _chat_template(tokenizer: Any, prompt: dict[str, Any]) -> str | None:
     """A chat template that renders the classifier's prompt around the (last) user message, where it fits: one
     text field, and the rendered string tokenises to exactly the ids classlm builds (checked on probe texts), so a
-    server applying it (vLLM's /classify with messages, ``apply_chat_template``) feeds the model what classlm does."""
+    server applying it (vLLM's /classify with messages, ``apply_chat_template``) feeds the model what classlm does,
+    up to the text's length: a template cannot count tokens, so a text past ``text_tokens`` is not cut there."""
     if len(prompt["fields"]) != 1:
         return None
     head, tail = tokenizer.decode(prompt["head_ids"]), tokenizer.decode(prompt["tail_ids"])
