@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from classlm import Ensemble, LMClassifier
+from classlm import Ensemble, LMClassifier, allocator
 from classlm.config import TrainConfig
 from classlm.data import calibration_split, load_dataset
 from classlm.io import write_results
@@ -46,7 +46,7 @@ from classlm.metrics import classification_metrics
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data"
 OUT = HERE / "results" / "distill"
-STUDENTS = ("lora", "tfidf", "embedding")
+STUDENTS = ("tfidf", "embedding", "lora")  # the fast ones first: minutes, then the LoRA student's pass
 
 
 def student(kind: str, spec: dict[str, Any], args: argparse.Namespace, *, distilled: bool) -> LMClassifier:
@@ -67,7 +67,7 @@ def scored(clf: Any, texts: list[str], y: np.ndarray, names: list[str]) -> dict[
     return {**{k: float(m[k]) for k in ("accuracy", "macro_f1", "nll", "ece")}, "texts_per_second": round(speed, 1)}
 
 
-def run_dataset(name: str, args: argparse.Namespace, students: list[str]) -> dict[str, Any]:
+def run_dataset(name: str, args: argparse.Namespace, students: list[str], save: Any) -> dict[str, Any]:
     spec = json.loads((HERE / "prompts" / f"{name}.json").read_text())
     names = [str(c) for c in spec["labels"]]
     pool = load_dataset(DATA / name, split="train").sample(args.n_labelled + args.n_unlabelled, seed=args.seed)
@@ -82,13 +82,14 @@ def run_dataset(name: str, args: argparse.Namespace, students: list[str]) -> dic
     out: dict[str, Any] = {"n_labelled": args.n_labelled, "n_unlabelled": len(texts) - args.n_labelled,
                            "n_test": len(test_texts)}  # fmt: skip
     hard: dict[str, LMClassifier] = {}
-    for kind in dict.fromkeys(["lora", "tfidf", *students]):  # the teacher's members first
+    for kind in dict.fromkeys(["tfidf", "lora", *students]):  # the teacher's members first
         t0 = time.perf_counter()
         hard[kind] = student(kind, spec, args, distilled=False).fit(hard_texts, hard_labels)
         seconds = time.perf_counter() - t0
         out.setdefault(kind, {})["hard_only"] = {**scored(hard[kind], test_texts, y_test, names),
                                                  "train_seconds": round(seconds, 1)}  # fmt: skip
         print(f"{name} {kind} hard_only: {out[kind]['hard_only']}", flush=True)
+        save(out)
     # The members' shared hold-out, the rows fit(X, y) kept out for the temperature (the library's split, the same
     # labels and seed): the teacher's weights and temperature come from them too.
     _, held, _ = calibration_split([str(v) for v in hard_labels], TrainConfig().calib_fraction, seed=TrainConfig().seed)
@@ -105,6 +106,7 @@ def run_dataset(name: str, args: argparse.Namespace, students: list[str]) -> dic
         out[kind]["distilled"] = {**scored(clf, test_texts, y_test, names), "train_seconds": round(seconds, 1)}
         out[kind]["teacher"] = teacher_row
         print(f"{name} {kind} distilled: {out[kind]['distilled']}", flush=True)
+        save(out)  # every cell as it comes: the LoRA student's pass takes the longest
     return out
 
 
@@ -140,6 +142,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--merge", action="store_true", help="keep the datasets of earlier commands")
     args = parser.parse_args()
+    allocator.reexec()  # onto tcmalloc where installed, as the classlm command runs (training's bf16 follows it)
     path = OUT.with_suffix(".json")
     doc: dict[str, Any] = json.loads(path.read_text()) if args.merge and path.is_file() else {}
     command = "python benchmarks/distill.py " + shlex.join(sys.argv[1:])
@@ -147,9 +150,13 @@ def main() -> None:
         if not (DATA / name / "test.jsonl").is_file():
             print(f"distill.py: ../shared/data/{name} not found; skipped", file=sys.stderr)
             continue
-        found = run_dataset(name, args, [s for s in args.students.split(",") if s])
-        doc[name] = {**found, "command": command, "machine": machine_line(machine_block())}
-        write_results(OUT, doc, to_markdown(doc))
+        machine = machine_line(machine_block())
+
+        def save(found: dict[str, Any], name: str = name, machine: str = machine) -> None:
+            doc[name] = {**found, "command": command, "machine": machine}
+            write_results(OUT, doc, to_markdown(doc))
+
+        save(run_dataset(name, args, [s for s in args.students.split(",") if s], save))
     print(to_markdown(doc))
 
 
