@@ -76,8 +76,27 @@ def seq_cls(clf: LMClassifier, texts: list[str], work: Path) -> dict[str, Any]:
     return {"max_abs_prob_delta": delta, "n_texts": len(texts), "temperature": clf.temperature_}
 
 
-def vllm(clf: LMClassifier, texts: list[str], work: Path) -> dict[str, Any]:
+def run_vllm(job: Path, answer: Path) -> tuple[int, str]:
+    """``vllm_classify.py`` on ``job`` in vLLM's virtualenv: its exit code and output. Its own session, its output in
+    a file and the whole group killed at the end: vLLM's engine processes can outlive the script (it exits as soon
+    as its answers are written) and would hold a pipe, and the machine's memory, for ever."""
+    import os
+    import signal
     import subprocess
+
+    log = answer.with_suffix(".log")
+    with log.open("w") as out:
+        proc = subprocess.Popen([str(VLLM_PYTHON), str(HERE / "vllm_classify.py"), str(job), str(answer)],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        code = proc.wait()
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return code, log.read_text(errors="replace")
+
+
+def vllm(clf: LMClassifier, texts: list[str], work: Path) -> dict[str, Any]:
 
     from classlm.export import PROMPT_FILE, export_seq_cls
 
@@ -93,10 +112,9 @@ def vllm(clf: LMClassifier, texts: list[str], work: Path) -> dict[str, Any]:
     (work / "job.json").write_text(json.dumps(job))
     if not VLLM_PYTHON.is_file():
         return {"error": f"no vLLM virtualenv at {VLLM_PYTHON.parent.parent}: make vllm-env"}
-    proc = subprocess.run([str(VLLM_PYTHON), str(HERE / "vllm_classify.py"), str(work / "job.json"),
-                           str(work / "answer.json")], capture_output=True, text=True, check=False)  # fmt: skip
-    if proc.returncode:  # the root cause (vLLM logs it in a worker, above the last traceback) and the end
-        lines = f"{proc.stdout}\n{proc.stderr}".strip().splitlines()  # vLLM's workers log to stdout
+    code, output = run_vllm(work / "job.json", work / "answer.json")
+    if code:  # the root cause (vLLM logs it in a worker, above the last traceback) and the end
+        lines = output.strip().splitlines()
         causes = [line for line in lines if "Error:" in line][:6]
         return {"error": "\n".join([*causes, "…", *lines[-8:]])}
     answer = json.loads((work / "answer.json").read_text())
@@ -125,7 +143,7 @@ def vllm_serve(clf: LMClassifier, texts: list[str], work: Path) -> dict[str, Any
            "--port", str(port)]  # fmt: skip
     log = (work / "serve.log").open("w")
     start = time.perf_counter()
-    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         while True:  # up when /health answers; vLLM on CPU takes tens of seconds
             if server.poll() is not None or time.perf_counter() - start > 600:
@@ -140,9 +158,19 @@ def vllm_serve(clf: LMClassifier, texts: list[str], work: Path) -> dict[str, Any
         remote = VLLMClassifier(f"http://127.0.0.1:{port}", out, timeout=300).fit()
         got = remote.predict_proba(texts)
         done = time.perf_counter()
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
+    finally:  # the server and its engine processes: the whole group
+        import os
+        import signal
+
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        finally:
+            try:
+                os.killpg(server.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        log.close()
     delta = float(np.abs(got - clf.predict_proba(texts)).max())
     return {"max_abs_prob_delta": delta, "n_texts": len(texts), "startup_seconds": round(ready - start, 1),
             "texts_per_second": round(len(texts) / (done - ready), 1)}  # fmt: skip
@@ -151,7 +179,6 @@ def vllm_serve(clf: LMClassifier, texts: list[str], work: Path) -> dict[str, Any
 def vllm_merged(clf: LMClassifier, texts: list[str], work: Path) -> dict[str, Any]:
     """The --merge export (a causal LM) in vLLM's offline pooling runner with the overrides that make it a
     classifier of the class tokens; temperature 1 (the export records T, vLLM does not apply it)."""
-    import subprocess
 
     from classlm.export import export_merged
     from classlm.metrics import softmax
@@ -172,10 +199,9 @@ def vllm_merged(clf: LMClassifier, texts: list[str], work: Path) -> dict[str, An
                  "classifier_from_token": tok.convert_ids_to_tokens(info["class_token_ids"])}  # fmt: skip
     job = {"model": str(out), "prompts": ids, "options": {"gpu_memory_utilization": 0.5, "hf_overrides": overrides}}
     (work / "merged_job.json").write_text(json.dumps(job))
-    proc = subprocess.run([str(VLLM_PYTHON), str(HERE / "vllm_classify.py"), str(work / "merged_job.json"),
-                           str(work / "merged_answer.json")], capture_output=True, text=True, check=False)  # fmt: skip
-    if proc.returncode:
-        lines = f"{proc.stdout}\n{proc.stderr}".strip().splitlines()
+    code, output = run_vllm(work / "merged_job.json", work / "merged_answer.json")
+    if code:
+        lines = output.strip().splitlines()
         return {"error": "\n".join([*[line for line in lines if "Error:" in line][:6], "…", *lines[-8:]])}
     answer = json.loads((work / "merged_answer.json").read_text())
     want = softmax(clf.predict_scores(texts).logits)  # the raw class logits: temperature 1
