@@ -275,10 +275,10 @@ def test_long_texts_run_in_micro_batches_under_the_token_budget(tiny_model_dir, 
     passes: list[tuple[int, int]] = []  # (rows, padded tokens after the shared prefix) of every forward pass
     plain_loss = Trainer.loss_sum
 
-    def loss_sum(self, rows, y, weights):
+    def loss_sum(self, rows, y, weights, soft=None):
         prefix = len(self.method.encoder.head_ids)
         passes.append((len(rows), len(rows) * max(len(r) - prefix for r in rows)))
-        return plain_loss(self, rows, y, weights)
+        return plain_loss(self, rows, y, weights, soft)
 
     monkeypatch.setattr(Trainer, "loss_sum", loss_sum)
     a = make(tiny_model_dir, max_steps=2, micro_batch_tokens=300).fit(texts, y)
