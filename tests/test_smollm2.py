@@ -186,7 +186,7 @@ def test_seq_cls_export_of_the_real_model_gives_its_probabilities(tmp_path):
         got = [torch.softmax(model(**tok(template.replace("{text}", t), return_tensors="pt")).logits[0], -1).numpy()
                for t in TEXTS]  # fmt: skip
     np.testing.assert_allclose(np.array(got), clf.predict_proba(TEXTS), atol=1e-4)
-    # SmolLM2's prompt tokenises to classlm's ids from its string: the export's tokenizer carries it as its chat template.
+    # SmolLM2's prompt string tokenises to classlm's ids: the export's tokenizer carries it as its chat template.
     assert json.loads((out / PROMPT_FILE).read_text())["chat_template"] is True
     chats = [tok.apply_chat_template([{"role": "user", "content": t}], tokenize=False) for t in TEXTS]
     assert chats == [template.replace("{text}", t.strip()) for t in TEXTS]
