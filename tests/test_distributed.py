@@ -15,6 +15,7 @@ import pytest
 
 from classlm.distributed import World
 from conftest import free_port
+from test_cli import CLI_KILL
 
 
 def test_ranks_split_a_batch_and_an_eval_set_without_gaps_or_overlaps():
@@ -53,29 +54,9 @@ def news(tmp_path) -> Path:
     return folder
 
 
-KILLER = """
-import os, signal, sys
-import classlm.training as training
-
-checkpoint = training.Trainer._checkpoint
-loss_sum = training.Trainer.loss_sum
-written = []
-
-def _checkpoint(self, state, optimizer):
-    checkpoint(self, state, optimizer)
-    written.append(state.step)
-
-def _loss_sum(self, *args, **kwargs):
-    if written and self.world.rank == 1:  # a worker dies mid-step after the first checkpoint; the launcher ends all
-        os.kill(os.getpid(), signal.SIGKILL)
-    return loss_sum(self, *args, **kwargs)
-
-training.Trainer._checkpoint = _checkpoint
-training.Trainer.loss_sum = _loss_sum
-from classlm.cli import main
-sys.argv = ["classlm", *sys.argv[1:]]
-main()
-"""
+# test_cli's kill-after-the-first-checkpoint wrapper, with only rank 1 dying: the launcher then ends rank 0 too.
+KILLER = CLI_KILL.replace("    if written:", "    if written and self.world.rank == 1:")
+assert KILLER != CLI_KILL
 
 
 @pytest.mark.slow
