@@ -21,6 +21,16 @@ TEXTS = [
 ]
 
 
+def write_ag_news(root, rows):
+    """A stand-in ``ag_news`` folder under ``root``: the same rows as its train and test splits."""
+    import json
+
+    data = root / "ag_news"
+    data.mkdir()
+    for split in ("train", "test"):
+        (data / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
 @pytest.fixture(scope="module")
 def clf(tiny_model_dir):
     return LMClassifier(
@@ -227,10 +237,7 @@ def test_scale_out_benchmark_measures_the_seq_cls_export(tmp_path, monkeypatch, 
     rows = [{"text": f"news {i} about the {w}", "label": lab}
             for i, (w, lab) in enumerate([("match", "Sports"), ("stocks", "Business"), ("war", "World"),
                                           ("phone", "Sci/Tech")] * 10)]  # fmt: skip
-    data = tmp_path / "ag_news"
-    data.mkdir()
-    for split in ("train", "test"):
-        (data / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    write_ag_news(tmp_path, rows)
     monkeypatch.setattr(scale_out, "DATA", tmp_path)
     monkeypatch.setattr(scale_out, "OUT", tmp_path / "out" / "scale_out")
     monkeypatch.setattr(sys, "argv", ["x", "--sections", "seq_cls", "--model", str(tiny_model_dir), "--n-texts", "12",
@@ -248,10 +255,7 @@ def test_scale_out_benchmark_trains_under_accelerate(tmp_path, monkeypatch, tiny
     scale_out = pytest.importorskip("scale_out")
     rows = [{"text": f"news {i} about the {w}", "label": lab}
             for i, (w, lab) in enumerate([("match", "Sports"), ("stocks", "Business")] * 20)]  # fmt: skip
-    data = tmp_path / "ag_news"
-    data.mkdir()
-    for split in ("train", "test"):
-        (data / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    write_ag_news(tmp_path, rows)
     monkeypatch.setattr(scale_out, "DATA", tmp_path)
     monkeypatch.setattr(scale_out, "OUT", tmp_path / "out" / "scale_out")
     monkeypatch.setattr(sys, "argv", ["x", "--sections", "accelerate", "--model", str(tiny_model_dir), "--n-texts",
@@ -271,10 +275,7 @@ def test_distill_benchmark_compares_students(tmp_path, monkeypatch, tiny_model_d
     words = {"World": "war", "Sports": "match", "Business": "stocks", "Sci/Tech": "phone"}
     rows = [{"text": f"news {i} about the {w} {'and more ' * (i % 3)}", "label": lab}
             for i in range(40) for lab, w in words.items()]  # fmt: skip
-    data = tmp_path / "ag_news"
-    data.mkdir()
-    for split in ("train", "test"):
-        (data / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    write_ag_news(tmp_path, rows)
     monkeypatch.setattr(distill, "DATA", tmp_path)
     monkeypatch.setattr(distill, "OUT", tmp_path / "out" / "distill")
     monkeypatch.setattr(sys, "argv", ["x", "--datasets", "ag_news", "--students", "lora,tfidf", "--model",
