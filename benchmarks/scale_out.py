@@ -28,10 +28,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +85,6 @@ def run_vllm(job: Path, answer: Path) -> tuple[int, str]:
     """``vllm_classify.py`` on ``job`` in vLLM's virtualenv: its exit code and output. Its own session, its output in
     a file and the whole group killed at the end: vLLM's engine processes can outlive the script (it exits as soon
     as its answers are written) and would hold a pipe, and the machine's memory, for ever."""
-    import os
-    import signal
-    import subprocess
 
     log = answer.with_suffix(".log")
     with log.open("w") as out:
@@ -125,9 +127,6 @@ def vllm(clf: LMClassifier, texts: list[str], work: Path) -> dict[str, Any]:
 def vllm_serve(clf: LMClassifier, texts: list[str], work: Path) -> dict[str, Any]:
     """The seq-cls export behind ``vllm serve … --runner pooling``, asked by classlm's client
     (``classify --backend vllm``)."""
-    import socket
-    import subprocess
-    import urllib.request
 
     from classlm.backends.vllm import VLLMClassifier
 
@@ -159,9 +158,6 @@ def vllm_serve(clf: LMClassifier, texts: list[str], work: Path) -> dict[str, Any
         got = remote.predict_proba(texts)
         done = time.perf_counter()
     finally:  # the server and its engine processes: the whole group
-        import os
-        import signal
-
         os.killpg(server.pid, signal.SIGTERM)
         try:
             server.wait(timeout=60)
@@ -233,8 +229,6 @@ def ray_actors(clf: LMClassifier, texts: list[str], work: Path, actors: list[int
 
 
 def accelerate_runs(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    import os
-    import subprocess
 
     threads = os.cpu_count() or 1
     base = ["train", str(DATA / "ag_news"), "--limit", str(args.n_train), "--max-steps", str(args.max_steps),
