@@ -19,7 +19,9 @@ Writes ``benchmarks/results/calibration.json`` and ``.md``; each section is re-r
   resampled to other class balances; EM and BBSE estimates. Keys ``prior_shift.<dataset>.<balance>.{nll_before,
   nll_after,ece_before,ece_after,prior_error,bbse_prior_error}`` (errors: the largest absolute error over classes) for
   the classifier's temperature, and the same under ``.bias`` for a bias calibration (temperature + per-class offset)
-  fitted on the same held-out rows. Another ``--shift-n-train`` than 1,000 writes ``prior_shift_<rows>``.
+  fitted on the same held-out rows. Another ``--shift-n-train`` than 1,000 writes ``prior_shift_<rows>``;
+  ``--shift-calib-rows N`` calibrates the same classifier again on N further train rows instead of its hold-out (how
+  much EM owes to the calibration set's size) and adds ``_calib<N>`` to the key.
 - ``oos``: LoRA (the default recipe) on clinc150 rows of in-scope classes only, ``--n-oos-train`` of them; its
   ``--n-test`` seeded test rows, ``oos`` ones included, scored by each out-of-scope score. Keys
   ``oos.<score>.{auroc,accuracy_at_90}``.
@@ -157,10 +159,11 @@ def zero_shot(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def shift_classifier(
-    name: str, kind: str, seed: int, n_train: int = 1000
+    name: str, kind: str, seed: int, n_train: int = 1000, n_calib: int = 0
 ) -> tuple[Any, Any, tuple[list[str], list[str]]]:
     """A classifier of ``kind`` fitted on ``n_train`` seeded train rows (its own calibration hold-out), the test
-    split, and the held-out calibration rows (the classifier's own split, rebuilt)."""
+    split, and the held-out calibration rows: the classifier's own split, rebuilt; or, with ``n_calib``, that many
+    further seeded train rows outside the sample, on which the classifier is calibrated again (``calibrate``)."""
     spec = PROMPTS[name]
     train = load_dataset(DATA / name, split="train").sample(n_train, seed=seed)
     options: dict[str, Any] = {"labels": spec["labels"], "instruction": spec["instruction"], "progress": True}
@@ -171,8 +174,16 @@ def shift_classifier(
     clf = LMClassifier(**options)
     texts, labels = list(train.texts), [str(v) for v in train.labels or ()]
     clf.fit(texts, labels)
+    test = load_dataset(DATA / name, split="test")
+    if n_calib:
+        seen = set(texts)
+        every = load_dataset(DATA / name, split="train")
+        rest = every.subset(i for i, t in enumerate(every.texts) if t not in seen).sample(n_calib, seed=seed)
+        held_texts, held_labels = list(rest.texts), [str(v) for v in rest.labels or ()]
+        clf.calibrate(held_texts, held_labels, source=f"{len(held_texts)} further train rows")
+        return clf, test, (held_texts, held_labels)
     _, held, _ = calibration_split(labels, clf.train_config().calib_fraction, seed=seed)
-    return clf, load_dataset(DATA / name, split="test"), ([texts[i] for i in held], [labels[i] for i in held])
+    return clf, test, ([texts[i] for i in held], [labels[i] for i in held])
 
 
 def resample(y: np.ndarray, shares: np.ndarray, rng: np.random.Generator, n_max: int) -> np.ndarray:
@@ -205,16 +216,16 @@ def prior_shift(name: str, args: argparse.Namespace) -> dict[str, Any]:
     weights with ``bias`` calibration (a temperature and a per-class offset) fitted on the same held-out rows: EM
     assumes probabilities calibrated per class, which a per-class offset gives (Alexandari et al. 2020, "bias-corrected
     temperature scaling")."""
-    clf, test, (held_texts, held_labels) = shift_classifier(name, args.shift_classifier, args.seed, args.shift_n_train)
+    clf, test, (held_texts, held_labels) = shift_classifier(
+        name, args.shift_classifier, args.seed, args.shift_n_train, args.shift_calib_rows
+    )
     names = [str(c) for c in clf.classes_]
     y_all = indices(clf, test.labels)
     logits = clf.predict_scores(list(test.texts)).logits
     held_y = indices(clf, held_labels)
     held_logits = clf.predict_scores(held_texts).logits
-    saved = np.asarray(clf.calibration_info_["priors"]["confusion"])
-    if not np.array_equal(
-        confusion_matrix(held_y, clf.calibrated_logits(held_logits, "training").argmax(1), len(names)), saved
-    ):
+    saved = confusion_matrix(held_y, clf.calibrated_logits(held_logits, "training").argmax(1), len(names))
+    if not args.shift_calib_rows and not np.array_equal(saved, clf.calibration_info_["priors"]["confusion"]):
         raise AssertionError("the rebuilt calibration rows are not the classifier's own hold-out")
     bias = BiasScaler().fit(held_logits, held_y)
     calibrated = {
@@ -230,6 +241,7 @@ def prior_shift(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "n_train": args.shift_n_train,
         "training_priors": clf.priors()["training"],
         "n_calibration_rows": len(held_y),
+        "calibration_rows": f"{len(held_y)} further seeded train rows" if args.shift_calib_rows else "its hold-out",
     }
     for balance, given in SHIFTS[name].items():
         rest = [c for c in names if c not in given]
@@ -311,14 +323,16 @@ def to_markdown(doc: dict[str, Any]) -> str:
         sec = doc[key]
         lines += [f"## Prior shift: EM on the resampled test rows ({key})", "", f"`{sec['command']}`; {sec['machine']}",
                   ""]  # fmt: skip
-        lines += ["| dataset (classifier) | calibration | balance | rows | NLL before | after EM | with true priors |"
-                  " ECE before | after | EM max error | BBSE max error |", "|---" * 11 + "|"]  # fmt: skip
+        lines += ["| dataset (classifier) | calibration on rows | balance | rows | NLL before | after EM |"
+                  " with true priors | ECE before | after | EM max error | BBSE max error |",
+                  "|---" * 11 + "|"]  # fmt: skip
         for d in (k for k in sec if k not in ("command", "machine")):
             for b, r in ((b, r) for b, r in sec[d].items() if isinstance(r, dict) and "nll_before" in r):
                 for cal, c in (("temperature", r), ("bias", r.get("bias"))):
                     if c is not None:
                         lines.append(
-                            f"| {d} ({sec[d]['classifier']}, {sec[d].get('n_train', 1000)} rows) | {cal} | {b} | "
+                            f"| {d} ({sec[d]['classifier']}, {sec[d].get('n_train', 1000)} rows) | {cal} on "
+                            f"{sec[d]['n_calibration_rows']} | {b} | "
                             f"{r['n']} | {c['nll_before']:.3f} | "
                             f"{c['nll_after']:.3f} | {c['nll_known_priors']:.3f} | {c['ece_before']:.3f} | "
                             f"{c['ece_after']:.3f} | {c['prior_error']:.3f} | {c['bbse_prior_error']:.3f} |"
@@ -344,6 +358,7 @@ def main() -> None:
     parser.add_argument("--n-oos-train", type=int, default=1000)
     parser.add_argument("--shift-classifier", choices=("lora", "tfidf"), default="lora")
     parser.add_argument("--shift-n-train", type=int, default=1000, help="prior_shift's training rows")
+    parser.add_argument("--shift-calib-rows", type=int, default=0, help="prior_shift: calibrate on N more train rows")
     parser.add_argument("--save-oos", type=Path, default=None, help="save the oos section's classifier here")
     parser.add_argument(
         "--load-oos", type=Path, default=None, help="the oos section scores this saved classifier instead of training"
@@ -374,6 +389,7 @@ def main() -> None:
         elif section == "prior_shift":
             # The classifier's size is part of the experiment: another --shift-n-train is a section of its own.
             key = section if args.shift_n_train == 1000 else f"{section}_{args.shift_n_train}"
+            key += f"_calib{args.shift_calib_rows}" if args.shift_calib_rows else ""
             sec = {**doc.get(key, {}), "command": command, "machine": here} if args.merge else sec
             for name in SHIFTS:
                 sec[name] = prior_shift(name, args)

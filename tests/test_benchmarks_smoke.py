@@ -200,6 +200,35 @@ def test_calibration_benchmark_resamples_to_the_asked_balance_and_renders():
     assert "| batch+temperature | 0.400 (0.100) | 0.400 |" in md
 
 
+def test_calibration_benchmark_prior_shift_on_further_calibration_rows(tmp_path, monkeypatch):
+    import json
+
+    calibration = pytest.importorskip("calibration")
+    words = {"ham": "see you at lunch", "spam": "win a free prize now"}
+    rng = np.random.default_rng(0)
+    data = tmp_path / "sms_spam"
+    data.mkdir()
+    for split, n in (("train", 300), ("test", 200)):
+        labels = rng.choice(["ham", "spam"], size=n, p=[0.7, 0.3])
+        rows = [
+            {"text": f"{words[lab]} {i} {rng.choice(['ok', 'hey', 'call'])}", "label": lab}
+            for i, lab in enumerate(labels)
+        ]
+        (data / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    monkeypatch.setattr(calibration, "DATA", tmp_path)
+    monkeypatch.setattr(calibration, "OUT", tmp_path / "out" / "calibration")
+    monkeypatch.setattr(calibration, "SHIFTS", {"sms_spam": {"spam_50": {"spam": 0.5}}})
+    argv = ["--sections", "prior_shift", "--shift-classifier", "tfidf", "--shift-n-train", "100"]
+    monkeypatch.setattr(sys, "argv", ["x", *argv, "--shift-calib-rows", "80", "--n-test", "100"])
+    calibration.main()
+    sec = json.loads((tmp_path / "out" / "calibration.json").read_text())["prior_shift_100_calib80"]["sms_spam"]
+    assert sec["n_calibration_rows"] == 80 and sec["calibration_rows"] == "80 further seeded train rows"
+    cell = sec["spam_50"]
+    assert cell["true_priors"] == {"ham": 0.5, "spam": 0.5} and 0 <= cell["prior_error"] < 0.1
+    md = (tmp_path / "out" / "calibration.md").read_text()
+    assert "| sms_spam (tfidf, 100 rows) | temperature on 80 | spam_50 |" in md
+
+
 def test_multilabel_benchmark_scores_a_tfidf_cell_and_renders(tmp_path, monkeypatch):
     import json
 
