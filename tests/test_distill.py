@@ -206,3 +206,30 @@ def test_cli_distill_writes_a_run_from_a_teacher_run(tiny_model_dir, teacher, tm
     code, _, err = run_cli(monkeypatch, capsys, "distill", "--teacher", "http://127.0.0.1:9", "--unlabelled",
                            unlabelled, "--out", tmp_path / "bad")  # fmt: skip
     assert code == 2 and "--teacher-model" in err
+
+
+def test_cli_distill_a_tfidf_student_and_refusals_before_anything_is_written(teacher, tmp_path, monkeypatch, capsys):
+    from test_cli import run_cli
+
+    teacher.save(tmp_path / "teacher")
+    unlabelled = tmp_path / "unlabelled.txt"
+    unlabelled.write_text("\n".join(toy_data(6, seed=11)[0]) + "\n")
+    args = ["distill", "--teacher", tmp_path / "teacher", "--method", "tfidf"]
+    code, out, err = run_cli(monkeypatch, capsys, *args, "--unlabelled", unlabelled, "--out", tmp_path / "fast")
+    assert code == 0, err
+    assert (tmp_path / "fast" / "eval.json").is_file() and (tmp_path / "fast" / "report.html").is_file()
+    assert "examples/s" in out + err  # the training summary line
+    # A finished run without checkpoints (TF-IDF writes none) has nothing to resume: not a silent retraining.
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--unlabelled", unlabelled, "--out", tmp_path / "fast",
+                           "--resume")  # fmt: skip
+    assert code == 2 and "nothing to resume" in err and "--overwrite" in err
+    # No texts to label: refused before the run folder exists, so a corrected rerun is not blocked by it.
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--unlabelled", empty, "--out", tmp_path / "none")
+    assert code == 2 and "--unlabelled" in err and "found 0" in err and not (tmp_path / "none").exists()
+    # Other classes than the teacher's: which side lacks which, and what to do.
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--unlabelled", unlabelled, "--labels", ",".join(LABELS[:2]),
+                           "--out", tmp_path / "fewer")  # fmt: skip
+    assert code == 2 and f"the student lacks: {list(LABELS[2:])}" in err and "leave --labels" in err
+    assert not (tmp_path / "fewer").exists()

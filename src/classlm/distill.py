@@ -42,10 +42,16 @@ def teacher_columns(teacher: Any, names: Sequence[str]) -> np.ndarray:
     """For each student class (by name), its column in the teacher's ``classes_``; refused when one is missing."""
     own = [str(c) for c in getattr(teacher, "classes_", [])]
     missing = [n for n in names if n not in own]
-    if missing or len(own) != len(names):
+    extra = [c for c in own if c not in names]
+    if missing or extra or len(own) != len(names):
+        diff = "; ".join(
+            f"{what}: {found}"
+            for what, found in (("the teacher lacks", missing), ("the student lacks", extra))
+            if found
+        )
         raise ConfigError(
-            f"the teacher's classes {own} are not the student's {list(names)} (missing: {missing}); a teacher must "
-            "score the same classes, by name"
+            f"the teacher's classes {own} are not the student's {list(names)} ({diff or 'a class repeats'}); a "
+            "teacher must score the same classes, by name: leave --labels (labels=) out to take the teacher's"
         )
     return np.array([own.index(n) for n in names])
 
@@ -293,4 +299,10 @@ class Distilling:
         target = mixed_targets(soft, y, me.train_config().distill_alpha)
         t0 = time.perf_counter()
         fitted = me.method_.fit_data(texts, target.argmax(1), progress=bool(me.progress), soft=target)
-        me.training_ = {"n_train": len(texts), "seconds": round(time.perf_counter() - t0, 2), **fitted}
+        seconds = time.perf_counter() - t0
+        me.training_ = {
+            "n_train": len(texts),
+            "seconds": round(seconds, 2),
+            "examples_per_second": len(texts) / seconds if seconds else None,
+            **fitted,
+        }

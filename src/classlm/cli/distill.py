@@ -13,7 +13,7 @@ from classlm.cli.rows import held_out_rows, label_spec_for, load_rows
 from classlm.cli.runs import finish_run, prepare_run_folder, run_args, write_run_args
 from classlm.cli.train import LORA_OPTIONS, TRAIN_OPTIONS, EvalSplitOpt, MethodOptionsOpt, _method_options
 from classlm.config import TrainConfig
-from classlm.errors import ConfigError
+from classlm.errors import ConfigError, DataError
 
 TEACHER_CACHE = ".teacher-probabilities.jsonl"  # a dot-name: a run folder may hold it (classlm.artifacts)
 DISTILL_OPTIONS = ConfigOptions(
@@ -81,6 +81,11 @@ def distill(
         raise ConfigError("distill trains with --loss class_ce: the teacher's probabilities are over the classes")
     seed = training["seed"]
     texts = read_texts(str(unlabelled), text_col=text_col)
+    if len(texts) < 2:  # checked before anything is written: a rerun would find a half-made folder
+        raise DataError(
+            f"--unlabelled {unlabelled}: expected texts for the teacher to label (one per line in a .txt file, or a "
+            f"{text_col!r} column), found {len(texts)}"
+        )
     source = _teacher(teacher, teacher_model, teacher_tokenizer, labels)
     rows: dict[str, Any] = dict(text_col=text_col, label_col=label_col, labels_given=labels is not None)
     calib = None
@@ -102,11 +107,19 @@ def distill(
     clf = LMClassifier(model=model, method=method, labels=spec, instruction=instruction, dtype=dtype or "auto",
                        progress=True, method_options=method_options, lora=lora if trains_lora else None,
                        train=training)  # fmt: skip
+    from classlm.artifacts import MANIFEST
     from classlm.checkpoints import has_checkpoints
     from classlm.distill import teacher_columns
     from classlm.labels import LabelSet
 
     teacher_columns(source, LabelSet.from_spec(spec).names)  # the same classes, before anything is written
+    if resume and not has_checkpoints(out_dir) and (out_dir / MANIFEST).is_file():
+        # A run stopped while labelling has no checkpoint and no classifier yet; one that finished without a
+        # checkpoint would silently train again from step 0.
+        raise ConfigError(
+            f"nothing to resume in {out_dir}: its run finished and wrote no checkpoint; pass --overwrite to train it "
+            "again"
+        )
     prepare_run_folder(out_dir, args, resume=resume, overwrite=overwrite)
     if not resume:
         write_run_args(out_dir, args)

@@ -241,5 +241,5 @@ def training_summary(t: dict[str, Any], temperature: float) -> str:
             what += f" ({t['epochs']:g} passes)"
     else:
         what = f"trained on {t['n_train']} examples"
-    speed = f"{t['examples_per_second'] or 0:.2f} examples/s"
+    speed = f"{t.get('examples_per_second') or 0:.2f} examples/s"
     return f"{what} in {t['seconds']:.0f} s ({speed}); temperature {temperature:.3f}"
