@@ -69,6 +69,35 @@ def test_a_missing_text_column_is_said_before_any_actor_starts(local_ray, saved_
         score_file(root / "run", tmp_path / "in.jsonl", tmp_path / "out.jsonl", actors=1)
 
 
+def test_a_gold_label_is_kept_and_a_row_without_text_is_left_unscored(saved_run):
+    import pandas as pd
+
+    root, clf = saved_run
+    texts = [TEXTS[0], None, TEXTS[1], pd.NA]  # an absent key reads as NA (Ray's JSON reader), None or NaN
+    batch = pd.DataFrame({"id": [1, 2, 3, 4], "text": texts, "label": ["gold"] * 4})
+    got = Predictor(str(root / "run"))(batch)
+    assert list(got["label"]) == ["gold"] * 4 and list(got["id"]) == [1, 2, 3, 4]
+    assert got["predicted_label"][1] is None and got["predicted_probabilities"][3] is None
+    proba = np.array([[got["predicted_probabilities"][i][c] for c in clf.classes_] for i in (0, 2)])
+    np.testing.assert_allclose(proba, clf.predict_proba([TEXTS[0], TEXTS[1]]), atol=1e-6)
+    assert [got["predicted_label"][i] for i in (0, 2)] == list(clf.predict([TEXTS[0], TEXTS[1]]))
+
+
+def test_an_empty_file_is_refused_and_rows_without_text_are_counted(local_ray, saved_run, tmp_path):
+    from classlm.errors import DataError
+
+    root, _ = saved_run
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DataError, match="found none"):
+        score_file(root / "run", tmp_path / "empty.jsonl", tmp_path / "out.jsonl", actors=1)
+    rows = [{"id": 0, "text": TEXTS[0]}, {"id": 1}, {"id": 2, "text": TEXTS[2]}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    stats = score_file(root / "run", tmp_path / "in.jsonl", tmp_path / "out.jsonl", actors=1)
+    got = _rows(tmp_path / "out.jsonl")
+    assert stats["unscored"] == 1 and [r["id"] for r in got] == [0, 1, 2]
+    assert got[1]["label"] is None and got[0]["label"] is not None and got[2]["probabilities"] is not None
+
+
 def test_an_actor_that_dies_is_restarted_and_no_row_is_lost_or_repeated(local_ray, saved_run, tmp_path):
     root, clf = saved_run
     marker = tmp_path / "died"

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from classlm.errors import ConfigError
+from classlm.errors import ConfigError, DataError
 from classlm.io import write_bytes_atomic
 from classlm.multilabel import answers
 
@@ -52,20 +52,46 @@ class Predictor:
         self.values = self.clf.classes_.tolist()  # labels as values of their own type (ints stay ints)
 
     def __call__(self, batch: Any) -> Any:
-        """``batch`` (a pandas DataFrame) with ``label``/``labels`` and ``probabilities`` columns added."""
+        """``batch`` (a pandas DataFrame) with ``label``/``labels`` and ``probabilities`` columns added (named
+        ``predicted_…`` where the input has a column of either name: a gold label is kept, not overwritten). A row
+        whose text (any of its fields) is missing or null is not scored: its two columns are null."""
         missing = [c for c in self.text_cols if c not in batch.columns]
         if missing:
             raise ConfigError(f"the input has no column(s) {missing}; it has {list(batch.columns)} (--text-col)")
+        ok = [i for i, row in enumerate(batch[list(self.text_cols)].itertuples(index=False)) if all(map(_given, row))]
+        rows = batch.iloc[ok]
         if len(self.text_cols) == 1:
-            inputs: list[Any] = [str(t) for t in batch[self.text_cols[0]]]
+            inputs: list[Any] = [str(t) for t in rows[self.text_cols[0]]]
         else:
-            inputs = batch[list(self.text_cols)].to_dict("records")
-        proba = self.clf.predict_proba(inputs)
-        out = batch.copy()
+            inputs = rows[list(self.text_cols)].to_dict("records")
         multi = getattr(self.clf, "multi_label_", False)
-        out["labels" if multi else "label"] = answers(proba, self.values, self.clf.thresholds_ if multi else None)
-        out["probabilities"] = [dict(zip(self.names, map(float, row))) for row in proba]
+        label: list[Any] = [None] * len(batch)
+        probabilities: list[Any] = [None] * len(batch)
+        if inputs:
+            proba = self.clf.predict_proba(inputs)
+            for i, answer, row in zip(ok, answers(proba, self.values, self.clf.thresholds_ if multi else None), proba):
+                label[i], probabilities[i] = answer, dict(zip(self.names, map(float, row)))
+        import pandas as pd
+
+        out = batch.copy()
+        # dtype object: None stays None (null in the output), not the NaN a plain list would turn it into
+        out[output_column("labels" if multi else "label", batch.columns)] = pd.Series(label, batch.index, object)
+        out[output_column("probabilities", batch.columns)] = pd.Series(probabilities, batch.index, object)
         return out
+
+
+def output_column(name: str, columns: Sequence[str]) -> str:
+    """``name``, or ``predicted_<name>`` where the input already has a column of an output's name (a gold label,
+    say): both outputs are renamed then, so that they stay a pair."""
+    return f"predicted_{name}" if {"label", "labels", "probabilities"} & set(columns) else name
+
+
+def _given(value: Any) -> bool:
+    """A text field that is there: not None and not a missing value (an absent key or empty cell reads as pandas'
+    NA or NaN, depending on the reader)."""
+    import pandas as pd
+
+    return value is not None and not (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
 
 
 def saved_fields(classifier: str | Path) -> tuple[str, ...]:
@@ -106,7 +132,8 @@ def score_file(
 ) -> dict[str, Any]:
     """Score every row of ``source`` with ``actors`` copies of the saved ``classifier`` on Ray Data and write
     ``out`` (its suffix picks JSONL, CSV or Parquet) in input order. Starts a local Ray (``num_cpus`` = actors x
-    threads + 1) unless one is running. Returns ``{"rows", "seconds", "texts_per_second", "actors"}``."""
+    threads + 1) unless one is running. Returns ``{"rows", "unscored", "seconds", "texts_per_second", "actors"}``
+    (``unscored``: rows without their text, left with null answers)."""
     import time
 
     import ray
@@ -123,11 +150,14 @@ def score_file(
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # rows come back in input order
     start = time.perf_counter()
     dataset = read_dataset(source)
+    schema = dataset.schema()
+    if schema is None:
+        raise DataError(f"{source}: expected rows of texts to score, found none (an empty file?)")
     wanted = list(text_cols or saved_fields(classifier))
-    missing = [c for c in wanted if c not in dataset.schema().names]
+    missing = [c for c in wanted if c not in schema.names]
     if missing:  # said here, before any actor starts, not as a worker's traceback
         raise ConfigError(
-            f"{source} has no column(s) {missing}; it has {dataset.schema().names}: name the text column(s) with "
+            f"{source} has no column(s) {missing}; it has {schema.names}: name the text column(s) with "
             "--text-col (text_cols=)"
         )
     scored = dataset.map_batches(
@@ -149,7 +179,8 @@ def score_file(
 
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     _write(table, target)
-    return {"rows": len(table), "seconds": round(seconds, 2), "actors": actors,
+    unscored = int(table[output_column("probabilities", schema.names)].isna().sum()) if len(table) else 0
+    return {"rows": len(table), "unscored": unscored, "seconds": round(seconds, 2), "actors": actors,
             "texts_per_second": round(len(table) / seconds, 1) if seconds else None}  # fmt: skip
 
 
@@ -162,7 +193,7 @@ def _write(table: Any, target: Path) -> None:
         data = "".join(json.dumps(_plain(r), ensure_ascii=False) + "\n" for r in records).encode("utf-8")
     elif suffix == ".csv":
         flat = table.copy()
-        for col in ("probabilities", "labels"):
+        for col in ("probabilities", "labels", "predicted_probabilities", "predicted_labels"):
             if col in flat.columns:
                 flat[col] = [json.dumps(_plain(v)) for v in flat[col]]
         data = flat.to_csv(index=False).encode("utf-8")

@@ -40,3 +40,7 @@ def score(
         f"{stats['rows']} rows scored in {stats['seconds']} s ({stats['texts_per_second']} texts/s, {actors} "
         f"actor(s)) → {output}"
     )
+    if stats["unscored"]:
+        err.print(
+            f"{stats['unscored']} row(s) had no text (missing or null) and were not scored: their answers are null"
+        )
