@@ -85,7 +85,13 @@ def test_cli_classify_backend_vllm(exported, monkeypatch, capsys):
         got = np.array([[r["probabilities"][c] for c in clf.classes_] for r in rows])
         np.testing.assert_allclose(got, clf.predict_proba(texts), atol=1e-4)
         code, _, err = run_cli(monkeypatch, capsys, "classify", "x", "--backend", "vllm", "--base-url", url)
-        assert code == 2 and "--seq-cls OUT` folder that vLLM serves" in err
+        assert code == 2 and "--seq-cls OUT` folder that vLLM serves" in err and "--model was not given" in err
+        code, _, err = run_cli(monkeypatch, capsys, *args, "--labels", "a,b")
+        assert code == 2 and "leave --labels out" in err
+        # Nothing listening at --base-url: one line that says so, not a traceback.
+        dead = ["classify", "x", "--backend", "vllm", "--base-url", "http://127.0.0.1:9", "--model", folder]
+        code, _, err = run_cli(monkeypatch, capsys, *dead, "--timeout", "1")
+        assert code == 2 and "is the server running" in err and "Traceback" not in err
     finally:
         server.shutdown()
 

@@ -170,4 +170,7 @@ class OpenAIClient:
             with self._count_lock:
                 self.retries += 1
             time.sleep(wait)
-        raise RemoteError(f"{url}: gave up after {self.max_retries + 1} attempts; last error: {last}")
+        hint = ""
+        if last.startswith("ConnectError"):  # nothing listens there: the usual first mistake
+            hint = "; nothing answered at that address: is the server running, and is the URL (--base-url) its own?"
+        raise RemoteError(f"{url}: gave up after {self.max_retries + 1} attempts; last error: {last}{hint}")

@@ -25,6 +25,7 @@ from classlm.cli.options import (
     RunOpt,
     ScoringOpt,
 )
+from classlm.config import DEFAULT_MODEL
 from classlm.errors import ConfigError
 from classlm.fields import input_fields
 
@@ -49,7 +50,7 @@ def classify(
         Path | None, typer.Option("--file", "-f", help="One text per line (.txt), or a data file; '-' is stdin.")
     ] = None,
     run: RunOpt = None,
-    model: ModelOpt = "smollm2-135m",
+    model: ModelOpt = DEFAULT_MODEL,
     labels: LabelsOpt = None,
     method: MethodOpt = "label_tokens",
     instruction: InstructionOpt = None,
@@ -105,6 +106,8 @@ def classify(
     elif backend == "vllm":
         if priors is not None:  # the export carries no training class balance to shift from
             raise ConfigError("--priors needs the training class balance, which a --seq-cls export does not carry")
+        if labels is not None:  # not silently ignored
+            raise ConfigError("--backend vllm takes the classes from the export at --model; leave --labels out")
         clf, scores = _vllm_scores(items, base_url, model, run=run, timeout=timeout, concurrency=concurrency,
                                    api_key=api_key)  # fmt: skip
     elif backend == "local":
@@ -157,9 +160,11 @@ def _vllm_scores(items: list[str], base_url: str | None, model: str, *, run: Pat
             f"(`classlm export {run} --seq-cls OUT`, then `vllm serve OUT --runner pooling`), not --run"
         )
     if not (Path(model) / "config.json").is_file():
+        got = f"{model!r} is not a folder with a config.json"
+        if model == DEFAULT_MODEL:
+            got = f"--model was not given (its default, {model!r}, is a model, not an export)"
         raise ConfigError(
-            f"--backend vllm needs --model to be the `classlm export RUN --seq-cls OUT` folder that vLLM serves; "
-            f"{model!r} is not a folder with a config.json"
+            f"--backend vllm needs --model to be the `classlm export RUN --seq-cls OUT` folder that vLLM serves; {got}"
         )
     from classlm.backends.vllm import VLLMClassifier
 
