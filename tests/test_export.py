@@ -38,7 +38,9 @@ def test_seq_cls_export_gives_the_calibrated_probabilities_in_plain_transformers
     config = json.loads((out / "config.json").read_text())
     assert config["id2label"] == {str(i): c for i, c in enumerate(clf.classes_)}
     assert config["architectures"] == ["LlamaForSequenceClassification"]
-    assert (out / "model.safetensors").is_file() and "text-classification" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert (out / "model.safetensors").is_file() and "text-classification" in card
+    assert f"# {tiny_model_dir.name} as a classifier" in card and str(tiny_model_dir) not in card  # no local paths
     # The pipeline, fed the rendered prompts, gives them too (top_k=None: every class, by label).
     answers = pipeline("text-classification", model=str(out), top_k=None)(prompts)
     got = np.array([[next(a["score"] for a in row if a["label"] == c) for c in clf.classes_] for row in answers])

@@ -216,6 +216,12 @@ def _fitted_info(clf: Any) -> Any:
     return clf.method_.info()
 
 
+def _model_title(source: Any) -> str:
+    """The base model as its user named it: a hub id or alias as given, a local file or folder by its own name (a
+    card shared with the model should not carry this machine's paths)."""
+    return str(source.name) if source.kind == "hub" else Path(str(source.name)).name
+
+
 def _model_card(clf: Any, names: list[str], temperature: float, template: str) -> str:
     metrics = {k: v for k, v in (getattr(clf, "metrics_", None) or {}).items() if isinstance(v, (int, float))}
     lines = [
@@ -225,12 +231,13 @@ def _model_card(clf: Any, names: list[str], temperature: float, template: str) -
         "tags: [classlm]",
         "---",
         "",
-        f"# {clf.backbone_.source.location} as a classifier of {len(names)} classes (classlm)",
+        f"# {_model_title(clf.backbone_.source)} as a classifier of {len(names)} classes (classlm)",
         "",
         f"Classes: {', '.join(names)}. The score rows are the class tokens' LM-head rows divided by the fitted "
         f"temperature {temperature:.4f}, so the softmax of the logits is calibrated.",
         "",
-        "Feed it the prompt of `classlm_prompt.json`, the text in place of `{text}`:",
+        "Feed it the prompt of `classlm_prompt.json`, the text (stripped of surrounding whitespace) in place of "
+        "`{text}`:",
         "",
         "```",
         template,
