@@ -192,7 +192,7 @@ def test_cli_distill_writes_a_run_from_a_teacher_run(tiny_model_dir, teacher, tm
     info = doc["training"]["distillation"]
     assert info["n_labelled"] == 0 and info["n_teacher_only"] == len(texts) - len(texts) // 10
     assert (run / "report.html").is_file() and (run / "metrics.jsonl").is_file() and (run / "train_args.json").is_file()
-    assert "labelled by the teacher" in out
+    assert "labelled by the teacher" in out and "labelled by the teacher" in (run / "report.html").read_text()
     cached = (run / ".teacher-probabilities.jsonl").read_text().splitlines()
     assert json.loads(cached[0])["n"] == info["n_teacher_only"]
     # With labelled data mixed in, and errors in the caller's terms.

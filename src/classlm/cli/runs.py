@@ -153,7 +153,7 @@ def finish_run(
     err.print(summary)
     report.to_json(out_dir / "eval.json")
     plot_reliability(report, out_dir / "reliability.png")
-    reports = [("held-out evaluation, after temperature", report)]
+    reports = [(f"held-out evaluation ({info['data']}), after temperature", report)]  # where its rows came from
     if baseline is not None:
         reports.append(("TF-IDF + LR on the same training rows (baseline), after temperature", baseline))
     write_html(
