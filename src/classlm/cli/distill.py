@@ -83,8 +83,8 @@ def distill(
     texts = read_texts(str(unlabelled), text_col=text_col)
     if len(texts) < 2:  # checked before anything is written: a rerun would find a half-made folder
         raise DataError(
-            f"--unlabelled {unlabelled}: expected texts for the teacher to label (one per line in a .txt file, or a "
-            f"{text_col!r} column), found {len(texts)}"
+            f"--unlabelled {unlabelled}: expected at least 2 texts for the teacher to label (one per line in a .txt "
+            f"file, or a {text_col!r} column), found {len(texts)}"
         )
     source = _teacher(teacher, teacher_model, teacher_tokenizer, labels)
     rows: dict[str, Any] = dict(text_col=text_col, label_col=label_col, labels_given=labels is not None)
