@@ -104,12 +104,8 @@ def classify(
         clf, scores = _remote_scores(items, base_url, model, labels, run=run, scoring=scoring, **remote)
         missing = scores.missing_mass
     elif backend == "vllm":
-        if priors is not None:  # the export carries no training class balance to shift from
-            raise ConfigError("--priors needs the training class balance, which a --seq-cls export does not carry")
-        if labels is not None:  # not silently ignored
-            raise ConfigError("--backend vllm takes the classes from the export at --model; leave --labels out")
-        clf, scores = _vllm_scores(items, base_url, model, run=run, timeout=timeout, concurrency=concurrency,
-                                   api_key=api_key)  # fmt: skip
+        clf, scores = _vllm_scores(items, base_url, model, run=run, labels=labels, priors=priors, timeout=timeout,
+                                   concurrency=concurrency, api_key=api_key)  # fmt: skip
     elif backend == "local":
         clf = build_classifier(
             run=run,
@@ -150,8 +146,14 @@ def _read_items(texts: list[str] | None, file: Path | None, text_col: str) -> li
     return items
 
 
-def _vllm_scores(items: list[str], base_url: str | None, model: str, *, run: Path | None, **client: Any) -> Any:
+def _vllm_scores(
+    items: list[str], base_url: str | None, model: str, *, run: Path | None, labels: Any, priors: Any, **client: Any
+) -> Any:
     """--backend vllm: the --seq-cls export at --model, served by vLLM at --base-url, and its scores of ``items``."""
+    if priors is not None:  # the export carries no training class balance to shift from
+        raise ConfigError("--priors needs the training class balance, which a --seq-cls export does not carry")
+    if labels is not None:  # not silently ignored
+        raise ConfigError("--backend vllm takes the classes from the export at --model; leave --labels out")
     if base_url is None:
         raise ConfigError("--backend vllm needs --base-url, the `vllm serve` server (e.g. http://127.0.0.1:8000)")
     if run is not None:

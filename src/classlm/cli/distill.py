@@ -73,19 +73,13 @@ def distill(
     args = run_args({**given, **DISTILL_OPTIONS.as_params(training), **LORA_OPTIONS.as_params(lora)})
     from classlm.classifier import LMClassifier
     from classlm.cli.common import parse_labels
-    from classlm.data import TextDataset, read_texts
     from classlm.methods import get_method
 
     method_options, trains_lora = _method_options(options, method, get_method(method), use_lora=use_lora)
     if training["loss"] != "class_ce":
         raise ConfigError("distill trains with --loss class_ce: the teacher's probabilities are over the classes")
     seed = training["seed"]
-    texts = read_texts(str(unlabelled), text_col=text_col)
-    if len(texts) < 2:  # checked before anything is written: a rerun would find a half-made folder
-        raise DataError(
-            f"--unlabelled {unlabelled}: expected at least 2 texts for the teacher to label (one per line in a .txt "
-            f"file, or a {text_col!r} column), found {len(texts)}"
-        )
+    texts = _unlabelled_texts(unlabelled, text_col)
     source = _teacher(teacher, teacher_model, teacher_tokenizer, labels)
     rows: dict[str, Any] = dict(text_col=text_col, label_col=label_col, labels_given=labels is not None)
     calib = None
@@ -96,30 +90,19 @@ def distill(
         hard_texts, hard_labels = list(data.texts), list(data.labels or [])
     else:  # no labels at all: the held-out rows are judged against the teacher's own answers
         spec = parse_labels(labels) or [str(c) for c in source.classes_]
-        held = _held_out(len(texts), seed)
-        kept = set(held)
-        answers = tuple(str(v) for v in source.predict([texts[i] for i in held]))
-        evaluation = TextDataset(tuple(texts[i] for i in held), answers,
-                                 source=f"{unlabelled} (10% held out, labelled by the teacher)")  # fmt: skip
+        texts, evaluation = _teacher_held_out(texts, source, str(unlabelled), seed)
         eval_source = evaluation.source
-        texts = [t for i, t in enumerate(texts) if i not in kept]
         hard_texts, hard_labels = [], []
     clf = LMClassifier(model=model, method=method, labels=spec, instruction=instruction, dtype=dtype or "auto",
                        progress=True, method_options=method_options, lora=lora if trains_lora else None,
                        train=training)  # fmt: skip
-    from classlm.artifacts import MANIFEST
     from classlm.checkpoints import has_checkpoints
     from classlm.distill import teacher_columns
     from classlm.labels import LabelSet
 
     teacher_columns(source, LabelSet.from_spec(spec).names)  # the same classes, before anything is written
-    if resume and not has_checkpoints(out_dir) and (out_dir / MANIFEST).is_file():
-        # A run stopped while labelling has no checkpoint and no classifier yet; one that finished without a
-        # checkpoint would silently train again from step 0.
-        raise ConfigError(
-            f"nothing to resume in {out_dir}: its run finished and wrote no checkpoint; pass --overwrite to train it "
-            "again"
-        )
+    if resume:
+        _check_resumable(out_dir)
     prepare_run_folder(out_dir, args, resume=resume, overwrite=overwrite)
     if not resume:
         write_run_args(out_dir, args)
@@ -133,10 +116,45 @@ def distill(
     finish_run(clf, out_dir, evaluation, eval_source, baseline_rows=None)
 
 
-def _held_out(n: int, seed: int) -> list[int]:
+def _unlabelled_texts(unlabelled: Path, text_col: str) -> list[str]:
+    """--unlabelled's texts, checked before anything is written (a rerun would find a half-made folder)."""
+    from classlm.data import read_texts
+
+    texts = read_texts(str(unlabelled), text_col=text_col)
+    if len(texts) < 2:
+        raise DataError(
+            f"--unlabelled {unlabelled}: expected at least 2 texts for the teacher to label (one per line in a .txt "
+            f"file, or a {text_col!r} column), found {len(texts)}"
+        )
+    return texts
+
+
+def _check_resumable(out_dir: Path) -> None:
+    """A run stopped while labelling has no checkpoint and no classifier yet: it resumes. One that finished without a
+    checkpoint (TF-IDF writes none; nor does --eval-every 0) would silently train again from step 0: refused."""
+    from classlm.artifacts import MANIFEST
+    from classlm.checkpoints import has_checkpoints
+
+    if not has_checkpoints(out_dir) and (out_dir / MANIFEST).is_file():
+        raise ConfigError(
+            f"nothing to resume in {out_dir}: its run finished and wrote no checkpoint; pass --overwrite to train it "
+            "again"
+        )
+
+
+def _teacher_held_out(texts: list[str], teacher: Any, name: str, seed: int) -> tuple[list[str], Any]:
+    """Without --labelled: a seeded 10% of the texts held out for evaluation, labelled by the teacher's answers; the
+    rest to train on."""
     import numpy as np
 
-    return sorted(np.random.default_rng(seed).permutation(n)[: max(1, n // 10)].tolist())
+    from classlm.data import TextDataset
+
+    held = sorted(np.random.default_rng(seed).permutation(len(texts))[: max(1, len(texts) // 10)].tolist())
+    answers = tuple(str(v) for v in teacher.predict([texts[i] for i in held]))
+    source = f"{name} (10% held out, labelled by the teacher)"
+    evaluation = TextDataset(tuple(texts[i] for i in held), answers, source=source)
+    kept = set(held)
+    return [t for i, t in enumerate(texts) if i not in kept], evaluation
 
 
 def _teacher(teacher: str, model: str | None, tokenizer: str | None, labels: str | None) -> Any:
