@@ -96,6 +96,11 @@ def test_an_empty_file_is_refused_and_rows_without_text_are_counted(local_ray, s
     got = _rows(tmp_path / "out.jsonl")
     assert stats["unscored"] == 1 and [r["id"] for r in got] == [0, 1, 2]
     assert got[1]["label"] is None and got[0]["label"] is not None and got[2]["probabilities"] is not None
+    # A .txt file, as `classify --file` reads one: a text per non-blank line.
+    (tmp_path / "in.txt").write_text(f"{TEXTS[0]}\n\n{TEXTS[2]}\n")
+    stats = score_file(root / "run", tmp_path / "in.txt", tmp_path / "txt.jsonl", actors=1)
+    got = _rows(tmp_path / "txt.jsonl")
+    assert stats["rows"] == 2 and [r["text"] for r in got] == [TEXTS[0], TEXTS[2]] and got[1]["label"] is not None
 
 
 def test_an_actor_that_dies_is_restarted_and_no_row_is_lost_or_repeated(local_ray, saved_run, tmp_path):

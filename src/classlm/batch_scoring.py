@@ -105,17 +105,21 @@ def saved_fields(classifier: str | Path) -> tuple[str, ...]:
 
 
 def read_dataset(source: str | Path) -> Any:
-    """A Ray Dataset of a JSONL (``.jsonl``/``.json``, one object per line), CSV or Parquet file."""
+    """A Ray Dataset of a JSONL (``.jsonl``/``.json``, one object per line), CSV or Parquet file, or of a ``.txt``
+    file's non-blank lines (a ``text`` column), as ``classify --file`` reads one."""
     import ray.data
 
     path = Path(source)
+    kinds = ", ".join((*FORMATS, ".txt"))
     if not path.is_file():
-        raise ConfigError(f"no such file: {path}; expected a .jsonl, .csv or .parquet file of texts")
+        raise ConfigError(f"no such file: {path}; expected a file of texts, one of {kinds}")
     suffix = path.suffix.lower()
+    if suffix == ".txt":
+        return ray.data.read_text(str(path)).filter(lambda row: bool(row["text"].strip()))
     readers = {".jsonl": ray.data.read_json, ".json": ray.data.read_json, ".csv": ray.data.read_csv,
                ".parquet": ray.data.read_parquet}  # fmt: skip
     if suffix not in readers:
-        raise ConfigError(f"{path}: expected one of {', '.join(FORMATS)}, got {suffix or 'no suffix'}")
+        raise ConfigError(f"{path}: expected one of {kinds}, got {suffix or 'no suffix'}")
     return readers[suffix](str(path))
 
 

@@ -13,7 +13,7 @@ from classlm.errors import ConfigError
 
 def score(
     run: Annotated[Path, typer.Argument(metavar="RUN", help="A saved classifier (run or ensemble folder).")],
-    source: Annotated[Path, typer.Argument(metavar="INPUT", help="A .jsonl, .csv or .parquet file of texts.")],
+    source: Annotated[Path, typer.Argument(metavar="INPUT", help="A .jsonl, .csv, .parquet or .txt file of texts.")],
     output: Annotated[
         Path, typer.Option("--out", "-o", help="Output file; its suffix (.jsonl, .csv, .parquet) picks the format.")
     ],
