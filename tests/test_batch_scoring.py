@@ -96,6 +96,14 @@ def test_an_empty_file_is_refused_and_rows_without_text_are_counted(local_ray, s
     got = _rows(tmp_path / "out.jsonl")
     assert stats["unscored"] == 1 and [r["id"] for r in got] == [0, 1, 2]
     assert got[1]["label"] is None and got[0]["label"] is not None and got[2]["probabilities"] is not None
+    # The same rows to CSV (a null must not break the JSON cells), and a blank CSV cell counts as no text.
+    stats = score_file(root / "run", tmp_path / "in.jsonl", tmp_path / "out.csv", actors=1)
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "out.csv")
+    assert stats["unscored"] == 1 and pd.isna(table["probabilities"][1]) and json.loads(table["probabilities"][0])
+    (tmp_path / "blank.csv").write_text(f"id,text\n0,{TEXTS[0]}\n1,\n")
+    assert score_file(root / "run", tmp_path / "blank.csv", tmp_path / "blank.jsonl", actors=1)["unscored"] == 1
     # A .txt file, as `classify --file` reads one: a text per non-blank line.
     (tmp_path / "in.txt").write_text(f"{TEXTS[0]}\n\n{TEXTS[2]}\n")
     stats = score_file(root / "run", tmp_path / "in.txt", tmp_path / "txt.jsonl", actors=1)

@@ -231,5 +231,5 @@ def test_cli_distill_a_tfidf_student_and_refusals_before_anything_is_written(tea
     # Other classes than the teacher's: which side lacks which, and what to do.
     code, _, err = run_cli(monkeypatch, capsys, *args, "--unlabelled", unlabelled, "--labels", ",".join(LABELS[:2]),
                            "--out", tmp_path / "fewer")  # fmt: skip
-    assert code == 2 and f"the student lacks: {list(LABELS[2:])}" in err and "leave --labels" in err
+    assert code == 2 and f"the student lacks: {list(LABELS[2:])}" in err and "--labels" in err
     assert not (tmp_path / "fewer").exists()

@@ -91,7 +91,7 @@ def test_cli_classify_backend_vllm(exported, monkeypatch, capsys):
         # Nothing listening at --base-url: one line that says so, not a traceback.
         dead = ["classify", "x", "--backend", "vllm", "--base-url", "http://127.0.0.1:9", "--model", folder]
         code, _, err = run_cli(monkeypatch, capsys, *dead, "--timeout", "1")
-        assert code == 2 and "is the server running" in err and "Traceback" not in err
+        assert code == 2 and "is a server running at that URL" in err and "Traceback" not in err
     finally:
         server.shutdown()
 

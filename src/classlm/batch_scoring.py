@@ -87,10 +87,12 @@ def output_column(name: str, columns: Sequence[str]) -> str:
 
 
 def _given(value: Any) -> bool:
-    """A text field that is there: not None and not a missing value (an absent key or empty cell reads as pandas'
-    NA or NaN, depending on the reader)."""
+    """A value that is there: not None, not a missing value (an absent key reads as pandas' NA or NaN, depending on
+    the reader) and not a blank string (pyarrow's CSV reader reads an empty cell as '')."""
     import pandas as pd
 
+    if isinstance(value, str):
+        return bool(value.strip())
     return value is not None and not (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
 
 
@@ -106,7 +108,7 @@ def saved_fields(classifier: str | Path) -> tuple[str, ...]:
 
 def read_dataset(source: str | Path) -> Any:
     """A Ray Dataset of a JSONL (``.jsonl``/``.json``, one object per line), CSV or Parquet file, or of a ``.txt``
-    file's non-blank lines (a ``text`` column), as ``classify --file`` reads one."""
+    file's non-blank lines (a ``text`` column; a byte-order mark is dropped, as ``classify --file`` does)."""
     import ray.data
 
     path = Path(source)
@@ -115,7 +117,7 @@ def read_dataset(source: str | Path) -> Any:
         raise ConfigError(f"no such file: {path}; expected a file of texts, one of {kinds}")
     suffix = path.suffix.lower()
     if suffix == ".txt":
-        return ray.data.read_text(str(path)).filter(lambda row: bool(row["text"].strip()))
+        return ray.data.read_text(str(path), encoding="utf-8-sig").filter(lambda row: bool(row["text"].strip()))
     readers = {".jsonl": ray.data.read_json, ".json": ray.data.read_json, ".csv": ray.data.read_csv,
                ".parquet": ray.data.read_parquet}  # fmt: skip
     if suffix not in readers:
@@ -199,7 +201,8 @@ def _write(table: Any, target: Path) -> None:
         flat = table.copy()
         for col in ("probabilities", "labels", "predicted_probabilities", "predicted_labels"):
             if col in flat.columns:
-                flat[col] = [json.dumps(_plain(v)) for v in flat[col]]
+                # Ray's Arrow-backed frames hand a null as pd.NA, which json cannot write: an empty cell instead
+                flat[col] = [json.dumps(_plain(v)) if _given(v) else None for v in flat[col]]
         data = flat.to_csv(index=False).encode("utf-8")
     else:
         import io

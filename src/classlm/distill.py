@@ -51,7 +51,8 @@ def teacher_columns(teacher: Any, names: Sequence[str]) -> np.ndarray:
         )
         raise ConfigError(
             f"the teacher's classes {own} are not the student's {list(names)} ({diff or 'a class repeats'}); a "
-            "teacher must score the same classes, by name: leave --labels (labels=) out to take the teacher's"
+            "teacher must score the same classes, by name (the student's come from labels=, --labels, or the "
+            "labelled data's)"
         )
     return np.array([own.index(n) for n in names])
 

@@ -219,7 +219,7 @@ def _fitted_info(clf: Any) -> Any:
 def _model_title(source: Any) -> str:
     """The base model as its user named it: a hub id or alias as given, a local file or folder by its own name (a
     card shared with the model should not carry this machine's paths)."""
-    return str(source.name) if source.kind == "hub" else Path(str(source.name)).name
+    return str(source.name) if source.kind == "hub" else Path(str(source.location)).name or str(source.name)
 
 
 def _model_card(clf: Any, names: list[str], temperature: float, template: str) -> str:

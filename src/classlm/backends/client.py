@@ -172,5 +172,5 @@ class OpenAIClient:
             time.sleep(wait)
         hint = ""
         if last.startswith("ConnectError"):  # nothing listens there: the usual first mistake
-            hint = "; nothing answered at that address: is the server running, and is the URL (--base-url) its own?"
+            hint = "; nothing answered at that address: is a server running at that URL?"
         raise RemoteError(f"{url}: gave up after {self.max_retries + 1} attempts; last error: {last}{hint}")

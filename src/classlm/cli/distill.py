@@ -101,9 +101,9 @@ def distill(
     from classlm.labels import LabelSet
 
     teacher_columns(source, LabelSet.from_spec(spec).names)  # the same classes, before anything is written
+    prepare_run_folder(out_dir, args, resume=resume, overwrite=overwrite)  # writes nothing on resume
     if resume:
         _check_resumable(out_dir)
-    prepare_run_folder(out_dir, args, resume=resume, overwrite=overwrite)
     if not resume:
         write_run_args(out_dir, args)
     fit: dict[str, Any] = {"teacher": source, "teacher_cache": out_dir / TEACHER_CACHE}

@@ -36,8 +36,9 @@ def score(
     cols = [c.strip() for c in text_col.split(",")] if text_col else None
     with err.status(f"scoring {source} with {actors} actor(s)…"):
         stats = score_file(run, source, output, actors=actors, threads=threads, batch_size=batch_size, text_cols=cols)
+    scored = f"{stats['rows'] - stats['unscored']} of {stats['rows']}" if stats["unscored"] else f"{stats['rows']}"
     out.print(
-        f"{stats['rows']} rows scored in {stats['seconds']} s ({stats['texts_per_second']} texts/s, {actors} "
+        f"{scored} rows scored in {stats['seconds']} s ({stats['texts_per_second']} rows/s, {actors} "
         f"actor(s)) → {output}"
     )
     if stats["unscored"]:
