@@ -165,7 +165,8 @@ def shift_classifier(
     split, and the held-out calibration rows: the classifier's own split, rebuilt; or, with ``n_calib``, that many
     further seeded train rows outside the sample, on which the classifier is calibrated again (``calibrate``)."""
     spec = PROMPTS[name]
-    train = load_dataset(DATA / name, split="train").sample(n_train, seed=seed)
+    every = load_dataset(DATA / name, split="train")
+    train = every.sample(n_train, seed=seed)
     options: dict[str, Any] = {"labels": spec["labels"], "instruction": spec["instruction"], "progress": True}
     if kind == "lora":
         options.update(lora={"r": 16, "alpha": 32}, train={"seed": seed})
@@ -177,7 +178,6 @@ def shift_classifier(
     test = load_dataset(DATA / name, split="test")
     if n_calib:
         seen = set(texts)
-        every = load_dataset(DATA / name, split="train")
         rest = every.subset(i for i, t in enumerate(every.texts) if t not in seen).sample(n_calib, seed=seed)
         held_texts, held_labels = list(rest.texts), [str(v) for v in rest.labels or ()]
         clf.calibrate(held_texts, held_labels, source=f"{len(held_texts)} further train rows")
@@ -224,12 +224,12 @@ def prior_shift(name: str, args: argparse.Namespace) -> dict[str, Any]:
     logits = clf.predict_scores(list(test.texts)).logits
     held_y = indices(clf, held_labels)
     held_logits = clf.predict_scores(held_texts).logits
-    saved = confusion_matrix(held_y, clf.calibrated_logits(held_logits, "training").argmax(1), len(names))
-    if not args.shift_calib_rows and not np.array_equal(saved, clf.calibration_info_["priors"]["confusion"]):
+    confusion = confusion_matrix(held_y, clf.calibrated_logits(held_logits, "training").argmax(1), len(names))
+    if not args.shift_calib_rows and not np.array_equal(confusion, clf.calibration_info_["priors"]["confusion"]):
         raise AssertionError("the rebuilt calibration rows are not the classifier's own hold-out")
     bias = BiasScaler().fit(held_logits, held_y)
     calibrated = {
-        "temperature": (clf.probabilities(logits, "training"), saved),
+        "temperature": (clf.probabilities(logits, "training"), confusion),
         "bias": (
             softmax(bias.transform(logits)),
             confusion_matrix(held_y, bias.transform(held_logits).argmax(axis=1), len(names)),

@@ -81,11 +81,11 @@ def seq_cls(clf: LMClassifier, texts: list[str], work: Path) -> dict[str, Any]:
     return {"max_abs_prob_delta": delta, "n_texts": len(texts), "temperature": clf.temperature_}
 
 
-def run_vllm(job: Path, answer: Path) -> tuple[int, str]:
-    """``vllm_classify.py`` on ``job`` in vLLM's virtualenv: its exit code and output. Its own session, its output in
-    a file and the whole group killed at the end: vLLM's engine processes can outlive the script (it exits as soon
-    as its answers are written) and would hold a pipe, and the machine's memory, for ever."""
-
+def run_vllm(job: Path, answer: Path) -> dict[str, Any] | None:
+    """``vllm_classify.py`` on ``job`` in vLLM's virtualenv: None when it wrote ``answer``, else ``{"error": …}`` with
+    the root cause (vLLM logs it in a worker, above the last traceback) and the end of its output. Its own session,
+    its output in a file and the whole group killed at the end: vLLM's engine processes can outlive the script (it
+    exits as soon as its answers are written) and would hold a pipe, and the machine's memory, for ever."""
     log = answer.with_suffix(".log")
     with log.open("w") as out:
         proc = subprocess.Popen([str(VLLM_PYTHON), str(HERE / "vllm_classify.py"), str(job), str(answer)],
@@ -95,11 +95,13 @@ def run_vllm(job: Path, answer: Path) -> tuple[int, str]:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    return code, log.read_text(errors="replace")
+    if not code:
+        return None
+    lines = log.read_text(errors="replace").strip().splitlines()
+    return {"error": "\n".join([*[line for line in lines if "Error:" in line][:6], "…", *lines[-8:]])}
 
 
 def vllm(clf: LMClassifier, texts: list[str], work: Path) -> dict[str, Any]:
-
     from classlm.export import PROMPT_FILE, export_seq_cls
 
     out = work / "seq_cls"
@@ -114,11 +116,8 @@ def vllm(clf: LMClassifier, texts: list[str], work: Path) -> dict[str, Any]:
     (work / "job.json").write_text(json.dumps(job))
     if not VLLM_PYTHON.is_file():
         return {"error": f"no vLLM virtualenv at {VLLM_PYTHON.parent.parent}: make vllm-env"}
-    code, output = run_vllm(work / "job.json", work / "answer.json")
-    if code:  # the root cause (vLLM logs it in a worker, above the last traceback) and the end
-        lines = output.strip().splitlines()
-        causes = [line for line in lines if "Error:" in line][:6]
-        return {"error": "\n".join([*causes, "…", *lines[-8:]])}
+    if (failed := run_vllm(work / "job.json", work / "answer.json")) is not None:
+        return failed
     answer = json.loads((work / "answer.json").read_text())
     delta = float(np.abs(np.array(answer["probs"]) - clf.predict_proba(texts)).max())
     return {"max_abs_prob_delta": delta, "n_texts": len(texts), **{k: v for k, v in answer.items() if k != "probs"}}
@@ -127,7 +126,6 @@ def vllm(clf: LMClassifier, texts: list[str], work: Path) -> dict[str, Any]:
 def vllm_serve(clf: LMClassifier, texts: list[str], work: Path) -> dict[str, Any]:
     """The seq-cls export behind ``vllm serve … --runner pooling``, asked by classlm's client
     (``classify --backend vllm``)."""
-
     from classlm.backends.vllm import VLLMClassifier
 
     out = work / "seq_cls"
@@ -195,10 +193,8 @@ def vllm_merged(clf: LMClassifier, texts: list[str], work: Path) -> dict[str, An
                  "classifier_from_token": tok.convert_ids_to_tokens(info["class_token_ids"])}  # fmt: skip
     job = {"model": str(out), "prompts": ids, "options": {"gpu_memory_utilization": 0.5, "hf_overrides": overrides}}
     (work / "merged_job.json").write_text(json.dumps(job))
-    code, output = run_vllm(work / "merged_job.json", work / "merged_answer.json")
-    if code:
-        lines = output.strip().splitlines()
-        return {"error": "\n".join([*[line for line in lines if "Error:" in line][:6], "…", *lines[-8:]])}
+    if (failed := run_vllm(work / "merged_job.json", work / "merged_answer.json")) is not None:
+        return failed
     answer = json.loads((work / "merged_answer.json").read_text())
     want = softmax(clf.predict_scores(texts).logits)  # the raw class logits: temperature 1
     delta = float(np.abs(np.array(answer["probs"]) - want).max())
@@ -229,7 +225,6 @@ def ray_actors(clf: LMClassifier, texts: list[str], work: Path, actors: list[int
 
 
 def accelerate_runs(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-
     threads = os.cpu_count() or 1
     base = ["train", str(DATA / "ag_news"), "--limit", str(args.n_train), "--max-steps", str(args.max_steps),
             "--eval-every", str(args.max_steps // 2), "--no-baseline", "-m", args.model]  # fmt: skip

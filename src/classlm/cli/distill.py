@@ -104,7 +104,7 @@ def distill(
     prepare_run_folder(out_dir, args, resume=resume, overwrite=overwrite)  # writes nothing on resume
     if resume:
         _check_resumable(out_dir)
-    if not resume:
+    else:
         write_run_args(out_dir, args)
     fit: dict[str, Any] = {"teacher": source, "teacher_cache": out_dir / TEACHER_CACHE}
     if clf.trains_backbone():
