@@ -17,7 +17,9 @@ Writes ``benchmarks/results/calibration.json`` and ``.md``; each section is re-r
 - ``prior_shift``: a classifier trained on a balanced-as-given train sample (``--shift-classifier``: ``lora``, the
   default LoRA recipe on ``--shift-n-train`` rows (1,000), or ``tfidf``), calibrated on its hold-out; its test rows
   resampled to other class balances; EM and BBSE estimates. Keys ``prior_shift.<dataset>.<balance>.{nll_before,
-  nll_after,ece_before,ece_after,prior_error,bbse_prior_error}`` (errors: the largest absolute error over classes) for
+  nll_after,ece_before,ece_after,prior_error,bbse_prior_error,bbse_nll_after,bbse_counts_prior_error}`` (errors: the
+  largest absolute error over classes; ``bbse_*`` BBSE-soft as ``method="bbse"`` runs, ``_counts`` from the hard
+  confusion counts, which cells written before BBSE-soft hold under ``bbse_prior_error``) for
   the classifier's temperature, and the same under ``.bias`` for a bias calibration (temperature + per-class offset)
   fitted on the same held-out rows. Another ``--shift-n-train`` than 1,000 writes ``prior_shift_<rows>``;
   ``--shift-calib-rows N`` calibrates the same classifier again on N further train rows instead of its hold-out (how
@@ -48,7 +50,7 @@ from classlm.evaluation import evaluate
 from classlm.io import write_results
 from classlm.machine import machine_block, machine_line
 from classlm.metrics import classification_metrics, confusion_matrix, ece, nll, softmax
-from classlm.priors import bbse_priors, class_balance, em_priors, shift_priors
+from classlm.priors import bbse_priors, class_balance, em_priors, shift_priors, soft_confusion
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data"
@@ -195,10 +197,17 @@ def resample(y: np.ndarray, shares: np.ndarray, rng: np.random.Generator, n_max:
     )
 
 
-def adaptation(y: np.ndarray, p: np.ndarray, training: np.ndarray, confusion: np.ndarray) -> dict[str, Any]:
-    """EM and BBSE on the probabilities ``p`` of rows of classes ``y``: errors, NLL and ECE before and after."""
+def adaptation(
+    y: np.ndarray, p: np.ndarray, training: np.ndarray, held: tuple[np.ndarray, np.ndarray]
+) -> dict[str, Any]:
+    """EM and BBSE (soft, as ``method="bbse"`` runs, and from counts) on the probabilities ``p`` of rows of classes
+    ``y``, BBSE from the calibration rows' classes and probabilities ``held``: errors, NLL and ECE before and
+    after."""
     true = class_balance(y, p.shape[1])
     em = em_priors(p, training)
+    held_y, held_p = held
+    bbse = bbse_priors(soft_confusion(held_y, held_p), p, soft=True)
+    counts = confusion_matrix(held_y, held_p.argmax(axis=1), p.shape[1])
     return {
         "em_priors": em.priors.tolist(),
         "nll_before": nll(y, p),
@@ -207,7 +216,9 @@ def adaptation(y: np.ndarray, p: np.ndarray, training: np.ndarray, confusion: np
         "ece_before": ece(y, p),
         "ece_after": ece(y, em.proba),
         "prior_error": float(np.max(np.abs(em.priors - true))),
-        "bbse_prior_error": float(np.max(np.abs(bbse_priors(confusion, p) - true))),
+        "bbse_prior_error": float(np.max(np.abs(bbse - true))),
+        "bbse_nll_after": nll(y, shift_priors(p, training, bbse)),
+        "bbse_counts_prior_error": float(np.max(np.abs(bbse_priors(counts, p) - true))),
     }
 
 
@@ -224,16 +235,14 @@ def prior_shift(name: str, args: argparse.Namespace) -> dict[str, Any]:
     logits = clf.predict_scores(list(test.texts)).logits
     held_y = indices(clf, held_labels)
     held_logits = clf.predict_scores(held_texts).logits
-    confusion = confusion_matrix(held_y, clf.calibrated_logits(held_logits, "training").argmax(1), len(names))
+    held_p = softmax(clf.calibrated_logits(held_logits, "training"))
+    confusion = confusion_matrix(held_y, held_p.argmax(axis=1), len(names))
     if not args.shift_calib_rows and not np.array_equal(confusion, clf.calibration_info_["priors"]["confusion"]):
         raise AssertionError("the rebuilt calibration rows are not the classifier's own hold-out")
     bias = BiasScaler().fit(held_logits, held_y)
     calibrated = {
-        "temperature": (clf.probabilities(logits, "training"), confusion),
-        "bias": (
-            softmax(bias.transform(logits)),
-            confusion_matrix(held_y, bias.transform(held_logits).argmax(axis=1), len(names)),
-        ),
+        "temperature": (clf.probabilities(logits, "training"), held_p),
+        "bias": (softmax(bias.transform(logits)), softmax(bias.transform(held_logits))),
     }
     rng = np.random.default_rng(args.seed)
     out: dict[str, Any] = {
@@ -249,7 +258,7 @@ def prior_shift(name: str, args: argparse.Namespace) -> dict[str, Any]:
         shares = np.array([given.get(c, left / max(len(rest), 1)) for c in names])
         idx = resample(y_all, shares, rng, args.n_test)
         y = y_all[idx]
-        found = {cal: adaptation(y, p[idx], clf.training_priors_, conf) for cal, (p, conf) in calibrated.items()}
+        found = {cal: adaptation(y, p[idx], clf.training_priors_, (held_y, hp)) for cal, (p, hp) in calibrated.items()}
         true = class_balance(y, len(names))
         out[balance] = {
             "n": len(idx),
@@ -300,6 +309,10 @@ def oos(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _f3(v: float | None) -> str:  # older cells have no soft BBSE: their BBSE column is from counts
+    return "–" if v is None else f"{v:.3f}"
+
+
 def to_markdown(doc: dict[str, Any]) -> str:
     lines = ["# Calibration with few or no labels, prior shift, out of scope", ""]
     if "zero_shot" in doc:
@@ -324,8 +337,8 @@ def to_markdown(doc: dict[str, Any]) -> str:
         lines += [f"## Prior shift: EM on the resampled test rows ({key})", "", f"`{sec['command']}`; {sec['machine']}",
                   ""]  # fmt: skip
         lines += ["| dataset (classifier) | calibration on rows | balance | rows | NLL before | after EM |"
-                  " with true priors | ECE before | after | EM max error | BBSE max error |",
-                  "|---" * 11 + "|"]  # fmt: skip
+                  " with true priors | ECE before | after | EM max error | BBSE max error | NLL after BBSE |"
+                  " BBSE from counts |", "|---" * 13 + "|"]  # fmt: skip
         for d in (k for k in sec if k not in ("command", "machine")):
             for b, r in ((b, r) for b, r in sec[d].items() if isinstance(r, dict) and "nll_before" in r):
                 for cal, c in (("temperature", r), ("bias", r.get("bias"))):
@@ -335,7 +348,8 @@ def to_markdown(doc: dict[str, Any]) -> str:
                             f"{sec[d]['n_calibration_rows']} | {b} | "
                             f"{r['n']} | {c['nll_before']:.3f} | "
                             f"{c['nll_after']:.3f} | {c['nll_known_priors']:.3f} | {c['ece_before']:.3f} | "
-                            f"{c['ece_after']:.3f} | {c['prior_error']:.3f} | {c['bbse_prior_error']:.3f} |"
+                            f"{c['ece_after']:.3f} | {c['prior_error']:.3f} | {c['bbse_prior_error']:.3f} | "
+                            f"{_f3(c.get('bbse_nll_after'))} | {_f3(c.get('bbse_counts_prior_error'))} |"
                         )
         lines.append("")
     if "oos" in doc:

@@ -225,6 +225,8 @@ def test_calibration_benchmark_prior_shift_on_further_calibration_rows(tmp_path,
     assert sec["n_calibration_rows"] == 80 and sec["calibration_rows"] == "80 further seeded train rows"
     cell = sec["spam_50"]
     assert cell["true_priors"] == {"ham": 0.5, "spam": 0.5} and 0 <= cell["prior_error"] < 0.1
+    assert 0 <= cell["bbse_prior_error"] < 0.1 and 0 <= cell["bbse_counts_prior_error"] < 0.2
+    assert isinstance(cell["bbse_nll_after"], float)  # the stand-in rows are too easy for NLL to show a gain
     md = (tmp_path / "out" / "calibration.md").read_text()
     assert "| sms_spam (tfidf, 100 rows) | temperature on 80 | spam_50 |" in md
 

@@ -149,8 +149,19 @@ def test_priors_shift_every_prediction_by_bayes_rule_and_adapt_priors_is_saved(t
     loaded = LMClassifier.load(clf.save(tmp_path / "run"))
     np.testing.assert_allclose(loaded.predict_proba(TEXTS), adapted, atol=1e-9)
     assert loaded.calibration_info_["priors"]["deployment_source"] == {"method": "em", "n": len(TEXTS) + 2}
-    bbse = loaded.adapt_priors(TEXTS, method="bbse")  # the calibration rows' confusion counts were saved
+    bbse = loaded.adapt_priors(TEXTS, method="bbse")  # the calibration rows' answers were saved
     assert sum(bbse.values()) == pytest.approx(1.0)
+    from classlm.metrics import softmax
+    from classlm.priors import bbse_priors
+
+    saved = loaded.calibration_info_["priors"]
+    p = softmax(loaded.calibrated_logits(loaded.predict_scores(TEXTS).logits, "training"))
+    np.testing.assert_allclose(np.sum(saved["soft_confusion"], axis=1), np.sum(saved["confusion"], axis=1))
+    np.testing.assert_allclose(list(bbse.values()), bbse_priors(saved["soft_confusion"], p, soft=True), atol=1e-9)
+    # An artifact from before the summed probabilities were kept estimates from its confusion counts.
+    loaded.calibration_info_["priors"] = {k: v for k, v in saved.items() if k != "soft_confusion"}
+    hard = loaded.adapt_priors(TEXTS, method="bbse")
+    np.testing.assert_allclose(list(hard.values()), bbse_priors(saved["confusion"], p), atol=1e-9)
     loaded.set_priors(None)
     np.testing.assert_allclose(loaded.predict_proba(TEXTS), base, atol=1e-9)
 

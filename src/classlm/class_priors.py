@@ -65,15 +65,18 @@ class ClassPriors:
                 priors[key] = value.tolist()
         self.calibration_info_ = {**info, "priors": priors}
 
-    def record_calibration_rows(self, y: np.ndarray, predicted: np.ndarray, source: str) -> None:
+    def record_calibration_rows(self, y: np.ndarray, proba: np.ndarray, source: str) -> None:
         """What prior shift needs of the labelled rows the probabilities were calibrated on (class indices ``y``,
-        calibrated answers ``predicted``): their confusion counts (BBSE) and, unless training rows set it already,
-        their class balance as the one the probabilities hold for."""
+        calibrated probabilities ``proba``): their confusion counts and summed probabilities per class (BBSE, hard
+        and soft) and, unless training rows set it already, their class balance as the one the probabilities hold
+        for."""
         from classlm.metrics import confusion_matrix
-        from classlm.priors import class_balance
+        from classlm.priors import class_balance, soft_confusion
 
         k = len(self.classes_)
-        self.record_priors(confusion=confusion_matrix(y, predicted, k))
+        self.record_priors(
+            confusion=confusion_matrix(y, np.argmax(proba, axis=1), k), soft_confusion=soft_confusion(y, proba)
+        )
         if self._priors_info().get("training_source") != "training rows":
             self.record_priors(training=class_balance(y, k), training_source=source)
 
@@ -87,8 +90,8 @@ class ClassPriors:
     def adapt_priors(self, X: Any, method: str = "em") -> dict[str, float]:
         """Estimate the class balance of the unlabelled texts ``X`` and use it for every prediction from now on
         (saved with the classifier): ``method="em"`` (Saerens et al. 2002: needs calibrated probabilities) or
-        ``"bbse"`` (Lipton et al. 2018: from the confusion counts of the labelled calibration rows). Returns the
-        estimate per class."""
+        ``"bbse"`` (Lipton et al. 2018, BBSE-soft: from the labelled calibration rows' answers; unbiased where EM
+        follows the classifier's confusions, but noisier with few of those rows). Returns the estimate per class."""
         return self.adapt_priors_to(self.predict_scores(X).logits, method)
 
     def adapt_priors_to(self, logits: np.ndarray, method: str = "em") -> dict[str, float]:
@@ -116,7 +119,10 @@ class ClassPriors:
         self.check_prior_method(method)
         if method == "em":
             return em_priors(proba, self.training_priors_).priors
-        return bbse_priors(self._priors_info()["confusion"], proba)
+        info = self._priors_info()
+        if info.get("soft_confusion") is not None:
+            return bbse_priors(info["soft_confusion"], proba, soft=True)
+        return bbse_priors(info["confusion"], proba)  # saved before the summed probabilities were kept
 
     def priors(self) -> dict[str, Any]:
         """The class balances by class name: ``training`` (what the probabilities are calibrated for) and

@@ -256,7 +256,7 @@ class Ensemble(CalibratedClassifier):
         }
         # Calibrated on these rows: a prior shift (adapt_priors, predict_proba(priors=...)) starts from their balance.
         self.calibration_info_: dict[str, Any] = {}
-        self.record_calibration_rows(y_idx, np.argmax(calibrator.transform(z), axis=1), "held-out rows")
+        self.record_calibration_rows(y_idx, softmax(calibrator.transform(z)), "held-out rows")
         return self
 
     def predict_scores(self, X: Any, *, class_mass: bool = False) -> Scores:

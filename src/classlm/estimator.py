@@ -262,7 +262,7 @@ class CalibratedClassifier(ClassPriors, ClassifierMixin, BaseEstimator):
             "before": {k: before[k] for k in keys},
             "after": {k: after[k] for k in keys},
         }
-        self.record_calibration_rows(y, np.argmax(self.calibrator_.transform(logits), axis=1), "calibration rows")
+        self.record_calibration_rows(y, softmax(self.calibrator_.transform(logits)), "calibration rows")
 
     def model_info(self) -> dict[str, Any]:
         """What the fitted classifier is, as JSON (the server's ``GET /v1/model``); subclasses add their parts."""

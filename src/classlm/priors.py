@@ -37,6 +37,7 @@ __all__ = [
     "em_priors",
     "prior_vector",
     "shift_priors",
+    "soft_confusion",
 ]
 
 PRIOR_KINDS = ("contextual", "batch")
@@ -200,24 +201,37 @@ def em_priors(
     return PriorEstimate(q, shift_priors(p, src, q), max_iter, False)
 
 
-def bbse_priors(confusion: Any, proba_target: Any) -> np.ndarray:
-    """Lipton et al. (2018), black-box shift estimation. ``confusion``: counts of labelled held-out rows, true class
-    by row and predicted class by column (:func:`classlm.metrics.confusion_matrix`); with ``C[i, j]`` the share of
-    them predicted ``i`` whose class is ``j`` and ``mu[i]`` the share of target rows predicted ``i``, solve
+def bbse_priors(confusion: Any, proba_target: Any, *, soft: bool = False) -> np.ndarray:
+    """Lipton et al. (2018), black-box shift estimation. ``confusion``: labelled held-out rows, true class by row and
+    predicted class by column — counts (:func:`classlm.metrics.confusion_matrix`), or with ``soft`` each row's
+    summed probabilities (:func:`soft_confusion`); with ``C[i, j]`` the share of them predicted ``i`` whose class is
+    ``j`` and ``mu[i]`` the share of target rows predicted ``i`` (``soft``: their mean probability of ``i``), solve
     ``C w = mu`` for the weights ``w = target prior / source prior`` (least squares, clipped at 0) and return the
-    target prior."""
+    target prior.
+
+    ``soft`` is the paper's BBSE-soft: every row adds all of its answer to ``C`` and ``mu``, not one count, so a
+    hundred calibration rows give a steadier ``C`` (``benchmarks/calibration.py``'s ``prior_shift``)."""
     target = _proba(proba_target, "proba_target")
     k = target.shape[1]
     counts = np.asarray(confusion, dtype=np.float64)
     if counts.shape != (k, k) or not np.all(np.isfinite(counts)) or np.any(counts < 0) or counts.sum() <= 0:
         raise ConfigError(f"confusion: expected ({k}, {k}) non-negative counts, not all 0; got shape {counts.shape}")
     c = counts.T / counts.sum()  # c[i, j]: predicted i, true j
-    mu = np.bincount(target.argmax(axis=1), minlength=k) / target.shape[0]
+    mu = target.mean(axis=0) if soft else np.bincount(target.argmax(axis=1), minlength=k) / target.shape[0]
     w, *_ = np.linalg.lstsq(c, mu, rcond=None)
     q = np.maximum(w, 0.0) * c.sum(axis=0)  # w_j * source_j; source_j = share of held-out rows of class j
     if q.sum() <= 0:
         raise ConfigError("bbse_priors: the estimate is 0 for every class; the held-out predictions carry no signal")
     return q / q.sum()
+
+
+def soft_confusion(y: Any, proba: Any) -> np.ndarray:
+    """BBSE-soft's confusion: row ``j`` sums the probabilities ``proba`` (shape ``(n, k)``) of the rows of class
+    ``j`` (class indices ``y``), so each row sums to that class's count."""
+    p = _proba(proba, "proba")
+    out = np.zeros((p.shape[1], p.shape[1]))
+    np.add.at(out, np.asarray(y, dtype=np.int64), p)
+    return out
 
 
 def class_balance(y: Any, k: int) -> np.ndarray:
@@ -257,9 +271,9 @@ def _finite(v: Any) -> bool:
 
 
 def check_saved_priors(saved: Any, k: int, where: str = "") -> dict[str, Any]:
-    """A saved classifier's prior facts (``training`` and ``deployment`` balances, ``confusion`` counts, their
-    sources) checked against its ``k`` classes; ``{}`` for none. Raises ArtifactError, saying which field is bad
-    (after ``where``, the file)."""
+    """A saved classifier's prior facts (``training`` and ``deployment`` balances, ``confusion`` counts and
+    ``soft_confusion`` probability sums, their sources) checked against its ``k`` classes; ``{}`` for none. Raises
+    ArtifactError, saying which field is bad (after ``where``, the file)."""
     if saved is None:
         return {}
     if not isinstance(saved, Mapping):
@@ -270,11 +284,12 @@ def check_saved_priors(saved: Any, k: int, where: str = "") -> dict[str, Any]:
             not isinstance(v, list) or len(v) != k or not all(_finite(x) and x >= 0 for x in v) or sum(v) <= 0
         ):
             raise ArtifactError(f"{where}priors: expected {key!r} to be {k} non-negative numbers or null, got {v!r}")
-    confusion = saved.get("confusion")
-    if confusion is not None and (
-        not isinstance(confusion, list)
-        or len(confusion) != k
-        or not all(isinstance(r, list) and len(r) == k and all(_finite(x) and x >= 0 for x in r) for r in confusion)
-    ):
-        raise ArtifactError(f"{where}priors: expected 'confusion' to be {k} rows of {k} counts or null")
+    for key in ("confusion", "soft_confusion"):
+        m = saved.get(key)
+        if m is not None and (
+            not isinstance(m, list)
+            or len(m) != k
+            or not all(isinstance(r, list) and len(r) == k and all(_finite(x) and x >= 0 for x in r) for r in m)
+        ):
+            raise ArtifactError(f"{where}priors: expected {key!r} to be {k} rows of {k} non-negative numbers or null")
     return dict(saved)
