@@ -200,6 +200,8 @@ def test_cli_distill_writes_a_run_from_a_teacher_run(tiny_model_dir, teacher, tm
     assert code == 0, err
     mixed = json.loads((tmp_path / "mixed" / "classlm.json").read_text())["training"]["distillation"]
     assert mixed["n_labelled"] > 0 and "agreement_with_labels" in mixed
+    # A bare labelled file (no labels.json, no --labels) takes the teacher's class order, not the sorted one.
+    assert [str(c) for c in LMClassifier.load(tmp_path / "mixed").classes_] == LABELS != sorted(LABELS)
     code, _, err = run_cli(monkeypatch, capsys, "distill", "--teacher", tmp_path / "nope", "--unlabelled", unlabelled,
                            "--out", tmp_path / "bad")  # fmt: skip
     assert code == 2 and "neither a run folder nor an http(s):// server URL" in err

@@ -85,7 +85,7 @@ def distill(
     calib = None
     if labelled is not None:
         data = load_rows(labelled, split="train", seed=seed, **rows)
-        spec = label_spec_for(labels, labelled, data)
+        spec = label_spec_for(labels, labelled, data, order=[str(c) for c in source.classes_])
         data, evaluation, calib, eval_source = held_out_rows(labelled, data, ("train", eval_split, None), seed, rows)
         hard_texts, hard_labels = list(data.texts), list(data.labels or [])
     else:  # no labels at all: the held-out rows are judged against the teacher's own answers

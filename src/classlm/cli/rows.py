@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,9 @@ def load_rows(
     return dataset.sample(limit, seed)
 
 
-def label_spec_for(labels: str | None, data: str, dataset: Any) -> Any:
-    """``--labels`` if given, else the data's ``labels.json`` (its descriptions too), else the labels seen."""
+def label_spec_for(labels: str | None, data: str, dataset: Any, order: Sequence[str] | None = None) -> Any:
+    """``--labels`` if given, else the data's ``labels.json`` (its descriptions too), else the labels seen: in
+    ``order`` (a teacher's classes) where it names the same classes, else sorted."""
     from classlm.data import find_label_spec
 
     spec = parse_labels(labels)
@@ -52,7 +54,10 @@ def label_spec_for(labels: str | None, data: str, dataset: Any) -> Any:
         return spec
     if is_label_lists(dataset.labels):  # multi-label: the classes of every row's list
         return label_classes(dataset.labels)
-    return sorted(set(dataset.labels))
+    seen = sorted(set(dataset.labels))
+    if order is not None and len(order) == len(seen) and {str(c) for c in order} == {str(c) for c in seen}:
+        return list(order)
+    return seen
 
 
 def held_out_rows(
