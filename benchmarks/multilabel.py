@@ -207,12 +207,14 @@ def _made_by(section: dict[str, Any]) -> list[str]:
 
 
 def _label_table(name: str, section: dict[str, Any]) -> list[str]:
-    lines = [f"## {name}", "", "| method | macro-F1 | micro-F1 | samples-F1 | Hamming loss | BCE | per-class ECE |"
-             " labels per text (true / predicted) | train s | texts/s |", "|---" * 10 + "|"]  # fmt: skip
+    # Cells of one dataset may come from runs on other numbers of rows (each records its command): say so per row.
+    head = "| method | train rows | macro-F1 | micro-F1 | samples-F1 | Hamming loss | BCE | per-class ECE |"
+    lines = [f"## {name}", "", head + " labels per text (true / predicted) | train s | texts/s |", "|---" * 11 + "|"]
     for method, r in section.items():
         if isinstance(r, dict) and "macro_f1" in r:
             lines.append(
-                f"| {method} | {r['macro_f1']:.3f} | {r['micro_f1']:.3f} | {r['samples_f1']:.3f} | "
+                f"| {method} | {r.get('n_train', '–')} | {r['macro_f1']:.3f} | {r['micro_f1']:.3f} | "
+                f"{r['samples_f1']:.3f} | "
                 f"{r['hamming_loss']:.4f} | {r['bce']:.4f} | {r['per_class_ece_mean']:.4f} | "
                 f"{r['cardinality_true']:.2f} / {r['cardinality_predicted']:.2f} | {r['train_seconds']} | "
                 f"{r.get('texts_per_second', '–')} |"

@@ -253,7 +253,7 @@ def test_multilabel_benchmark_scores_a_tfidf_cell_and_renders(tmp_path, monkeypa
     cell = json.loads((tmp_path / "out" / "multilabel.json").read_text())[tmp_path.name]["tfidf"]
     assert cell["macro_f1"] > 0.9  # the words name the labels: a bag of words learns them
     assert set(multilabel.KEEP) <= set(cell) and cell["n_test"] == 40
-    assert "| tfidf | " in (tmp_path / "out" / "multilabel.md").read_text()
+    assert f"| tfidf | {cell['n_train']} | " in (tmp_path / "out" / "multilabel.md").read_text()  # its rows, per row
     # --full: every row of both splits (the GPU mode's budget; --device cuda files its cells under "gpu").
     monkeypatch.setattr(sys, "argv", ["x", "--datasets", tmp_path.name, "--methods", "tfidf", "--full", "--merge"])
     multilabel.main()
