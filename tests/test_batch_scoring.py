@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -83,7 +84,7 @@ def test_a_gold_label_is_kept_and_a_row_without_text_is_left_unscored(saved_run)
     assert [got["predicted_label"][i] for i in (0, 2)] == list(clf.predict([TEXTS[0], TEXTS[1]]))
 
 
-def test_an_empty_file_is_refused_and_rows_without_text_are_counted(local_ray, saved_run, tmp_path):
+def test_an_empty_file_is_refused_and_rows_without_text_are_counted(local_ray, saved_run, tmp_path, capfd):
     from classlm.errors import DataError
 
     root, _ = saved_run
@@ -106,9 +107,16 @@ def test_an_empty_file_is_refused_and_rows_without_text_are_counted(local_ray, s
     assert score_file(root / "run", tmp_path / "blank.csv", tmp_path / "blank.jsonl", actors=1)["unscored"] == 1
     # A .txt file, as `classify --file` reads one: a text per non-blank line.
     (tmp_path / "in.txt").write_text(f"{TEXTS[0]}\n\n{TEXTS[2]}\n")
-    stats = score_file(root / "run", tmp_path / "in.txt", tmp_path / "txt.jsonl", actors=1)
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stats = score_file(root / "run", tmp_path / "in.txt", tmp_path / "txt.jsonl", actors=1)
     got = _rows(tmp_path / "txt.jsonl")
     assert stats["rows"] == 2 and [r["text"] for r in got] == [TEXTS[0], TEXTS[2]] and got[1]["label"] is not None
+    # Quiet: neither Ray Data's INFO lines (each dataset's plan and progress) nor its warning on filter(fn).
+    err = capfd.readouterr().err
+    assert "Running Dataset" not in err and "Execution plan" not in err, err
+    assert not [w for w in caught if "filter" in str(w.message) or "'expr'" in str(w.message)]
 
 
 def test_an_actor_that_dies_is_restarted_and_no_row_is_lost_or_repeated(local_ray, saved_run, tmp_path):
