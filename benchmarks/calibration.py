@@ -237,7 +237,11 @@ def prior_shift(name: str, args: argparse.Namespace) -> dict[str, Any]:
     held_logits = clf.predict_scores(held_texts).logits
     held_p = softmax(clf.calibrated_logits(held_logits, "training"))
     confusion = confusion_matrix(held_y, held_p.argmax(axis=1), len(names))
-    if not args.shift_calib_rows and not np.array_equal(confusion, clf.calibration_info_["priors"]["confusion"]):
+    saved = clf.calibration_info_["priors"]
+    if not args.shift_calib_rows and not (
+        np.array_equal(confusion, saved["confusion"])
+        and np.allclose(soft_confusion(held_y, held_p), saved["soft_confusion"], atol=1e-5)
+    ):
         raise AssertionError("the rebuilt calibration rows are not the classifier's own hold-out")
     bias = BiasScaler().fit(held_logits, held_y)
     calibrated = {
@@ -309,8 +313,13 @@ def oos(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _f3(v: float | None) -> str:  # older cells have no soft BBSE: their BBSE column is from counts
-    return "–" if v is None else f"{v:.3f}"
+def _bbse_columns(c: dict[str, Any]) -> str:
+    """EM's error, then BBSE-soft's error and NLL, and BBSE from counts. Cells written before BBSE-soft have only
+    the counts' error, under ``bbse_prior_error``."""
+    if "bbse_counts_prior_error" not in c:
+        return f"{c['prior_error']:.3f} | – | – | {c['bbse_prior_error']:.3f}"
+    return (f"{c['prior_error']:.3f} | {c['bbse_prior_error']:.3f} | {c['bbse_nll_after']:.3f} | "
+            f"{c['bbse_counts_prior_error']:.3f}")  # fmt: skip
 
 
 def to_markdown(doc: dict[str, Any]) -> str:
@@ -337,7 +346,7 @@ def to_markdown(doc: dict[str, Any]) -> str:
         lines += [f"## Prior shift: EM on the resampled test rows ({key})", "", f"`{sec['command']}`; {sec['machine']}",
                   ""]  # fmt: skip
         lines += ["| dataset (classifier) | calibration on rows | balance | rows | NLL before | after EM |"
-                  " with true priors | ECE before | after | EM max error | BBSE max error | NLL after BBSE |"
+                  " with true priors | ECE before | after | EM max error | BBSE-soft max error | NLL after BBSE-soft |"
                   " BBSE from counts |", "|---" * 13 + "|"]  # fmt: skip
         for d in (k for k in sec if k not in ("command", "machine")):
             for b, r in ((b, r) for b, r in sec[d].items() if isinstance(r, dict) and "nll_before" in r):
@@ -348,8 +357,7 @@ def to_markdown(doc: dict[str, Any]) -> str:
                             f"{sec[d]['n_calibration_rows']} | {b} | "
                             f"{r['n']} | {c['nll_before']:.3f} | "
                             f"{c['nll_after']:.3f} | {c['nll_known_priors']:.3f} | {c['ece_before']:.3f} | "
-                            f"{c['ece_after']:.3f} | {c['prior_error']:.3f} | {c['bbse_prior_error']:.3f} | "
-                            f"{_f3(c.get('bbse_nll_after'))} | {_f3(c.get('bbse_counts_prior_error'))} |"
+                            f"{c['ece_after']:.3f} | {_bbse_columns(c)} |"
                         )
         lines.append("")
     if "oos" in doc:

@@ -4,6 +4,7 @@ row, in input order with every id; an actor that dies mid-run is restarted and n
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 
@@ -108,6 +109,7 @@ def test_an_empty_file_is_refused_and_rows_without_text_are_counted(local_ray, s
     # A .txt file, as `classify --file` reads one: a text per non-blank line.
     (tmp_path / "in.txt").write_text(f"{TEXTS[0]}\n\n{TEXTS[2]}\n")
     capfd.readouterr()
+    levels = [h.level for h in logging.getLogger("ray.data").handlers]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         stats = score_file(root / "run", tmp_path / "in.txt", tmp_path / "txt.jsonl", actors=1)
@@ -116,6 +118,7 @@ def test_an_empty_file_is_refused_and_rows_without_text_are_counted(local_ray, s
     # Quiet: neither Ray Data's INFO lines (each dataset's plan and progress) nor its warning on filter(fn).
     err = capfd.readouterr().err
     assert "Running Dataset" not in err and "Execution plan" not in err, err
+    assert [h.level for h in logging.getLogger("ray.data").handlers] == levels  # put back: the caller's logging
     assert not [w for w in caught if "filter" in str(w.message) or "'expr'" in str(w.message)]
 
 

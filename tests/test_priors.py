@@ -174,6 +174,8 @@ def test_soft_bbse_recovers_a_shifted_balance_and_is_steadier_than_counts_on_few
     soft = soft_confusion(y_h, p_h)
     np.testing.assert_allclose(soft.sum(axis=1), np.bincount(y_h, minlength=K))  # each row: its class's count
     np.testing.assert_allclose(bbse_priors(soft, p_t, soft=True), SHIFTED, atol=0.02)
+    with pytest.raises(ConfigError, match=r"class indices in 0\.\.3"):
+        soft_confusion(np.array([0, 4]), p_h[:2])
     # With 100 calibration rows (a 1,000-row training set's hold-out) the counts are noisy; every row's whole answer
     # is not. Over 100 draws of those rows the soft estimate is off by less, on average.
     errors: dict[bool, list[float]] = {True: [], False: []}

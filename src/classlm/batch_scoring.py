@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,24 @@ def saved_fields(classifier: str | Path) -> tuple[str, ...]:
     return tuple(json.loads(manifest.read_text()).get("prompt", {}).get("fields") or ("text",))
 
 
+@contextmanager
+def _quiet_console(logger: str = "ray.data") -> Iterator[None]:
+    """Ray Data logs each dataset's plan and progress at INFO (as log lines where stderr is not a terminal): about 35
+    lines for a 20-row file, around our one line. Its console handlers go to WARNING for the run and back after; its
+    session log files keep everything."""
+    # Console handlers only: a FileHandler is a StreamHandler too; Ray's session-file handler is neither.
+    every = logging.getLogger(logger).handlers
+    handlers = [h for h in every if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    levels = [h.level for h in handlers]
+    for h in handlers:
+        h.setLevel(max(h.level, logging.WARNING))
+    try:
+        yield
+    finally:
+        for h, level in zip(handlers, levels, strict=True):
+            h.setLevel(level)
+
+
 def _non_blank(batch: Any) -> Any:
     return batch[batch["text"].str.strip() != ""]
 
@@ -160,11 +179,10 @@ def score_file(
         # actors, idle until it is read, never give back.
         ray.init(num_cpus=actors * threads + 1, include_dashboard=False, log_to_driver=False, configure_logging=False)
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # rows come back in input order
-    # Ray Data logs each dataset's plan and progress at INFO: about 35 lines for a 20-row file, around our one line.
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
     start = time.perf_counter()
     dataset = read_dataset(source)
-    schema = dataset.schema()
+    with _quiet_console():  # reading the schema runs the read
+        schema = dataset.schema()
     if schema is None:
         raise DataError(f"{source}: expected rows of texts to score, found none (an empty file?)")
     wanted = list(text_cols or saved_fields(classifier))
@@ -187,7 +205,8 @@ def score_file(
         batch_format="pandas",
         num_cpus=threads,
     )
-    frames = list(scored.iter_batches(batch_format="pandas", batch_size=None))
+    with _quiet_console():
+        frames = list(scored.iter_batches(batch_format="pandas", batch_size=None))
     seconds = time.perf_counter() - start
     import pandas as pd
 

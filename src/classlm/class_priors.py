@@ -74,9 +74,9 @@ class ClassPriors:
         from classlm.priors import class_balance, soft_confusion
 
         k = len(self.classes_)
-        self.record_priors(
-            confusion=confusion_matrix(y, np.argmax(proba, axis=1), k), soft_confusion=soft_confusion(y, proba)
-        )
+        # Six decimals: 150 classes make 22,500 sums, which the artifact's JSON keeps (full floats: ~0.4 MB).
+        soft = np.round(soft_confusion(y, proba), 6)
+        self.record_priors(confusion=confusion_matrix(y, np.argmax(proba, axis=1), k), soft_confusion=soft)
         if self._priors_info().get("training_source") != "training rows":
             self.record_priors(training=class_balance(y, k), training_source=source)
 

@@ -229,8 +229,12 @@ def soft_confusion(y: Any, proba: Any) -> np.ndarray:
     """BBSE-soft's confusion: row ``j`` sums the probabilities ``proba`` (shape ``(n, k)``) of the rows of class
     ``j`` (class indices ``y``), so each row sums to that class's count."""
     p = _proba(proba, "proba")
-    out = np.zeros((p.shape[1], p.shape[1]))
-    np.add.at(out, np.asarray(y, dtype=np.int64), p)
+    k = p.shape[1]
+    idx = np.asarray(y, dtype=np.int64)
+    if idx.shape != (p.shape[0],) or np.any(idx < 0) or np.any(idx >= k):
+        raise ConfigError(f"y: expected {p.shape[0]} class indices in 0..{k - 1}, got shape {idx.shape}")
+    out = np.zeros((k, k))
+    np.add.at(out, idx, p)
     return out
 
 
