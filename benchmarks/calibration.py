@@ -197,17 +197,21 @@ def resample(y: np.ndarray, shares: np.ndarray, rng: np.random.Generator, n_max:
     )
 
 
+def held_confusions(held_y: np.ndarray, held_p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """BBSE's two views of the calibration rows (classes ``held_y``, probabilities ``held_p``): summed probabilities
+    (BBSE-soft, what ``method="bbse"`` uses) and confusion counts."""
+    return soft_confusion(held_y, held_p), confusion_matrix(held_y, held_p.argmax(axis=1), held_p.shape[1])
+
+
 def adaptation(
     y: np.ndarray, p: np.ndarray, training: np.ndarray, held: tuple[np.ndarray, np.ndarray]
 ) -> dict[str, Any]:
-    """EM and BBSE (soft, as ``method="bbse"`` runs, and from counts) on the probabilities ``p`` of rows of classes
-    ``y``, BBSE from the calibration rows' classes and probabilities ``held``: errors, NLL and ECE before and
-    after."""
+    """EM and BBSE (soft, as ``method="bbse"`` runs, and from counts: ``held``, from :func:`held_confusions`) on the
+    probabilities ``p`` of rows of classes ``y``: errors, NLL and ECE before and after."""
     true = class_balance(y, p.shape[1])
     em = em_priors(p, training)
-    held_y, held_p = held
-    bbse = bbse_priors(soft_confusion(held_y, held_p), p, soft=True)
-    counts = confusion_matrix(held_y, held_p.argmax(axis=1), p.shape[1])
+    soft, counts = held
+    bbse = bbse_priors(soft, p, soft=True)
     return {
         "em_priors": em.priors.tolist(),
         "nll_before": nll(y, p),
@@ -235,18 +239,16 @@ def prior_shift(name: str, args: argparse.Namespace) -> dict[str, Any]:
     logits = clf.predict_scores(list(test.texts)).logits
     held_y = indices(clf, held_labels)
     held_logits = clf.predict_scores(held_texts).logits
-    held_p = softmax(clf.calibrated_logits(held_logits, "training"))
-    confusion = confusion_matrix(held_y, held_p.argmax(axis=1), len(names))
+    held = held_confusions(held_y, softmax(clf.calibrated_logits(held_logits, "training")))
     saved = clf.calibration_info_["priors"]
     if not args.shift_calib_rows and not (
-        np.array_equal(confusion, saved["confusion"])
-        and np.allclose(soft_confusion(held_y, held_p), saved["soft_confusion"], atol=1e-5)
+        np.array_equal(held[1], saved["confusion"]) and np.allclose(held[0], saved["soft_confusion"], atol=1e-5)
     ):
         raise AssertionError("the rebuilt calibration rows are not the classifier's own hold-out")
     bias = BiasScaler().fit(held_logits, held_y)
     calibrated = {
-        "temperature": (clf.probabilities(logits, "training"), held_p),
-        "bias": (softmax(bias.transform(logits)), softmax(bias.transform(held_logits))),
+        "temperature": (clf.probabilities(logits, "training"), held),
+        "bias": (softmax(bias.transform(logits)), held_confusions(held_y, softmax(bias.transform(held_logits)))),
     }
     rng = np.random.default_rng(args.seed)
     out: dict[str, Any] = {
@@ -262,7 +264,7 @@ def prior_shift(name: str, args: argparse.Namespace) -> dict[str, Any]:
         shares = np.array([given.get(c, left / max(len(rest), 1)) for c in names])
         idx = resample(y_all, shares, rng, args.n_test)
         y = y_all[idx]
-        found = {cal: adaptation(y, p[idx], clf.training_priors_, (held_y, hp)) for cal, (p, hp) in calibrated.items()}
+        found = {cal: adaptation(y, p[idx], clf.training_priors_, h) for cal, (p, h) in calibrated.items()}
         true = class_balance(y, len(names))
         out[balance] = {
             "n": len(idx),
