@@ -658,19 +658,20 @@ def recipe_lines(t: dict[str, Any], q: dict[str, Any] | None) -> list[str]:
         "",
         f"Peak RSS: {t['peak_rss']}.",
         "",
-        "| dtype | allocator | examples/s | train s | steps | peak RSS MiB | test macro-F1 (scored in float32) | "
-        "test ECE |",
-        "|---|---|---|---|---|---|---|---|",
+        "| dtype | allocator | backward math | examples/s | train s | steps | peak RSS MiB | test macro-F1 (scored in "
+        "float32) | test ECE |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in (t.get("fp32"), t.get("bf16"), *t.get("glibc_malloc", {}).values()):
         if r is None:
             continue
         if "error" in r:
-            lines.append(f"| failed: {r['error'][:200]} | | | | | | | |")
+            lines.append(f"| failed: {r['error'][:200]} | | | | | | | | |")
             continue
         m = r["test_after_temperature"]
         lines.append(
-            f"| {r['dtype']} | {r.get('allocator', 'system')} | {r['examples_per_second']:.2f} | "
+            f"| {r['dtype']} | {r.get('allocator', 'system')} | {r.get('kernels', 'eager')} | "
+            f"{r['examples_per_second']:.2f} | "
             f"{r['train_seconds']:.0f} | {r['steps']} | {r['peak_rss_mib'] or float('nan'):.0f} | "
             f"{m['macro_f1']:.4f} | {m['ece']:.4f} |"
         )

@@ -1,10 +1,12 @@
 """The lean layer forms of classlm.kernels give the plain layers' values and gradients, and switch back cleanly."""
 
 import copy
+import shutil
 
 import pytest
 import torch
 
+from classlm import kernels
 from classlm.config import LoraConfig
 from classlm.kernels import lean_training, softmax_to, use_fast_lora
 from classlm.lora import add_lora
@@ -197,3 +199,72 @@ def test_fast_lora_in_bf16_is_as_close_to_float32_as_peft_in_bf16(tiny_model):
     err_fast, err_peft = float((fast - ref).abs().mean()), float((plain - ref).abs().mean())
     assert err_fast < 1.5 * err_peft + 1e-3, (err_fast, err_peft)
     assert float((fast - plain).abs().max()) < 0.05 * float(ref.abs().max())
+
+
+def _cases(dtype):
+    """Inputs of the three fused formulas, with a batch of one (inductor specialises sizes 0 and 1) and odd widths."""
+    g = torch.Generator().manual_seed(0)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g).to(dtype)
+
+    x = r(1, 7, 33)
+    rstd = torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-5)
+    probs = torch.softmax(r(2, 3, 5, 9).float(), -1).to(dtype)
+    return {
+        "_rms_norm_grad": (r(1, 7, 33), x, r(33), rstd),
+        "_silu_gate_grads": (r(3, 5, 40), r(3, 5, 40), r(3, 5, 40)),
+        "_softmax_grad": (probs, r(2, 3, 5, 9), dtype),
+    }
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="no C++ compiler: inductor cannot build")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_fused_backward_math_is_compiled_and_equals_the_eager_formulas(dtype, monkeypatch):
+    monkeypatch.delenv(kernels.FUSED_ENV, raising=False)
+    for name, args in _cases(dtype).items():
+        fn = getattr(kernels, name)
+        fused, eager = fn(*args), fn.__wrapped__(*args)
+        if not isinstance(fused, tuple):
+            fused, eager = (fused,), (eager,)
+        for a, b in zip(fused, eager, strict=True):
+            assert a.dtype == b.dtype == dtype and a.shape == b.shape
+            # the same float32 arithmetic; summation order may move a bf16 result by one rounding step
+            tol = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-2, "rtol": 1e-2}
+            torch.testing.assert_close(a, b, **tol, msg=name)
+        assert name in kernels._compiled  # it ran compiled, not through the fallback
+    assert kernels.fused_backward_status() == "compiled"
+
+
+def test_a_failed_compile_falls_back_to_the_eager_formulas_once_and_says_so(monkeypatch, caplog):
+    calls = []
+
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            calls.append(fn.__name__)
+            raise RuntimeError("CppCompileError: no compiler\ndetails")
+
+        return run
+
+    monkeypatch.delenv(kernels.FUSED_ENV, raising=False)
+    monkeypatch.setattr(kernels, "_compiled", {})
+    monkeypatch.setitem(kernels._fused_state, "error", None)
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    args = _cases(torch.float32)["_silu_gate_grads"]
+    with caplog.at_level("WARNING", logger="classlm.kernels"):
+        got = kernels._silu_gate_grads(*args)
+        again = kernels._rms_norm_grad(*_cases(torch.float32)["_rms_norm_grad"])
+    for a, b in zip(got, kernels._silu_gate_grads.__wrapped__(*args)):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert again.shape == (1, 7, 33)
+    assert calls == ["_silu_gate_grads"]  # tried once; the rest of the process stays eager
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and "g++" in caplog.records[0].getMessage()
+    assert kernels.fused_backward_status() == "eager (compiling failed: RuntimeError: CppCompileError: no compiler)"
+
+
+def test_the_environment_switch_keeps_the_eager_formulas(monkeypatch):
+    monkeypatch.setenv(kernels.FUSED_ENV, "0")
+    monkeypatch.setattr(kernels, "_compiled", {})
+    kernels._softmax_grad(*_cases(torch.bfloat16)["_softmax_grad"])
+    assert kernels._compiled == {}
+    assert kernels.fused_backward_status() == "eager ($CLASSLM_FUSED_BACKWARD=0)"

@@ -39,7 +39,7 @@ from classlm.checkpoints import read_metrics as read_metrics  # re-exported: cal
 from classlm.config import STOP_METRICS, TrainConfig, auto_epochs, train_token_budget
 from classlm.distributed import current as current_world
 from classlm.errors import ConfigError
-from classlm.kernels import lean_training
+from classlm.kernels import fused_backward_status, lean_training
 from classlm.machine import peak_rss_mib
 from classlm.methods.base import Method
 from classlm.metrics import classification_metrics, softmax
@@ -391,8 +391,7 @@ def train_method(
 ) -> dict[str, Any]:
     """Train ``method``'s trainable module on ``train`` (texts, column indices), evaluating on ``evaluation``;
     ``trainer``: the Trainer's options. Returns the training summary the artifact records."""
-    # Also on resume: the checkpoint restores a head's weights, but its feature standardisation (buffers, not
-    # parameters) comes from the warm start, which is deterministic.
+    # Also on resume: a checkpoint restores a head's weights, not its feature standardisation (warm start's buffers).
     y_warm = train[1] if len(train) < 3 else np.where(train[1] >= 0, train[1], train[2].argmax(1))
     method.warm_start(train[0], y_warm, config.seed)  # a row only the teacher labels: its most probable class
     module = method.trainable_module()
@@ -420,6 +419,7 @@ def train_method(
         # The process's peak so far: loading, training and its evaluations (and whatever ran before in it).
         "peak_rss_mib": peak_rss_mib(),
         "allocator": active_allocator(),  # glibc's malloc trains slower and fatter on CPU: see classlm.allocator
+        "kernels": fused_backward_status(),  # the lean backward math compiled, or eager and why (classlm.kernels)
         "history": state.history,
         **({"class_bias": module.class_bias.detach().float().cpu().tolist()} if train[1].ndim == 2 else {}),
     }
