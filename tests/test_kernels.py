@@ -220,23 +220,42 @@ def _cases(dtype):
 
 @pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="no C++ compiler: inductor cannot build")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_fused_backward_math_is_compiled_and_equals_the_eager_formulas(dtype, monkeypatch):
+def test_the_fused_backward_math_is_compiled_and_equals_the_eager_formulas(dtype, tiny_model, monkeypatch):
     monkeypatch.delenv(kernels.FUSED_ENV, raising=False)
-    for name, args in _cases(dtype).items():
-        fn = getattr(kernels, name)
-        fused, eager = fn(*args), fn.__wrapped__(*args)
-        if not isinstance(fused, tuple):
-            fused, eager = (fused,), (eager,)
-        for a, b in zip(fused, eager, strict=True):
-            assert a.dtype == b.dtype == dtype and a.shape == b.shape
-            # the same float32 arithmetic; summation order may move a bf16 result by one rounding step
-            tol = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-2, "rtol": 1e-2}
-            torch.testing.assert_close(a, b, **tol, msg=name)
-        assert name in kernels._compiled  # it ran compiled, not through the fallback
+    with lean_training(tiny_model, steps=kernels.FUSED_MIN_STEPS):
+        for name, args in _cases(dtype).items():
+            fn = getattr(kernels, name)
+            fused, eager = fn(*args), fn.__wrapped__(*args)
+            if not isinstance(fused, tuple):
+                fused, eager = (fused,), (eager,)
+            for a, b in zip(fused, eager, strict=True):
+                assert a.dtype == b.dtype == dtype and a.shape == b.shape
+                # the same float32 arithmetic; summation order may move a bf16 result by one rounding step
+                tol = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-2, "rtol": 1e-2}
+                torch.testing.assert_close(a, b, **tol, msg=name)
+            assert name in kernels._compiled  # it ran compiled, not through the fallback
     assert kernels.fused_backward_status() == "compiled"
 
 
-def test_a_failed_compile_falls_back_to_the_eager_formulas_once_and_says_so(monkeypatch, caplog):
+@pytest.mark.parametrize(
+    ("env", "steps", "fused", "status"),
+    [
+        (None, 99, False, "eager (a run of fewer than 100 steps)"),
+        (None, None, False, "eager (a run of fewer than 100 steps)"),
+        (None, 100, True, "compiled"),
+        ("0", 500, False, "eager ($CLASSLM_FUSED_BACKWARD=0)"),
+        ("1", 3, True, "compiled"),
+    ],
+)
+def test_the_backward_math_is_compiled_for_long_runs_or_as_the_environment_says(env, steps, fused, status, monkeypatch):
+    if env is None:
+        monkeypatch.delenv(kernels.FUSED_ENV, raising=False)
+    else:
+        monkeypatch.setenv(kernels.FUSED_ENV, env)
+    assert kernels.fused_backward_mode(steps) == (fused, status)
+
+
+def test_a_failed_compile_falls_back_to_the_eager_formulas_once_and_says_so(tiny_model, monkeypatch, caplog):
     calls = []
 
     def broken_compile(fn, **kwargs):
@@ -246,25 +265,30 @@ def test_a_failed_compile_falls_back_to_the_eager_formulas_once_and_says_so(monk
 
         return run
 
-    monkeypatch.delenv(kernels.FUSED_ENV, raising=False)
+    monkeypatch.setenv(kernels.FUSED_ENV, "1")
     monkeypatch.setattr(kernels, "_compiled", {})
     monkeypatch.setitem(kernels._fused_state, "error", None)
     monkeypatch.setattr(torch, "compile", broken_compile)
     args = _cases(torch.float32)["_silu_gate_grads"]
-    with caplog.at_level("WARNING", logger="classlm.kernels"):
+    with caplog.at_level("WARNING", logger="classlm.kernels"), lean_training(tiny_model):
         got = kernels._silu_gate_grads(*args)
         again = kernels._rms_norm_grad(*_cases(torch.float32)["_rms_norm_grad"])
-    for a, b in zip(got, kernels._silu_gate_grads.__wrapped__(*args)):
+    for a, b in zip(got, kernels._silu_gate_grads.__wrapped__(*args), strict=True):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
     assert again.shape == (1, 7, 33)
     assert calls == ["_silu_gate_grads"]  # tried once; the rest of the process stays eager
     assert [r.levelname for r in caplog.records] == ["WARNING"] and "g++" in caplog.records[0].getMessage()
-    assert kernels.fused_backward_status() == "eager (compiling failed: RuntimeError: CppCompileError: no compiler)"
+    failed = "eager (compiling failed: RuntimeError: CppCompileError: no compiler)"
+    assert kernels.fused_backward_status() == failed
+    assert kernels.fused_backward_mode(1000) == (False, failed)  # later runs too
 
 
-def test_the_environment_switch_keeps_the_eager_formulas(monkeypatch):
-    monkeypatch.setenv(kernels.FUSED_ENV, "0")
+def test_outside_a_fusing_block_the_formulas_run_eagerly(tiny_model, monkeypatch):
+    monkeypatch.setenv(kernels.FUSED_ENV, "1")
     monkeypatch.setattr(kernels, "_compiled", {})
-    kernels._softmax_grad(*_cases(torch.bfloat16)["_softmax_grad"])
+    kernels._softmax_grad(*_cases(torch.bfloat16)["_softmax_grad"])  # no block
+    monkeypatch.setenv(kernels.FUSED_ENV, "0")
+    with lean_training(tiny_model, steps=1000):
+        kernels._softmax_grad(*_cases(torch.bfloat16)["_softmax_grad"])
     assert kernels._compiled == {}
     assert kernels.fused_backward_status() == "eager ($CLASSLM_FUSED_BACKWARD=0)"

@@ -16,7 +16,8 @@ the shared prefix, ``benchmarks/throughput.py --sections training`` has the end-
 
 - Their backward math (elementwise, in float32) runs compiled by inductor into one loop per formula on CPU: in one
   process, alternating on the same 16 rows, a bf16 forward + backward took 1.73 s instead of 1.91 (1.10x; float32
-  1.02x) on a 2-core EPYC. Without a C++ compiler it stays eager (:func:`fused_backward_status` says which).
+  1.02x) on a 2-core EPYC; 1.05x over a whole bf16 run. Runs shorter than FUSED_MIN_STEPS and machines without a
+  C++ compiler stay eager (:func:`fused_backward_status` says which and why).
 
 The norm, gate and softmax forms compute the same forward values as the layers they replace, bit for bit (the tests
 compare outputs and gradients). The LoRA form falls back to peft's own forward for DoRA and other variants, LoRA
@@ -92,19 +93,24 @@ def use_fast_lora(model: Any) -> Any:
 # float32 and back: the SiLU gate's backward took 11 ms per layer for 1,440 bf16 tokens on a 2-core EPYC, longer than
 # the layer's matmuls. Compiled by inductor, each is one vectorised loop (0.8 ms), with the same float32 arithmetic.
 # Only this elementwise math is compiled: the matmuls stay on oneDNN (inductor's float32 GEMMs were slower there).
-FUSED_ENV = "CLASSLM_FUSED_BACKWARD"  # "0" keeps the eager formulas
-_fused_state: dict[str, Any] = {"error": None}  # why compiling failed, once it has: the process stays eager
+FUSED_ENV = "CLASSLM_FUSED_BACKWARD"  # "0": never compile; "1": always; unset: for runs of FUSED_MIN_STEPS or more
+# Compiling costs ~15 s the first time on a machine (inductor's on-disk cache makes it ~3 s in later processes) and
+# saves ~5% of a bf16 step: a short run (a demo, a quick try) would lose more than it gains.
+FUSED_MIN_STEPS = 100
+# error: why compiling failed, once it has (the process stays eager); on: inside a lean_training block that fuses;
+# last: how the latest block ran, for the training summary.
+_fused_state: dict[str, Any] = {"error": None, "on": False, "last": "eager (no training run yet)"}
 _compiled: dict[str, Any] = {}  # the compiled forms, by function name, made on first use
 
 
 def _fused(fn: Any) -> Any:
-    """``fn`` run as one compiled CPU kernel (dynamic shapes), or eagerly: on other devices, when
-    ``$CLASSLM_FUSED_BACKWARD`` is ``0``, and for the rest of the process once compiling has failed (no C++ compiler,
-    an unsupported platform), which is logged once."""
+    """``fn`` run as one compiled CPU kernel (dynamic shapes) within a :func:`lean_training` block that fuses, else
+    eagerly (and on other devices); once compiling has failed (no C++ compiler, an unsupported platform), eagerly for
+    the rest of the process, which is logged once."""
 
     @functools.wraps(fn)
     def call(*args: Any) -> Any:
-        if not fused_backward_enabled() or args[0].device.type != "cpu":
+        if not _fused_state["on"] or _fused_state["error"] is not None or args[0].device.type != "cpu":
             return fn(*args)
         compiled = _compiled.get(fn.__name__)
         if compiled is None:
@@ -114,6 +120,7 @@ def _fused(fn: Any) -> Any:
         except Exception as err:  # noqa: BLE001 - any compile failure: the eager formula gives the same values
             first = str(err).strip().splitlines()[0] if str(err).strip() else ""
             _fused_state["error"] = f"{type(err).__name__}: {first}"[:300]
+            _fused_state["last"] = f"eager (compiling failed: {_fused_state['error']})"
             log.warning(
                 "compiling the training kernels failed (%s); training goes on with the eager forms, which are "
                 "slower. A C++ compiler (g++) makes them fast; %s=0 skips the attempt.",
@@ -125,15 +132,23 @@ def _fused(fn: Any) -> Any:
     return call
 
 
-def fused_backward_enabled() -> bool:
-    return _fused_state["error"] is None and os.environ.get(FUSED_ENV, "1").strip() != "0"
+def fused_backward_mode(steps: int | None) -> tuple[bool, str]:
+    """(compile the backward math?, how the run's kernels are described) for a run of ``steps`` steps (None: not
+    known, as for a direct :func:`lean_training` block), by ``$CLASSLM_FUSED_BACKWARD`` and the step count."""
+    env = os.environ.get(FUSED_ENV, "").strip()
+    if _fused_state["error"] is not None:
+        return False, f"eager (compiling failed: {_fused_state['error']})"
+    if env == "0":
+        return False, f"eager (${FUSED_ENV}=0)"
+    if env == "1" or (steps is not None and steps >= FUSED_MIN_STEPS):
+        return True, "compiled"
+    return False, f"eager (a run of fewer than {FUSED_MIN_STEPS} steps)"
 
 
 def fused_backward_status() -> str:
-    """How the lean forms' backward math runs in this process: ``compiled``, or ``eager (why)``."""
-    if _fused_state["error"] is not None:
-        return f"eager (compiling failed: {_fused_state['error']})"
-    return "compiled" if fused_backward_enabled() else f"eager (${FUSED_ENV}=0)"
+    """How the lean forms' backward math ran in the latest :func:`lean_training` block: ``compiled`` or ``eager
+    (why)``."""
+    return str(_fused_state["last"])
 
 
 @_fused
@@ -234,10 +249,13 @@ def _lean_form(module: Any) -> Any:
 
 
 @contextlib.contextmanager
-def lean_training(model: Any) -> Iterator[int]:
+def lean_training(model: Any, steps: int | None = None) -> Iterator[int]:
     """Within the block, ``model``'s Llama-style norms and gated MLPs run in their lean-backward forms (the same
-    forward values); yields how many modules were switched. Restored on exit, also on errors."""
+    forward values), their backward math compiled for a run of ``steps`` steps as :func:`fused_backward_mode`
+    decides; yields how many modules were switched. Restored on exit, also on errors."""
     switched: list[tuple[Any, Any, Any]] = []  # (module, its instance forward before: a hook's or None, ours)
+    was_on = _fused_state["on"]
+    _fused_state["on"], _fused_state["last"] = fused_backward_mode(steps)
     try:
         for module in model.modules():
             form = _lean_form(module)
@@ -247,6 +265,7 @@ def lean_training(model: Any) -> Iterator[int]:
                 module.forward = lean
         yield len(switched)
     finally:
+        _fused_state["on"] = was_on
         for module, own, lean in switched:
             # Someone else may have swapped the forward within the block (a kernelized transformers model does on
             # every train()/eval()): theirs stays; restoring ours over it, or deleting it, would break their state.

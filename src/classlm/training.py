@@ -199,7 +199,7 @@ class Trainer:
             unit="step",
             disable=not (self.progress and self.world.main),
         )
-        with lean_training(self.model):
+        with lean_training(self.model, total):  # the whole run's steps: a resumed run fuses as it did at first
             self._loop(state, rows, y, weights, params, optimizer, total, warmup, per_epoch, evaluation, bar)
         bar.close()
         self.model.eval()
