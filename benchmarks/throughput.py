@@ -639,6 +639,7 @@ def recipe_training(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str,
     if "error" in fp32 or "error" in bf16:
         return out, {"error": "a recipe run failed: see training"}
     out["bf16_over_fp32_examples_per_second"] = bf16["examples_per_second"] / fp32["examples_per_second"]
+    out["machine"] = machine_block(args.device, "auto", training=True) | {"allocator": fp32.get("allocator")}
     a, b = fp32["test_after_temperature"], bf16["test_after_temperature"]
     quality_row = {
         "what": "bf16-trained − float32-trained adapters, same recipe and rows, both scored in float32",
@@ -664,7 +665,8 @@ def recipe_lines(t: dict[str, Any], q: dict[str, Any] | None) -> list[str]:
         "float32) | test ECE |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in (t.get("fp32"), t.get("bf16"), *t.get("glibc_malloc", {}).values()):
+    # bf16_eager: the bf16 run with $CLASSLM_FUSED_BACKWARD=0 where one was made by hand (its command inside)
+    for r in (t.get("fp32"), t.get("bf16"), t.get("bf16_eager"), *t.get("glibc_malloc", {}).values()):
         if r is None:
             continue
         if "error" in r:
@@ -677,6 +679,8 @@ def recipe_lines(t: dict[str, Any], q: dict[str, Any] | None) -> list[str]:
             f"{r['train_seconds']:.0f} | {r['steps']} | {r['peak_rss_mib'] or float('nan'):.0f} | "
             f"{m['macro_f1']:.4f} | {m['ece']:.4f} |"
         )
+    if "command" in t.get("bf16_eager", {}):
+        lines += ["", f"The eager bfloat16 row: `{t['bf16_eager']['command']}`."]
     if "bf16_over_fp32_examples_per_second" in t and q:
         lines += [
             "",
@@ -1133,7 +1137,7 @@ def main() -> None:
         doc["quality"] = quality(args)
     if "training" in args.sections and args.recipe_rows:
         doc["training"], bf16_trained = recipe_training(args)
-        doc["training"].update(command=doc["command"], machine=machine_block(args.device, "auto", training=True))
+        doc["training"]["command"] = doc["command"]
         doc.setdefault("quality", {})["bf16_trained"] = bf16_trained
     path = args.out / "throughput.json"
     if args.merge and path.is_file():

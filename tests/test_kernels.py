@@ -201,6 +201,14 @@ def test_fast_lora_in_bf16_is_as_close_to_float32_as_peft_in_bf16(tiny_model):
     assert float((fast - plain).abs().max()) < 0.05 * float(ref.abs().max())
 
 
+@pytest.fixture(autouse=True)
+def fresh_fused_state(monkeypatch):
+    """Each test starts as a fresh process: nothing compiled or failed yet, outside any training block."""
+    monkeypatch.setattr(kernels, "_fused_state", {"error": None, "on": False, "last": "eager (no training run yet)"})
+    monkeypatch.setattr(kernels, "_compiled", {})
+    monkeypatch.delenv(kernels.FUSED_ENV, raising=False)
+
+
 def _cases(dtype):
     """Inputs of the three fused formulas, with a batch of one (inductor specialises sizes 0 and 1) and odd widths."""
     g = torch.Generator().manual_seed(0)
@@ -218,39 +226,63 @@ def _cases(dtype):
     }
 
 
-@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="no C++ compiler: inductor cannot build")
+def _as_tuple(out):
+    return out if isinstance(out, tuple) else (out,)
+
+
+COMPILER = shutil.which("g++") or shutil.which("c++")
+needs_compiler = pytest.mark.skipif(not COMPILER, reason="no C++ compiler: inductor cannot build")
+
+
+@needs_compiler
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_fused_backward_math_is_compiled_and_equals_the_eager_formulas(dtype, tiny_model, monkeypatch):
-    monkeypatch.delenv(kernels.FUSED_ENV, raising=False)
+def test_the_fused_backward_math_is_compiled_and_equals_the_eager_formulas(dtype, tiny_model):
+    cases = _cases(dtype)
+    eager = {name: _as_tuple(getattr(kernels, name)(*args)) for name, args in cases.items()}  # outside a block
+    assert kernels._compiled == {}
     with lean_training(tiny_model, steps=kernels.FUSED_MIN_STEPS):
-        for name, args in _cases(dtype).items():
-            fn = getattr(kernels, name)
-            fused, eager = fn(*args), fn.__wrapped__(*args)
-            if not isinstance(fused, tuple):
-                fused, eager = (fused,), (eager,)
-            for a, b in zip(fused, eager, strict=True):
+        for name, args in cases.items():
+            for a, b in zip(_as_tuple(getattr(kernels, name)(*args)), eager[name], strict=True):
                 assert a.dtype == b.dtype == dtype and a.shape == b.shape
                 # the same float32 arithmetic; summation order may move a bf16 result by one rounding step
                 tol = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-2, "rtol": 1e-2}
                 torch.testing.assert_close(a, b, **tol, msg=name)
-            assert name in kernels._compiled  # it ran compiled, not through the fallback
+    assert sorted(kernels._compiled) == ["_rms_norm_grad", "_silu_gate_grads", "_softmax_grad"]
+    assert kernels._fused_state["error"] is None and kernels.fused_backward_status() == "compiled"
+    assert kernels._fused_state["on"] is False  # put back at the block's end
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_lean_training_gives_the_plain_values_and_gradients(tiny_model, dtype):
+    model = with_lora(tiny_model.to(dtype)).train()
+    norm = model.base_model.model.model.norm
+    norm.weight.requires_grad_(True)  # the weight-gradient path too (hidden_head trains the final norm)
+    out_plain, g_plain = loss_and_grads(model, IDS)
+    with lean_training(model, steps=kernels.FUSED_MIN_STEPS):
+        out_lean, g_lean = loss_and_grads(model, IDS)
     assert kernels.fused_backward_status() == "compiled"
+    torch.testing.assert_close(out_lean, out_plain, atol=0, rtol=0)  # forward values: bit for bit
+    assert g_lean.keys() == g_plain.keys() and any("norm" in n for n in g_plain)
+    for name in g_plain:
+        error = float((g_lean[name] - g_plain[name]).norm() / g_plain[name].norm())
+        assert error < (1e-4 if dtype == torch.float32 else 0.03), (name, error)
 
 
 @pytest.mark.parametrize(
     ("env", "steps", "fused", "status"),
     [
         (None, 99, False, "eager (a run of fewer than 100 steps)"),
-        (None, None, False, "eager (a run of fewer than 100 steps)"),
-        (None, 100, True, "compiled"),
+        (None, None, False, "eager (no step count given)"),
+        (None, 100, True, "eager (nothing ran compiled: no lean form on CPU)"),
         ("0", 500, False, "eager ($CLASSLM_FUSED_BACKWARD=0)"),
-        ("1", 3, True, "compiled"),
+        ("off", 500, False, "eager ($CLASSLM_FUSED_BACKWARD=off)"),
+        ("1", 3, True, "eager (nothing ran compiled: no lean form on CPU)"),
+        ("maybe", 3, False, "eager (a run of fewer than 100 steps)"),
     ],
 )
 def test_the_backward_math_is_compiled_for_long_runs_or_as_the_environment_says(env, steps, fused, status, monkeypatch):
-    if env is None:
-        monkeypatch.delenv(kernels.FUSED_ENV, raising=False)
-    else:
+    if env is not None:
         monkeypatch.setenv(kernels.FUSED_ENV, env)
     assert kernels.fused_backward_mode(steps) == (fused, status)
 
@@ -265,15 +297,13 @@ def test_a_failed_compile_falls_back_to_the_eager_formulas_once_and_says_so(tiny
 
         return run
 
-    monkeypatch.setenv(kernels.FUSED_ENV, "1")
-    monkeypatch.setattr(kernels, "_compiled", {})
-    monkeypatch.setitem(kernels._fused_state, "error", None)
     monkeypatch.setattr(torch, "compile", broken_compile)
     args = _cases(torch.float32)["_silu_gate_grads"]
-    with caplog.at_level("WARNING", logger="classlm.kernels"), lean_training(tiny_model):
+    expected = kernels._silu_gate_grads(*args)  # eager: outside a block
+    with caplog.at_level("WARNING", logger="classlm.kernels"), lean_training(tiny_model, steps=1000):
         got = kernels._silu_gate_grads(*args)
         again = kernels._rms_norm_grad(*_cases(torch.float32)["_rms_norm_grad"])
-    for a, b in zip(got, kernels._silu_gate_grads.__wrapped__(*args), strict=True):
+    for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
     assert again.shape == (1, 7, 33)
     assert calls == ["_silu_gate_grads"]  # tried once; the rest of the process stays eager
@@ -283,9 +313,23 @@ def test_a_failed_compile_falls_back_to_the_eager_formulas_once_and_says_so(tiny
     assert kernels.fused_backward_mode(1000) == (False, failed)  # later runs too
 
 
+def test_an_error_that_is_not_the_compiling_is_raised_and_leaves_compiling_on(tiny_model, monkeypatch):
+    def failing_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("compiled kernel ran out of memory")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    grad, gate, up = _cases(torch.float32)["_silu_gate_grads"]
+    with pytest.raises(RuntimeError, match="size of tensor|shape|must match"), lean_training(tiny_model, steps=1000):
+        kernels._silu_gate_grads(grad, gate, up[..., :3])  # the eager retry fails too: the real error
+    assert kernels._fused_state["error"] is None and kernels.fused_backward_mode(1000)[0]
+    assert kernels._fused_state["on"] is False  # put back after the error
+
+
 def test_outside_a_fusing_block_the_formulas_run_eagerly(tiny_model, monkeypatch):
     monkeypatch.setenv(kernels.FUSED_ENV, "1")
-    monkeypatch.setattr(kernels, "_compiled", {})
     kernels._softmax_grad(*_cases(torch.bfloat16)["_softmax_grad"])  # no block
     monkeypatch.setenv(kernels.FUSED_ENV, "0")
     with lean_training(tiny_model, steps=1000):

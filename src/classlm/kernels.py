@@ -13,15 +13,14 @@ the shared prefix, ``benchmarks/throughput.py --sections training`` has the end-
 - The autograd graph of the plain layers saved float32 copies that bf16 training does not need: RMSNorm's upcast
   input, the float32 attention probabilities beside their bf16 copy, and SiLU's output beside its input. One step
   saved 1.49 GB of tensors in bf16; these forms save 1.06 GB (and 2.10 GB instead of 2.35 in float32).
-
 - Their backward math (elementwise, in float32) runs compiled by inductor into one loop per formula on CPU: in one
   process, alternating on the same 16 rows, a bf16 forward + backward took 1.73 s instead of 1.91 (1.10x; float32
   1.02x) on a 2-core EPYC; 1.05x over a whole bf16 run. Runs shorter than FUSED_MIN_STEPS and machines without a
   C++ compiler stay eager (:func:`fused_backward_status` says which and why).
 
-The norm, gate and softmax forms compute the same forward values as the layers they replace, bit for bit (the tests
-compare outputs and gradients). The LoRA form falls back to peft's own forward for DoRA and other variants, LoRA
-biases, merged or disabled adapters and mixed-adapter batches.
+The norm, gate and softmax forms compute the same forward values as the layers they replace, bit for bit, and their
+gradients to within rounding (the tests compare both, eager and compiled). The LoRA form falls back to peft's own
+forward for DoRA and other variants, LoRA biases, merged or disabled adapters and mixed-adapter batches.
 """
 
 from __future__ import annotations
@@ -91,14 +90,16 @@ def use_fast_lora(model: Any) -> Any:
 # -- the backward passes' elementwise math, fused -------------------------------------------------------------------
 # Eager torch runs each of these formulas as 6-10 passes over (tokens x width) tensors, each pass converting bf16 to
 # float32 and back: the SiLU gate's backward took 11 ms per layer for 1,440 bf16 tokens on a 2-core EPYC, longer than
-# the layer's matmuls. Compiled by inductor, each is one vectorised loop (0.8 ms), with the same float32 arithmetic.
-# Only this elementwise math is compiled: the matmuls stay on oneDNN (inductor's float32 GEMMs were slower there).
-FUSED_ENV = "CLASSLM_FUSED_BACKWARD"  # "0": never compile; "1": always; unset: for runs of FUSED_MIN_STEPS or more
+# the layer's matmuls. Compiled by inductor, each is one vectorised loop (0.8 ms) of the same float32 arithmetic (its
+# sums may run in another order: a bf16 result can differ by a rounding step). Only this elementwise math is
+# compiled: the matmuls stay on oneDNN (inductor's float32 GEMMs were slower there).
+FUSED_ENV = "CLASSLM_FUSED_BACKWARD"  # "0": never compile; "1": always (on CPU); unset: runs of FUSED_MIN_STEPS or more
 # Compiling costs ~15 s the first time on a machine (inductor's on-disk cache makes it ~3 s in later processes) and
 # saves ~5% of a bf16 step: a short run (a demo, a quick try) would lose more than it gains.
 FUSED_MIN_STEPS = 100
 # error: why compiling failed, once it has (the process stays eager); on: inside a lean_training block that fuses;
-# last: how the latest block ran, for the training summary.
+# last: how the latest block ran, for the training summary ("compiled" once a compiled call has returned). One
+# training run at a time per process: the state is the process's.
 _fused_state: dict[str, Any] = {"error": None, "on": False, "last": "eager (no training run yet)"}
 _compiled: dict[str, Any] = {}  # the compiled forms, by function name, made on first use
 
@@ -106,7 +107,8 @@ _compiled: dict[str, Any] = {}  # the compiled forms, by function name, made on 
 def _fused(fn: Any) -> Any:
     """``fn`` run as one compiled CPU kernel (dynamic shapes) within a :func:`lean_training` block that fuses, else
     eagerly (and on other devices); once compiling has failed (no C++ compiler, an unsupported platform), eagerly for
-    the rest of the process, which is logged once."""
+    the rest of the process, which is logged once. Sizes are symbolic but for 0 and 1: a micro-batch of one row
+    compiles once more (flattening to 2-D does not avoid it: dynamo guards the view's base)."""
 
     @functools.wraps(fn)
     def call(*args: Any) -> Any:
@@ -116,32 +118,43 @@ def _fused(fn: Any) -> Any:
         if compiled is None:
             compiled = _compiled[fn.__name__] = torch.compile(fn, dynamic=True)
         try:
-            return compiled(*args)
-        except Exception as err:  # noqa: BLE001 - any compile failure: the eager formula gives the same values
+            out = compiled(*args)
+        except Exception as err:  # noqa: BLE001 - only a compiling failure gets past the eager retry below
+            out = fn(*args)  # a real error (out of memory, bad shapes) raises here again, as it would have eagerly
             first = str(err).strip().splitlines()[0] if str(err).strip() else ""
             _fused_state["error"] = f"{type(err).__name__}: {first}"[:300]
-            _fused_state["last"] = f"eager (compiling failed: {_fused_state['error']})"
+            _fused_state["last"] = _failed()
             log.warning(
                 "compiling the training kernels failed (%s); training goes on with the eager forms, which are "
                 "slower. A C++ compiler (g++) makes them fast; %s=0 skips the attempt.",
                 _fused_state["error"],
                 FUSED_ENV,
             )
-            return fn(*args)
+            return out
+        _fused_state["last"] = "compiled"
+        return out
 
     return call
 
 
+def _failed() -> str:
+    return f"eager (compiling failed: {_fused_state['error']})"
+
+
 def fused_backward_mode(steps: int | None) -> tuple[bool, str]:
-    """(compile the backward math?, how the run's kernels are described) for a run of ``steps`` steps (None: not
-    known, as for a direct :func:`lean_training` block), by ``$CLASSLM_FUSED_BACKWARD`` and the step count."""
-    env = os.environ.get(FUSED_ENV, "").strip()
+    """(compile the backward math?, how the run is described until a compiled call returns) for a run of ``steps``
+    steps (None: not counted, as for a direct :func:`lean_training` block), by ``$CLASSLM_FUSED_BACKWARD``."""
+    env = os.environ.get(FUSED_ENV, "").strip().lower()
     if _fused_state["error"] is not None:
-        return False, f"eager (compiling failed: {_fused_state['error']})"
-    if env == "0":
-        return False, f"eager (${FUSED_ENV}=0)"
-    if env == "1" or (steps is not None and steps >= FUSED_MIN_STEPS):
-        return True, "compiled"
+        return False, _failed()
+    if env in ("0", "false", "no", "off"):
+        return False, f"eager (${FUSED_ENV}={env})"
+    if env in ("1", "true", "yes", "on") or (steps is not None and steps >= FUSED_MIN_STEPS):
+        return True, "eager (nothing ran compiled: no lean form on CPU)"
+    if env:
+        log.warning("$%s=%r: expected 0 or 1; going by the run's length", FUSED_ENV, env)
+    if steps is None:
+        return False, "eager (no step count given)"
     return False, f"eager (a run of fewer than {FUSED_MIN_STEPS} steps)"
 
 
