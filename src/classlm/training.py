@@ -391,7 +391,7 @@ def train_method(
 ) -> dict[str, Any]:
     """Train ``method``'s trainable module on ``train`` (texts, column indices), evaluating on ``evaluation``;
     ``trainer``: the Trainer's options. Returns the training summary the artifact records."""
-    # Also on resume: a checkpoint restores a head's weights, not its feature standardisation (warm start's buffers).
+    # On resume too: a checkpoint restores a head's weights; this deterministic call, its feature scaling (buffers).
     y_warm = train[1] if len(train) < 3 else np.where(train[1] >= 0, train[1], train[2].argmax(1))
     method.warm_start(train[0], y_warm, config.seed)  # a row only the teacher labels: its most probable class
     module = method.trainable_module()
