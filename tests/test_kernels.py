@@ -2,6 +2,7 @@
 
 import copy
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -336,3 +337,13 @@ def test_outside_a_fusing_block_the_formulas_run_eagerly(tiny_model, monkeypatch
         kernels._softmax_grad(*_cases(torch.bfloat16)["_softmax_grad"])
     assert kernels._compiled == {}
     assert kernels.fused_backward_status() == "eager ($CLASSLM_FUSED_BACKWARD=0)"
+
+
+def test_peft_deprecation_stays_off_the_console_after_the_filter_was_lost(tiny_model):
+    """The filter set at import is gone after a caller's catch_warnings block that first imported classlm; wrapping
+    a model with peft puts it back."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.resetwarnings()  # as if the import-time filter had been dropped
+        warnings.simplefilter("always")
+        with_lora(tiny_model)
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]

@@ -36,13 +36,20 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+
+def quiet_peft_deprecation() -> None:
+    """peft's PeftModel reads ``model.is_gradient_checkpointing``, which transformers 5.2x deprecates with a
+    FutureWarning on every get_peft_model / from_pretrained: peft's business, not the user's, so it stays off their
+    console. Called at import and again where peft wraps a model: a filter added inside a caller's
+    ``warnings.catch_warnings()`` block (this module first imported there) is gone when the block ends."""
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
+quiet_peft_deprecation()
+log = logging.getLogger(__name__)
 # Norms and MLPs whose code is Llama's (transformers marks them "Copied from"): y = w * rmsnorm(x) computed in
 # float32, and down(silu(gate(x)) * up(x)). Gemma's norm (1 + w) and fused gate_up MLPs (Phi-3) are not.
 # Olmo2's norm multiplies by the weight before rounding: not on the list.
-# peft's PeftModel reads `model.is_gradient_checkpointing`, which transformers 5.2x deprecates with a FutureWarning on
-# every get_peft_model / from_pretrained: peft's business, not the user's, so it stays off their console.
-warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-log = logging.getLogger(__name__)
 RMS_NORMS = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "SmolLM3RMSNorm"})
 GATED_MLPS = frozenset({"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP", "SmolLM3MLP"})
 

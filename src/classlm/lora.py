@@ -9,7 +9,7 @@ import torch
 
 from classlm.config import LoraConfig
 from classlm.errors import ArtifactError, ConfigError
-from classlm.kernels import use_fast_lora
+from classlm.kernels import quiet_peft_deprecation, use_fast_lora
 
 
 def add_lora(model: Any, config: LoraConfig, seed: int) -> Any:
@@ -25,6 +25,7 @@ def add_lora(model: Any, config: LoraConfig, seed: int) -> Any:
             "layers (e.g. q_proj, v_proj) or use target_modules='all-linear'"
         )
     torch.manual_seed(seed)
+    quiet_peft_deprecation()
     peft_config = PeftLoraConfig(
         r=config.r,
         lora_alpha=config.alpha,
@@ -41,6 +42,7 @@ def load_adapter(model: Any, folder: Path, base_name: str) -> Any:
     """A saved peft adapter on ``model``, in eval mode; refused clearly when it does not fit this base model."""
     from peft import PeftModel
 
+    quiet_peft_deprecation()
     try:
         return use_fast_lora(PeftModel.from_pretrained(model, str(folder))).eval()
     except (ValueError, KeyError, RuntimeError) as exc:  # e.g. weights shaped for another base model
