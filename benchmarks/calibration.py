@@ -15,15 +15,17 @@ Writes ``benchmarks/results/calibration.json`` and ``.md``; each section is re-r
   by the library's own classes. Keys ``zero_shot.<dataset>.<calibrator>.{accuracy,macro_f1,nll,ece,ratio_min,
   ratio_max}``; ``bias_50`` uses 50 of the 500 labelled rows.
 - ``prior_shift``: a classifier trained on a balanced-as-given train sample (``--shift-classifier``: ``lora``, the
-  default LoRA recipe on ``--shift-n-train`` rows (1,000), or ``tfidf``), calibrated on its hold-out; its test rows
-  resampled to other class balances; EM and BBSE estimates. Keys ``prior_shift.<dataset>.<balance>.{nll_before,
-  nll_after,ece_before,ece_after,prior_error,bbse_prior_error,bbse_nll_after,bbse_counts_prior_error}`` (errors: the
-  largest absolute error over classes; ``bbse_*`` BBSE-soft as ``method="bbse"`` runs, ``_counts`` from the hard
-  confusion counts, which cells written before BBSE-soft hold under ``bbse_prior_error``) for
-  the classifier's temperature, and the same under ``.bias`` for a bias calibration (temperature + per-class offset)
-  fitted on the same held-out rows. Another ``--shift-n-train`` than 1,000 writes ``prior_shift_<rows>``;
-  ``--shift-calib-rows N`` calibrates the same classifier again on N further train rows instead of its hold-out (how
-  much EM owes to the calibration set's size) and adds ``_calib<N>`` to the key.
+  default LoRA recipe on ``--shift-n-train`` rows (1,000), or ``tfidf``), calibrated again on ``--shift-calib-rows``
+  (500) further seeded train rows, labelled; its test rows resampled to other class balances; the estimate
+  ``adapt_priors()`` makes by default (``method="auto"``), with EM and BBSE beside it. Keys
+  ``prior_shift.<dataset>.<balance>.{method,nll_before,nll_after,ece_before,ece_after,prior_error,em_prior_error,
+  em_nll_after,bbse_prior_error,bbse_nll_after,bbse_counts_prior_error}`` (errors: the largest absolute error over
+  classes; ``bbse_*`` BBSE-soft as ``method="bbse"`` runs, ``_counts`` from the hard confusion counts) for the
+  temperature, and the same under ``.bias`` for a bias calibration (temperature + per-class offset) fitted on the same
+  rows; ``prior_shift.<dataset>.redrawn``: the errors over 200 stratified redraws of 100 and 300 of those rows (what
+  the number of labelled rows does). ``--shift-calib-rows 0`` keeps the classifier's own hold-out (10%: 100 rows) and
+  writes ``prior_shift_holdout``, another N ``prior_shift_calib<N>``; another ``--shift-n-train`` than 1,000 adds
+  ``_<rows>`` after ``prior_shift``. Cells written before ``method="auto"`` hold EM's figures as the main ones.
 - ``oos``: LoRA (the default recipe) on clinc150 rows of in-scope classes only, ``--n-oos-train`` of them; its
   ``--n-test`` seeded test rows, ``oos`` ones included, scored by each out-of-scope score. Keys
   ``oos.<score>.{auroc,accuracy_at_90}``.
@@ -43,19 +45,21 @@ import numpy as np
 import torch
 
 from classlm import LMClassifier, allocator
-from classlm.calibration import BiasScaler
+from classlm.calibration import BiasScaler, TemperatureScaler
 from classlm.calibrators import CONTENT_FREE, make_calibrator
 from classlm.data import calibration_split, load_dataset
 from classlm.evaluation import evaluate
 from classlm.io import write_results
 from classlm.machine import machine_block, machine_line
 from classlm.metrics import classification_metrics, confusion_matrix, ece, nll, softmax
-from classlm.priors import bbse_priors, class_balance, em_priors, shift_priors, soft_confusion
+from classlm.priors import bbse_priors, class_balance, em_priors, prior_method, shift_priors, soft_confusion
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data"
 OUT = HERE / "results" / "calibration"
 PROMPTS = {f.stem: json.loads(f.read_text()) for f in sorted((HERE / "prompts").glob("*.json"))}
+CALIB_ROWS = 500  # prior_shift's labelled calibration rows by default (--shift-calib-rows)
+DRAWS = 200  # prior_shift's redrawn calibration rows, per size
 ZERO_SHOT = ("ag_news", "sst2", "trec", "emotion", "sms_spam", "tweet_eval_emotion")
 CALIBRATORS = (
     "raw",
@@ -206,31 +210,72 @@ def held_confusions(held_y: np.ndarray, held_p: np.ndarray) -> tuple[np.ndarray,
 def adaptation(
     y: np.ndarray, p: np.ndarray, training: np.ndarray, held: tuple[np.ndarray, np.ndarray]
 ) -> dict[str, Any]:
-    """EM and BBSE (soft, as ``method="bbse"`` runs, and from counts: ``held``, from :func:`held_confusions`) on the
-    probabilities ``p`` of rows of classes ``y``: errors, NLL and ECE before and after."""
+    """The prior estimate ``adapt_priors()`` makes by default (``method="auto"``: BBSE-soft with 50 calibration rows of
+    every class, else EM), and EM, BBSE-soft and BBSE from counts beside it (``held``, from :func:`held_confusions`),
+    on the probabilities ``p`` of rows of classes ``y``: errors, NLL and ECE before and after."""
     true = class_balance(y, p.shape[1])
-    em = em_priors(p, training)
     soft, counts = held
+    em = em_priors(p, training).priors
     bbse = bbse_priors(soft, p, soft=True)
+    method = prior_method("auto", counts)
+    chosen = bbse if method == "bbse" else em
+    after = shift_priors(p, training, chosen)
     return {
-        "em_priors": em.priors.tolist(),
+        "method": method,
+        "priors": chosen.tolist(),
         "nll_before": nll(y, p),
-        "nll_after": nll(y, em.proba),
+        "nll_after": nll(y, after),
         "nll_known_priors": nll(y, shift_priors(p, training, true)),
         "ece_before": ece(y, p),
-        "ece_after": ece(y, em.proba),
-        "prior_error": float(np.max(np.abs(em.priors - true))),
+        "ece_after": ece(y, after),
+        "prior_error": float(np.max(np.abs(chosen - true))),
+        "em_prior_error": float(np.max(np.abs(em - true))),
+        "em_nll_after": nll(y, shift_priors(p, training, em)),
         "bbse_prior_error": float(np.max(np.abs(bbse - true))),
         "bbse_nll_after": nll(y, shift_priors(p, training, bbse)),
         "bbse_counts_prior_error": float(np.max(np.abs(bbse_priors(counts, p) - true))),
     }
 
 
+def redrawn(
+    held: tuple[np.ndarray, np.ndarray, list[str]],
+    logits: np.ndarray,
+    y_all: np.ndarray,
+    sets: dict[str, Any],
+    src: Any,
+) -> dict[str, Any]:
+    """How the estimate's error depends on the number of labelled calibration rows: ``DRAWS`` times, a stratified
+    draw (the library's own hold-out split) of 100 and of 300 of the calibration rows ``held`` (raw logits, class
+    indices, labels), a temperature fitted on it, and each estimator on each resampled test set (``sets``: row indices
+    into ``logits`` and ``y_all``). Per size, balance and estimator: the median and 90th percentile of the largest
+    error, and the share of draws within 0.03."""
+    held_logits, held_y, held_labels = held
+    out: dict[str, Any] = {"draws": DRAWS}
+    for n in (m for m in (100, 300) if m < len(held_y)):
+        errors: dict[str, dict[str, list[float]]] = {b: {"em": [], "bbse": [], "auto": []} for b in sets}
+        for draw in range(DRAWS):
+            _, h, _ = calibration_split(held_labels, n / len(held_y), seed=draw)
+            scaler = TemperatureScaler().fit(held_logits[h], held_y[h])
+            soft, counts = held_confusions(held_y[h], scaler.predict_proba(held_logits[h]))
+            for b, idx in sets.items():
+                p, true = scaler.predict_proba(logits[idx]), class_balance(y_all[idx], logits.shape[1])
+                found = {"em": em_priors(p, src).priors, "bbse": bbse_priors(soft, p, soft=True)}
+                found["auto"] = found[prior_method("auto", counts)]
+                for m, q in found.items():
+                    errors[b][m].append(float(np.max(np.abs(q - true))))
+        out[str(n)] = {
+            b: {m: {"median": float(np.median(e)), "p90": float(np.quantile(e, 0.9)), "within_0.03": float(np.mean(
+                np.asarray(e) <= 0.03))} for m, e in per.items()} for b, per in errors.items()
+        }  # fmt: skip
+    return out
+
+
 def prior_shift(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    """EM and BBSE under each of ``SHIFTS[name]``, for the classifier as trained (its temperature) and for the same
-    weights with ``bias`` calibration (a temperature and a per-class offset) fitted on the same held-out rows: EM
-    assumes probabilities calibrated per class, which a per-class offset gives (Alexandari et al. 2020, "bias-corrected
-    temperature scaling")."""
+    """The default estimate (``method="auto"``), EM and BBSE under each of ``SHIFTS[name]``, for the classifier as
+    calibrated (its temperature) and for the same weights with ``bias`` calibration (a temperature and a per-class
+    offset) fitted on the same labelled rows: EM assumes probabilities calibrated per class, which a per-class offset
+    gives (Alexandari et al. 2020, "bias-corrected temperature scaling"); and, with more than 100 of those rows, the
+    errors over redraws of fewer of them (:func:`redrawn`)."""
     clf, test, (held_texts, held_labels) = shift_classifier(
         name, args.shift_classifier, args.seed, args.shift_n_train, args.shift_calib_rows
     )
@@ -258,21 +303,20 @@ def prior_shift(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "n_calibration_rows": len(held_y),
         "calibration_rows": f"{len(held_y)} further seeded train rows" if args.shift_calib_rows else "its hold-out",
     }
+    sets = {}
     for balance, given in SHIFTS[name].items():
         rest = [c for c in names if c not in given]
         left = 1.0 - sum(given.values())
         shares = np.array([given.get(c, left / max(len(rest), 1)) for c in names])
-        idx = resample(y_all, shares, rng, args.n_test)
+        idx = sets[balance] = resample(y_all, shares, rng, args.n_test)
         y = y_all[idx]
         found = {cal: adaptation(y, p[idx], clf.training_priors_, h) for cal, (p, h) in calibrated.items()}
         true = class_balance(y, len(names))
-        out[balance] = {
-            "n": len(idx),
-            "true_priors": dict(zip(names, true.tolist(), strict=True)),
-            **{k: v for k, v in found["temperature"].items() if k != "em_priors"},
-            "em_priors": dict(zip(names, found["temperature"]["em_priors"], strict=True)),
-            "bias": {**found["bias"], "em_priors": dict(zip(names, found["bias"]["em_priors"], strict=True))},
-        }
+        named = {cal: {**f, "priors": dict(zip(names, f["priors"], strict=True))} for cal, f in found.items()}
+        out[balance] = {"n": len(idx), "true_priors": dict(zip(names, true.tolist(), strict=True))}
+        out[balance].update({**named["temperature"], "bias": named["bias"]})
+    if len(held_y) > 100:
+        out["redrawn"] = redrawn((held_logits, held_y, held_labels), logits, y_all, sets, clf.training_priors_)
     return out
 
 
@@ -315,13 +359,37 @@ def oos(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _bbse_columns(c: dict[str, Any]) -> str:
-    """EM's error, then BBSE-soft's error and NLL, and BBSE from counts. Cells written before BBSE-soft have only
-    the counts' error, under ``bbse_prior_error``."""
+def _shift_columns(c: dict[str, Any]) -> str:
+    """After NLL and ECE: the default estimate's method and error, then EM's, BBSE-soft's (error, NLL) and BBSE from
+    counts. Cells written before ``method="auto"`` hold EM's figures as the main ones; before BBSE-soft, only the
+    counts' error, under ``bbse_prior_error``."""
+    if "method" not in c:  # EM was the only default then
+        c = {**c, "method": "em", "em_prior_error": c["prior_error"], "em_nll_after": c["nll_after"]}
     if "bbse_counts_prior_error" not in c:
-        return f"{c['prior_error']:.3f} | – | – | {c['bbse_prior_error']:.3f}"
-    return (f"{c['prior_error']:.3f} | {c['bbse_prior_error']:.3f} | {c['bbse_nll_after']:.3f} | "
-            f"{c['bbse_counts_prior_error']:.3f}")  # fmt: skip
+        c = {**c, "bbse_counts_prior_error": c["bbse_prior_error"], "bbse_prior_error": None, "bbse_nll_after": None}
+    cells = [c["method"]] + [
+        "–" if c[k] is None else f"{c[k]:.3f}"
+        for k in ("prior_error", "em_prior_error", "em_nll_after", "bbse_prior_error", "bbse_nll_after")
+    ]
+    return " | ".join([*cells, f"{c['bbse_counts_prior_error']:.3f}"])
+
+
+def _redrawn_lines(sec: dict[str, Any]) -> list[str]:
+    """The redrawn-calibration-rows table of a prior-shift section, if it has one."""
+    lines = []
+    for d in (k for k in sec if isinstance(sec[k], dict) and "redrawn" in sec[k]):
+        found = sec[d]["redrawn"]
+        for n in (k for k in found if k != "draws"):
+            for b, per in found[n].items():
+                cells = [f"{per[m]['within_0.03']:.2f} ({per[m]['median']:.3f}, {per[m]['p90']:.3f})" for m in
+                         ("em", "bbse", "auto")]  # fmt: skip
+                lines.append(f"| {d} | {n} of {sec[d]['n_calibration_rows']} | {b} | " + " | ".join(cells) + " |")
+    if not lines:
+        return []
+    head = [f"Calibration rows redrawn ({sec[d]['redrawn']['draws']} stratified draws each, the temperature fitted "
+            "again): share of draws whose largest prior error is within 0.03 (median error, 90th percentile)", "",
+            "| dataset | calibration rows | balance | EM | BBSE-soft | auto |", "|---" * 6 + "|"]  # fmt: skip
+    return [*head, *lines, ""]
 
 
 def to_markdown(doc: dict[str, Any]) -> str:
@@ -345,12 +413,13 @@ def to_markdown(doc: dict[str, Any]) -> str:
         lines.append("")
     for key in (k for k in doc if k.startswith("prior_shift")):  # prior_shift, and prior_shift_<rows> of other sizes
         sec = doc[key]
-        lines += [f"## Prior shift: EM on the resampled test rows ({key})", "", f"`{sec['command']}`; {sec['machine']}",
+        lines += [f"## Prior shift: the estimate on the resampled test rows ({key})", "",
+                  f"`{sec['command']}`; {sec['machine']}", *([f"({sec['note']})"] if "note" in sec else []),
                   ""]  # fmt: skip
-        lines += ["| dataset (classifier) | calibration on rows | balance | rows | NLL before | after EM |"
-                  " with true priors | ECE before | after | EM max error | BBSE-soft max error | NLL after BBSE-soft |"
-                  " BBSE from counts |", "|---" * 13 + "|"]  # fmt: skip
-        for d in (k for k in sec if k not in ("command", "machine")):
+        lines += ["| dataset (classifier) | calibration on rows | balance | rows | NLL before | after | with true "
+                  "priors | ECE before | after | method | max error | EM error | EM NLL after | BBSE-soft error | "
+                  "BBSE-soft NLL after | BBSE from counts |", "|---" * 16 + "|"]  # fmt: skip
+        for d in (k for k in sec if isinstance(sec[k], dict)):  # the datasets
             for b, r in ((b, r) for b, r in sec[d].items() if isinstance(r, dict) and "nll_before" in r):
                 for cal, c in (("temperature", r), ("bias", r.get("bias"))):
                     if c is not None:
@@ -359,9 +428,9 @@ def to_markdown(doc: dict[str, Any]) -> str:
                             f"{sec[d]['n_calibration_rows']} | {b} | "
                             f"{r['n']} | {c['nll_before']:.3f} | "
                             f"{c['nll_after']:.3f} | {c['nll_known_priors']:.3f} | {c['ece_before']:.3f} | "
-                            f"{c['ece_after']:.3f} | {_bbse_columns(c)} |"
+                            f"{c['ece_after']:.3f} | {_shift_columns(c)} |"
                         )
-        lines.append("")
+        lines += ["", *_redrawn_lines(sec)]
     if "oos" in doc:
         sec = doc["oos"]
         lines += ["## Out of scope: clinc150, LoRA on in-scope rows only", "", f"`{sec['command']}`; {sec['machine']}"]
@@ -382,7 +451,12 @@ def main() -> None:
     parser.add_argument("--n-oos-train", type=int, default=1000)
     parser.add_argument("--shift-classifier", choices=("lora", "tfidf"), default="lora")
     parser.add_argument("--shift-n-train", type=int, default=1000, help="prior_shift's training rows")
-    parser.add_argument("--shift-calib-rows", type=int, default=0, help="prior_shift: calibrate on N more train rows")
+    parser.add_argument(
+        "--shift-calib-rows",
+        type=int,
+        default=500,
+        help="prior_shift: calibrate on N more train rows (0: its hold-out)",
+    )
     parser.add_argument("--save-oos", type=Path, default=None, help="save the oos section's classifier here")
     parser.add_argument(
         "--load-oos", type=Path, default=None, help="the oos section scores this saved classifier instead of training"
@@ -413,7 +487,8 @@ def main() -> None:
         elif section == "prior_shift":
             # The classifier's size is part of the experiment: another --shift-n-train is a section of its own.
             key = section if args.shift_n_train == 1000 else f"{section}_{args.shift_n_train}"
-            key += f"_calib{args.shift_calib_rows}" if args.shift_calib_rows else ""
+            calib = args.shift_calib_rows
+            key += "_holdout" if not calib else (f"_calib{calib}" if calib != CALIB_ROWS else "")
             sec = {**doc.get(key, {}), "command": command, "machine": here} if args.merge else sec
             for name in SHIFTS:
                 sec[name] = prior_shift(name, args)

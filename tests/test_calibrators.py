@@ -141,14 +141,15 @@ def test_priors_shift_every_prediction_by_bayes_rule_and_adapt_priors_is_saved(t
     with pytest.raises(ConfigError, match=r"missing \['Sci/Tech'\], unknown \['Tech'\]"):
         clf.predict_proba(TEXTS, priors={"World": 1, "Sports": 1, "Business": 1, "Tech": 1})
 
-    estimate = clf.adapt_priors(TEXTS + ["Shares rose.", "Profits doubled."])  # EM on unlabelled texts
+    # "auto" (the default) on unlabelled texts: EM, since 8 calibration rows hold fewer than 50 of each class.
+    estimate = clf.adapt_priors(TEXTS + ["Shares rose.", "Profits doubled."])
     assert list(estimate) == LABELS and sum(estimate.values()) == pytest.approx(1.0)
     adapted = clf.predict_proba(TEXTS)  # from now on
     np.testing.assert_allclose(adapted, shift_priors(base, train, list(estimate.values())), atol=1e-9)
     np.testing.assert_allclose(clf.predict_proba(TEXTS, priors="training"), base, atol=1e-12)
     loaded = LMClassifier.load(clf.save(tmp_path / "run"))
     np.testing.assert_allclose(loaded.predict_proba(TEXTS), adapted, atol=1e-9)
-    assert loaded.calibration_info_["priors"]["deployment_source"] == {"method": "em", "n": len(TEXTS) + 2}
+    assert loaded.priors()["deployment_source"] == {"method": "em", "n": len(TEXTS) + 2, "requested": "auto"}
     bbse = loaded.adapt_priors(TEXTS, method="bbse")  # the calibration rows' answers were saved
     assert sum(bbse.values()) == pytest.approx(1.0)
     from classlm.metrics import softmax

@@ -87,37 +87,51 @@ class ClassPriors:
         target = None if priors is None else self._target_priors(priors)
         self.record_priors(deployment=target, deployment_source=None if target is None else "set_priors")
 
-    def adapt_priors(self, X: Any, method: str = "em") -> dict[str, float]:
+    def adapt_priors(self, X: Any, method: str = "auto") -> dict[str, float]:
         """Estimate the class balance of the unlabelled texts ``X`` and use it for every prediction from now on
-        (saved with the classifier): ``method="em"`` (Saerens et al. 2002: needs calibrated probabilities) or
+        (saved with the classifier): ``method="em"`` (Saerens et al. 2002: needs calibrated probabilities),
         ``"bbse"`` (Lipton et al. 2018, BBSE-soft: from the labelled calibration rows' answers; unbiased where EM
-        follows the classifier's confusions, but noisier with few of those rows). Returns the estimate per class."""
+        follows the classifier's confusions, but noisier with few of those rows), or ``"auto"`` (default): BBSE when
+        the calibration rows hold ``BBSE_MIN_ROWS_PER_CLASS`` (50) rows of every class, else EM. Returns the estimate
+        per class; ``priors()["deployment_source"]`` says which method made it."""
         return self.adapt_priors_to(self.predict_scores(X).logits, method)
 
-    def adapt_priors_to(self, logits: np.ndarray, method: str = "em") -> dict[str, float]:
+    def adapt_priors_to(self, logits: np.ndarray, method: str = "auto") -> dict[str, float]:
         """:meth:`adapt_priors` from the raw logits of the texts (``predict_scores(X).logits``), scored already."""
         p = softmax(self.calibrated_logits(logits, "training"))
-        estimate = self.estimate_priors(p, method)
-        self.record_priors(deployment=estimate, deployment_source={"method": method, "n": int(p.shape[0])})
+        used = self.prior_method(method)
+        estimate = self.estimate_priors(p, used)
+        source = {"method": used, "n": int(p.shape[0])}
+        self.record_priors(
+            deployment=estimate, deployment_source={**source, "requested": method} if used != method else source
+        )
         return {str(c): float(q) for c, q in zip(self.classes_, estimate, strict=True)}
+
+    def prior_method(self, method: str) -> str:
+        """The estimator ``method`` stands for on this classifier (``"auto"`` resolved by its calibration rows);
+        ConfigError where it cannot estimate (``bbse`` needs labelled calibration rows)."""
+        from classlm.priors import prior_method
+
+        self.check_prior_method(method)
+        return prior_method(method, self._priors_info().get("confusion"))
 
     def check_prior_method(self, method: str) -> None:
         """ConfigError unless ``method`` can estimate priors for this classifier (``bbse`` needs confusion counts)."""
-        if method not in ("em", "bbse"):
-            raise ConfigError(f"method: expected 'em' or 'bbse', got {method!r}")
+        from classlm.priors import prior_method
+
+        prior_method(method)  # a known name
         if method == "bbse" and self._priors_info().get("confusion") is None:
             raise ConfigError(
                 "method='bbse' needs the confusion counts of labelled calibration rows; this classifier has "
                 "none: calibrate(X, y) on held-out labelled rows first, or use method='em'"
             )
 
-    def estimate_priors(self, proba: np.ndarray, method: str = "em") -> np.ndarray:
+    def estimate_priors(self, proba: np.ndarray, method: str = "auto") -> np.ndarray:
         """The class balance of texts whose calibrated probabilities for the training balance are ``proba``, by EM
         or BBSE (see :meth:`adapt_priors`); the classifier is left as it is (a server estimates per request)."""
         from classlm.priors import bbse_priors, em_priors
 
-        self.check_prior_method(method)
-        if method == "em":
+        if self.prior_method(method) == "em":
             return em_priors(proba, self.training_priors_).priors
         info = self._priors_info()
         if info.get("soft_confusion") is not None:

@@ -28,19 +28,28 @@ from classlm.errors import ArtifactError, ConfigError
 from classlm.metrics import log_softmax, softmax
 
 __all__ = [
+    "BBSE_MIN_ROWS_PER_CLASS",
     "PRIOR_KINDS",
+    "PRIOR_METHODS",
     "PriorCorrection",
     "PriorEstimate",
     "bbse_priors",
     "check_saved_priors",
     "class_balance",
     "em_priors",
+    "prior_method",
     "prior_vector",
     "shift_priors",
     "soft_confusion",
 ]
 
 PRIOR_KINDS = ("contextual", "batch")
+PRIOR_METHODS = ("auto", "em", "bbse")
+# BBSE is unbiased under label shift but its error shrinks only with the labelled calibration rows of each class; EM
+# has no such variance but follows the classifier's own miscalibration. Redrawing 100 and 300 calibration rows out of
+# 500 for one ag_news LoRA classifier (benchmarks/calibration.py, prior_shift: "calibration rows redrawn"), EM was the
+# steadier with 25 rows per class and BBSE-soft with 75; "auto" switches at this many rows of the rarest class.
+BBSE_MIN_ROWS_PER_CLASS = 50
 # A class whose estimated prior is below this is floored before its log is taken: a prior of 0 would send the class's
 # logit to -inf (never predicted again, and nan where every class is floored).
 _FLOOR = 1e-6
@@ -223,6 +232,20 @@ def bbse_priors(confusion: Any, proba_target: Any, *, soft: bool = False) -> np.
     if q.sum() <= 0:
         raise ConfigError("bbse_priors: the estimate is 0 for every class; the held-out predictions carry no signal")
     return q / q.sum()
+
+
+def prior_method(method: str, confusion: Any = None) -> str:
+    """The estimator ``method`` names: ``"em"`` or ``"bbse"`` as given; ``"auto"``: BBSE when the labelled calibration
+    rows (``confusion``: counts, true class by row; ``None`` without such rows) hold at least
+    ``BBSE_MIN_ROWS_PER_CLASS`` rows of every class, else EM."""
+    if method not in PRIOR_METHODS:
+        raise ConfigError(f"method: expected one of {', '.join(map(repr, PRIOR_METHODS))}, got {method!r}")
+    if method != "auto":
+        return method
+    if confusion is None:
+        return "em"
+    rows = np.asarray(confusion, dtype=np.float64).sum(axis=1)
+    return "bbse" if rows.size and float(rows.min()) >= BBSE_MIN_ROWS_PER_CLASS else "em"
 
 
 def soft_confusion(y: Any, proba: Any) -> np.ndarray:

@@ -124,10 +124,11 @@ def classify(
         scores = clf.predict_scores(items, class_mass=class_mass)
     else:
         raise ConfigError(f"--backend must be 'local', 'openai' or 'vllm', got {backend!r}")
-    if target in ("em", "bbse"):
+    if isinstance(target, str):  # a method's name (parse_priors let only those through as text)
         estimate = clf.adapt_priors_to(scores.logits, target)
         shares = ", ".join(f"{c} {q:.3f}" for c, q in estimate.items())
-        err.print(f"priors estimated by {target.upper()} over these {len(items)} texts: {shares}", highlight=False)
+        used = clf.priors()["deployment_source"]["method"].upper() + (" (auto)" if target == "auto" else "")
+        err.print(f"priors estimated by {used} over these {len(items)} texts: {shares}", highlight=False)
         target = None  # adapt_priors_to made the estimate the classifier's own
     show_classifications(clf, items, scores, missing, fmt=fmt, class_mass=class_mass, priors=target)
 

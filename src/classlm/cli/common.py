@@ -51,9 +51,11 @@ def parse_labels(spec: str | None) -> Any:
 
 
 def parse_priors(spec: str | None) -> Any:
-    """``--priors``: ``em`` or ``bbse`` (estimated from the texts at hand), a JSON object ``{"class": weight, …}``, or
-    a .json file holding one."""
-    if spec is None or spec in ("em", "bbse"):
+    """``--priors``: ``auto``, ``em`` or ``bbse`` (estimated from the texts at hand), a JSON object
+    ``{"class": weight, …}``, or a .json file holding one."""
+    from classlm.priors import PRIOR_METHODS
+
+    if spec is None or spec in PRIOR_METHODS:
         return spec
     text = spec
     if spec.endswith(".json"):
@@ -68,7 +70,7 @@ def parse_priors(spec: str | None) -> Any:
     if not isinstance(priors, dict):
         raise ConfigError(
             f'--priors: expected a JSON object such as \'{{"spam": 0.1, "ham": 0.9}}\', a .json file holding '
-            f"one, or em / bbse to estimate the balance from the texts; got {spec!r}"
+            f"one, or auto / em / bbse to estimate the balance from the texts; got {spec!r}"
         )
     return priors
 

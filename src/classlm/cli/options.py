@@ -113,7 +113,8 @@ PriorsOpt = Annotated[
     typer.Option(
         "--priors",
         help="The class balance these texts come from, when not the training rows': a JSON object "
-        '\'{"spam": 0.1, "ham": 0.9}\', a .json file, or em / bbse to estimate it from the texts themselves.',
+        '\'{"spam": 0.1, "ham": 0.9}\', a .json file, or auto / em / bbse to estimate it from the texts themselves '
+        "(auto: BBSE where the classifier was calibrated on 50 or more labelled rows of every class, else EM).",
     ),
 ]
 OosLabelOpt = Annotated[

@@ -33,12 +33,13 @@ class ClassifyRequest(BaseModel):
         "'energy' and 'max_proba', with class tokens 'class_mass' and 'answer_mass', and 'mahalanobis' (the "
         "distance to the training rows' classes) where the classifier has it: the best on clinc150 (README).",
     )
-    priors: dict[str, float] | Literal["em", "bbse"] | None = Field(
+    priors: dict[str, float] | Literal["auto", "em", "bbse"] | None = Field(
         default=None,
         description="The class balance where these texts come from, when it differs from the training rows' "
         "(a weight per class, every class named; they need not sum to 1): the probabilities are moved to it by "
         'Bayes\' rule. Or "em" / "bbse": estimate it from this request\'s texts (EM, Saerens et al. 2002; BBSE, '
-        "Lipton et al. 2018: needs a classifier calibrated on labelled rows) — send a few hundred texts at once for a "
+        'Lipton et al. 2018: needs a classifier calibrated on labelled rows); "auto": BBSE where the classifier '
+        "was calibrated on 50 or more labelled rows of every class, else EM — send a few hundred texts at once for a "
         "steady estimate. The answer's 'priors' is the balance used. Default: the balance the service was set to "
         "(GET /v1/model, 'priors').",
         examples=[None],
