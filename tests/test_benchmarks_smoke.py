@@ -233,16 +233,30 @@ def test_calibration_benchmark_prior_shift_on_further_calibration_rows(tmp_path,
     monkeypatch.setattr(calibration, "OUT", tmp_path / "out" / "calibration")
     monkeypatch.setattr(calibration, "SHIFTS", {"sms_spam": {"spam_50": {"spam": 0.5}}})
     argv = ["--sections", "prior_shift", "--shift-classifier", "tfidf", "--shift-n-train", "100"]
-    monkeypatch.setattr(sys, "argv", ["x", *argv, "--shift-calib-rows", "80", "--n-test", "100"])
+    monkeypatch.setattr(sys, "argv", ["x", *argv, "--shift-calib-rows", "150", "--n-test", "100"])
     calibration.main()
-    sec = json.loads((tmp_path / "out" / "calibration.json").read_text())["prior_shift_100_calib80"]["sms_spam"]
-    assert sec["n_calibration_rows"] == 80 and sec["calibration_rows"] == "80 further seeded train rows"
+    sec = json.loads((tmp_path / "out" / "calibration.json").read_text())["prior_shift_100_calib150"]["sms_spam"]
+    assert sec["n_calibration_rows"] == 150 and sec["calibration_rows"] == "150 further seeded train rows"
     cell = sec["spam_50"]
     assert cell["true_priors"] == {"ham": 0.5, "spam": 0.5} and 0 <= cell["prior_error"] < 0.1
+    # The default estimate is the one of the method "auto" chose, whose figures sit beside it.
+    assert cell["prior_error"] == cell[f"{cell['method']}_prior_error"]
     assert 0 <= cell["bbse_prior_error"] < 0.1 and 0 <= cell["bbse_counts_prior_error"] < 0.2
     assert isinstance(cell["bbse_nll_after"], float)  # the stand-in rows are too easy for NLL to show a gain
+    # 100 of the 150 rows redrawn: each estimator's errors over the draws; about 30 spam rows each, so auto is EM.
+    drawn = sec["redrawn"]["100"]["spam_50"]
+    assert sec["redrawn"]["draws"] == calibration.DRAWS and set(drawn) == {"em", "bbse", "auto"}
+    assert drawn["auto"] == drawn["em"] and 0 <= drawn["bbse"]["median"] <= drawn["bbse"]["p90"] < 0.2
     md = (tmp_path / "out" / "calibration.md").read_text()
-    assert "| sms_spam (tfidf, 100 rows) | temperature on 80 | spam_50 |" in md
+    assert "| sms_spam (tfidf, 100 rows) | temperature on 150 | spam_50 |" in md
+    assert "| sms_spam | 100 of 150 | spam_50 |" in md
+    # The classifier's own hold-out (10 of its 100 rows) is a section of its own, too few rows to redraw.
+    monkeypatch.setattr(sys, "argv", ["x", *argv, "--shift-calib-rows", "0", "--n-test", "100", "--merge"])
+    calibration.main()
+    doc = json.loads((tmp_path / "out" / "calibration.json").read_text())
+    assert set(doc) == {"prior_shift_100_calib150", "prior_shift_100_holdout"}
+    assert doc["prior_shift_100_holdout"]["sms_spam"]["n_calibration_rows"] == 10
+    assert "redrawn" not in doc["prior_shift_100_holdout"]["sms_spam"]
 
 
 def test_multilabel_benchmark_scores_a_tfidf_cell_and_renders(tmp_path, monkeypatch):

@@ -178,8 +178,14 @@ def test_bbse_needs_labelled_calibration_rows_and_a_trained_classifier_starts_fr
     np.testing.assert_allclose(zero.training_priors_, np.full(4, 0.25))  # no labels seen: uniform
     with pytest.raises(ConfigError, match="calibrate\\(X, y\\) on held-out labelled rows first"):
         zero.adapt_priors(TEXTS, method="bbse")
-    with pytest.raises(ConfigError, match="'em' or 'bbse'"):
+    with pytest.raises(ConfigError, match="one of 'auto', 'em', 'bbse'"):
         zero.adapt_priors(TEXTS, method="saerens")
+    # Calibrated on 50 rows of each class or more, "auto" (the default) is BBSE.
+    zero.calibrate(TEXTS * 50, Y * 50)  # the rarest classes: 1 row in 8
+    auto = zero.adapt_priors(TEXTS)
+    assert zero.priors()["deployment_source"] == {"method": "bbse", "n": len(TEXTS), "requested": "auto"}
+    assert auto == pytest.approx(zero.adapt_priors(TEXTS, method="bbse"), abs=1e-12)
+    assert zero.priors()["deployment_source"] == {"method": "bbse", "n": len(TEXTS)}
     head = LMClassifier(model=str(tiny_model_dir), labels=LABELS, method="tfidf").fit(TEXTS * 4, Y * 4)
     assert head.calibration_info_["priors"]["training_source"] == "training rows"
     np.testing.assert_allclose(head.training_priors_, [3 / 8, 3 / 8, 1 / 8, 1 / 8], atol=0.03)

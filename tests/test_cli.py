@@ -92,6 +92,9 @@ def test_classify_priors_move_the_probabilities_and_em_estimates_them(monkeypatc
     adapted, err = proba("--priors", "em")
     assert re.search(r"priors estimated by EM over these 2 texts: World 0\.\d{3}, Sports", err)
     assert np.allclose(np.sum(adapted, axis=1), 1.0)
+    auto, err = proba("--priors", "auto")  # a zero-shot classifier has no calibration rows: auto is EM
+    assert "priors estimated by EM (auto) over these 2 texts" in err
+    np.testing.assert_allclose(auto, adapted, atol=1e-9)
     for bad, message in (
         ('{"World": 1}', "--priors: expected a weight for each class"),
         ("balanced", "--priors: expected a JSON object"),

@@ -186,6 +186,20 @@ def test_soft_bbse_recovers_a_shifted_balance_and_is_steadier_than_counts_on_few
     assert np.mean(errors[True]) < 0.9 * np.mean(errors[False])  # measured: 0.87x
 
 
+def test_auto_picks_bbse_only_with_enough_calibration_rows_of_every_class():
+    from classlm.priors import BBSE_MIN_ROWS_PER_CLASS, prior_method
+
+    enough = np.diag([BBSE_MIN_ROWS_PER_CLASS] * K) + 1  # true class by row: 51 rows of each
+    assert prior_method("auto", enough) == "bbse"
+    short = enough.copy()
+    short[2] = [0, 0, BBSE_MIN_ROWS_PER_CLASS - 1, 0]  # one class 1 row short
+    assert prior_method("auto", short) == "em"
+    assert prior_method("auto", None) == "em"  # no labelled calibration rows
+    assert prior_method("bbse", short) == "bbse" and prior_method("em", enough) == "em"  # asked for: as asked
+    with pytest.raises(ConfigError, match="one of 'auto', 'em', 'bbse', got 'mle'"):
+        prior_method("mle", enough)
+
+
 def test_a_label_free_step_before_a_temperature_applies_only_as_much_as_the_labels_support():
     from classlm.calibration import TemperatureScaler
     from classlm.calibrators import CalibratorChain

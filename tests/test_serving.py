@@ -103,6 +103,10 @@ def test_priors_estimated_from_a_requests_own_texts(client, clf):
     assert bbse.status_code == 422
     assert "needs the confusion counts" in bbse.json()["error"]["message"]
     assert client.post("/v1/classify", json={"text": TEXTS[0], "priors": "mle"}).status_code == 422
+    # "auto" needs no labelled rows: without them it is EM.
+    auto = client.post("/v1/classify", json={"texts": TEXTS[:3], "priors": "auto"})
+    assert auto.status_code == 200, auto.text
+    assert list(auto.json()["priors"].values()) == pytest.approx(estimate.tolist(), abs=1e-9)
 
 
 def test_out_of_scope_scores_per_text_when_asked(clf, tiny_model_dir):
