@@ -59,7 +59,7 @@ DATA = HERE.parent.parent / "shared" / "data"
 OUT = HERE / "results" / "calibration"
 PROMPTS = {f.stem: json.loads(f.read_text()) for f in sorted((HERE / "prompts").glob("*.json"))}
 CALIB_ROWS = 500  # prior_shift's labelled calibration rows by default (--shift-calib-rows)
-DRAWS = 200  # prior_shift's redrawn calibration rows, per size
+DRAWS, REDRAWN = 200, (100, 300)  # prior_shift's redrawn calibration rows: draws per size, and the sizes
 ZERO_SHOT = ("ag_news", "sst2", "trec", "emotion", "sms_spam", "tweet_eval_emotion")
 CALIBRATORS = (
     "raw",
@@ -245,13 +245,13 @@ def redrawn(
     src: Any,
 ) -> dict[str, Any]:
     """How the estimate's error depends on the number of labelled calibration rows: ``DRAWS`` times, a stratified
-    draw (the library's own hold-out split) of 100 and of 300 of the calibration rows ``held`` (raw logits, class
-    indices, labels), a temperature fitted on it, and each estimator on each resampled test set (``sets``: row indices
-    into ``logits`` and ``y_all``). Per size, balance and estimator: the median and 90th percentile of the largest
-    error, and the share of draws within 0.03."""
+    draw (the library's own hold-out split) of each size of ``REDRAWN`` below 80% of the calibration rows ``held``
+    (raw logits, class indices, labels), a temperature fitted on it, and each estimator on each resampled test set
+    (``sets``: row indices into ``logits`` and ``y_all``). Per size, balance and estimator: the median and 90th
+    percentile of the largest error, and the share of draws within 0.03."""
     held_logits, held_y, held_labels = held
     out: dict[str, Any] = {"draws": DRAWS}
-    for n in (m for m in (100, 300) if m < len(held_y)):
+    for n in (m for m in REDRAWN if m < 0.8 * len(held_y)):
         errors: dict[str, dict[str, list[float]]] = {b: {"em": [], "bbse": [], "auto": []} for b in sets}
         for draw in range(DRAWS):
             _, h, _ = calibration_split(held_labels, n / len(held_y), seed=draw)
@@ -315,7 +315,7 @@ def prior_shift(name: str, args: argparse.Namespace) -> dict[str, Any]:
         named = {cal: {**f, "priors": dict(zip(names, f["priors"], strict=True))} for cal, f in found.items()}
         out[balance] = {"n": len(idx), "true_priors": dict(zip(names, true.tolist(), strict=True))}
         out[balance].update({**named["temperature"], "bias": named["bias"]})
-    if len(held_y) > 100:
+    if any(m < 0.8 * len(held_y) for m in REDRAWN):  # fewer rows than those at hand, else a draw is all of them
         out["redrawn"] = redrawn((held_logits, held_y, held_labels), logits, y_all, sets, clf.training_priors_)
     return out
 
@@ -489,7 +489,8 @@ def main() -> None:
             key = section if args.shift_n_train == 1000 else f"{section}_{args.shift_n_train}"
             calib = args.shift_calib_rows
             key += "_holdout" if not calib else (f"_calib{calib}" if calib != CALIB_ROWS else "")
-            sec = {**doc.get(key, {}), "command": command, "machine": here} if args.merge else sec
+            kept = {k: v for k, v in doc.get(key, {}).items() if k != "note"}  # a note on the rows it replaces
+            sec = {**kept, "command": command, "machine": here} if args.merge else sec
             for name in SHIFTS:
                 sec[name] = prior_shift(name, args)
                 doc[key] = sec
