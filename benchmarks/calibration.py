@@ -217,7 +217,7 @@ def adaptation(
     soft, counts = held
     em = em_priors(p, training).priors
     bbse = bbse_priors(soft, p, soft=True)
-    method = prior_method("auto", counts)
+    method = prior_method("auto", soft)
     chosen = bbse if method == "bbse" else em
     after = shift_priors(p, training, chosen)
     return {
@@ -256,11 +256,11 @@ def redrawn(
         for draw in range(DRAWS):
             _, h, _ = calibration_split(held_labels, n / len(held_y), seed=draw)
             scaler = TemperatureScaler().fit(held_logits[h], held_y[h])
-            soft, counts = held_confusions(held_y[h], scaler.predict_proba(held_logits[h]))
+            soft, _ = held_confusions(held_y[h], scaler.predict_proba(held_logits[h]))
             for b, idx in sets.items():
                 p, true = scaler.predict_proba(logits[idx]), class_balance(y_all[idx], logits.shape[1])
                 found = {"em": em_priors(p, src).priors, "bbse": bbse_priors(soft, p, soft=True)}
-                found["auto"] = found[prior_method("auto", counts)]
+                found["auto"] = found[prior_method("auto", soft)]
                 for m, q in found.items():
                     errors[b][m].append(float(np.max(np.abs(q - true))))
         out[str(n)] = {
@@ -274,8 +274,8 @@ def prior_shift(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """The default estimate (``method="auto"``), EM and BBSE under each of ``SHIFTS[name]``, for the classifier as
     calibrated (its temperature) and for the same weights with ``bias`` calibration (a temperature and a per-class
     offset) fitted on the same labelled rows: EM assumes probabilities calibrated per class, which a per-class offset
-    gives (Alexandari et al. 2020, "bias-corrected temperature scaling"); and, with more than 100 of those rows, the
-    errors over redraws of fewer of them (:func:`redrawn`)."""
+    gives (Alexandari et al. 2020, "bias-corrected temperature scaling"); and, with more than 125 of those rows (a size
+    of ``REDRAWN`` below 80% of them), the errors over redraws of fewer of them (:func:`redrawn`)."""
     clf, test, (held_texts, held_labels) = shift_classifier(
         name, args.shift_classifier, args.seed, args.shift_n_train, args.shift_calib_rows
     )
@@ -364,7 +364,7 @@ def _shift_columns(c: dict[str, Any]) -> str:
     counts. Cells written before ``method="auto"`` hold EM's figures as the main ones; before BBSE-soft, only the
     counts' error, under ``bbse_prior_error``."""
     if "method" not in c:  # EM was the only default then
-        c = {**c, "method": "em", "em_prior_error": c["prior_error"], "em_nll_after": c["nll_after"]}
+        c = {**c, "method": "em (then default)", "em_prior_error": c["prior_error"], "em_nll_after": c["nll_after"]}
     if "bbse_counts_prior_error" not in c:
         c = {**c, "bbse_counts_prior_error": c["bbse_prior_error"], "bbse_prior_error": None, "bbse_nll_after": None}
     cells = [c["method"]] + [

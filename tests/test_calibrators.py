@@ -186,6 +186,11 @@ def test_bbse_needs_labelled_calibration_rows_and_a_trained_classifier_starts_fr
     assert zero.priors()["deployment_source"] == {"method": "bbse", "n": len(TEXTS), "requested": "auto"}
     assert auto == pytest.approx(zero.adapt_priors(TEXTS, method="bbse"), abs=1e-12)
     assert zero.priors()["deployment_source"] == {"method": "bbse", "n": len(TEXTS)}
+    # Saved before the summed probabilities were kept: "auto" stays with EM rather than BBSE from counts.
+    zero.calibration_info_["priors"] = {
+        k: v for k, v in zero.calibration_info_["priors"].items() if k != "soft_confusion"
+    }
+    assert zero.prior_method("auto") == "em" and zero.prior_method("bbse") == "bbse"
     head = LMClassifier(model=str(tiny_model_dir), labels=LABELS, method="tfidf").fit(TEXTS * 4, Y * 4)
     assert head.calibration_info_["priors"]["training_source"] == "training rows"
     np.testing.assert_allclose(head.training_priors_, [3 / 8, 3 / 8, 1 / 8, 1 / 8], atol=0.03)

@@ -189,7 +189,9 @@ def test_soft_bbse_recovers_a_shifted_balance_and_is_steadier_than_counts_on_few
 def test_auto_picks_bbse_only_with_enough_calibration_rows_of_every_class():
     from classlm.priors import BBSE_MIN_ROWS_PER_CLASS, prior_method
 
-    enough = np.diag([BBSE_MIN_ROWS_PER_CLASS] * K) + 1  # true class by row: 51 rows of each
+    enough = np.diag([BBSE_MIN_ROWS_PER_CLASS] * K) + 1.0  # true class by row: 54 rows of each
+    exact = np.full((K, K), BBSE_MIN_ROWS_PER_CLASS / K) - 1e-7  # 50 rows each, summed probabilities rounded down
+    assert prior_method("auto", exact) == "bbse"
     assert prior_method("auto", enough) == "bbse"
     short = enough.copy()
     short[2] = [0, 0, BBSE_MIN_ROWS_PER_CLASS - 1, 0]  # one class 1 row short

@@ -93,20 +93,34 @@ def test_priors_estimated_from_a_requests_own_texts(client, clf):
     estimate = em_priors(base, clf.training_priors_).priors
     assert not np.allclose(estimate, 0.25, atol=1e-3)  # the texts lean somewhere: the estimate is not the prior
     assert list(body["priors"].values()) == pytest.approx(estimate.tolist(), abs=1e-9)
+    assert body["priors_method"] == "em"
     got = [list(row["probabilities"].values()) for row in body["results"]]
     np.testing.assert_allclose(got, shift_priors(base, clf.training_priors_, estimate), atol=1e-6)
     assert clf.priors_ is None  # the served classifier keeps its balance: the estimate was this request's
     plain = client.post("/v1/classify", json={"texts": TEXTS[:3]}).json()
+    assert "priors_method" not in plain
     np.testing.assert_allclose([list(row["probabilities"].values()) for row in plain["results"]], base, atol=1e-6)
     # BBSE needs the confusion counts of labelled calibration rows, which a zero-shot classifier has not got.
     bbse = client.post("/v1/classify", json={"texts": TEXTS[:3], "priors": "bbse"})
     assert bbse.status_code == 422
     assert "needs the confusion counts" in bbse.json()["error"]["message"]
     assert client.post("/v1/classify", json={"text": TEXTS[0], "priors": "mle"}).status_code == 422
-    # "auto" needs no labelled rows: without them it is EM.
+    # "auto" needs no labelled rows: without them it is EM, and the answer says so.
     auto = client.post("/v1/classify", json={"texts": TEXTS[:3], "priors": "auto"})
     assert auto.status_code == 200, auto.text
+    assert auto.json()["priors_method"] == "em"
     assert list(auto.json()["priors"].values()) == pytest.approx(estimate.tolist(), abs=1e-9)
+
+
+def test_auto_priors_run_bbse_for_a_classifier_calibrated_on_enough_rows(tiny_model_dir):
+    calibrated = LMClassifier(model=str(tiny_model_dir), labels=LABELS, batch_size=4).fit([])
+    calibrated.calibrate(TEXTS * 50, ["Business", "Sports", "Sci/Tech", "World"] * 50)  # 50 rows of each class
+    with _client(calibrated) as c:
+        body = c.post("/v1/classify", json={"texts": TEXTS, "priors": "auto"}).json()
+    assert body["priors_method"] == "bbse"
+    wanted = calibrated.estimate_priors(calibrated.predict_proba(TEXTS), "bbse")
+    assert list(body["priors"].values()) == pytest.approx(wanted.tolist(), abs=1e-6)
+    assert calibrated.priors_ is None  # the request's own estimate, not the classifier's
 
 
 def test_out_of_scope_scores_per_text_when_asked(clf, tiny_model_dir):

@@ -91,9 +91,9 @@ class ClassPriors:
         """Estimate the class balance of the unlabelled texts ``X`` and use it for every prediction from now on
         (saved with the classifier): ``method="em"`` (Saerens et al. 2002: needs calibrated probabilities),
         ``"bbse"`` (Lipton et al. 2018, BBSE-soft: from the labelled calibration rows' answers; unbiased where EM
-        follows the classifier's confusions, but noisier with few of those rows), or ``"auto"`` (default): BBSE when
-        the calibration rows hold ``BBSE_MIN_ROWS_PER_CLASS`` (50) rows of every class, else EM. Returns the estimate
-        per class; ``priors()["deployment_source"]`` says which method made it."""
+        follows the classifier's confusions, but noisier with few of those rows), or ``"auto"`` (default): BBSE-soft
+        when the calibration rows hold ``BBSE_MIN_ROWS_PER_CLASS`` (50) rows of every class, else EM. Returns the
+        estimate per class; ``priors()["deployment_source"]`` says which method made it."""
         return self.adapt_priors_to(self.predict_scores(X).logits, method)
 
     def adapt_priors_to(self, logits: np.ndarray, method: str = "auto") -> dict[str, float]:
@@ -113,7 +113,9 @@ class ClassPriors:
         from classlm.priors import prior_method
 
         self.check_prior_method(method)
-        return prior_method(method, self._priors_info().get("confusion"))
+        # On the summed probabilities BBSE-soft needs: an artifact saved before they were kept stays with EM, rather
+        # than moving to BBSE from counts, the noisiest of the three (benchmarks/calibration.py's prior_shift).
+        return prior_method(method, self._priors_info().get("soft_confusion"))
 
     def check_prior_method(self, method: str) -> None:
         """ConfigError unless ``method`` can estimate priors for this classifier (``bbse`` needs confusion counts)."""

@@ -236,9 +236,9 @@ def bbse_priors(confusion: Any, proba_target: Any, *, soft: bool = False) -> np.
 
 
 def prior_method(method: str, confusion: Any = None) -> str:
-    """The estimator ``method`` names: ``"em"`` or ``"bbse"`` as given; ``"auto"``: BBSE when the labelled calibration
-    rows (``confusion``: counts, true class by row; ``None`` without such rows) hold at least
-    ``BBSE_MIN_ROWS_PER_CLASS`` rows of every class, else EM."""
+    """The estimator ``method`` names: ``"em"`` or ``"bbse"`` as given; ``"auto"``: BBSE-soft when the labelled
+    calibration rows (``confusion``: their :func:`soft_confusion`, true class by row, whose rows sum to the classes'
+    counts; ``None`` without it) hold at least ``BBSE_MIN_ROWS_PER_CLASS`` rows of every class, else EM."""
     if method not in PRIOR_METHODS:
         raise ConfigError(f"method: expected one of {', '.join(map(repr, PRIOR_METHODS))}, got {method!r}")
     if method != "auto":
@@ -246,7 +246,8 @@ def prior_method(method: str, confusion: Any = None) -> str:
     if confusion is None:
         return "em"
     rows = np.asarray(confusion, dtype=np.float64).sum(axis=1)
-    return "bbse" if rows.size and float(rows.min()) >= BBSE_MIN_ROWS_PER_CLASS else "em"
+    # The saved sums are rounded to six decimals: a class of exactly 50 rows may sum to 49.99999.
+    return "bbse" if rows.size and float(rows.min()) >= BBSE_MIN_ROWS_PER_CLASS - 1e-3 else "em"
 
 
 def soft_confusion(y: Any, proba: Any) -> np.ndarray:

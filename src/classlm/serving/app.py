@@ -140,6 +140,7 @@ def create_app(
         proba, mass, truncated, oos = await _answer(future, request, settings)
         if truncated is not None:
             metrics.truncated.inc(int(np.count_nonzero(truncated)))
+        method = target if isinstance(target, str) else None  # estimated from these texts: say how
         proba, target = model.shift(proba, target)
         results = _rows(model, proba, mass if body.class_mass else None, truncated, abstain)
         if body.out_of_scope and oos is not None:
@@ -147,7 +148,8 @@ def create_app(
                 row["out_of_scope"] = dict(zip(model.out_of_scope_names, map(float, values), strict=True))
         if target is None:
             return {"results": results}
-        return {"results": results, "priors": dict(zip(model.classes, map(float, target), strict=True))}
+        priors = {"priors": dict(zip(model.classes, map(float, target), strict=True))}
+        return {"results": results, **priors, **({"priors_method": method} if method else {})}
 
     _add_info_routes(app, state, settings, metrics, security)
     app.add_middleware(Guard, settings=settings, metrics=metrics)

@@ -101,6 +101,11 @@ class ClassifyResponse(BaseModel):
         description="The class balance the probabilities are for, when it is not the training rows' (the request's "
         "priors or the estimate from its texts, or the deployment balance the classifier was adapted to).",
     )
+    priors_method: Literal["em", "bbse"] | None = Field(
+        default=None,
+        description="How 'priors' was estimated from the request's texts, when the request asked for an estimate "
+        '("auto" answers with the one it chose).',
+    )
 
 
 class ErrorBody(BaseModel):

@@ -81,9 +81,10 @@ class ServedModel:
         return proba, scores.class_mass, scores.truncated, oos
 
     def target_priors(self, priors: dict[str, float] | str | None) -> np.ndarray | str | None:
-        """A request's priors as a vector in class order, or ``"em"``/``"bbse"`` (estimated from the request's own
-        texts once they are scored), checked (ConfigError says what is wrong); else the classifier's deployment
-        balance, or None: the probabilities are then for the training balance."""
+        """A request's priors as a vector in class order, or the estimator to run on the request's own texts once
+        they are scored (``"em"`` or ``"bbse"``; ``"auto"`` resolved to one of them here), checked (ConfigError says
+        what is wrong); else the classifier's deployment balance, or None: the probabilities are then for the
+        training balance."""
         if not self._core:
             if priors is not None:
                 raise ConfigError("priors need a classlm classifier (its training class balance); this one has none")
@@ -97,8 +98,7 @@ class ServedModel:
         if priors is None:
             return self.classifier.priors_
         if isinstance(priors, str):
-            self.classifier.check_prior_method(priors)
-            return priors
+            return self.classifier.prior_method(priors)
         return prior_vector(priors, self.classes)
 
     def shift(self, proba: np.ndarray, target: np.ndarray | str | None) -> tuple[np.ndarray, np.ndarray | None]:
