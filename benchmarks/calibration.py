@@ -256,7 +256,7 @@ def redrawn(
         for draw in range(DRAWS):
             _, h, _ = calibration_split(held_labels, n / len(held_y), seed=draw)
             scaler = TemperatureScaler().fit(held_logits[h], held_y[h])
-            soft, _ = held_confusions(held_y[h], scaler.predict_proba(held_logits[h]))
+            soft = soft_confusion(held_y[h], scaler.predict_proba(held_logits[h]))
             for b, idx in sets.items():
                 p, true = scaler.predict_proba(logits[idx]), class_balance(y_all[idx], logits.shape[1])
                 found = {"em": em_priors(p, src).priors, "bbse": bbse_priors(soft, p, soft=True)}

@@ -148,8 +148,10 @@ def create_app(
                 row["out_of_scope"] = dict(zip(model.out_of_scope_names, map(float, values), strict=True))
         if target is None:
             return {"results": results}
-        priors = {"priors": dict(zip(model.classes, map(float, target), strict=True))}
-        return {"results": results, **priors, **({"priors_method": method} if method else {})}
+        answer = {"results": results, "priors": dict(zip(model.classes, map(float, target), strict=True))}
+        if method is not None:
+            answer["priors_method"] = method
+        return answer
 
     _add_info_routes(app, state, settings, metrics, security)
     app.add_middleware(Guard, settings=settings, metrics=metrics)
