@@ -40,6 +40,7 @@ from classlm.data import load_dataset
 from classlm.io import write_results
 from classlm.machine import machine_block, machine_line
 from classlm.metrics import classification_metrics
+from classlm.priors import em_priors, shift_priors
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data"
@@ -105,7 +106,7 @@ def run_head(head: str, data: dict[str, Any], seed: int) -> dict[str, Any]:
     m = classification_metrics(y, proba, classes)
     t = getattr(clf, "training_", {}) or {}
     row = {k: float(m[k]) for k in KEEP}
-    row.update(out_of_scope(y, proba, classes))
+    row.update(out_of_scope(y, proba, classes, clf.training_priors_))
     row.update(
         train_examples_per_second=t.get("examples_per_second"),
         texts_per_second=len(tx) / seconds,
@@ -124,18 +125,35 @@ def run_head(head: str, data: dict[str, Any], seed: int) -> dict[str, Any]:
     return row
 
 
-def out_of_scope(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[str, float]:
+def out_of_scope(y: np.ndarray, proba: np.ndarray, classes: list[str], source: np.ndarray) -> dict[str, float]:
     """clinc150's ``oos`` rows are 0.7% of its train split and 18% of its test split: the temperature is fitted on
-    rows almost free of them. The test figures without those rows, and how many of them the classifier catches."""
+    rows almost free of them. The test figures without those rows, and how many of them the classifier catches.
+
+    Then the same probabilities moved to a deployment whose ``oos`` share is known (``priors=``, as a user who knows
+    what share of the traffic is out of scope would pass it: the test rows' share, the in-scope classes keeping
+    their training balance; the share comes from the test labels, so these ``known_share_*`` figures show what the
+    prior shift costs, not a method), and the share EM estimates from the test texts without labels."""
     if OOS not in classes:
         return {}
-    inside = y != classes.index(OOS)
+    o = classes.index(OOS)
+    inside = y != o
     m = classification_metrics(y[inside], proba[inside], classes)
-    caught = np.argmax(proba[~inside], axis=1) == classes.index(OOS)
+    caught = np.argmax(proba[~inside], axis=1) == o
+    share = float(np.mean(~inside))
+    target = source * (1 - share) / (1 - source[o])
+    target[o] = share
+    moved = shift_priors(proba, source, target)
+    known = classification_metrics(y, moved, classes)
     return {
         "in_scope_ece": float(m["ece"]),
         "in_scope_accuracy": float(m["accuracy"]),
         "oos_recall": float(caught.mean()),
+        "oos_share": share,
+        "known_share_ece": float(known["ece"]),
+        "known_share_nll": float(known["nll"]),
+        "known_share_accuracy": float(known["accuracy"]),
+        "known_share_oos_recall": float(np.mean(np.argmax(moved[~inside], axis=1) == o)),
+        "em_oos_share": float(em_priors(proba, source).priors[o]),
     }
 
 
@@ -217,6 +235,21 @@ def to_markdown(doc: dict[str, Any]) -> str:
                 lines += ["| head | ECE | accuracy | oos recall |", "|---|---|---|---|"] + [
                     f"| {h} | {r['in_scope_ece']:.3f} | {r['in_scope_accuracy']:.3f} | {r['oos_recall']:.3f} |"
                     for h, r in scoped.items()
+                ]
+            known = {h: r for h, r in scoped.items() if "known_share_ece" in r}
+            if known:
+                lines += [
+                    "",
+                    "All test rows, the probabilities moved to the test's `oos` share (`priors=`, the share taken from "
+                    "the test labels: what the prior shift costs, not a method), and the share EM finds unlabelled:",
+                    "",
+                    "| head | oos share | ECE | NLL | accuracy | oos recall | EM's oos share |",
+                    "|---|---|---|---|---|---|---|",
+                ]
+                lines += [
+                    f"| {h} | {r['oos_share']:.3f} | {r['known_share_ece']:.3f} | {r['known_share_nll']:.3f} | "
+                    f"{r['known_share_accuracy']:.3f} | {r['known_share_oos_recall']:.3f} | {r['em_oos_share']:.3f} |"
+                    for h, r in known.items()
                 ]
             commands = dict.fromkeys(r.get("command", "") for r in rows.values())
             machines = dict.fromkeys(r.get("machine", "") for r in rows.values())
