@@ -141,7 +141,10 @@ def test_many_classes_report_names_the_default_head_and_the_speed_ratio():
            "machine": "CPU (AMD EPYC), 2 cores"}  # fmt: skip
     doc = {
         "machine": machine_block(),
-        "clinc150": {"1000": {"name_rows": {**row, "in_scope_ece": 0.02, "in_scope_accuracy": 0.9, "oos_recall": 0.25},
+        "clinc150": {"1000": {"name_rows": {**row, "in_scope_ece": 0.02, "in_scope_accuracy": 0.9, "oos_recall": 0.25,
+                                            "oos_share": 0.2, "known_share_ece": 0.04, "known_share_nll": 1.5,
+                                            "known_share_accuracy": 0.7, "known_share_oos_recall": 0.6,
+                                            "em_oos_share": 0.05},
                               "default": {**row, "resolves_to": "name_rows"}}},
         "speed": {"n_texts": 10, "texts_per_second_151": 80.0, "texts_per_second_4": 100.0, "scoring_151": "x",
                   "scoring_4": "first_token", "prompt_tokens_151": 700, "prompt_tokens_4": 60, "ratio_151_vs_4": 0.8,
@@ -153,8 +156,22 @@ def test_many_classes_report_names_the_default_head_and_the_speed_ratio():
     assert "## clinc150, 1000 training rows" in md and "| default → name_rows | 0.500 | 0.400 |" in md
     assert "ratio **0.80**" in md and "Made by `python benchmarks/many_classes.py`" in md
     assert "| name_rows | 0.020 | 0.900 | 0.250 |" in md  # clinc150 without its oos rows
+    assert "| name_rows | 0.200 | 0.040 | 1.500 | 0.700 | 0.600 | 0.050 |" in md  # at the test's oos share
     assert "On CPU (AMD EPYC), 2 cores" in md  # each section names the machine its rows ran on
     assert "| trec_fine | 50 | 195 | 29 | 6.50 (64 texts) | 0.250 (2) | 26x |" in md
+
+
+def test_many_classes_moves_the_probabilities_to_the_test_oos_share():
+    many_classes = pytest.importorskip("many_classes")
+    source = np.array([0.45, 0.45, 0.1])  # calibrated where oos was 10% of the rows; the test is half oos
+    proba = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.5, 0.2, 0.3], [0.2, 0.5, 0.3]])
+    r = many_classes.out_of_scope(np.array([0, 1, 2, 2]), proba, ["a", "b", "oos"], source)
+    assert r["oos_share"] == 0.5 and r["oos_recall"] == 0.0 and r["in_scope_accuracy"] == 1.0
+    # At 25/25/50 the weights are 0.556, 0.556 and 5: the oos rows turn to oos, and so do the in-scope ones
+    # (0.8 * 0.556 = 0.444 against 0.1 * 5 = 0.5).
+    assert r["known_share_oos_recall"] == 1.0 and r["known_share_accuracy"] == 0.5
+    assert 0.1 < r["em_oos_share"] <= 1.0
+    assert many_classes.out_of_scope(np.array([0, 1]), proba[:2, :2], ["a", "b"], source[:2]) == {}
 
 
 def test_recipe_benchmark_trains_through_the_cli_and_compares_on_the_same_rows(tmp_path, monkeypatch, tiny_model_dir):
