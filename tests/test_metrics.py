@@ -18,6 +18,7 @@ from classlm.metrics import (
     classwise_ece,
     confusion_matrix,
     ece,
+    ece_floor,
     log_softmax,
     nll,
     precision_recall_f1,
@@ -259,3 +260,19 @@ def test_classification_metrics_is_strict_json_and_consistent():
 def test_bad_inputs_raise_config_error(call, match):
     with pytest.raises(ConfigError, match=match):
         call()
+
+
+def test_ece_floor_is_the_chance_ece_of_a_perfectly_calibrated_classifier():
+    # Certain answers are right every time: no gap to find, whatever the row count.
+    assert ece_floor(np.eye(3)[[0, 1, 2, 0]]) == {"median": 0.0, "p90": 0.0}
+    # At 0.75 confidence the hits of n rows are Binomial(n, 0.75); with all rows in one bin the ECE is
+    # |hits/n - 0.75|, whose median is about 0.6745 * sqrt(0.75 * 0.25 / n).
+    for n in (100, 10_000):
+        floor = ece_floor(np.tile([0.75, 0.25], (n, 1)), draws=400)
+        assert floor["median"] == pytest.approx(0.6745 * math.sqrt(0.1875 / n), rel=0.25)
+        assert floor["p90"] > floor["median"]
+    rows = np.random.default_rng(1).dirichlet([1.0, 1.0], size=860)
+    assert ece_floor(rows) == ece_floor(rows)  # seeded
+    assert 0.01 < ece_floor(rows)["median"] < 0.05  # the two-class, 860-row scale of tweet_eval_offensive's test
+    with pytest.raises(ConfigError, match="at least one row"):
+        ece_floor(np.zeros((0, 2)))
