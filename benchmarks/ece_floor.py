@@ -114,7 +114,9 @@ def to_markdown(doc: dict[str, Any]) -> str:
                 )
             lines += [""]
             for run, c in cells.items():
-                share = ", ".join(f"{k} {c['training_priors'][k]:.3f} → {v:.3f}" for k, v in c["test_priors"].items())
+                before, after = c["training_priors"], c["test_priors"]
+                moved = sorted(after, key=lambda k: -abs(after[k] - before[k]))[:3]  # 151 classes: the largest
+                share = ", ".join(f"{k} {before[k]:.3f} → {after[k]:.3f}" for k in moved)
                 lines += [f"- {run}: `{c['command']}` on {c['machine']}. Class balance, training → test: {share}."]
             lines += [""]
     return "\n".join(lines)
