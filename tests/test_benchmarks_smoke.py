@@ -174,6 +174,24 @@ def test_many_classes_moves_the_probabilities_to_the_test_oos_share():
     assert many_classes.out_of_scope(np.array([0, 1]), proba[:2, :2], ["a", "b"], source[:2]) == {}
 
 
+def test_ece_floor_benchmark_puts_the_ece_beside_its_chance_floor_and_the_test_balance():
+    from types import SimpleNamespace
+
+    ece_floor = pytest.importorskip("ece_floor")
+    texts = [f"{w} {i}" for i in range(40) for w in ("spam offer win", "hello see you")]
+    labels = ["spam" if i % 2 == 0 else "ham" for i in range(80)]
+    clf = LMClassifier(method="tfidf", labels=["ham", "spam"]).fit(texts[:60], labels[:60])
+    test = SimpleNamespace(texts=texts[60:] + texts[60:70:2], labels=labels[60:] + labels[60:70:2])  # 15 spam, 10 ham
+    cell = ece_floor.measure(clf, test)
+    assert cell["n_test"] == 25 and cell["test_priors"] == {"ham": 0.4, "spam": 0.6}
+    assert set(cell["adapted"]) == {"auto", "em", "bbse"} and cell["adapted"]["em"]["ran"] == "em"
+    assert 0.0 <= cell["floor"]["median"] <= cell["floor"]["p90"] and 0.0 <= cell["test_balance"]["ece"] <= 1.0
+    assert clf.priors()["deployment"] is None  # the adaptations were undone
+    md = ece_floor.to_markdown({"sms": {"3000": {"tfidf": {**cell, "command": "c", "machine": "m"}}}})
+    assert "## sms, 3000 training rows" in md and f"| tfidf | 25 | {cell['macro_f1']:.3f} | {cell['ece']:.3f} |" in md
+    assert "ham 0.500 → 0.400" in md  # the balance that moved, training → test
+
+
 def test_recipe_benchmark_trains_through_the_cli_and_compares_on_the_same_rows(tmp_path, monkeypatch, tiny_model_dir):
     import json
 
