@@ -272,10 +272,10 @@ def test_ece_floor_is_the_chance_ece_of_a_perfectly_calibrated_classifier():
         assert floor["median"] == pytest.approx(0.6745 * math.sqrt(0.1875 / n), rel=0.25)
         assert floor["p90"] > floor["median"]
     rows = np.random.default_rng(1).dirichlet([1.0, 1.0], size=860)
-    # The top class's confidence, whichever column holds it: the mirrored rows give the same floor.
-    assert ece_floor(np.tile([0.25, 0.75], (100, 1)), draws=400) == ece_floor(
-        np.tile([0.75, 0.25], (100, 1)), draws=400
-    )
+    # The top class's confidence, whichever column holds it: rows at 0.9 on either side fall in one bin (reading
+    # column 0 would split them over two bins and add their noise).
+    mixed = ece_floor(np.array([[0.9, 0.1], [0.1, 0.9]] * 500), draws=400)
+    assert mixed["median"] == pytest.approx(0.6745 * math.sqrt(0.09 / 1000), rel=0.25)
     assert ece_floor(rows) == ece_floor(rows)  # seeded
     assert 0.01 < ece_floor(rows)["median"] < 0.05  # the two-class, 860-row scale of tweet_eval_offensive's test
     with pytest.raises(ConfigError, match="at least one row"):
