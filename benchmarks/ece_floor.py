@@ -68,12 +68,13 @@ def measure(clf: Any, test: Any) -> dict[str, Any]:
         m = classification_metrics(y, proba, classes)
         return {k: float(m[k]) for k in ("ece", "nll", "macro_f1")}
 
-    proba = clf.predict_proba(tx)
+    # Scored once: every figure below re-reads these logits (an LM run's test pass is the slow part).
+    proba = clf.probabilities(logits)
     balance = np.bincount(y, minlength=len(classes)) / len(y)
     adapted = {}
     for method in PRIOR_METHODS:
         estimate = clf.adapt_priors_to(logits, method)
-        adapted[method] = {**figures(clf.predict_proba(tx)), "priors": estimate,
+        adapted[method] = {**figures(clf.probabilities(logits)), "priors": estimate,
                            "ran": clf.priors()["deployment_source"]["method"]}  # fmt: skip
     clf.set_priors(None)
     return {
@@ -83,7 +84,7 @@ def measure(clf: Any, test: Any) -> dict[str, Any]:
         "training_priors": dict(zip(classes, map(float, clf.training_priors_), strict=True)),
         "test_priors": dict(zip(classes, map(float, balance), strict=True)),
         "adapted": adapted,
-        "test_balance": figures(clf.predict_proba(tx, priors=dict(zip(classes, balance, strict=True)))),
+        "test_balance": figures(clf.probabilities(logits, priors=dict(zip(classes, balance, strict=True)))),
     }
 
 
